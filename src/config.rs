@@ -1,0 +1,375 @@
+//! Settings: `config/default.yaml` (compiled in), then `--config FILE`, then `ODM_DEVOPS__…`
+//! environment variables. Every struct refuses unknown keys so a typo fails the start, naming it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+const DEFAULTS: &str = include_str!("../config/default.yaml");
+const ENV_PREFIX: &str = "ODM_DEVOPS";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub registry: RegistrySettings,
+    pub callbacks: CallbackSettings,
+    pub placeholders: PlaceholderSettings,
+    pub engine: EngineSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    pub executors: BTreeMap<String, ExecutorSettings>,
+    pub policy: PolicySettings,
+    pub notifications: NotificationSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub public_url: String,
+    pub body_limit_bytes: usize,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryMode {
+    Embedded,
+    Remote,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub mode: RegistryMode,
+    pub address: Option<String>,
+    pub preload_dir: Option<String>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSettings {
+    pub require_token: bool,
+    pub secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    Fail,
+    Keep,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceholderSettings {
+    pub on_missing: OnMissing,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub tick_ms: u64,
+    pub poll_after_secs: u64,
+    pub task_timeout_secs: u64,
+    pub lease_secs: u64,
+    pub max_dispatch_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub api_tokens: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ExecutorSettings {
+    AzureDevops(AzureDevOpsSettings),
+    OdmHttp(OdmHttpSettings),
+}
+
+impl ExecutorSettings {
+    pub fn active(&self) -> bool {
+        match self {
+            ExecutorSettings::AzureDevops(s) => s.active,
+            ExecutorSettings::OdmHttp(s) => s.active,
+        }
+    }
+
+    pub fn check_after_callback(&self) -> bool {
+        match self {
+            ExecutorSettings::AzureDevops(s) => s.check_after_callback,
+            ExecutorSettings::OdmHttp(s) => s.check_after_callback,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_retries() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureDevOpsSettings {
+    #[serde(default = "yes")]
+    pub active: bool,
+    pub base_url: String,
+    pub auth: AzureAuthSettings,
+    #[serde(default)]
+    pub check_after_callback: bool,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Retries after the first attempt on 429, 5xx and connection errors.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AzureAuthSettings {
+    ClientCredentials(ClientCredentialsSettings),
+    Pat(PatSettings),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentialsSettings {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatSettings {
+    pub pat: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OdmHttpSettings {
+    #[serde(default = "yes")]
+    pub active: bool,
+    pub address: String,
+    #[serde(default)]
+    pub check_after_callback: bool,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    pub active: bool,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    pub listeners: Vec<ListenerSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("auth.api_tokens")
+                .source(Some(environment_overrides(env))),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.registry.mode == RegistryMode::Remote && self.registry.address.is_none() {
+            return Err(ConfigError::Invalid(
+                "registry.address is required when registry.mode is remote".into(),
+            ));
+        }
+        if self.policy.active && self.policy.address.is_none() {
+            return Err(ConfigError::Invalid(
+                "policy.address is required when policy.active is true".into(),
+            ));
+        }
+        if self.database.pool_size == 0 {
+            return Err(ConfigError::Invalid(
+                "database.pool_size must be at least 1".into(),
+            ));
+        }
+        if self.engine.tick_ms == 0 || self.engine.lease_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "engine.tick_ms and engine.lease_secs must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Only our variables, with executor names given with `_` mapped back to the `-` they are
+/// written with in YAML (`AZURE_DEVOPS` → `azure-devops`), since shells refuse `-` in names.
+fn environment_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> config::Map<String, String> {
+    let prefix = format!("{ENV_PREFIX}__");
+    env.into_iter()
+        .filter(|(name, _)| name.starts_with(&prefix))
+        .map(|(name, value)| {
+            let mut parts: Vec<String> = name.split("__").map(str::to_owned).collect();
+            if parts.len() > 2 && parts[1].eq_ignore_ascii_case("EXECUTORS") {
+                parts[2] = parts[2].replace('_', "-");
+            }
+            (parts.join("__"), value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_with_env(
+            None,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_design() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:8002");
+        assert_eq!(s.database.url.expose(), "sqlite://data/odm-devops.db");
+        assert_eq!(s.registry.mode, RegistryMode::Embedded);
+        assert!(s.callbacks.require_token);
+        assert_eq!(s.placeholders.on_missing, OnMissing::Fail);
+        assert_eq!(s.engine.poll_after_secs, 300);
+        assert!(matches!(
+            s.executors.get("azure-devops"),
+            Some(ExecutorSettings::AzureDevops(_))
+        ));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_executor_names() {
+        let s = load(&[
+            ("ODM_DEVOPS__DATABASE__URL", "postgres://u@h/db"),
+            ("ODM_DEVOPS__DATABASE__POOL_SIZE", "3"),
+            ("ODM_DEVOPS__AUTH__API_TOKENS", "a,b"),
+            (
+                "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET",
+                "s3cret",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.database.url.expose(), "postgres://u@h/db");
+        assert_eq!(s.database.pool_size, 3);
+        assert_eq!(s.auth.api_tokens.len(), 2);
+        match &s.executors["azure-devops"] {
+            ExecutorSettings::AzureDevops(a) => match &a.auth {
+                AzureAuthSettings::ClientCredentials(c) => {
+                    assert_eq!(c.client_secret.expose(), "s3cret")
+                }
+                other => panic!("unexpected auth {other:?}"),
+            },
+            other => panic!("unexpected executor {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = load(&[("ODM_DEVOPS__ENGINE__TICKS", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ticks"), "{err}");
+    }
+
+    #[test]
+    fn remote_registry_needs_an_address() {
+        let err = load(&[("ODM_DEVOPS__REGISTRY__MODE", "remote")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registry.address"), "{err}");
+    }
+}

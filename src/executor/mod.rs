@@ -1,0 +1,92 @@
+//! The seam between the engine and the CI/CD providers. The engine only sees these types;
+//! provider JSON stays inside each implementation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Secrets given with the request that created or started the activity, for one executor,
+/// keyed by their type (`pat`, `token`, …: the `<type>` of `x-odm-<executor>-executor-secret-<type>`).
+pub type Secrets = BTreeMap<String, Secret>;
+
+/// What the engine asks an executor to run.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub task_id: i64,
+    pub activity_id: i64,
+    pub task_name: String,
+    pub callback_ref: String,
+    /// The task's template (a JSON object), placeholders resolved.
+    pub template: serde_json::Value,
+    /// The task's configurations (a JSON object), placeholders resolved, with `context`.
+    pub configurations: serde_json::Value,
+    pub secrets: Secrets,
+}
+
+/// The executor's handle on a run, persisted as JSON so status and cancel work after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunRef(pub serde_json::Value);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub run: RunRef,
+    pub web_url: Option<String>,
+    /// Set when the provider already knows how the run ended (synchronous executors).
+    pub outcome: Option<RunOutcome>,
+}
+
+/// How a finished run ended, with what it reported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    Succeeded { results: Option<serde_json::Value> },
+    Failed { errors: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed(String),
+    Canceled,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExecutorError {
+    /// The task can never run as written (bad template, rejected by the provider). Permanent.
+    #[error("{0}")]
+    InvalidTask(String),
+    /// The provider refused our credentials. Permanent.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The provider asked us to slow down; nothing was created.
+    #[error("rate limited by the provider: {message}")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// A passing failure (5xx, connection refused); nothing was created, trying again is safe.
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl ExecutorError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ExecutorError::InvalidTask(_) | ExecutorError::Unauthorized(_)
+        )
+    }
+}
+
+#[async_trait(?Send)]
+pub trait Executor {
+    async fn submit(&self, task: &Submission) -> Result<Submitted, ExecutorError>;
+    /// `secrets` are the activity's, as for `submit` (a per-activity PAT authenticates these too).
+    async fn status(&self, run: &RunRef, secrets: &Secrets) -> Result<RunStatus, ExecutorError>;
+    async fn cancel(&self, run: &RunRef, secrets: &Secrets) -> Result<(), ExecutorError>;
+}

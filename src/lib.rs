@@ -1,0 +1,6 @@
+//! odm-devops: the DevOps lifecycle of data products (see README.md and DESIGN.md).
+
+pub mod cli;
+pub mod config;
+pub mod executor;
+pub mod secret;
