@@ -72,6 +72,10 @@ pub enum ExecutorError {
     /// A passing failure (5xx, connection refused); nothing was created, trying again is safe.
     #[error("{0}")]
     Transient(String),
+    /// The request may have reached the provider (timed out after sending): sending it again
+    /// could start a second run, so the engine waits for the run's callback instead.
+    #[error("{0}")]
+    OutcomeUnknown(String),
 }
 
 impl ExecutorError {
