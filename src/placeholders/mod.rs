@@ -1,10 +1,12 @@
 //! Placeholders: references from a task's `template` and `configurations` to the Context
-//! (DESIGN §4). Pure code, no I/O: the engine calls [`resolve`] when it dispatches a task.
+//! (DESIGN §4). Pure code, no I/O: the engine calls [`resolve`] when it dispatches a task and
+//! [`check_activity`] when it creates an activity.
 //!
 //! # Public API
 //!
 //! * [`StageTaskNames`]: the task names of every stage, to translate `results.<name>` to a position.
 //! * [`resolve`]`(value, context, names, on_missing) -> Result<Value, Unresolved>`.
+//! * [`check_activity`]`(stage, tasks, known_stages, names) -> Vec<BadReference>`.
 //!
 //! # Syntax
 //!
@@ -50,8 +52,14 @@
 //! With [`OnMissing::Fail`] the first placeholder that does not resolve (or is malformed) is an
 //! [`Unresolved`] saying what is missing: the stage, the task, or the key. With
 //! [`OnMissing::Keep`] such placeholders are left as written and the rest is still resolved.
+//!
+//! # Static check
+//!
+//! [`check_activity`] reports every malformed reference, unknown stage, unknown or shared task
+//! name, and reference to results of the same or a later task of the activity's own stage (those
+//! have not finished when the task runs). Other stages are checked at run time only.
 
-
+mod check;
 mod eval;
 mod parse;
 mod resolve;
@@ -60,6 +68,7 @@ mod tests;
 
 use std::collections::HashMap;
 
+pub use check::{check_activity, BadReference, TaskToCheck};
 pub use resolve::resolve;
 
 #[cfg(doc)]

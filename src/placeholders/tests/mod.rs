@@ -1,5 +1,6 @@
 //! Table-driven tests: one row per behaviour, exact expected values.
 
+mod check;
 mod resolve;
 
 use serde_json::{json, Value};
