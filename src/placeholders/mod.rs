@@ -57,7 +57,8 @@
 //!
 //! [`check_activity`] reports every malformed reference, unknown stage, unknown or shared task
 //! name, and reference to results of the same or a later task of the activity's own stage (those
-//! have not finished when the task runs). Other stages are checked at run time only.
+//! have not finished when the task runs). Whether another stage has run, and what its results
+//! hold, is only known at run time.
 
 mod check;
 mod eval;
@@ -75,6 +76,9 @@ pub use resolve::resolve;
 use crate::config::OnMissing;
 
 /// The names of the tasks of every stage, to translate `results.<name>` into `taskN`.
+///
+/// A stage that was not added has no usable names. At dispatch, the names of a stage should be
+/// those of the activity whose results are in the context, so names and positions agree.
 #[derive(Debug, Clone, Default)]
 pub struct StageTaskNames {
     stages: HashMap<String, TaskNames>,
