@@ -3,4 +3,5 @@
 pub mod cli;
 pub mod config;
 pub mod executor;
+pub mod placeholders;
 pub mod secret;

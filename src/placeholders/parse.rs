@@ -1,0 +1,329 @@
+//! Splitting a string into literal text and placeholders, and parsing one reference.
+//!
+//! The grammar is documented in the module doc of [`crate::placeholders`]; the rules that
+//! matter here: `${` always opens a placeholder (so a malformed one is reported), `$<` opens one
+//! only when a well-formed reference and `>` follow (shell snippets are full of `$<`), and
+//! `$${` / `$$<` are the escapes for the literal `${` / `$<`.
+
+/// One step of the path after the stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Segment {
+    Key(String),
+    Index(i64),
+    Wildcard,
+}
+
+/// A well-formed reference: `${<stage><path>}`, with at least one path segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reference {
+    pub stage: String,
+    pub path: Vec<Segment>,
+}
+
+/// The segment after `results`, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskRef<'r> {
+    /// `taskN`: always position N, even when some task is named like that.
+    Position(usize),
+    Name(&'r str),
+}
+
+impl Reference {
+    /// The task this reference reads results of, when its path starts with `results.<task>`.
+    pub fn task(&self) -> Option<TaskRef<'_>> {
+        match self.path.as_slice() {
+            [Segment::Key(results), Segment::Key(task), ..] if results == "results" => {
+                Some(match task_position(task) {
+                    Some(n) => TaskRef::Position(n),
+                    None => TaskRef::Name(task),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `task` followed by a positive number without leading zero: the only spellings that are keys of
+/// a stage's `results`, so `task0` or `task01` are looked up as names instead.
+pub(crate) fn task_position(key: &str) -> Option<usize> {
+    let digits = key.strip_prefix("task")?;
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Piece<'s> {
+    Text(&'s str),
+    /// `text` is the placeholder exactly as written (what `keep` leaves and errors quote).
+    Placeholder {
+        text: &'s str,
+        reference: Result<Reference, String>,
+    },
+}
+
+/// Splits `s` into text and placeholders, escapes already turned into their literal text.
+pub(crate) fn split(s: &str) -> Vec<Piece<'_>> {
+    let bytes = s.as_bytes();
+    let mut pieces = Vec::new();
+    let mut text_start = 0;
+    let mut i = 0;
+    while let Some(offset) = bytes[i..].iter().position(|&b| b == b'$') {
+        let dollar = i + offset;
+        match (bytes.get(dollar + 1), bytes.get(dollar + 2)) {
+            (Some(b'$'), Some(b'{' | b'<')) => {
+                push_text(&mut pieces, &s[text_start..dollar]);
+                // The escape's literal text is the two characters after the first `$`.
+                pieces.push(Piece::Text(&s[dollar + 1..dollar + 3]));
+                i = dollar + 3;
+                text_start = i;
+            }
+            (Some(b'{'), _) => {
+                push_text(&mut pieces, &s[text_start..dollar]);
+                let (reference, end) = match parse_reference(s, dollar + 2, '}') {
+                    Ok((reference, end)) => (Ok(reference), end),
+                    Err(e) => (Err(e), broken_end(s, dollar)),
+                };
+                pieces.push(Piece::Placeholder {
+                    text: &s[dollar..end],
+                    reference,
+                });
+                i = end;
+                text_start = i;
+            }
+            (Some(b'<'), _) => match parse_reference(s, dollar + 2, '>') {
+                Ok((reference, end)) => {
+                    push_text(&mut pieces, &s[text_start..dollar]);
+                    pieces.push(Piece::Placeholder {
+                        text: &s[dollar..end],
+                        reference: Ok(reference),
+                    });
+                    i = end;
+                    text_start = i;
+                }
+                Err(_) => i = dollar + 1,
+            },
+            _ => i = dollar + 1,
+        }
+    }
+    push_text(&mut pieces, &s[text_start..]);
+    pieces
+}
+
+/// Where a malformed `${…}` ends: at its `}`, or before the next `${` so one typo does not
+/// swallow the placeholder after it. `keep` leaves exactly this text and errors quote it.
+fn broken_end(s: &str, dollar: usize) -> usize {
+    let after_open = dollar + 2;
+    let close = s[after_open..].find('}').map(|k| after_open + k + 1);
+    let next_open = s[after_open..].find("${").map(|k| after_open + k);
+    match (close, next_open) {
+        (Some(close), Some(next)) => close.min(next),
+        (close, next) => close.or(next).unwrap_or(s.len()),
+    }
+}
+
+fn push_text<'s>(pieces: &mut Vec<Piece<'s>>, text: &'s str) {
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | ':')
+}
+
+/// Parses the reference starting at byte `start` (just after `${` or `$<`) up to `close`.
+/// Returns it with the byte offset just after `close`.
+fn parse_reference(s: &str, start: usize, close: char) -> Result<(Reference, usize), String> {
+    let open = if close == '}' { "${" } else { "$<" };
+    let mut p = Parser {
+        s,
+        pos: start,
+        start,
+        open,
+    };
+    let stage = match p.peek() {
+        Some('[') => {
+            p.bump('[');
+            match p.peek() {
+                Some(q @ ('\'' | '"')) => {
+                    let stage = p.quoted(q)?;
+                    p.expect(']')?;
+                    stage
+                }
+                _ => return Err(p.unexpected("a quoted stage name")),
+            }
+        }
+        _ => p.name().ok_or_else(|| p.unexpected("a stage name"))?,
+    };
+    let mut path = Vec::new();
+    loop {
+        match p.peek() {
+            Some(c) if c == close => {
+                if path.is_empty() {
+                    return Err(format!(
+                        "expected a path after the stage, e.g. `{open}{stage}.status{close}`"
+                    ));
+                }
+                return Ok((Reference { stage, path }, p.pos + c.len_utf8()));
+            }
+            Some('.') => {
+                p.bump('.');
+                match p.peek() {
+                    Some('*') => {
+                        p.bump('*');
+                        path.push(Segment::Wildcard);
+                    }
+                    Some('.') => return Err("`..` (descendant search) is not supported".into()),
+                    _ => match p.name() {
+                        Some(key) => path.push(Segment::Key(key)),
+                        None => return Err(p.unexpected("a key or `*`")),
+                    },
+                }
+            }
+            Some('[') => {
+                p.bump('[');
+                match p.peek() {
+                    Some('*') => {
+                        p.bump('*');
+                        path.push(Segment::Wildcard);
+                    }
+                    Some(q @ ('\'' | '"')) => path.push(Segment::Key(p.quoted(q)?)),
+                    Some(c) if c == '-' || c.is_ascii_digit() => {
+                        path.push(Segment::Index(p.index()?))
+                    }
+                    _ => return Err(p.unexpected("an index, `*` or a quoted key")),
+                }
+                p.expect(']')?;
+            }
+            None => return Err(format!("missing closing `{close}`")),
+            Some(_) => return Err(p.unexpected(&format!("`.`, `[` or `{close}`"))),
+        }
+    }
+}
+
+struct Parser<'s> {
+    s: &'s str,
+    pos: usize,
+    start: usize,
+    open: &'static str,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<char> {
+        self.s[self.pos..].chars().next()
+    }
+
+    fn bump(&mut self, c: char) {
+        self.pos += c.len_utf8();
+    }
+
+    fn unexpected(&self, wanted: &str) -> String {
+        let after = format!("{}{}", self.open, &self.s[self.start..self.pos]);
+        match self.peek() {
+            Some(c) => format!("expected {wanted} after `{after}`, found `{c}`"),
+            None => format!("expected {wanted} after `{after}`, found the end of the text"),
+        }
+    }
+
+    fn expect(&mut self, c: char) -> Result<(), String> {
+        if self.peek() == Some(c) {
+            self.bump(c);
+            Ok(())
+        } else {
+            Err(self.unexpected(&format!("`{c}`")))
+        }
+    }
+
+    fn name(&mut self) -> Option<String> {
+        let rest = &self.s[self.pos..];
+        let len = rest.find(|c: char| !is_name_char(c)).unwrap_or(rest.len());
+        if len == 0 {
+            return None;
+        }
+        self.pos += len;
+        Some(rest[..len].to_owned())
+    }
+
+    fn index(&mut self) -> Result<i64, String> {
+        let rest = &self.s[self.pos..];
+        let digits_from = usize::from(rest.starts_with('-'));
+        let len = rest[digits_from..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - digits_from);
+        if len == 0 {
+            self.pos += digits_from;
+            return Err(self.unexpected("digits"));
+        }
+        let text = &rest[..digits_from + len];
+        let index = text
+            .parse()
+            .map_err(|_| format!("index {text} is too large"))?;
+        self.pos += text.len();
+        Ok(index)
+    }
+
+    /// A quoted key; only `\\` and the two quotes may be escaped, so a stray backslash is an
+    /// error rather than silently meaning something.
+    fn quoted(&mut self, quote: char) -> Result<String, String> {
+        self.bump(quote);
+        let mut key = String::new();
+        let mut chars = self.s[self.pos..].char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, e @ ('\\' | '\'' | '"'))) => key.push(e),
+                    Some((_, e)) => {
+                        return Err(format!(
+                            "unsupported escape `\\{e}` in a quoted key (only \\\\, \\' and \\\")"
+                        ))
+                    }
+                    None => break,
+                },
+                c if c == quote => {
+                    self.pos += i + c.len_utf8();
+                    return Ok(key);
+                }
+                c => key.push(c),
+            }
+        }
+        Err(format!("unterminated quoted key (missing closing {quote})"))
+    }
+}
+
+/// Appends `key` readably: `.key` when it is a plain name, `['key']` otherwise.
+pub(crate) fn push_key(out: &mut String, key: &str) {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+    } else {
+        out.push_str("['");
+        for c in key.chars() {
+            if matches!(c, '\\' | '\'') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push_str("']");
+    }
+}
+
+/// The path as a reader would write it, for messages: `vm.ip`, `vms[0]`, `['a b']`.
+pub(crate) fn render_path(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) => push_key(&mut out, key),
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+            Segment::Wildcard => out.push_str("[*]"),
+        }
+    }
+    out
+}
