@@ -246,7 +246,11 @@ impl Settings {
                     file.display()
                 )));
             }
-            builder = builder.add_source(config::File::from(file));
+            // YAML whatever the extension (JSON is YAML too).
+            builder = builder.add_source(config::File::new(
+                &file.to_string_lossy(),
+                config::FileFormat::Yaml,
+            ));
         }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
+pub mod odm_http;
+mod set;
+
+pub use set::{ExecutorCatalog, Executors};
+
 /// Secrets given with the request that created or started the activity, for one executor,
 /// keyed by their type (`pat`, `token`, …: the `<type>` of `x-odm-<executor>-executor-secret-<type>`).
 pub type Secrets = BTreeMap<String, Secret>;

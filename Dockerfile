@@ -1,0 +1,22 @@
+# One container: the service with its embedded SQLite database and registry.
+#   docker build -t odm-devops . && docker run -p 8002:8002 -v odm-data:/app/data odm-devops
+FROM rust:1-bookworm AS build
+RUN apt-get update -qq && apt-get install -y -qq libpq-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked && strip target/release/odm-devops
+
+FROM debian:bookworm-slim
+RUN apt-get update -qq && apt-get install -y -qq libpq5 ca-certificates && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home /app odm && mkdir -p /app/data && chown odm /app/data
+WORKDIR /app
+COPY --from=build /src/target/release/odm-devops /usr/local/bin/odm-devops
+USER odm
+# Secrets (client secret, callback secret, database password) come from the environment at run
+# time, never from the image: ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET=…
+ENV ODM_DEVOPS__SERVER__BIND=0.0.0.0:8002
+EXPOSE 8002
+VOLUME /app/data
+HEALTHCHECK CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8002"]
+ENTRYPOINT ["odm-devops"]
+CMD ["serve"]

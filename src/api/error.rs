@@ -1,0 +1,147 @@
+//! Error policy: typed errors inside, one `ApiError` at the edge carrying ODM's code. A 500
+//! tells the caller nothing internal; the log gets the whole cause chain.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::clock::now_ms;
+use crate::lifecycle::CommandError;
+use crate::registry::RegistryError;
+use crate::telemetry::error_chain as chain;
+
+/// ODM's error body, fields in ODM's order.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    pub status: u16,
+    pub code: &'a str,
+    pub description: &'a str,
+    pub message: &'a str,
+    pub path: &'a str,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(
+        status: u16,
+        code: &'static str,
+        description: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            code,
+            description,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "40000", "Bad request", message)
+    }
+
+    pub fn invalid_activity(message: impl Into<String>) -> ApiError {
+        ApiError::new(422, "42201", "Activity is invalid", message)
+    }
+
+    pub fn invalid_callback(message: impl Into<String>) -> ApiError {
+        ApiError::new(422, "42203", "Task status update is invalid", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(401, "40101", "Unauthorized", message)
+    }
+
+    /// For a failure the caller cannot act on: logged in full, answered generically.
+    pub fn internal(cause: &dyn std::error::Error) -> ApiError {
+        tracing::error!(error = %chain(cause), "request failed");
+        ApiError::new(
+            500,
+            "50001",
+            "Internal server error",
+            "the service could not complete the request; see its log",
+        )
+    }
+
+    /// ODM's error envelope.
+    pub fn envelope<'a>(&'a self, path: &'a str) -> Envelope<'a> {
+        Envelope {
+            status: self.status.as_u16(),
+            code: self.code,
+            description: self.description,
+            message: &self.message,
+            path,
+            timestamp: now_ms(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.code, self.description, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The path is unknown here; the envelope middleware rewrites the body with it.
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(self.envelope(""))
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            CommandError::InvalidActivity(_) => ApiError::invalid_activity(message),
+            CommandError::DuplicatePlanned(_) => {
+                ApiError::new(422, "42202", "Activity already exists", message)
+            }
+            CommandError::InvalidCallback(_) => ApiError::invalid_callback(message),
+            CommandError::ActivityNotFound(_) => {
+                ApiError::new(404, "40401", "Activity not found", message)
+            }
+            CommandError::TaskNotFound(_) => ApiError::new(404, "40411", "Task not found", message),
+            CommandError::ActivityConflict(_) => {
+                ApiError::new(409, "40901", "Activity conflict", message)
+            }
+            CommandError::TaskConflict(_) => ApiError::new(409, "40911", "Task conflict", message),
+            CommandError::Unauthorized(_) => ApiError::unauthorized(message),
+            CommandError::Registry(e) => e.into(),
+            CommandError::Db(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            RegistryError::NotFound { .. } => ApiError::invalid_activity(message),
+            RegistryError::Unreachable(_) => {
+                tracing::warn!(error = %message, "registry unreachable");
+                ApiError::new(503, "50050", "Registry unreachable", message)
+            }
+            RegistryError::Failed(_) => {
+                tracing::warn!(error = %message, "registry error");
+                ApiError::new(502, "50250", "Registry error", message)
+            }
+            RegistryError::Invalid(_) => {
+                ApiError::new(422, "42211", "Descriptor is invalid", message)
+            }
+            RegistryError::Db(e) => ApiError::internal(&e),
+        }
+    }
+}

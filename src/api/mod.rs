@@ -1,0 +1,133 @@
+//! The REST API: thin handlers that parse, call one lifecycle command and map the result.
+
+mod activities;
+mod body;
+pub mod error;
+mod guard;
+mod health;
+mod lifecycles;
+mod registry;
+mod request;
+pub mod resources;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::BoxBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::web;
+use futures_util::future::{Either, LocalBoxFuture};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::lifecycle::Lifecycle;
+use crate::secret::Secret;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub lifecycle: Lifecycle,
+    pub body_limit: usize,
+    pub api_tokens: Arc<Vec<Secret>>,
+}
+
+/// Every route (DESIGN §5, §8).
+pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let embedded_registry = state.lifecycle.registry().is_embedded();
+        cfg.app_data(web::Data::new(state))
+            .route("/health/live", web::get().to(health::live))
+            .route("/health/ready", web::get().to(health::ready))
+            .service(
+                web::scope("/api/v1/pp/devops")
+                    .route("/activities", web::post().to(activities::create))
+                    .route("/activities", web::get().to(activities::list))
+                    .route("/activities/{id}", web::get().to(activities::get))
+                    .route("/activities/{id}", web::delete().to(activities::delete))
+                    .route("/activities/{id}/status", web::get().to(activities::status))
+                    .route(
+                        "/activities/{id}/status",
+                        web::patch().to(activities::change_status),
+                    )
+                    .route("/tasks", web::get().to(tasks::list))
+                    .route("/tasks/{id}", web::get().to(tasks::get))
+                    .route("/tasks/{id}/status", web::get().to(tasks::status))
+                    .route("/tasks/{id}/status", web::patch().to(tasks::change_status))
+                    .route("/tasks/{id}/status", web::post().to(tasks::change_status))
+                    .route("/lifecycles", web::get().to(lifecycles::all))
+                    .route(
+                        "/lifecycles/{product}",
+                        web::get().to(lifecycles::of_product),
+                    )
+                    .route(
+                        "/lifecycles/{product}/{version}",
+                        web::get().to(lifecycles::of_version),
+                    )
+                    .route(
+                        "/lifecycles/{product}/{version}/current",
+                        web::get().to(lifecycles::current),
+                    ),
+            );
+        if embedded_registry {
+            cfg.service(
+                web::scope("/api/v1/pp/registry/products/{product}/versions")
+                    .route("", web::get().to(registry::versions))
+                    .route("/{version}", web::put().to(registry::put))
+                    .route("/{version}", web::get().to(registry::get)),
+            );
+        }
+        cfg.default_service(web::to(guard::not_found));
+    }
+}
+
+/// Wraps every request: Accept and API token checks, ODM's error envelope, a request id, and
+/// one log line (the path only: query strings carry callback tokens).
+pub fn around<S>(
+    api_tokens: Arc<Vec<Secret>>,
+) -> impl Fn(
+    ServiceRequest,
+    &S,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>>
+       + Clone
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
+    S::Future: 'static,
+{
+    move |req, srv| {
+        let started = Instant::now();
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64)
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+        let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.path());
+        let outcome = match guard::check(req.request(), &api_tokens) {
+            Err(refused) => Either::Left(req.error_response(refused)),
+            Ok(()) => Either::Right(span.in_scope(|| srv.call(req))),
+        };
+        async move {
+            let res = match outcome {
+                Either::Left(refused) => refused,
+                Either::Right(call) => call.await?,
+            };
+            let mut res = guard::with_envelope(res);
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                res.headers_mut()
+                    .insert(HeaderName::from_static("x-request-id"), value);
+            }
+            let status = res.status().as_u16();
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if status >= 500 {
+                tracing::error!(status, ms, "request answered");
+            } else {
+                tracing::debug!(status, ms, "request answered");
+            }
+            Ok(res)
+        }
+        .instrument(span)
+        .boxed_local()
+    }
+}

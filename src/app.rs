@@ -1,0 +1,180 @@
+//! Building and running the service: the database, the engine and the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer};
+
+use crate::api::{self, ApiState};
+use crate::config::Settings;
+use crate::db::{self, Db, DbError};
+use crate::executor::{ExecutorCatalog, Executors};
+use crate::keys::Keys;
+use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle};
+use crate::lifecycle::{EngineTimings, Lifecycle, Waker};
+use crate::registry::Registry;
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Registry(String),
+}
+
+pub struct Application {
+    port: u16,
+    public_url: String,
+    server: Server,
+    engine: EngineHandle,
+    lifecycle: Lifecycle,
+}
+
+impl Application {
+    /// Opens the database (migrating it), starts the engine and binds the server (port 0 picks
+    /// a free port). Must run inside an actix System: the engine lives on this thread.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let bind = settings.server.bind.clone();
+        let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
+            bind: bind.clone(),
+            source,
+        })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { bind, source })?;
+        let public_url = match settings.server.public_url.trim() {
+            "" => format!("http://{address}"),
+            url => url.trim_end_matches('/').to_owned(),
+        };
+
+        let url = settings.database.url.expose().to_owned();
+        let pool_size = settings.database.pool_size;
+        let db = actix_web::web::block(move || Db::connect(&url, pool_size))
+            .await
+            .map_err(|_| DbError::Canceled)??;
+        let keys = Keys::new(&server_secret(&db, settings.callbacks.secret.clone()).await?);
+        let registry = Registry::new(db.clone(), &settings.registry);
+        if let Some(dir) = settings
+            .registry
+            .preload_dir
+            .as_deref()
+            .filter(|d| !d.is_empty())
+        {
+            let stored = registry
+                .preload(std::path::Path::new(dir))
+                .await
+                .map_err(StartupError::Registry)?;
+            tracing::info!(stored, dir, "registry preloaded");
+        }
+
+        let waker = Waker::default();
+        let timings = EngineTimings {
+            poll_after_ms: (settings.engine.poll_after_secs * 1000) as i64,
+            default_timeout_ms: (settings.engine.task_timeout_secs * 1000) as i64,
+        };
+        let lifecycle = Lifecycle {
+            db: db.clone(),
+            registry,
+            keys: keys.clone(),
+            catalog: ExecutorCatalog::new(&settings.executors),
+            timings,
+            require_token: settings.callbacks.require_token,
+            waker: waker.clone(),
+        };
+        let engine = Engine::new(
+            db,
+            Executors::build(&settings.executors),
+            keys,
+            timings,
+            EngineConfig {
+                tick: Duration::from_millis(settings.engine.tick_ms),
+                lease_ms: (settings.engine.lease_secs * 1000) as i64,
+                max_dispatch_attempts: settings.engine.max_dispatch_attempts,
+                on_missing: settings.placeholders.on_missing,
+                public_url: public_url.clone(),
+                batch: 64,
+                max_in_flight: 512,
+            },
+            waker,
+        )
+        .spawn();
+
+        if settings.auth.api_tokens.is_empty() && !address.ip().is_loopback() {
+            tracing::warn!(%address, "the API is open to the network without authentication: set auth.api_tokens");
+        }
+        let state = ApiState {
+            lifecycle: lifecycle.clone(),
+            body_limit: settings.server.body_limit_bytes,
+            api_tokens: Arc::new(settings.auth.api_tokens.clone()),
+        };
+        let tokens = state.api_tokens.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(api::around(tokens.clone()))
+                .configure(api::routes(state.clone()))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            bind: address.to_string(),
+            source,
+        })?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.run();
+        tracing::info!(%address, %public_url, backend = ?lifecycle.db().backend(), "odm-devops listening");
+        Ok(Application {
+            port: address.port(),
+            public_url,
+            server,
+            engine,
+            lifecycle,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address pipelines call back on.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    pub fn server_handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// Serves until the server is stopped (a signal, or `ServerHandle::stop`), then stops the engine.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        self.engine.stop().await;
+        served
+    }
+}
+
+/// `callbacks.secret`, or the one generated once and kept in the database for every replica.
+async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<Secret, DbError> {
+    if let Some(secret) = configured.filter(|s| !s.is_empty()) {
+        return Ok(secret);
+    }
+    let candidate = Keys::generate_secret();
+    let stored = db
+        .write(move |conn| {
+            Ok::<_, DbError>(db::meta_get_or_insert(conn, "callback_secret", &candidate)?)
+        })
+        .await?;
+    Ok(Secret::new(stored))
+}

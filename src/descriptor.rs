@@ -1,0 +1,279 @@
+//! `internalComponents.lifecycleInfo` of a Data Product Descriptor → the tasks of each stage.
+//! Both shapes are read (DESIGN §3): the stage map of the ODM documentation and the normalized
+//! `tasksInfo` list the ODM registry returns.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+/// One task as the descriptor defines it, before it becomes a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskDefinition {
+    /// 1-based, in descriptor order within the stage.
+    pub position: usize,
+    pub name: String,
+    pub description: Option<String>,
+    pub executor_ref: Option<String>,
+    pub template: Option<Value>,
+    pub configurations: Option<Value>,
+}
+
+/// Stage name → its tasks in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LifecycleInfo {
+    pub stages: BTreeMap<String, Vec<TaskDefinition>>,
+}
+
+impl LifecycleInfo {
+    pub fn stage_list(&self) -> String {
+        if self.stages.is_empty() {
+            return "none".into();
+        }
+        self.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DescriptorError(pub String);
+
+const ROOT: &str = "internalComponents.lifecycleInfo";
+
+pub fn parse(descriptor: &Value) -> Result<LifecycleInfo, DescriptorError> {
+    let descriptor = descriptor
+        .as_object()
+        .ok_or_else(|| err("the descriptor must be a JSON object".into()))?;
+    let info = descriptor
+        .get("internalComponents")
+        .and_then(|c| c.get("lifecycleInfo"))
+        .ok_or_else(|| {
+            err(format!(
+                "{ROOT} is missing: the descriptor defines no stages"
+            ))
+        })?;
+    let info = info
+        .as_object()
+        .ok_or_else(|| err(format!("{ROOT} must be an object, found {}", kind(info))))?;
+    match info.get("tasksInfo") {
+        Some(tasks) => parse_normalized(info, tasks),
+        None => parse_stage_map(info),
+    }
+}
+
+fn err(message: String) -> DescriptorError {
+    DescriptorError(message)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn parse_stage_map(info: &Map<String, Value>) -> Result<LifecycleInfo, DescriptorError> {
+    let mut stages = BTreeMap::new();
+    for (stage, tasks) in info {
+        let at = format!("{ROOT}.{stage}");
+        let tasks = tasks.as_array().ok_or_else(|| {
+            err(format!(
+                "{at} must be a list of tasks, found {}",
+                kind(tasks)
+            ))
+        })?;
+        let defs = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, task)| task_definition(task, i + 1, &format!("{at}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        stages.insert(stage.clone(), defs);
+    }
+    Ok(LifecycleInfo { stages })
+}
+
+fn parse_normalized(
+    info: &Map<String, Value>,
+    tasks: &Value,
+) -> Result<LifecycleInfo, DescriptorError> {
+    let mut stages: BTreeMap<String, Vec<(i64, usize, Value, String)>> = BTreeMap::new();
+    if let Some(names) = info.get("stageNames").and_then(Value::as_array) {
+        for name in names.iter().filter_map(Value::as_str) {
+            stages.entry(name.to_owned()).or_default();
+        }
+    }
+    let tasks = tasks.as_array().ok_or_else(|| {
+        err(format!(
+            "{ROOT}.tasksInfo must be a list, found {}",
+            kind(tasks)
+        ))
+    })?;
+    for (i, entry) in tasks.iter().enumerate() {
+        let at = format!("{ROOT}.tasksInfo[{i}]");
+        let stage = entry
+            .get("stageName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| err(format!("{at}.stageName is missing")))?;
+        let order = entry
+            .get("order")
+            .and_then(Value::as_i64)
+            .unwrap_or(i as i64);
+        // rawContent is the task as the author wrote it; the normalized fields around it may
+        // have lost the inline definition, so it wins.
+        let task = match entry.get("rawContent") {
+            Some(Value::String(raw)) => merged_with_raw(entry, raw, &at)?,
+            Some(other) => {
+                return Err(err(format!(
+                    "{at}.rawContent must be a string, found {}",
+                    kind(other)
+                )))
+            }
+            None => entry.clone(),
+        };
+        stages
+            .entry(stage.to_owned())
+            .or_default()
+            .push((order, i, task, at));
+    }
+    let mut parsed = BTreeMap::new();
+    for (stage, mut entries) in stages {
+        entries.sort_by_key(|(order, index, _, _)| (*order, *index));
+        let defs = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, task, at))| task_definition(task, i + 1, at))
+            .collect::<Result<Vec<_>, _>>()?;
+        parsed.insert(stage, defs);
+    }
+    Ok(LifecycleInfo { stages: parsed })
+}
+
+/// The entry's own fields, with `template.definition` and `configurations` from its rawContent.
+fn merged_with_raw(entry: &Value, raw: &str, at: &str) -> Result<Value, DescriptorError> {
+    let raw: Value = serde_json::from_str(raw)
+        .map_err(|e| err(format!("{at}.rawContent is not valid JSON: {e}")))?;
+    let mut task = entry.as_object().cloned().unwrap_or_default();
+    if let Some(configurations) = raw.get("configurations") {
+        task.insert("configurations".into(), configurations.clone());
+    }
+    if let Some(definition) = raw.get("template").and_then(|t| t.get("definition")) {
+        let mut template = task
+            .get("template")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        template.insert("definition".into(), definition.clone());
+        task.insert("template".into(), Value::Object(template));
+    }
+    if task.get("service").is_none() {
+        if let Some(service) = raw.get("service") {
+            task.insert("service".into(), service.clone());
+        }
+    }
+    Ok(Value::Object(task))
+}
+
+fn task_definition(
+    task: &Value,
+    position: usize,
+    at: &str,
+) -> Result<TaskDefinition, DescriptorError> {
+    let task = task
+        .as_object()
+        .ok_or_else(|| err(format!("{at} must be an object, found {}", kind(task))))?;
+    let executor_ref = match task.get("service") {
+        None | Some(Value::Null) => None,
+        Some(service) => match service.get("$href") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(href)) => Some(
+                href.trim()
+                    .trim_start_matches('{')
+                    .trim_end_matches('}')
+                    .trim()
+                    .to_owned(),
+            )
+            .filter(|h| !h.is_empty()),
+            Some(other) => {
+                return Err(err(format!(
+                    "{at}.service.$href must be a string, found {}",
+                    kind(other)
+                )))
+            }
+        },
+    };
+    let template = task.get("template").filter(|t| !t.is_null());
+    if let Some(t) = template {
+        if !t.is_object() {
+            return Err(err(format!(
+                "{at}.template must be an object, found {}",
+                kind(t)
+            )));
+        }
+    }
+    let definition = match template.and_then(|t| t.get("definition")) {
+        None | Some(Value::Null) => None,
+        Some(d) => Some(unwrap_raw_content(d, &format!("{at}.template.definition"))?),
+    };
+    let configurations = match task.get("configurations") {
+        None | Some(Value::Null) => None,
+        Some(c) => Some(unwrap_raw_content(c, &format!("{at}.configurations"))?),
+    };
+    let text = |key: &str| {
+        template
+            .and_then(|t| t.get(key))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let name = text("name")
+        .filter(|n| !looks_like_uuid(n))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("task{position}"));
+    Ok(TaskDefinition {
+        position,
+        name,
+        description: text("description").map(str::to_owned),
+        executor_ref,
+        template: definition,
+        configurations,
+    })
+}
+
+/// An object, or an object whose only meaningful content is a `rawContent` JSON string.
+fn unwrap_raw_content(value: &Value, at: &str) -> Result<Value, DescriptorError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| err(format!("{at} must be an object, found {}", kind(value))))?;
+    match object.get("rawContent") {
+        Some(Value::String(raw)) => {
+            let parsed: Value = serde_json::from_str(raw)
+                .map_err(|e| err(format!("{at}.rawContent is not valid JSON: {e}")))?;
+            if parsed.is_object() {
+                Ok(parsed)
+            } else {
+                Err(err(format!(
+                    "{at}.rawContent must hold an object, found {}",
+                    kind(&parsed)
+                )))
+            }
+        }
+        _ => Ok(value.clone()),
+    }
+}
+
+fn looks_like_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+#[path = "descriptor_tests.rs"]
+mod tests;

@@ -1,0 +1,79 @@
+//! The configured executors, built on the engine's thread (awc clients are `!Send`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use super::odm_http::OdmHttpExecutor;
+use super::Executor;
+use crate::config::ExecutorSettings;
+
+enum Entry {
+    Ready(Rc<dyn Executor>),
+    /// Configured but unusable (e.g. no credentials): tasks fail with this explanation.
+    Misconfigured(String),
+}
+
+pub struct Executors {
+    entries: HashMap<String, Entry>,
+}
+
+impl Executors {
+    pub fn build(settings: &BTreeMap<String, ExecutorSettings>) -> Executors {
+        let mut entries = HashMap::new();
+        for (name, config) in settings.iter().filter(|(_, c)| c.active()) {
+            let built: Result<Rc<dyn Executor>, String> = match config {
+                ExecutorSettings::OdmHttp(s) => {
+                    OdmHttpExecutor::new(name, s).map(|e| Rc::new(e) as Rc<dyn Executor>)
+                }
+                ExecutorSettings::AzureDevops(_) => {
+                    Err("the azure-devops executor is not part of this build yet".to_owned())
+                }
+            };
+            let entry = match built {
+                Ok(executor) => Entry::Ready(executor),
+                Err(problem) => {
+                    tracing::warn!(executor = %name, %problem, "executor not usable; its tasks will fail");
+                    Entry::Misconfigured(problem)
+                }
+            };
+            entries.insert(name.clone(), entry);
+        }
+        Executors { entries }
+    }
+
+    /// The executor a task's `executorRef` names, or the reason the task must fail.
+    pub fn lookup(&self, name: &str) -> Result<Rc<dyn Executor>, String> {
+        match self.entries.get(name) {
+            Some(Entry::Ready(executor)) => Ok(executor.clone()),
+            Some(Entry::Misconfigured(problem)) => Err(format!(
+                "Executor [{name}] is not configured correctly: {problem}"
+            )),
+            None => Err(format!("Executor [{name}] not supported")),
+        }
+    }
+}
+
+/// What the request threads need to know about executors (no clients, so `Send`).
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorCatalog {
+    check_after_callback: HashMap<String, bool>,
+}
+
+impl ExecutorCatalog {
+    pub fn new(settings: &BTreeMap<String, ExecutorSettings>) -> ExecutorCatalog {
+        ExecutorCatalog {
+            check_after_callback: settings
+                .iter()
+                .filter(|(_, c)| c.active())
+                .map(|(name, c)| (name.clone(), c.check_after_callback()))
+                .collect(),
+        }
+    }
+
+    pub fn check_after_callback(&self, executor: Option<&str>) -> bool {
+        executor
+            .and_then(|name| self.check_after_callback.get(name))
+            .copied()
+            .unwrap_or(false)
+    }
+}

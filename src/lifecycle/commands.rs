@@ -1,0 +1,376 @@
+//! What the REST API asks of the lifecycle. Each command is one short transaction: it reads a
+//! snapshot, asks the state machine for a plan, applies it, and wakes the engine when work is due.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::error::CommandError;
+use super::state::{self, CallbackDecision, Plan, Report, Snapshot, Timing};
+use crate::clock::now_ms;
+use crate::db::models::{ActivityRow, NewActivity, NewTask, TaskRow};
+use crate::db::{self, Db, DbConnection};
+use crate::descriptor::{self, LifecycleInfo, TaskDefinition};
+use crate::domain::{ActivityStatus, TaskStatus};
+use crate::executor::ExecutorCatalog;
+use crate::keys::{ActivitySecrets, Keys};
+use crate::registry::Registry;
+
+/// Wakes the engine at once instead of at its next tick. Shared by every thread.
+#[derive(Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.notify_one()
+    }
+
+    pub async fn woken(&self) {
+        self.0.notified().await
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewActivityRequest {
+    pub data_product_id: String,
+    pub data_product_version: String,
+    pub stage: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineTimings {
+    pub poll_after_ms: i64,
+    pub default_timeout_ms: i64,
+}
+
+impl EngineTimings {
+    pub fn at(&self, now: i64) -> Timing {
+        Timing {
+            now,
+            poll_after_ms: self.poll_after_ms,
+            default_timeout_ms: self.default_timeout_ms,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Lifecycle {
+    pub(crate) db: Db,
+    pub(crate) registry: Registry,
+    pub(crate) keys: Keys,
+    pub(crate) catalog: ExecutorCatalog,
+    pub(crate) timings: EngineTimings,
+    pub(crate) require_token: bool,
+    pub(crate) waker: Waker,
+}
+
+impl Lifecycle {
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Creates the activity and its tasks from the descriptor (and starts it when asked).
+    pub async fn create_activity(
+        &self,
+        request: NewActivityRequest,
+        start: bool,
+        secrets: ActivitySecrets,
+    ) -> Result<ActivityRow, CommandError> {
+        let descriptor = self
+            .registry
+            .descriptor(&request.data_product_id, &request.data_product_version)
+            .await?;
+        let info = descriptor::parse(&descriptor).map_err(|e| {
+            CommandError::InvalidActivity(format!(
+                "the descriptor of version {} of product {} is invalid: {e}",
+                request.data_product_version, request.data_product_id
+            ))
+        })?;
+        let definitions = stage_tasks(&info, &request)?;
+        super::task_placeholders::check_new_activity(&request.stage, &definitions, &info)
+            .map_err(CommandError::InvalidActivity)?;
+        let sealed = (!secrets.is_empty()).then(|| self.keys.seal(&secrets));
+        let timings = self.timings;
+        let activity = self
+            .db
+            .write(move |conn| -> Result<ActivityRow, CommandError> {
+                let now = now_ms();
+                let activity =
+                    insert_planned(conn, &request, &definitions, sealed.as_deref(), now)?;
+                if !start {
+                    return Ok(activity);
+                }
+                start_in(conn, activity.id, None, timings.at(now))?;
+                Ok(db::find_activity(conn, activity.id)?.expect("just written"))
+            })
+            .await?;
+        if start {
+            self.waker.wake();
+        }
+        Ok(activity)
+    }
+
+    pub async fn start_activity(
+        &self,
+        id: i64,
+        secrets: ActivitySecrets,
+    ) -> Result<ActivityStatus, CommandError> {
+        let keys = self.keys.clone();
+        let timings = self.timings;
+        self.db
+            .write(move |conn| {
+                let fresh = (!secrets.is_empty()).then_some((keys, secrets));
+                start_in(conn, id, fresh, timings.at(now_ms()))
+            })
+            .await?;
+        self.waker.wake();
+        Ok(ActivityStatus::Processing)
+    }
+
+    pub async fn abort_activity(&self, id: i64) -> Result<ActivityStatus, CommandError> {
+        let timings = self.timings;
+        let plan_scheduled = self
+            .db
+            .write(move |conn| {
+                let snapshot = snapshot(conn, id)?;
+                let plan = state::abort(&snapshot, &timings.at(now_ms()))?;
+                apply(conn, &plan)
+            })
+            .await?;
+        if plan_scheduled {
+            self.waker.wake();
+        }
+        Ok(ActivityStatus::Aborted)
+    }
+
+    /// Deletes a PLANNED activity; returns it as it was.
+    pub async fn delete_activity(&self, id: i64) -> Result<ActivityRow, CommandError> {
+        self.db
+            .write(move |conn| {
+                let activity =
+                    db::find_activity(conn, id)?.ok_or(CommandError::ActivityNotFound(id))?;
+                if db::delete_planned_activity(conn, id)? == 0 {
+                    return Err(CommandError::InvalidActivity(format!(
+                        "activity {id} is {}: only a PLANNED activity can be deleted",
+                        activity.status
+                    )));
+                }
+                Ok(activity)
+            })
+            .await
+    }
+
+    /// A pipeline's callback: records the outcome in one transaction and wakes the engine.
+    pub async fn callback(
+        &self,
+        task_id: i64,
+        token: Option<String>,
+        report: Report,
+    ) -> Result<TaskStatus, CommandError> {
+        let this = self.clone();
+        let (status, scheduled) = self
+            .db
+            .write(move |conn| -> Result<(TaskStatus, bool), CommandError> {
+                let task =
+                    db::find_task(conn, task_id)?.ok_or(CommandError::TaskNotFound(task_id))?;
+                if this.require_token {
+                    this.verify_token(&task, token.as_deref())?;
+                }
+                let snapshot = snapshot(conn, task.activity_id)?;
+                let confirm_first = this
+                    .catalog
+                    .check_after_callback(task.executor_ref.as_deref());
+                let timing = this.timings.at(now_ms());
+                match state::callback(&snapshot, task_id, report.clone(), confirm_first, &timing) {
+                    Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, false)),
+                    Ok(CallbackDecision::Apply(plan)) => {
+                        let scheduled = apply(conn, &plan)?;
+                        let task = db::find_task(conn, task_id)?.expect("just written");
+                        Ok((
+                            TaskStatus::parse(&task.status).unwrap_or(TaskStatus::Processing),
+                            scheduled,
+                        ))
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(task_id, reason = %refusal, "callback refused");
+                        Err(refusal.into())
+                    }
+                }
+            })
+            .await?;
+        if scheduled {
+            self.waker.wake();
+        }
+        Ok(status)
+    }
+
+    fn verify_token(&self, task: &TaskRow, token: Option<&str>) -> Result<(), CommandError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            CommandError::Unauthorized(
+                "the callback has no token: use the callbackRef exactly as it was given".into(),
+            )
+        })?;
+        if self
+            .keys
+            .verify_callback_token(task.id, task.attempt, token)
+        {
+            Ok(())
+        } else {
+            tracing::warn!(
+                task_id = task.id,
+                "callback with an invalid or outdated token refused"
+            );
+            Err(CommandError::Unauthorized(format!(
+                "the callback token is not valid for task {} (wrong or from an earlier attempt)",
+                task.id
+            )))
+        }
+    }
+
+    pub async fn abort_task(&self, task_id: i64) -> Result<TaskStatus, CommandError> {
+        let timings = self.timings;
+        let scheduled = self
+            .db
+            .write(move |conn| {
+                let task =
+                    db::find_task(conn, task_id)?.ok_or(CommandError::TaskNotFound(task_id))?;
+                let snapshot = snapshot(conn, task.activity_id)?;
+                let plan = state::abort_task(&snapshot, task_id, &timings.at(now_ms()))?;
+                apply(conn, &plan)
+            })
+            .await?;
+        if scheduled {
+            self.waker.wake();
+        }
+        Ok(TaskStatus::Aborted)
+    }
+}
+
+fn stage_tasks(
+    info: &LifecycleInfo,
+    request: &NewActivityRequest,
+) -> Result<Vec<TaskDefinition>, CommandError> {
+    let tasks = info.stages.get(&request.stage).ok_or_else(|| {
+        CommandError::InvalidActivity(format!(
+            "stage {} is not defined in the descriptor of version {} of product {} (its stages: {})",
+            request.stage,
+            request.data_product_version,
+            request.data_product_id,
+            info.stage_list()
+        ))
+    })?;
+    if tasks.is_empty() {
+        return Err(CommandError::InvalidActivity(format!(
+            "stage {} of version {} of product {} has no tasks: an activity needs at least one",
+            request.stage, request.data_product_version, request.data_product_id
+        )));
+    }
+    Ok(tasks.clone())
+}
+
+fn insert_planned(
+    conn: &mut DbConnection,
+    request: &NewActivityRequest,
+    definitions: &[TaskDefinition],
+    sealed: Option<&str>,
+    now: i64,
+) -> Result<ActivityRow, CommandError> {
+    let (product, version, stage) = (
+        &request.data_product_id,
+        &request.data_product_version,
+        &request.stage,
+    );
+    let duplicate = || {
+        CommandError::DuplicatePlanned(format!(
+            "a PLANNED activity for product {product}, version {version}, stage {stage} already exists"
+        ))
+    };
+    if let Some(existing) = db::planned_activity(conn, product, version, stage)? {
+        return Err(CommandError::DuplicatePlanned(format!(
+            "activity {existing} is already PLANNED for product {product}, version {version}, stage {stage}: start or delete it"
+        )));
+    }
+    let tasks = definitions
+        .iter()
+        .map(|d| NewTask {
+            activity_id: 0,
+            position: d.position as i32,
+            name: &d.name,
+            description: d.description.as_deref(),
+            executor_ref: d.executor_ref.as_deref(),
+            template: d.template.as_ref().map(|v| v.to_string()),
+            configurations: d.configurations.as_ref().map(|v| v.to_string()),
+            status: TaskStatus::Planned.as_str(),
+            created_at: now,
+        })
+        .collect();
+    let activity = NewActivity {
+        data_product_id: product,
+        data_product_version: version,
+        stage,
+        status: ActivityStatus::Planned.as_str(),
+        sealed_secrets: sealed,
+        created_at: now,
+    };
+    db::insert_activity(conn, activity, tasks).map_err(|e| {
+        let e = crate::db::DbError::from(e);
+        if e.is_unique_violation() {
+            duplicate()
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// Starts an activity inside the caller's transaction, adding freshly given secrets.
+fn start_in(
+    conn: &mut DbConnection,
+    id: i64,
+    fresh_secrets: Option<(Keys, ActivitySecrets)>,
+    timing: Timing,
+) -> Result<(), CommandError> {
+    let snapshot = snapshot(conn, id)?;
+    let plan = state::start(&snapshot, &timing)?;
+    let a = &snapshot.activity;
+    if let Some(other) = db::processing_activity(conn, &a.data_product_id, &a.data_product_version)?
+    {
+        return Err(CommandError::ActivityConflict(format!(
+            "activity {other} of product {}, version {} is PROCESSING: only one activity of a product version runs at a time",
+            a.data_product_id, a.data_product_version
+        )));
+    }
+    apply(conn, &plan).map_err(|e| match e {
+        CommandError::Db(db) if db.is_unique_violation() => {
+            CommandError::ActivityConflict(format!(
+                "another activity of product {}, version {} started at the same time",
+                a.data_product_id, a.data_product_version
+            ))
+        }
+        other => other,
+    })?;
+    if let Some((keys, fresh)) = fresh_secrets {
+        let mut secrets = match &a.sealed_secrets {
+            Some(sealed) => keys.unseal(sealed).map_err(CommandError::InvalidActivity)?,
+            None => ActivitySecrets::new(),
+        };
+        for (executor, given) in fresh {
+            secrets.entry(executor).or_default().extend(given);
+        }
+        db::set_sealed_secrets(conn, id, Some(&keys.seal(&secrets)))?;
+    }
+    Ok(())
+}
+
+fn snapshot(conn: &mut DbConnection, activity_id: i64) -> Result<Snapshot, CommandError> {
+    db::load_snapshot(conn, activity_id)?.ok_or(CommandError::ActivityNotFound(activity_id))
+}
+
+/// Applies a plan; true when it left engine work due.
+fn apply(conn: &mut DbConnection, plan: &Plan) -> Result<bool, CommandError> {
+    db::apply_plan(conn, plan, now_ms())?;
+    Ok(plan.schedules_work())
+}

@@ -1,0 +1,73 @@
+//! The Context a task receives (DESIGN §4): one entry per stage of the product version — the
+//! latest PROCESSED activity of each stage, and the running one as `RUNNING`.
+
+use std::collections::BTreeMap;
+
+use diesel::QueryResult;
+use serde_json::{json, Map, Value};
+
+use crate::clock::format_ms;
+use crate::db::models::ActivityRow;
+use crate::db::{self, DbConnection};
+use crate::placeholders::StageTaskNames;
+
+pub struct TaskContext {
+    pub context: Value,
+    pub names: StageTaskNames,
+}
+
+pub fn load(conn: &mut DbConnection, current: &ActivityRow) -> QueryResult<TaskContext> {
+    let rows = db::context_activities(
+        conn,
+        &current.data_product_id,
+        &current.data_product_version,
+        current.id,
+    )?;
+    // Rows come oldest first, so a later PROCESSED activity of a stage replaces an earlier one;
+    // the running activity is written last and wins over any of its stage.
+    let mut stages: BTreeMap<String, (i64, Value)> = BTreeMap::new();
+    let (running, processed): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.id == current.id);
+    for row in processed.into_iter().chain(running) {
+        let status = if row.id == current.id {
+            "RUNNING".to_owned()
+        } else {
+            row.status
+        };
+        let entry = json!({
+            "status": status,
+            "finishedAt": row.finished_at.map(format_ms),
+            "results": row.results.and_then(|r| serde_json::from_str::<Value>(&r).ok()),
+        });
+        stages.insert(row.stage, (row.id, entry));
+    }
+    let ids: Vec<i64> = stages.values().map(|(id, _)| *id).collect();
+    let stage_of: BTreeMap<i64, String> =
+        stages.iter().map(|(s, (id, _))| (*id, s.clone())).collect();
+    let names = stage_names(db::task_names(conn, &ids)?, &stage_of);
+    let context = Value::Object(
+        stages
+            .into_iter()
+            .map(|(stage, (_, entry))| (stage, entry))
+            .collect::<Map<_, _>>(),
+    );
+    Ok(TaskContext { context, names })
+}
+
+/// The task names of each stage's activity in the context, in position order.
+fn stage_names(rows: Vec<(i64, i32, String)>, stage_of: &BTreeMap<i64, String>) -> StageTaskNames {
+    let mut by_activity: BTreeMap<i64, Vec<(i32, String)>> = BTreeMap::new();
+    for (activity_id, position, name) in rows {
+        by_activity
+            .entry(activity_id)
+            .or_default()
+            .push((position, name));
+    }
+    let mut names = StageTaskNames::new();
+    for (activity_id, mut tasks) in by_activity {
+        if let Some(stage) = stage_of.get(&activity_id) {
+            tasks.sort();
+            names.add_stage(stage.clone(), tasks.into_iter().map(|(_, name)| name));
+        }
+    }
+    names
+}

@@ -1,0 +1,250 @@
+//! The engine: claims due steps from the database with a lease and carries them out (DESIGN §10).
+//! Nothing it needs lives only in memory: a step is a row (`tasks.step`, `due_at`), so a restart
+//! or another replica picks up where this one stopped.
+//!
+//! It runs on one actix System thread (executors use awc, which is `!Send`); the database work
+//! goes through `Db`, on the blocking pool.
+
+mod steps;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{watch, Semaphore};
+
+use super::commands::{EngineTimings, Waker};
+use super::state::{Plan, Snapshot, Timing};
+use crate::clock::now_ms;
+use crate::config::OnMissing;
+use crate::db::{self, ApplyError, ClaimedStep, Db, DbError};
+use crate::executor::Executors;
+use crate::keys::Keys;
+use crate::telemetry::error_chain as chain;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub tick: Duration,
+    pub lease_ms: i64,
+    pub max_dispatch_attempts: u32,
+    pub on_missing: OnMissing,
+    pub public_url: String,
+    /// Steps claimed per database round trip.
+    pub batch: usize,
+    /// Steps carried out at once by this replica.
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EngineError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("activity {0} disappeared")]
+    Gone(i64),
+}
+
+impl From<diesel::result::Error> for EngineError {
+    fn from(e: diesel::result::Error) -> Self {
+        EngineError::Db(DbError::Query(e))
+    }
+}
+
+impl From<ApplyError> for EngineError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Conflict(m) => EngineError::Db(DbError::Config(m)),
+            ApplyError::Query(e) => e.into(),
+        }
+    }
+}
+
+pub struct Engine {
+    db: Db,
+    executors: Executors,
+    keys: Keys,
+    timings: EngineTimings,
+    config: EngineConfig,
+    waker: Waker,
+    replica: String,
+    claims: Cell<u64>,
+}
+
+/// Stops the engine; steps already under way finish (or their leases expire).
+pub struct EngineHandle {
+    stop: watch::Sender<bool>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl EngineHandle {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.join.await;
+    }
+}
+
+impl Engine {
+    pub fn new(
+        db: Db,
+        executors: Executors,
+        keys: Keys,
+        timings: EngineTimings,
+        config: EngineConfig,
+        waker: Waker,
+    ) -> Engine {
+        Engine {
+            db,
+            executors,
+            keys,
+            timings,
+            config,
+            waker,
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+            claims: Cell::new(0),
+        }
+    }
+
+    /// Starts the loop on the current actix System thread.
+    pub fn spawn(self) -> EngineHandle {
+        let (stop, stopped) = watch::channel(false);
+        let join = actix_web::rt::spawn(Rc::new(self).run(stopped));
+        EngineHandle { stop, join }
+    }
+
+    async fn run(self: Rc<Self>, mut stopped: watch::Receiver<bool>) {
+        tracing::info!(replica = %self.replica, "engine started");
+        let permits = std::sync::Arc::new(Semaphore::new(self.config.max_in_flight));
+        loop {
+            if *stopped.borrow() {
+                break;
+            }
+            let room = permits.available_permits().min(self.config.batch);
+            let mut saturated = false;
+            if room > 0 {
+                match self.claim(room).await {
+                    Ok(steps) => {
+                        saturated = steps.len() == room;
+                        for step in steps {
+                            let permit = permits
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("room was counted");
+                            let engine = self.clone();
+                            actix_web::rt::spawn(async move {
+                                engine.carry_out(step).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %chain(&e), "claiming due steps failed"),
+                }
+            }
+            if saturated {
+                // More may be due right now: claim again before sleeping.
+                actix_web::rt::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.waker.woken() => {}
+                _ = actix_web::rt::time::sleep(self.config.tick) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+        tracing::info!(replica = %self.replica, "engine stopped");
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedStep>, DbError> {
+        let n = self.claims.get() + 1;
+        self.claims.set(n);
+        let claim = format!("{}-{n}", self.replica);
+        let lease_ms = self.config.lease_ms;
+        self.db
+            .write(move |conn| {
+                let now = now_ms();
+                Ok(db::claim_due_steps(
+                    conn,
+                    &claim,
+                    now,
+                    now + lease_ms,
+                    limit as i64,
+                )?)
+            })
+            .await
+    }
+
+    async fn carry_out(&self, step: ClaimedStep) {
+        let task_id = step.task.id;
+        if let Err(e) = self.run_step(step).await {
+            // The lease runs out and the step is claimed again (a dispatch then waits for its
+            // callback rather than risk starting a second run).
+            tracing::error!(task_id, error = %chain(&e), "engine step failed");
+        }
+    }
+
+    /// Applies the plan `decide` makes from a fresh snapshot, in one transaction; wakes the
+    /// loop when the plan leaves more work due.
+    async fn decide<F>(&self, activity_id: i64, decide: F) -> Result<(), EngineError>
+    where
+        F: FnOnce(&Snapshot, &Timing) -> Plan + Send + 'static,
+    {
+        let timings = self.timings;
+        let scheduled = self
+            .db
+            .write(move |conn| -> Result<bool, EngineError> {
+                let snapshot =
+                    db::load_snapshot(conn, activity_id)?.ok_or(EngineError::Gone(activity_id))?;
+                let now = now_ms();
+                let plan = decide(&snapshot, &timings.at(now));
+                if plan.is_empty() {
+                    return Ok(false);
+                }
+                match db::apply_plan(conn, &plan, now) {
+                    Ok(()) => Ok(plan.schedules_work()),
+                    // Someone else (a callback, an abort) moved the task first: their word stands.
+                    Err(ApplyError::Conflict(reason)) => {
+                        tracing::debug!(activity_id, %reason, "engine decision superseded");
+                        Ok(false)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        if scheduled {
+            self.waker.wake();
+        }
+        Ok(())
+    }
+
+    fn callback_ref(&self, task_id: i64, attempt: i32) -> String {
+        format!(
+            "{}/api/v1/pp/devops/tasks/{task_id}/status?action=STOP&token={}",
+            self.config.public_url.trim_end_matches('/'),
+            self.keys.callback_token(task_id, attempt)
+        )
+    }
+}
+
+/// Exponential backoff with jitter from 1 s, capped, never shorter than the provider asked.
+fn backoff_ms(attempts: i32, cap_ms: i64, retry_after: Option<Duration>) -> i64 {
+    let exp = 1000i64
+        .saturating_mul(1 << attempts.clamp(0, 20))
+        .min(cap_ms);
+    let jittered = exp / 2 + rand::thread_rng().gen_range(0..=exp / 2);
+    let asked = retry_after.map(|d| d.as_millis() as i64).unwrap_or(0);
+    jittered.max(asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        for attempts in 0..30 {
+            let b = backoff_ms(attempts, 60_000, None);
+            let exp = (1000i64 << attempts.min(20)).min(60_000);
+            assert!(b >= exp / 2 && b <= exp, "attempt {attempts}: {b}");
+        }
+        assert!(backoff_ms(0, 60_000, Some(Duration::from_secs(7))) >= 7_000);
+    }
+}

@@ -1,0 +1,64 @@
+//! What a command can answer besides success. The API maps each variant to one ODM error code.
+
+use crate::db::{ApplyError, DbError};
+use crate::lifecycle::state::Refusal;
+use crate::registry::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// 422 42201
+    #[error("{0}")]
+    InvalidActivity(String),
+    /// 422 42202
+    #[error("{0}")]
+    DuplicatePlanned(String),
+    /// 422 42203
+    #[error("{0}")]
+    InvalidCallback(String),
+    #[error("activity {0} not found")]
+    ActivityNotFound(i64),
+    #[error("task {0} not found")]
+    TaskNotFound(i64),
+    /// 409 40901
+    #[error("{0}")]
+    ActivityConflict(String),
+    /// 409 40911
+    #[error("{0}")]
+    TaskConflict(String),
+    /// 401 40101
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for CommandError {
+    fn from(e: diesel::result::Error) -> Self {
+        CommandError::Db(DbError::Query(e))
+    }
+}
+
+impl From<Refusal> for CommandError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::ActivityConflict(m) => CommandError::ActivityConflict(m),
+            Refusal::NotStartable(m) => CommandError::InvalidActivity(m),
+            Refusal::TaskConflict(m) => CommandError::TaskConflict(m),
+        }
+    }
+}
+
+impl From<ApplyError> for CommandError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            // Someone changed the rows between our read and our write (another request or the
+            // engine on another replica): the caller's view is stale.
+            ApplyError::Conflict(m) => CommandError::ActivityConflict(format!(
+                "the activity changed while the request was handled ({m}); read it again"
+            )),
+            ApplyError::Query(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Commands on activities and tasks, and the engine that carries them out.
+
+mod commands;
+mod context;
+pub mod engine;
+mod error;
+mod queries;
+pub mod state;
+mod task_placeholders;
+
+pub use commands::{EngineTimings, Lifecycle, NewActivityRequest, Waker};
+pub use error::CommandError;

@@ -1,0 +1,200 @@
+//! Where descriptors come from (DESIGN §8): the service's own database (embedded, the default)
+//! or a remote ODM registry.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::clock::now_ms;
+use crate::config::{RegistryMode, RegistrySettings};
+use crate::db::{self, Db, DbError};
+use crate::descriptor;
+use crate::http_client::{client, path_segment};
+
+#[derive(Clone)]
+pub struct Registry {
+    db: Db,
+    remote: Option<Remote>,
+}
+
+#[derive(Clone)]
+struct Remote {
+    address: String,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("version {version} of product {product} does not exist")]
+    NotFound { product: String, version: String },
+    /// 503 50050
+    #[error("the registry is unreachable: {0}")]
+    Unreachable(String),
+    /// 502 50250
+    #[error("the registry answered with an error: {0}")]
+    Failed(String),
+    #[error("the descriptor is invalid: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for RegistryError {
+    fn from(e: diesel::result::Error) -> Self {
+        RegistryError::Db(DbError::Query(e))
+    }
+}
+
+impl Registry {
+    pub fn new(db: Db, settings: &RegistrySettings) -> Registry {
+        let remote = (settings.mode == RegistryMode::Remote).then(|| Remote {
+            address: settings
+                .address
+                .clone()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
+            timeout: Duration::from_millis(settings.timeout_ms),
+        });
+        Registry { db, remote }
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.remote.is_none()
+    }
+
+    /// The descriptor of a product version, as JSON.
+    pub async fn descriptor(&self, product: &str, version: &str) -> Result<Value, RegistryError> {
+        let not_found = || RegistryError::NotFound {
+            product: product.to_owned(),
+            version: version.to_owned(),
+        };
+        match &self.remote {
+            Some(remote) => remote.fetch(product, version).await?.ok_or_else(not_found),
+            None => {
+                let stored = self.stored(product, version).await?.ok_or_else(not_found)?;
+                serde_json::from_str(&stored).map_err(|e| {
+                    RegistryError::Invalid(format!("stored descriptor is not JSON: {e}"))
+                })
+            }
+        }
+    }
+
+    /// Validates and stores a descriptor in the embedded registry; true when it is new.
+    pub async fn put(
+        &self,
+        product: &str,
+        version: &str,
+        descriptor: &Value,
+    ) -> Result<bool, RegistryError> {
+        descriptor::parse(descriptor).map_err(|e| RegistryError::Invalid(e.0))?;
+        let (product, version, content) = (
+            product.to_owned(),
+            version.to_owned(),
+            descriptor.to_string(),
+        );
+        self.db
+            .write(move |conn| {
+                Ok(db::put_descriptor(
+                    conn,
+                    &product,
+                    &version,
+                    &content,
+                    now_ms(),
+                )?)
+            })
+            .await
+    }
+
+    pub async fn stored(
+        &self,
+        product: &str,
+        version: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let (product, version) = (product.to_owned(), version.to_owned());
+        self.db
+            .read(move |conn| Ok(db::get_descriptor(conn, &product, &version)?))
+            .await
+    }
+
+    pub async fn versions(&self, product: &str) -> Result<Vec<String>, RegistryError> {
+        let product = product.to_owned();
+        self.db
+            .read(move |conn| Ok(db::descriptor_versions(conn, &product)?))
+            .await
+    }
+
+    /// Stores every `*.json` descriptor of `dir`, keyed by `info.id` (else
+    /// `info.fullyQualifiedName`, else the file name) and `info.version`.
+    pub async fn preload(&self, dir: &Path) -> Result<usize, String> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| format!("registry.preload_dir {}: {e}", dir.display()))?;
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for path in &paths {
+            let shown = path.display();
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+            let descriptor: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{shown}: not JSON: {e}"))?;
+            let info = descriptor.get("info");
+            let text_of = |key: &str| info.and_then(|i| i.get(key)).and_then(Value::as_str);
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            let product = text_of("id")
+                .or(text_of("fullyQualifiedName"))
+                .unwrap_or(stem)
+                .to_owned();
+            let version = text_of("version")
+                .ok_or_else(|| format!("{shown}: info.version is missing"))?
+                .to_owned();
+            self.put(&product, &version, &descriptor)
+                .await
+                .map_err(|e| format!("{shown}: {e}"))?;
+            tracing::info!(file = %shown, %product, %version, "descriptor preloaded");
+        }
+        Ok(paths.len())
+    }
+}
+
+impl Remote {
+    async fn fetch(&self, product: &str, version: &str) -> Result<Option<Value>, RegistryError> {
+        let url = format!(
+            "{}/api/v1/pp/registry/products/{}/versions/{}?format=normalized",
+            self.address,
+            path_segment(product),
+            path_segment(version)
+        );
+        let mut response = client()
+            .get(&url)
+            .insert_header(("Accept", "application/json"))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unreachable(format!("GET {url}: {e}")))?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let body = response
+            .body()
+            .limit(16 << 20)
+            .await
+            .map_err(|e| RegistryError::Unreachable(format!("GET {url}: {e}")))?;
+        if !response.status().is_success() {
+            let excerpt: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+            return Err(RegistryError::Failed(format!(
+                "GET {url} answered {}: {excerpt}",
+                response.status()
+            )));
+        }
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
+            RegistryError::Failed(format!("GET {url} answered with invalid JSON: {e}"))
+        })
+    }
+}

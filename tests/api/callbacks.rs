@@ -1,0 +1,430 @@
+//! Tasks run one after another through the pipelines' callbacks (DESIGN §2, §7).
+
+use serde_json::{json, Value};
+
+use crate::fakes::FakeExecutor;
+use crate::helpers::*;
+use crate::on_both_backends;
+
+async fn running_dev(db: &TestDb, executor: &FakeExecutor, lifecycle: Value) -> (TestApp, i64) {
+    let app = spawn_app(test_settings(db, Some(&executor.address))).await;
+    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
+        .await;
+    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    (app, id)
+}
+
+fn two_tasks() -> Value {
+    json!({"dev": [fake_task("first", json!({})), fake_task("second", json!({}))]})
+}
+
+on_both_backends!(a_two_task_stage_runs_in_order_through_callbacks);
+async fn a_two_task_stage_runs_in_order_through_callbacks(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        executor.received().len(),
+        1,
+        "the second task waits for the first's callback"
+    );
+
+    let answer = app
+        .call_back(
+            &first.callback_ref,
+            Some(json!({"status": "PROCESSED", "results": {"vm": {"ip": "10.0.0.1"}}})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json(), json!({"status": "PROCESSED"}));
+    let second = executor.wait_for(2).await.remove(1);
+    assert_ne!(second.id, first.id);
+    assert_eq!(app.activity(id).await["status"], "PROCESSING");
+
+    // A callback without body means PROCESSED without results.
+    let answer = app.call_back(&second.callback_ref, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let activity = app.wait_for_activity(id, "PROCESSED").await;
+    let results: Value = serde_json::from_str(activity["results"].as_str().unwrap()).unwrap();
+    assert_eq!(results, json!({"task1": {"vm": {"ip": "10.0.0.1"}}}));
+    assert!(activity["finishedAt"].is_string());
+    let tasks = app.tasks_of(id).await;
+    assert_eq!(
+        tasks[0]["results"],
+        json!(r#"{"vm":{"ip":"10.0.0.1"}}"#),
+        "results are JSON in a string"
+    );
+    assert!(tasks
+        .iter()
+        .all(|t| t["status"] == "PROCESSED" && t["finishedAt"].is_string()));
+
+    let current = app
+        .get(&format!("{DEVOPS}/lifecycles/p1/1.0.0/current"))
+        .await
+        .json();
+    assert_eq!(current["stage"], "dev");
+    assert_eq!(current["finishedAt"], Value::Null);
+    app.stop().await;
+}
+
+on_both_backends!(a_failed_task_fails_the_activity_and_aborts_the_rest);
+async fn a_failed_task_fails_the_activity_and_aborts_the_rest(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let answer = app
+        .call_back(
+            &first.callback_ref,
+            Some(json!({"status": "FAILED", "errors": "terraform apply failed"})),
+        )
+        .await;
+    assert_eq!(answer.json(), json!({"status": "FAILED"}));
+    let activity = app.wait_for_activity(id, "FAILED").await;
+    let errors = activity["errors"].as_str().unwrap();
+    assert!(
+        errors.contains("first") && errors.contains("terraform apply failed"),
+        "{errors}"
+    );
+    let tasks = app.tasks_of(id).await;
+    assert_eq!(tasks[0]["status"], "FAILED");
+    assert_eq!(tasks[0]["errors"], "terraform apply failed");
+    assert_eq!(tasks[1]["status"], "ABORTED");
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        executor.received().len(),
+        1,
+        "an aborted task is never dispatched"
+    );
+    let current = app
+        .get(&format!("{DEVOPS}/lifecycles/p1/1.0.0/current"))
+        .await;
+    assert_eq!(
+        (current.status, current.text.as_str()),
+        (200, ""),
+        "no stage reached"
+    );
+    app.stop().await;
+}
+
+on_both_backends!(tasks_without_executor_succeed_and_unknown_executors_fail);
+async fn tasks_without_executor_succeed_and_unknown_executors_fail(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let lifecycle = json!({
+        "dev": [{"template": {"name": "manual-check"}}, {"configurations": {"note": "no service either"}}, fake_task("after", json!({}))],
+        "prod": [{"service": {"$href": "{gitlab}"}, "template": {"name": "deploy"}}]
+    });
+    let (app, id) = running_dev(&db, &executor, lifecycle).await;
+    // Both executor-less tasks complete at once and the activity goes on to the third.
+    let third = executor.wait_for(1).await.remove(0);
+    let tasks = app.tasks_of(id).await;
+    assert_eq!(
+        (tasks[0]["status"].as_str(), tasks[1]["status"].as_str()),
+        (Some("PROCESSED"), Some("PROCESSED"))
+    );
+    app.call_back(&third.callback_ref, None).await;
+    app.wait_for_activity(id, "PROCESSED").await;
+
+    let prod = app
+        .create_activity("p1", "1.0.0", "prod", true)
+        .await
+        .json();
+    let prod_id = prod["id"].as_i64().unwrap();
+    let activity = app.wait_for_activity(prod_id, "FAILED").await;
+    let task = &app.tasks_of(prod_id).await[0];
+    assert_eq!(task["status"], "FAILED");
+    assert_eq!(task["errors"], "Executor [gitlab] not supported");
+    assert!(activity["errors"]
+        .as_str()
+        .unwrap()
+        .contains("Executor [gitlab] not supported"));
+    app.stop().await;
+}
+
+on_both_backends!(replayed_callbacks_are_idempotent_and_others_refused);
+async fn replayed_callbacks_are_idempotent_and_others_refused(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let body = json!({"status": "PROCESSED", "results": {"n": 1}});
+    assert_eq!(
+        app.call_back(&first.callback_ref, Some(body.clone()))
+            .await
+            .status,
+        200
+    );
+    executor.wait_for(2).await;
+    let replay = app.call_back(&first.callback_ref, Some(body)).await;
+    assert_eq!(
+        (replay.status, replay.json()),
+        (200, json!({"status": "PROCESSED"}))
+    );
+    let other = app
+        .call_back(
+            &first.callback_ref,
+            Some(json!({"status": "PROCESSED", "results": {"n": 2}})),
+        )
+        .await;
+    assert!(other.assert_error(409, "40911").contains("another outcome"));
+    let failed = app
+        .call_back(
+            &first.callback_ref,
+            Some(json!({"status": "FAILED", "errors": "late"})),
+        )
+        .await;
+    failed.assert_error(409, "40911");
+    let task = app
+        .get(&format!("{DEVOPS}/tasks/{}", first.id))
+        .await
+        .json();
+    assert_eq!(
+        (task["status"].as_str(), task["results"].as_str()),
+        (Some("PROCESSED"), Some(r#"{"n":1}"#)),
+        "nothing changed"
+    );
+    assert_eq!(app.activity(id).await["status"], "PROCESSING");
+    app.stop().await;
+}
+
+on_both_backends!(callbacks_need_their_token_and_a_valid_body);
+async fn callbacks_need_their_token_and_a_valid_body(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let path = format!("{DEVOPS}/tasks/{}/status?action=STOP", first.id);
+    let ok = json!({"status": "PROCESSED"});
+    app.call("PATCH", &path, Some(&ok))
+        .await
+        .assert_error(401, "40101");
+    app.call("PATCH", &format!("{path}&token=forged"), Some(&ok))
+        .await
+        .assert_error(401, "40101");
+    let other_task = format!(
+        "{DEVOPS}/tasks/{}/status?action=STOP&{}",
+        first.id + 1,
+        first.callback_ref.split_once('&').unwrap().1
+    );
+    app.call("PATCH", &other_task, Some(&ok))
+        .await
+        .assert_error(401, "40101");
+    for (body, expected) in [
+        (json!({"results": {}}), "status is missing"),
+        (
+            json!({"status": "DONE"}),
+            "status must be PROCESSED or FAILED",
+        ),
+        (
+            json!({"status": "PROCESSED", "results": "x"}),
+            "results must be a JSON object",
+        ),
+        (
+            json!({"status": "FAILED", "errors": 42}),
+            "errors must be a string",
+        ),
+    ] {
+        let answer = app.call_back(&first.callback_ref, Some(body)).await;
+        assert!(
+            answer.assert_error(422, "42203").contains(expected),
+            "{answer:?}"
+        );
+    }
+    let malformed = app
+        .send(
+            "PATCH",
+            &first.callback_ref,
+            Some(("application/json", "{nope".into())),
+            &[],
+        )
+        .await;
+    malformed.assert_error(400, "40000");
+    assert_eq!(
+        app.tasks_of(id).await[0]["status"],
+        "PROCESSING",
+        "refused callbacks change nothing"
+    );
+    // POST is accepted as well as PATCH, and a bare `curl -d` content type too.
+    let answer = app
+        .send(
+            "POST",
+            &first.callback_ref,
+            Some((
+                "application/x-www-form-urlencoded",
+                r#"{"status":"PROCESSED"}"#.into(),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    app.stop().await;
+}
+
+on_both_backends!(callbacks_without_token_are_accepted_when_tokens_are_off);
+async fn callbacks_without_token_are_accepted_when_tokens_are_off(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let mut settings = test_settings(&db, Some(&executor.address));
+    settings.callbacks.require_token = false;
+    let app = spawn_app(settings).await;
+    app.put_descriptor(
+        "p1",
+        "1.0.0",
+        &descriptor(json!({"dev": [fake_task("only", json!({}))]})),
+    )
+    .await;
+    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    let task = executor.wait_for(1).await.remove(0);
+    let answer = app
+        .call(
+            "PATCH",
+            &format!("{DEVOPS}/tasks/{}/status?action=STOP", task.id),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    app.wait_for_activity(id, "PROCESSED").await;
+    app.stop().await;
+}
+
+on_both_backends!(abort_stops_the_activity_and_refuses_its_late_callback);
+async fn abort_stops_the_activity_and_refuses_its_late_callback(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let answer = app
+        .call(
+            "PATCH",
+            &format!("{DEVOPS}/activities/{id}/status?action=ABORT"),
+            None,
+        )
+        .await;
+    assert_eq!(answer.json(), json!({"status": "ABORTED"}));
+    let tasks = app.tasks_of(id).await;
+    assert!(tasks.iter().all(|t| t["status"] == "ABORTED"), "{tasks:?}");
+    let late = app
+        .call_back(
+            &first.callback_ref,
+            Some(json!({"status": "FAILED", "errors": "x"})),
+        )
+        .await;
+    late.assert_error(409, "40911");
+    assert_eq!(
+        app.tasks_of(id).await[0]["status"],
+        "ABORTED",
+        "a late callback never flips ABORTED"
+    );
+    let again = app
+        .call(
+            "PATCH",
+            &format!("{DEVOPS}/activities/{id}/status?action=ABORT"),
+            None,
+        )
+        .await;
+    again.assert_error(409, "40901");
+    let start = app
+        .call(
+            "PATCH",
+            &format!("{DEVOPS}/activities/{id}/status?action=START"),
+            None,
+        )
+        .await;
+    start.assert_error(422, "42201");
+    app.stop().await;
+}
+
+on_both_backends!(aborting_a_task_aborts_its_activity);
+async fn aborting_a_task_aborts_its_activity(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let answer = app
+        .call(
+            "PATCH",
+            &format!("{DEVOPS}/tasks/{}/status?action=ABORT", first.id),
+            None,
+        )
+        .await;
+    assert_eq!(answer.json(), json!({"status": "ABORTED"}));
+    let activity = app.activity(id).await;
+    assert_eq!(activity["status"], "ABORTED");
+    assert!(activity["errors"].as_str().unwrap().contains("aborted"));
+    let again = app
+        .call(
+            "PATCH",
+            &format!("{DEVOPS}/tasks/{}/status?action=ABORT", first.id),
+            None,
+        )
+        .await;
+    again.assert_error(409, "40911");
+    app.stop().await;
+}
+
+on_both_backends!(executor_answers_with_an_outcome_at_once);
+async fn executor_answers_with_an_outcome_at_once(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    executor.reply_with("PROCESSED", Some(json!({"done": true})));
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let activity = app.wait_for_activity(id, "PROCESSED").await;
+    let results: Value = serde_json::from_str(activity["results"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        results,
+        json!({"task1": {"done": true}, "task2": {"done": true}})
+    );
+    assert_eq!(executor.received().len(), 2);
+    app.stop().await;
+}
+
+on_both_backends!(secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear);
+async fn secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    app.put_descriptor("p1", "1.0.0", &descriptor(two_tasks()))
+        .await;
+    let body = json!({"dataProductId": "p1", "dataProductVersion": "1.0.0", "stage": "dev"});
+    let created = app
+        .send(
+            "POST",
+            &format!("{DEVOPS}/activities?startAfterCreation=true"),
+            Some(("application/json", body.to_string())),
+            &[
+                ("x-odm-fake-executor-secret-token", "s3cr3t-value"),
+                ("x-odm-other-executor-secret-pat", "not-for-fake"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let received = executor.wait_for(1).await.remove(0);
+    assert_eq!(
+        received.headers.get("x-odm-token").map(String::as_str),
+        Some("s3cr3t-value")
+    );
+    assert!(
+        !received.headers.contains_key("x-odm-pat"),
+        "another executor's secret stays with it"
+    );
+    let id = created.json()["id"].as_i64().unwrap();
+    let shown = app.get(&format!("{DEVOPS}/activities/{id}")).await.text
+        + &app
+            .get(&format!("{DEVOPS}/tasks?activityId={id}"))
+            .await
+            .text;
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    let stored = odm_devops::db::Db::connect(&db.url, 1).unwrap();
+    let row = stored
+        .read(move |conn| {
+            Ok::<_, odm_devops::db::DbError>(odm_devops::db::find_activity(conn, id)?)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = row
+        .sealed_secrets
+        .expect("kept for the activity's later tasks");
+    assert!(!sealed.contains("s3cr3t"));
+    // The second task gets them too, from the sealed copy.
+    app.call_back(&received.callback_ref, None).await;
+    let second = executor.wait_for(2).await.remove(1);
+    assert_eq!(
+        second.headers.get("x-odm-token").map(String::as_str),
+        Some("s3cr3t-value")
+    );
+    app.stop().await;
+}
