@@ -27,6 +27,7 @@ use tracing::{field, Instrument};
 use self::auth::{Credentials, TokenSource};
 use self::errors::{expect_json, Purpose};
 use self::http::{HttpClient, Payload, Replay, RetryPolicy};
+pub(crate) use self::request::encode_segment;
 use self::request::{run_body, PipelineTarget, RunLocation};
 use super::{Executor, ExecutorError, RunRef, RunStatus, Secrets, Submission, Submitted};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings};
