@@ -16,6 +16,8 @@ mod test_support;
 mod tests_failures;
 #[cfg(test)]
 mod tests_requests;
+#[cfg(test)]
+mod tests_with_simulator;
 
 use std::time::Duration;
 
