@@ -214,7 +214,7 @@ impl SimulatorConfig {
                     "flink-deployment-update",
                     &["vvpUrl", "namespace", "deploymentId", "jarUri", "commit"],
                     json!({"deploymentId": "${{ parameters.deploymentId }}", "state": "RUNNING",
-                           "commit": "${{ parameters.commit }}"}),
+                           "jarUri": "${{ parameters.jarUri }}"}),
                 ),
             ],
             ..SimulatorConfig::default()
@@ -251,4 +251,67 @@ fn any_path() -> String {
 }
 fn one() -> u32 {
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    fn example(path: &str) -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(path),
+        )
+        .unwrap()
+    }
+
+    /// The names under the YAML's top-level `parameters:`.
+    fn declared(yaml: &str) -> BTreeSet<String> {
+        yaml.lines()
+            .skip_while(|l| *l != "parameters:")
+            .skip(1)
+            .take_while(|l| l.starts_with(' ') || l.is_empty())
+            .filter_map(|l| l.trim().strip_prefix("- name: "))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_demo_pipelines_are_the_examples_and_fit_the_descriptor() {
+        let demo = SimulatorConfig::demo();
+        let names = |id: i32| -> BTreeSet<String> {
+            demo.pipelines[(id - 1) as usize]
+                .parameters
+                .iter()
+                .map(|p| p.name().to_owned())
+                .collect()
+        };
+        let files = ["databricks-repo-sync.yml", "flink-deployment-update.yml"];
+        for (id, file) in (1..).zip(files) {
+            assert_eq!(
+                declared(&example(&format!("azure-pipelines/{file}"))),
+                names(id),
+                "{file}"
+            );
+        }
+        let descriptor: Value =
+            serde_json::from_str(&example("descriptor-databricks-flink.json")).unwrap();
+        let stages = descriptor["internalComponents"]["lifecycleInfo"]
+            .as_object()
+            .unwrap();
+        for tasks in stages.values() {
+            for task in tasks.as_array().unwrap() {
+                let definition = &task["template"]["definition"];
+                assert_eq!(definition["organization"], "odm-demo");
+                assert_eq!(definition["project"], "Data Products");
+                let id = definition["pipelineId"].as_i64().unwrap() as i32;
+                let params = task["configurations"]["params"].as_object().unwrap();
+                assert!(params.keys().all(|k| names(id).contains(k)), "{params:?}");
+            }
+        }
+    }
 }
