@@ -31,6 +31,10 @@ pub struct SimulatorConfig {
     /// HTTP worker threads.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Completed runs kept for `/_sim/runs` (the oldest are forgotten first), so a long
+    /// benchmark does not grow the simulator without bound. Runs in progress are always kept.
+    #[serde(default = "default_retain_runs")]
+    pub retain_runs: usize,
     #[serde(default)]
     pub pipelines: Vec<PipelineSpec>,
 }
@@ -242,6 +246,9 @@ fn default_delay_ms() -> u64 {
 }
 fn default_workers() -> usize {
     1
+}
+fn default_retain_runs() -> usize {
+    10_000
 }
 fn default_errors() -> String {
     "the pipeline failed".into()

@@ -184,6 +184,7 @@ async fn expire_tokens(state: web::Data<SimState>) -> HttpResponse {
 async fn reset(state: web::Data<SimState>) -> HttpResponse {
     let mut inner = state.lock();
     inner.runs.clear();
+    inner.completed.clear();
     inner.faults.clear();
     inner.requests.clear();
     inner.tokens.clear();

@@ -35,7 +35,8 @@
 //!   "count": 1, "retryAfterSecs": 1, "delayMs": 5000}`: the next `count` matching requests get
 //!   it (`path` is a glob on the decoded path). `GET` lists pending faults, `DELETE` clears them.
 //! * `GET /_sim/runs`, `GET /_sim/runs/{id}`: runs with their exact request bodies, states and
-//!   callbacks. `POST /_sim/runs/{id}/finish` (optional body: a behaviour) ends a run now.
+//!   callbacks (the last `retainRuns` completed ones, 10,000 by default, and every run in
+//!   progress; a forgotten run answers 404 like a deleted one). `POST /_sim/runs/{id}/finish` (optional body: a behaviour) ends a run now.
 //! * `GET /_sim/requests` (last 10,000 requests: method, path, status, fault), `GET /_sim/stats`
 //!   (token requests, tokens issued, run requests, runs created, callbacks sent).
 //! * `POST /_sim/tokens/expire` expires every issued token; `POST /_sim/reset` forgets runs,

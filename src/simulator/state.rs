@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     pub config: SimulatorConfig,
     pub pipelines: BTreeMap<(String, String, i32), PipelineSpec>,
     pub runs: BTreeMap<i32, RunRecord>,
+    /// Completed run ids, oldest first: the ones forgotten beyond `retain_runs`.
+    pub completed: VecDeque<i32>,
     pub next_run_id: i32,
     pub tokens: HashMap<String, Instant>,
     pub faults: VecDeque<FaultSpec>,
@@ -99,6 +101,7 @@ impl SimState {
                 config,
                 pipelines,
                 runs: BTreeMap::new(),
+                completed: VecDeque::new(),
                 next_run_id: 1000,
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
@@ -163,6 +166,12 @@ impl Inner {
                 run.state = "completed".into();
                 run.result = Some(result.into());
                 run.finished_date = Some(now_text());
+                self.completed.push_back(run_id);
+                if self.completed.len() > self.config.retain_runs.max(1) {
+                    if let Some(oldest) = self.completed.pop_front() {
+                        self.runs.remove(&oldest);
+                    }
+                }
                 true
             }
             _ => false,

@@ -358,3 +358,30 @@ async fn failed_and_silent_runs_and_manual_finish() {
     callbacks.stop().await;
     sim.stop().await;
 }
+
+#[actix_web::test]
+async fn only_the_last_completed_runs_are_kept() {
+    let mut config = config();
+    config.retain_runs = 2;
+    config.pipelines[0].behaviour.callback = CallbackMode::None;
+    let sim = Simulator::start(config).await.unwrap();
+    let body = json!({"templateParameters": {"callbackRef": "http://127.0.0.1:9/cb"}});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, _, run) = send(
+            "POST",
+            &runs_url(&sim),
+            Some(PAT_HEADER),
+            Some(body.clone()),
+        )
+        .await;
+        ids.push(run["id"].as_i64().unwrap() as i32);
+    }
+    sim.wait_for_completion(ids[2], Duration::from_secs(5))
+        .await
+        .unwrap();
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    let kept: Vec<i32> = sim.runs().iter().map(|r| r.id).collect();
+    assert_eq!(kept, ids[1..].to_vec());
+    sim.stop().await;
+}

@@ -173,10 +173,14 @@ impl AzureDevOpsExecutor {
             .and_then(Value::as_i64)
             .and_then(|id| i32::try_from(id).ok())
             .ok_or_else(|| {
+                // Only the keys: the answer echoes templateParameters, callbackRef's token too.
+                let keys = answer
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_else(|| request::describe(&answer));
                 ExecutorError::OutcomeUnknown(format!(
-                    "Azure DevOps accepted the run request but its answer has no run id ({}); \
-                     the task waits for its callback",
-                    request::describe(&answer)
+                    "Azure DevOps accepted the run request but its answer has no run id (it \
+                     has: {keys}); the task waits for its callback"
                 ))
             })?;
         span.record("run_id", run_id);
