@@ -147,11 +147,14 @@ impl HttpClient {
                     if !retryable || last {
                         return Ok(reply);
                     }
-                    match reply.retry_after() {
+                    let delay = match reply.retry_after() {
                         Some(wait) if wait > self.policy.max_delay => return Ok(reply),
                         Some(wait) => wait,
                         None => self.policy.backoff(attempt),
-                    }
+                    };
+                    tracing::warn!(%method, attempt, status = reply.status.as_u16(),
+                        delay_ms = delay.as_millis() as u64, "provider refused the request, retrying");
+                    delay
                 }
                 Err(Failure::Broken(message)) => return Err(ExecutorError::InvalidTask(message)),
                 Err(Failure::MaybeSent(message)) if replay == Replay::Once => {
@@ -167,11 +170,12 @@ impl HttpClient {
                             attempt + 1
                         )));
                     }
-                    tracing::warn!(%method, attempt, error = %message, "request failed, retrying");
-                    self.policy.backoff(attempt)
+                    let delay = self.policy.backoff(attempt);
+                    tracing::warn!(%method, attempt, error = %message,
+                        delay_ms = delay.as_millis() as u64, "request failed, retrying");
+                    delay
                 }
             };
-            tracing::warn!(%method, attempt, delay_ms = delay.as_millis() as u64, "provider asked to retry");
             sleep(delay).await;
             attempt += 1;
         }
