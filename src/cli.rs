@@ -30,6 +30,8 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Run the Azure DevOps + Entra ID simulator alone (for trying pipelines, tests, benchmarks).
+    SimulateAzure(crate::simulator::SimulateAzureArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -37,6 +39,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::Migrate => migrate(cli.config),
+        Command::SimulateAzure(args) => simulate_azure(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,6 +60,11 @@ fn serve(config: Option<PathBuf>) -> CliResult {
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+fn simulate_azure(args: crate::simulator::SimulateAzureArgs) -> CliResult {
+    actix_web::rt::System::new().block_on(crate::simulator::serve_cli(args))?;
+    Ok(())
 }
 
 fn migrate(config: Option<PathBuf>) -> CliResult {

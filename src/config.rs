@@ -144,6 +144,12 @@ fn default_request_timeout_ms() -> u64 {
 fn default_max_retries() -> u32 {
     4
 }
+fn default_retry_base_delay_ms() -> u64 {
+    500
+}
+fn default_retry_max_delay_ms() -> u64 {
+    30_000
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +167,13 @@ pub struct AzureDevOpsSettings {
     /// Retries after the first attempt on 429, 5xx and connection errors.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// First backoff between retries; doubled each time, with jitter.
+    #[serde(default = "default_retry_base_delay_ms")]
+    pub retry_base_delay_ms: u64,
+    /// Longest single wait, backoff or `Retry-After`. A longer `Retry-After` ends the attempt
+    /// at once with "rate limited" and the engine reschedules the task.
+    #[serde(default = "default_retry_max_delay_ms")]
+    pub retry_max_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

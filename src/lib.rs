@@ -15,4 +15,5 @@ pub mod lifecycle;
 pub mod placeholders;
 pub mod registry;
 pub mod secret;
+pub mod simulator;
 pub mod telemetry;

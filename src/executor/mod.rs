@@ -1,6 +1,8 @@
 //! The seam between the engine and the CI/CD providers. The engine only sees these types;
 //! provider JSON stays inside each implementation.
 
+pub mod azure_devops;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
+use super::azure_devops::AzureDevOpsExecutor;
 use super::odm_http::OdmHttpExecutor;
 use super::Executor;
 use crate::config::ExecutorSettings;
@@ -25,8 +26,8 @@ impl Executors {
                 ExecutorSettings::OdmHttp(s) => {
                     OdmHttpExecutor::new(name, s).map(|e| Rc::new(e) as Rc<dyn Executor>)
                 }
-                ExecutorSettings::AzureDevops(_) => {
-                    Err("the azure-devops executor is not part of this build yet".to_owned())
+                ExecutorSettings::AzureDevops(s) => {
+                    AzureDevOpsExecutor::new(name, s).map(|e| Rc::new(e) as Rc<dyn Executor>)
                 }
             };
             let entry = match built {

@@ -1,0 +1,244 @@
+//! A stand-in for Azure DevOps and Microsoft Entra, over real HTTP, for tests, the demo, the
+//! benchmark and for trying pipelines without a cloud account (`odm-devops simulate-azure`).
+//!
+//! # Azure routes (checked against the 7.1 descriptions)
+//! * `POST /{tenant}/oauth2/v2.0/token` — client credentials grant (form: grant_type, client_id,
+//!   client_secret, scope). Issues bearer tokens living `tokenExpiresInSecs`; a wrong value is
+//!   refused with Entra's JSON (`invalid_client` / AADSTS7000215 for a wrong secret, …).
+//! * `POST /{org}/{project}/_apis/pipelines/{pipelineId}/runs?api-version=7.1` — Runs – Run
+//!   Pipeline. The body must be a RunPipelineParameters (unknown keys refused, templateParameters
+//!   values strings, stagesToSkip strings, variables `{value, isSecret}`), the pipeline must be
+//!   declared, and every template parameter declared by it (`Unexpected parameter 'x'`, as Azure
+//!   says), required ones given.
+//! * `GET /{org}/{project}/_apis/pipelines/{pipelineId}/runs/{runId}?api-version=7.1` — Runs – Get.
+//! * `PATCH /{org}/{project}/_apis/build/builds/{buildId}?api-version=7.1` — Builds – Update
+//!   Build; `{"status": "cancelling"}` ends the run `canceled` without a callback.
+//!
+//! Every Azure route wants `api-version=7.1` and a bearer token it issued (unexpired) or a
+//! configured PAT as `Basic base64(":" + pat)`. Without valid credentials it answers like Azure:
+//! 203 with an HTML sign-in page, or 401 when the request has `X-TFS-FedAuthRedirect: Suppress`.
+//! Errors have Azure's shape: `{"$id", "innerException", "message", "typeName", "typeKey",
+//! "errorCode", "eventId"}`.
+//!
+//! A run works for `delayMs` (or the default delay), then PATCHes its `callbackRef` parameter
+//! with `{"status": "PROCESSED", "results": …}` or `{"status": "FAILED", "errors": …}` (or no body,
+//! or not at all, per its pipeline's `behaviour`), then completes as `succeeded`/`failed`.
+//! `${{ parameters.<name> }}` and `${{ run.id }}` in `results`/`errors` take the run's values.
+//!
+//! # Control routes
+//! * `GET /_sim/pipelines`; `PUT /_sim/pipelines/{org}/{project}/{id}` with `{"name",
+//!   "parameters": ["vmName", {"name": "env", "required": true}], "behaviour": {"delayMs",
+//!   "result": "succeeded"|"failed", "callback": "body"|"empty"|"none", "results", "errors",
+//!   "manual"}}`; `DELETE` the same path.
+//! * `POST /_sim/faults` with `{"path": "*/runs", "method": "POST", "kind": "rateLimit" |
+//!   "unavailable" | "serverError" | "badGatewayAfterProcessing" | "slow" | "signInPage" | "bom",
+//!   "count": 1, "retryAfterSecs": 1, "delayMs": 5000}`: the next `count` matching requests get
+//!   it (`path` is a glob on the decoded path). `GET` lists pending faults, `DELETE` clears them.
+//! * `GET /_sim/runs`, `GET /_sim/runs/{id}`: runs with their exact request bodies, states and
+//!   callbacks (the last `retainRuns` completed ones, 10,000 by default, and every run in
+//!   progress; a forgotten run answers 404 like a deleted one). `POST /_sim/runs/{id}/finish` (optional body: a behaviour) ends a run now.
+//! * `GET /_sim/requests` (last 10,000 requests: method, path, status, fault), `GET /_sim/stats`
+//!   (token requests, tokens issued, run requests, runs created, callbacks sent).
+//! * `POST /_sim/tokens/expire` expires every issued token; `POST /_sim/reset` forgets runs,
+//!   faults, requests, tokens and counters (pipelines stay).
+
+mod answer;
+mod azure;
+mod cli;
+mod config;
+mod control;
+mod entra;
+mod pipeline;
+mod state;
+#[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+
+pub use self::cli::{serve_cli, SimulateAzureArgs};
+pub use self::config::{
+    Behaviour, CallbackMode, FaultKind, FaultSpec, ParameterSpec, PipelineSpec, SimResult,
+    SimulatorConfig, AZURE_DEVOPS_SCOPE,
+};
+use self::state::SimState;
+pub use self::state::{CallbackRecord, RequestRecord, RunRecord, Stats};
+use crate::config::{AzureAuthSettings, AzureDevOpsSettings, ClientCredentialsSettings};
+use crate::secret::Secret;
+
+pub struct Simulator;
+
+impl Simulator {
+    /// Serves on 127.0.0.1 with a free port. Call it inside an actix System (the server's
+    /// accept loop runs on it; requests are served by `config.workers` threads of their own).
+    pub async fn start(config: SimulatorConfig) -> std::io::Result<SimulatorHandle> {
+        Self::start_on(config, "127.0.0.1:0").await
+    }
+
+    pub async fn start_on(config: SimulatorConfig, bind: &str) -> std::io::Result<SimulatorHandle> {
+        let workers = config.workers.max(1);
+        let tenant = config.tenant.clone();
+        let state = Arc::new(SimState::new(config));
+        let data = web::Data::from(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(1024 * 1024))
+                .configure(control::routes)
+                .route("/{tenant}/oauth2/v2.0/token", web::post().to(entra::token))
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs",
+                    web::post().to(azure::run_pipeline),
+                )
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}",
+                    web::get().to(azure::get_run),
+                )
+                .route(
+                    "/{org}/{project}/_apis/build/builds/{build_id}",
+                    web::patch().to(azure::update_build),
+                )
+                .default_service(web::to(|| async {
+                    HttpResponse::NotFound().json(serde_json::json!({
+                        "$id": "1", "innerException": null,
+                        "message": "The resource cannot be found (not simulated).",
+                        "typeName": "Microsoft.VisualStudio.Services.WebApi.VssResourceNotFoundException, Microsoft.VisualStudio.Services.WebApi",
+                        "typeKey": "VssResourceNotFoundException", "errorCode": 0, "eventId": 3000}))
+                }))
+        })
+        .workers(workers)
+        .disable_signals()
+        .bind(bind)?;
+        let address = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Ok(SimulatorHandle {
+            address,
+            tenant,
+            state,
+            server: handle,
+        })
+    }
+}
+
+/// A running simulator. Its methods may be called from any thread.
+#[derive(Clone)]
+pub struct SimulatorHandle {
+    address: SocketAddr,
+    tenant: String,
+    state: Arc<SimState>,
+    server: ServerHandle,
+}
+
+impl SimulatorHandle {
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// What `executors.*.base_url` should be.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.base_url(), self.tenant)
+    }
+
+    /// Executor settings that authenticate as the simulator's service principal.
+    pub fn executor_settings(&self) -> AzureDevOpsSettings {
+        let config = self.state.lock().config.clone();
+        AzureDevOpsSettings {
+            active: true,
+            base_url: self.base_url(),
+            auth: AzureAuthSettings::ClientCredentials(ClientCredentialsSettings {
+                token_url: self.token_url(),
+                client_id: config.client_id,
+                client_secret: Secret::new(config.client_secret),
+                scope: config.scope,
+            }),
+            check_after_callback: false,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 10_000,
+            max_retries: 4,
+            retry_base_delay_ms: 50,
+            retry_max_delay_ms: 5_000,
+        }
+    }
+
+    pub fn runs(&self) -> Vec<RunRecord> {
+        self.state.lock().runs.values().cloned().collect()
+    }
+
+    pub fn run(&self, id: i32) -> Option<RunRecord> {
+        self.state.lock().runs.get(&id).cloned()
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state.lock().requests.iter().cloned().collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.lock().stats.clone()
+    }
+
+    pub fn token_requests(&self) -> u64 {
+        self.state.lock().stats.token_requests
+    }
+
+    pub fn tokens_issued(&self) -> u64 {
+        self.state.lock().stats.tokens_issued
+    }
+
+    pub fn put_pipeline(&self, spec: PipelineSpec) {
+        control::put(&self.state, spec);
+    }
+
+    pub fn add_fault(&self, fault: FaultSpec) {
+        self.state.lock().faults.push_back(fault);
+    }
+
+    pub fn expire_tokens(&self) {
+        let now = Instant::now();
+        self.state
+            .lock()
+            .tokens
+            .values_mut()
+            .for_each(|expires| *expires = now);
+    }
+
+    /// Ends a run now (its pipeline's behaviour, or `behaviour`); false if it was not running.
+    pub async fn finish_run(&self, id: i32, behaviour: Option<Behaviour>) -> bool {
+        let behaviour = match behaviour {
+            Some(b) => b,
+            None => match self.run(id) {
+                Some(run) => run.behaviour,
+                None => return false,
+            },
+        };
+        pipeline::finish(&self.state, id, &behaviour).await
+    }
+
+    /// The run once completed (after its callback, if any), or `None` after `timeout`.
+    pub async fn wait_for_completion(&self, id: i32, timeout: Duration) -> Option<RunRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.run(id) {
+                Some(run) if run.state == "completed" => return Some(run),
+                _ if Instant::now() >= deadline => return None,
+                _ => actix_web::rt::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    pub async fn stop(&self) {
+        self.server.stop(true).await;
+    }
+}
