@@ -6,6 +6,7 @@ mod helpers;
 
 mod activities;
 mod callbacks;
+mod context;
 mod engine;
 mod errors;
 mod registry;

@@ -1,0 +1,248 @@
+//! The Context and placeholders (DESIGN §4): results flow from task to task and stage to stage.
+
+use serde_json::{json, Value};
+
+use crate::fakes::{FakeExecutor, Received};
+use crate::helpers::*;
+use crate::on_both_backends;
+
+/// The seed's example: a VM's IP from the first dev task goes to the second, an endpoint URL
+/// from dev goes to test.
+fn seed_lifecycle() -> Value {
+    json!({
+        "dev": [
+            fake_task("provision-vm", json!({"params": {"vmName": "vm-dev"}})),
+            fake_task("deploy-app", json!({"params": {"vmIp": "${dev.results.task1.vm.ip}", "note": "deploying on $<dev.results.provision-vm.vm.name>"}}))
+        ],
+        "test": [
+            fake_task("run-tests", json!({"params": {"endpointURL": "${dev.results.task2.url}", "literal": "$${not.a.placeholder}"}}))
+        ]
+    })
+}
+
+const VM: &str = r#"{"vm": {"name": "vm-dev", "ip": "198.168.20.120"}}"#;
+const URL: &str = r#"{"url": "localhost:8121/helloWorld"}"#;
+
+fn results(json_text: &str) -> Value {
+    json!({"status": "PROCESSED", "results": serde_json::from_str::<Value>(json_text).unwrap()})
+}
+
+/// Runs dev then test, restarting the service between steps when `restarts` is set, and checks
+/// the exact context and parameters each task received.
+async fn seed_flow(db: TestDb, restarts: bool) {
+    let executor = FakeExecutor::start().await;
+    let settings = || test_settings(&db, Some(&executor.address));
+    let mut app = spawn_app(settings()).await;
+    app.put_descriptor("vm-product", "1.0.0", &descriptor(seed_lifecycle()))
+        .await;
+    let restart = |app: TestApp| async {
+        if restarts {
+            app.stop().await;
+            spawn_app(settings()).await
+        } else {
+            app
+        }
+    };
+
+    let dev = app.start_activity("vm-product", "1.0.0", "dev").await;
+    let provision = executor.wait_for(1).await.remove(0);
+    assert_eq!(
+        provision.configurations["context"],
+        json!({"dev": {"status": "RUNNING", "finishedAt": null, "results": null}})
+    );
+    assert_eq!(
+        provision.configurations["params"],
+        json!({"vmName": "vm-dev"})
+    );
+    app = restart(app).await;
+    assert_eq!(
+        app.call_back(&provision.callback_ref, Some(results(VM)))
+            .await
+            .status,
+        200
+    );
+
+    let deploy = executor.wait_for(2).await.remove(1);
+    assert_eq!(
+        deploy.configurations["context"],
+        json!({"dev": {"status": "RUNNING", "finishedAt": null, "results": {"task1": serde_json::from_str::<Value>(VM).unwrap()}}})
+    );
+    assert_eq!(
+        deploy.configurations["params"],
+        json!({"vmIp": "198.168.20.120", "note": "deploying on vm-dev"}),
+        "by position, and by name with the $<…> spelling"
+    );
+    assert_stored_as_sent(&app, &deploy).await;
+    app = restart(app).await;
+    assert_eq!(
+        app.call_back(&deploy.callback_ref, Some(results(URL)))
+            .await
+            .status,
+        200
+    );
+    let dev_done = app.wait_for_activity(dev, "PROCESSED").await;
+    app = restart(app).await;
+
+    app.start_activity("vm-product", "1.0.0", "test").await;
+    let tests = executor.wait_for(3).await.remove(2);
+    assert_eq!(
+        tests.configurations["context"],
+        json!({
+            "dev": {
+                "status": "PROCESSED",
+                "finishedAt": dev_done["finishedAt"],
+                "results": {"task1": serde_json::from_str::<Value>(VM).unwrap(), "task2": serde_json::from_str::<Value>(URL).unwrap()}
+            },
+            "test": {"status": "RUNNING", "finishedAt": null, "results": null}
+        })
+    );
+    assert_eq!(
+        tests.configurations["params"],
+        json!({"endpointURL": "localhost:8121/helloWorld", "literal": "${not.a.placeholder}"})
+    );
+    app.stop().await;
+}
+
+/// The task row keeps the configurations as they were sent: resolved, with the context.
+async fn assert_stored_as_sent(app: &TestApp, sent: &Received) {
+    let task = app.get(&format!("{DEVOPS}/tasks/{}", sent.id)).await.json();
+    let stored: Value = serde_json::from_str(task["configurations"].as_str().unwrap()).unwrap();
+    assert_eq!(stored, sent.configurations);
+}
+
+on_both_backends!(results_flow_from_task_to_task_and_stage_to_stage);
+async fn results_flow_from_task_to_task_and_stage_to_stage(db: TestDb) {
+    seed_flow(db, false).await;
+}
+
+on_both_backends!(results_flow_across_restarts);
+async fn results_flow_across_restarts(db: TestDb) {
+    seed_flow(db, true).await;
+}
+
+on_both_backends!(typed_values_and_quotes_survive_substitution);
+async fn typed_values_and_quotes_survive_substitution(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let lifecycle = json!({"dev": [
+        fake_task("make", json!({})),
+        fake_task("use", json!({
+            "port": "${dev.results.task1.port}",
+            "flags": "${dev.results.task1.flags}",
+            "first": "${dev.results.make.hosts[0]}",
+            "quoted": "say ${dev.results.task1.quote}!",
+            "object": "${dev.results.task1.nested}"
+        }))
+    ]});
+    app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
+    app.start_activity("p", "1", "dev").await;
+    let make = executor.wait_for(1).await.remove(0);
+    let produced = json!({"port": 8080, "flags": [true, false], "hosts": ["a.example", "b.example"],
+                          "quote": "he said \"hi\" \\ bye", "nested": {"k": null}});
+    app.call_back(
+        &make.callback_ref,
+        Some(json!({"status": "PROCESSED", "results": produced})),
+    )
+    .await;
+    let used = executor.wait_for(2).await.remove(1);
+    let c = &used.configurations;
+    assert_eq!(
+        c["port"],
+        json!(8080),
+        "a whole-string placeholder keeps the number"
+    );
+    assert_eq!(c["flags"], json!([true, false]));
+    assert_eq!(c["first"], "a.example");
+    assert_eq!(
+        c["quoted"], "say he said \"hi\" \\ bye!",
+        "quotes and backslashes never corrupt the JSON"
+    );
+    assert_eq!(c["object"], json!({"k": null}));
+    app.stop().await;
+}
+
+on_both_backends!(an_unresolvable_placeholder_fails_the_task_before_dispatch);
+async fn an_unresolvable_placeholder_fails_the_task_before_dispatch(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let lifecycle = json!({
+        "dev": [fake_task("a", json!({}))],
+        "test": [fake_task("b", json!({"params": {"ip": "${dev.results.task1.vm.ip}"}})), fake_task("c", json!({}))]
+    });
+    app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
+    let dev = app.start_activity("p", "1", "dev").await;
+    let a = executor.wait_for(1).await.remove(0);
+    app.call_back(
+        &a.callback_ref,
+        Some(json!({"status": "PROCESSED", "results": {"vm": {"name": "x"}}})),
+    )
+    .await;
+    app.wait_for_activity(dev, "PROCESSED").await;
+
+    let test = app.start_activity("p", "1", "test").await;
+    app.wait_for_activity(test, "FAILED").await;
+    let tasks = app.tasks_of(test).await;
+    let errors = tasks[0]["errors"].as_str().unwrap();
+    assert!(
+        errors.contains("${dev.results.task1.vm.ip}") && errors.contains("ip"),
+        "{errors}"
+    );
+    assert_eq!(tasks[1]["status"], "ABORTED");
+    assert_eq!(executor.received().len(), 1, "nothing reached the executor");
+    app.stop().await;
+}
+
+on_both_backends!(on_missing_keep_leaves_the_placeholder_as_written);
+async fn on_missing_keep_leaves_the_placeholder_as_written(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let mut settings = test_settings(&db, Some(&executor.address));
+    settings.placeholders.on_missing = odm_devops::config::OnMissing::Keep;
+    let app = spawn_app(settings).await;
+    let lifecycle =
+        json!({"dev": [fake_task("a", json!({"later": "${prod.results.task1.url}"}))], "prod": []});
+    app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
+    app.start_activity("p", "1", "dev").await;
+    let a = executor.wait_for(1).await.remove(0);
+    assert_eq!(a.configurations["later"], "${prod.results.task1.url}");
+    app.stop().await;
+}
+
+on_both_backends!(failed_activities_stay_out_of_the_context);
+async fn failed_activities_stay_out_of_the_context(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let lifecycle =
+        json!({"dev": [fake_task("a", json!({}))], "test": [fake_task("b", json!({}))]});
+    app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
+    for (stage, outcome) in [
+        ("dev", json!({"status": "PROCESSED", "results": {"v": 1}})),
+        ("dev", json!({"status": "PROCESSED", "results": {"v": 2}})),
+        ("test", json!({"status": "FAILED", "errors": "red"})),
+    ] {
+        let id = app.start_activity("p", "1", stage).await;
+        let task = executor
+            .wait_for(executor.received().len() + 1)
+            .await
+            .pop()
+            .unwrap();
+        app.call_back(&task.callback_ref, Some(outcome)).await;
+        eventually("the activity to end", || async {
+            (app.activity(id).await["finishedAt"].is_string()).then_some(())
+        })
+        .await;
+    }
+    app.start_activity("p", "1", "test").await;
+    let last = executor.wait_for(4).await.pop().unwrap();
+    let context = &last.configurations["context"];
+    assert_eq!(
+        context["dev"]["results"],
+        json!({"task1": {"v": 2}}),
+        "the latest PROCESSED dev"
+    );
+    assert_eq!(
+        context["test"],
+        json!({"status": "RUNNING", "finishedAt": null, "results": null}),
+        "the failed test run is left out"
+    );
+    app.stop().await;
+}
