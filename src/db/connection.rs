@@ -51,6 +51,7 @@ impl Target {
 }
 
 /// r2d2 manager that also sets the SQLite pragmas on every new connection.
+#[derive(Clone)]
 pub(crate) struct Manager {
     pub(crate) target: Target,
 }

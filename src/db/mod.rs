@@ -6,8 +6,7 @@ mod connection;
 pub mod models;
 mod queries;
 pub mod schema;
-
-use std::sync::{Arc, Mutex};
+mod writer;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::r2d2::Pool;
@@ -18,6 +17,7 @@ pub use connection::{Backend, DbConnection};
 pub use queries::*;
 
 use connection::{Manager, Target};
+use writer::Writer;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -34,6 +34,8 @@ pub enum DbError {
     Migration(String),
     #[error("the blocking pool dropped a database call")]
     Canceled,
+    #[error("commit failed: {0}")]
+    Commit(String),
 }
 
 impl DbError {
@@ -53,8 +55,8 @@ impl DbError {
 pub struct Db {
     pool: Pool<Manager>,
     backend: Backend,
-    /// SQLite has one writer; queueing writers here avoids its sleeping busy handler.
-    sqlite_writer: Arc<Mutex<()>>,
+    /// SQLite only: writes go through one thread that commits them in groups.
+    writer: Option<Writer>,
 }
 
 impl Db {
@@ -71,17 +73,20 @@ impl Db {
             }
         }
         let backend = target.backend();
+        let manager = Manager { target };
+        let writer_manager = (backend == Backend::Sqlite).then(|| manager.clone());
         let pool = Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(1))
             .connection_timeout(std::time::Duration::from_secs(10))
-            .build(Manager { target })?;
-        let db = Db {
+            .build(manager)?;
+        let mut db = Db {
             pool,
             backend,
-            sqlite_writer: Arc::new(Mutex::new(())),
+            writer: None,
         };
         db.migrate()?;
+        db.writer = writer_manager.map(Writer::start).transpose()?;
         Ok(db)
     }
 
@@ -126,22 +131,20 @@ impl Db {
         .map_err(|_| DbError::Canceled)?
     }
 
-    /// Runs `f` in a write transaction (SQLite: `BEGIN IMMEDIATE`), committed when it returns Ok.
+    /// Runs `f` in a write transaction; what it wrote is committed (on disk) when this returns
+    /// Ok, and rolled back when `f` fails. On SQLite, writes queued together share one commit.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
-        E: From<DbError> + Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
+        if let Some(writer) = &self.writer {
+            return writer.write(f).await;
+        }
         let pool = self.pool.clone();
-        let writer = self.sqlite_writer.clone();
-        let backend = self.backend;
         actix_web::web::block(move || {
             let mut conn = pool.get().map_err(DbError::from)?;
-            let _turn = match backend {
-                Backend::Sqlite => Some(writer.lock().unwrap_or_else(|p| p.into_inner())),
-                Backend::Postgres => None,
-            };
             in_write_transaction(&mut conn, f)
         })
         .await

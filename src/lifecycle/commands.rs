@@ -346,7 +346,8 @@ fn start_in(
     apply(conn, &plan).map_err(|e| match e {
         CommandError::Db(db) if db.is_unique_violation() => {
             CommandError::ActivityConflict(format!(
-                "another activity of product {}, version {} started at the same time",
+                "another activity of product {}, version {} became PROCESSING at the same time: \
+                 only one activity of a product version runs at a time",
                 a.data_product_id, a.data_product_version
             ))
         }

@@ -103,11 +103,15 @@ async fn seed_flow(db: TestDb, restarts: bool) {
     app.stop().await;
 }
 
-/// The task row keeps the configurations as they were sent: resolved, with the context.
+/// The task row keeps the configurations as they were sent: resolved, with the context. The
+/// engine records them just after the executor accepted the task, so wait for that.
 async fn assert_stored_as_sent(app: &TestApp, sent: &Received) {
-    let task = app.get(&format!("{DEVOPS}/tasks/{}", sent.id)).await.json();
-    let stored: Value = serde_json::from_str(task["configurations"].as_str().unwrap()).unwrap();
-    assert_eq!(stored, sent.configurations);
+    eventually("the sent configurations to be stored", || async {
+        let task = app.get(&format!("{DEVOPS}/tasks/{}", sent.id)).await.json();
+        let stored: Value = serde_json::from_str(task["configurations"].as_str()?).ok()?;
+        (stored == sent.configurations).then_some(())
+    })
+    .await;
 }
 
 on_both_backends!(results_flow_from_task_to_task_and_stage_to_stage);
