@@ -312,3 +312,32 @@ async fn the_activity_waits_while_a_callback_is_being_confirmed(db: TestDb) {
     );
     app.stop().await;
 }
+
+on_both_backends!(stopping_lets_a_dispatch_under_way_finish);
+async fn stopping_lets_a_dispatch_under_way_finish(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    executor.delay_replies(700);
+    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
+        .await;
+    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    let first = executor.wait_for(1).await.remove(0);
+    // The executor holds its answer: the service is asked to stop in the middle of the dispatch.
+    app.stop().await;
+
+    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let task = app
+        .get(&format!("{DEVOPS}/tasks/{}", first.id))
+        .await
+        .json();
+    let stored: Value = serde_json::from_str(task["configurations"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        stored, first.configurations,
+        "the dispatch was recorded before the engine stopped"
+    );
+    executor.delay_replies(0);
+    assert_eq!(app.call_back(&first.callback_ref, None).await.status, 200);
+    executor.wait_for(2).await;
+    assert_eq!(app.activity(id).await["status"], "PROCESSING");
+    app.stop().await;
+}

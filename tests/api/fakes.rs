@@ -30,6 +30,8 @@ struct ExecutorState {
     status_requests: usize,
     /// Answer the next POSTs with this HTTP status instead.
     fail_next: Vec<u16>,
+    /// Wait this long before answering a POST (after recording it).
+    reply_delay_ms: u64,
 }
 
 pub struct FakeExecutor {
@@ -89,6 +91,10 @@ impl FakeExecutor {
         self.state.lock().unwrap().status_requests
     }
 
+    pub fn delay_replies(&self, ms: u64) {
+        self.state.lock().unwrap().reply_delay_ms = ms;
+    }
+
     pub fn fail_next(&self, statuses: &[u16]) {
         self.state.lock().unwrap().fail_next = statuses.to_vec();
     }
@@ -99,11 +105,19 @@ async fn receive(
     body: web::Json<Value>,
     state: web::Data<Mutex<ExecutorState>>,
 ) -> HttpResponse {
+    let (reply, delay) = record(&req, body.into_inner(), &state);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(delay)).await;
+    reply
+}
+
+fn record(req: &HttpRequest, body: Value, state: &Mutex<ExecutorState>) -> (HttpResponse, u64) {
     let mut state = state.lock().unwrap();
+    let delay = state.reply_delay_ms;
     if !state.fail_next.is_empty() {
         let status = state.fail_next.remove(0);
-        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        let reply = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
             .json(json!({"message": format!("fake failure {status}")}));
+        return (reply, delay);
     }
     let parse = |key: &str| {
         body[key]
@@ -129,13 +143,13 @@ async fn receive(
             .collect(),
     };
     state.received.push(received);
-    let mut reply = body.into_inner();
+    let mut reply = body;
     reply["status"] = json!(state.reply_status);
     reply["results"] = state
         .reply_results
         .as_ref()
         .map_or(Value::Null, |r| json!(r.to_string()));
-    HttpResponse::Ok().json(reply)
+    (HttpResponse::Ok().json(reply), delay)
 }
 
 async fn run_status(state: web::Data<Mutex<ExecutorState>>) -> HttpResponse {

@@ -23,6 +23,10 @@ use crate::executor::Executors;
 use crate::keys::Keys;
 use crate::telemetry::error_chain as chain;
 
+/// How long a stopping engine waits for the steps under way (an executor call is bounded by
+/// its own timeouts).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub tick: Duration,
@@ -149,6 +153,13 @@ impl Engine {
                 _ = actix_web::rt::time::sleep(self.config.tick) => {}
                 _ = stopped.changed() => {}
             }
+        }
+        // A step cut between its claim and its send would leave its task waiting for a callback
+        // that never comes (it is not sent again blindly): let the steps under way finish.
+        let all = self.config.max_in_flight as u32;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all)).await;
+        if drained.is_err() {
+            tracing::warn!(replica = %self.replica, "engine stopped with steps still under way; their leases will expire");
         }
         tracing::info!(replica = %self.replica, "engine stopped");
     }
