@@ -1,0 +1,115 @@
+//! What the engine reads and claims: due steps, and the Context's activities.
+
+use diesel::prelude::*;
+
+use super::Conn;
+use crate::db::models::*;
+use crate::db::schema::{activities, tasks};
+use crate::domain::{ActivityStatus, Step};
+
+/// A step the engine now owns until `lease_until`.
+#[derive(Debug, Clone)]
+pub struct ClaimedStep {
+    pub task: TaskRow,
+    pub claim: String,
+    /// Another owner held it and let its lease expire (it crashed or stalled mid-step).
+    pub abandoned: bool,
+}
+
+/// Claims up to `limit` due steps for `claim`. A fresh dispatch starts a new attempt (and with
+/// it a new callback token); an abandoned one keeps its attempt, whose callback may still come.
+pub fn claim_due_steps(
+    conn: &mut Conn,
+    claim: &str,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> QueryResult<Vec<ClaimedStep>> {
+    let free = || tasks::lease_owner.is_null().or(tasks::lease_until.lt(now));
+    let candidates: Vec<(i64, Option<String>, Option<String>)> = tasks::table
+        .filter(tasks::step.is_not_null())
+        .filter(tasks::due_at.le(now))
+        .filter(free())
+        .order(tasks::due_at)
+        .limit(limit)
+        .select((tasks::id, tasks::step, tasks::lease_owner))
+        .load(conn)?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = candidates.iter().map(|c| c.0).collect();
+    diesel::update(tasks::table.filter(tasks::id.eq_any(&ids)).filter(free()))
+        .set((
+            tasks::lease_owner.eq(claim),
+            tasks::lease_until.eq(lease_until),
+        ))
+        .execute(conn)?;
+    let fresh_dispatches: Vec<i64> = candidates
+        .iter()
+        .filter(|(_, step, owner)| {
+            step.as_deref() == Some(Step::Dispatch.as_str()) && owner.is_none()
+        })
+        .map(|c| c.0)
+        .collect();
+    if !fresh_dispatches.is_empty() {
+        diesel::update(
+            tasks::table
+                .filter(tasks::id.eq_any(&fresh_dispatches))
+                .filter(tasks::lease_owner.eq(claim)),
+        )
+        .set(tasks::attempt.eq(tasks::attempt + 1))
+        .execute(conn)?;
+    }
+    let claimed: Vec<TaskRow> = tasks::table
+        .filter(tasks::id.eq_any(&ids))
+        .filter(tasks::lease_owner.eq(claim))
+        .select(TaskRow::as_select())
+        .load(conn)?;
+    Ok(claimed
+        .into_iter()
+        .map(|task| {
+            let abandoned = candidates
+                .iter()
+                .any(|(id, _, owner)| *id == task.id && owner.is_some());
+            ClaimedStep {
+                task,
+                claim: claim.to_owned(),
+                abandoned,
+            }
+        })
+        .collect())
+}
+
+/// One entry per stage for the Context: every PROCESSED activity of the product version, and of `current`, oldest first.
+pub fn context_activities(
+    conn: &mut Conn,
+    product: &str,
+    version: &str,
+    current: i64,
+) -> QueryResult<Vec<StageActivity>> {
+    activities::table
+        .filter(activities::data_product_id.eq(product))
+        .filter(activities::data_product_version.eq(version))
+        .filter(
+            activities::status
+                .eq(ActivityStatus::Processed.as_str())
+                .or(activities::id.eq(current)),
+        )
+        .order(activities::id)
+        .select((
+            activities::id,
+            activities::stage,
+            activities::status,
+            activities::finished_at,
+            activities::results,
+        ))
+        .load(conn)
+}
+
+/// `(activity id, position, name)` of the tasks of the given activities.
+pub fn task_names(conn: &mut Conn, activity_ids: &[i64]) -> QueryResult<Vec<(i64, i32, String)>> {
+    tasks::table
+        .filter(tasks::activity_id.eq_any(activity_ids))
+        .select((tasks::activity_id, tasks::position, tasks::name))
+        .load(conn)
+}

@@ -1,0 +1,73 @@
+//! The embedded registry's descriptors and the values shared by replicas.
+
+use diesel::prelude::*;
+
+use super::Conn;
+use crate::db::schema::{descriptors, service_meta};
+
+/// Stores a descriptor; true when it was new.
+pub fn put_descriptor(
+    conn: &mut Conn,
+    product: &str,
+    version: &str,
+    content: &str,
+    now: i64,
+) -> QueryResult<bool> {
+    let updated = diesel::update(descriptors::table.find((product, version)))
+        .set((
+            descriptors::content.eq(content),
+            descriptors::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    if updated > 0 {
+        return Ok(false);
+    }
+    diesel::insert_into(descriptors::table)
+        .values((
+            descriptors::data_product_id.eq(product),
+            descriptors::version.eq(version),
+            descriptors::content.eq(content),
+            descriptors::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(true)
+}
+
+pub fn get_descriptor(
+    conn: &mut Conn,
+    product: &str,
+    version: &str,
+) -> QueryResult<Option<String>> {
+    descriptors::table
+        .find((product, version))
+        .select(descriptors::content)
+        .first(conn)
+        .optional()
+}
+
+pub fn descriptor_versions(conn: &mut Conn, product: &str) -> QueryResult<Vec<String>> {
+    descriptors::table
+        .filter(descriptors::data_product_id.eq(product))
+        .order(descriptors::version)
+        .select(descriptors::version)
+        .load(conn)
+}
+
+/// A value kept once for all replicas (e.g. the generated callback secret): the first writer wins.
+pub fn meta_get_or_insert(conn: &mut Conn, name: &str, candidate: &str) -> QueryResult<String> {
+    let existing: Option<String> = service_meta::table
+        .find(name)
+        .select(service_meta::value)
+        .first(conn)
+        .optional()?;
+    if let Some(value) = existing {
+        return Ok(value);
+    }
+    diesel::insert_into(service_meta::table)
+        .values((
+            service_meta::name.eq(name),
+            service_meta::value.eq(candidate),
+        ))
+        .execute(conn)?;
+    Ok(candidate.to_owned())
+}

@@ -1,0 +1,47 @@
+//! Tasks: find and list.
+
+use diesel::prelude::*;
+
+use super::Conn;
+use crate::db::models::*;
+use crate::db::schema::tasks;
+
+#[derive(Debug, Default, Clone)]
+pub struct TaskFilter {
+    pub activity_id: Option<i64>,
+    pub executor: Option<String>,
+    pub status: Option<&'static str>,
+}
+
+pub fn find_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
+    tasks::table
+        .find(id)
+        .select(TaskRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn tasks_of(conn: &mut Conn, activity_id: i64) -> QueryResult<Vec<TaskRow>> {
+    tasks::table
+        .filter(tasks::activity_id.eq(activity_id))
+        .order(tasks::position)
+        .select(TaskRow::as_select())
+        .load(conn)
+}
+
+pub fn list_tasks(conn: &mut Conn, filter: &TaskFilter) -> QueryResult<Vec<TaskRow>> {
+    let mut query = tasks::table.into_boxed();
+    if let Some(v) = filter.activity_id {
+        query = query.filter(tasks::activity_id.eq(v));
+    }
+    if let Some(v) = &filter.executor {
+        query = query.filter(tasks::executor_ref.eq(v.clone()));
+    }
+    if let Some(v) = filter.status {
+        query = query.filter(tasks::status.eq(v));
+    }
+    query
+        .order(tasks::id)
+        .select(TaskRow::as_select())
+        .load(conn)
+}

@@ -1,0 +1,278 @@
+//! Starting, aborting and finishing: how an activity moves as its tasks end.
+
+use serde_json::Value;
+
+use super::*;
+use crate::db::models::{ActivityChanges, ActivityRow, TaskChanges, TaskRow};
+use crate::domain::{ActivityStatus, Step, TaskStatus};
+
+/// PLANNED → PROCESSING, and the first task is due for dispatch.
+pub fn start(s: &Snapshot, t: &Timing) -> Result<Plan, Refusal> {
+    match activity_status(s) {
+        ActivityStatus::Planned => {}
+        ActivityStatus::Processing => {
+            return Err(Refusal::ActivityConflict(format!(
+                "activity {} is already started",
+                s.activity.id
+            )))
+        }
+        terminal @ (ActivityStatus::Processed
+        | ActivityStatus::Failed
+        | ActivityStatus::Aborted) => {
+            return Err(Refusal::NotStartable(format!(
+                "activity {} is {terminal} and cannot be started again; create a new activity",
+                s.activity.id
+            )))
+        }
+    }
+    let first = s
+        .tasks
+        .first()
+        .ok_or_else(|| Refusal::NotStartable(format!("activity {} has no tasks", s.activity.id)))?;
+    Ok(Plan {
+        activity: Some(ActivityUpdate {
+            id: s.activity.id,
+            expected: ActivityStatus::Planned,
+            changes: ActivityChanges {
+                status: Some(ActivityStatus::Processing.as_str()),
+                started_at: Some(Some(t.now)),
+                ..Default::default()
+            },
+        }),
+        tasks: vec![begin(first, t)],
+        promote_lifecycle: false,
+    })
+}
+
+/// Ends the activity and every unfinished task; runs already started are cancelled.
+pub(super) fn end_activity(
+    s: &Snapshot,
+    status: ActivityStatus,
+    errors: Option<String>,
+    t: &Timing,
+) -> Plan {
+    let tasks = s
+        .tasks
+        .iter()
+        .filter(|task| !task_status(task).is_terminal())
+        .map(|task| abort_one(task, t))
+        .collect();
+    Plan {
+        activity: Some(ActivityUpdate {
+            id: s.activity.id,
+            expected: activity_status(s),
+            changes: ActivityChanges {
+                status: Some(status.as_str()),
+                errors: errors.map(Some),
+                finished_at: Some(Some(t.now)),
+                sealed_secrets: secrets_after_end(cancel_needs_secrets(s)),
+                ..Default::default()
+            },
+        }),
+        tasks,
+        promote_lifecycle: false,
+    }
+}
+
+/// A run may exist for a task that has a run reference, or whose dispatch is in flight.
+pub(super) fn run_may_exist(task: &TaskRow) -> bool {
+    task.run_ref.is_some()
+}
+
+/// Secrets are dropped when the activity ends, unless a cancel still has to authenticate.
+pub(super) fn secrets_after_end(cancel_pending: bool) -> Option<Option<String>> {
+    if cancel_pending {
+        None
+    } else {
+        Some(None)
+    }
+}
+
+pub(super) fn cancel_needs_secrets(s: &Snapshot) -> bool {
+    s.tasks
+        .iter()
+        .any(|task| !task_status(task).is_terminal() && run_may_exist(task))
+}
+
+pub(super) fn abort_one(task: &TaskRow, t: &Timing) -> TaskUpdate {
+    let changes = TaskChanges {
+        status: Some(TaskStatus::Aborted.as_str()),
+        finished_at: Some(Some(t.now)),
+        ..TaskChanges::default()
+    };
+    let changes = if run_may_exist(task) {
+        TaskChanges {
+            step_attempts: Some(0),
+            ..reschedule(changes, Step::Cancel, t.now)
+        }
+    } else {
+        released(changes)
+    };
+    TaskUpdate {
+        id: task.id,
+        expected: task_status(task),
+        expected_lease: None,
+        changes,
+    }
+}
+
+/// PLANNED or PROCESSING → ABORTED.
+pub fn abort(s: &Snapshot, t: &Timing) -> Result<Plan, Refusal> {
+    let status = activity_status(s);
+    if status.is_terminal() {
+        return Err(Refusal::ActivityConflict(format!(
+            "activity {} is {status} and cannot be aborted",
+            s.activity.id
+        )));
+    }
+    Ok(end_activity(s, ActivityStatus::Aborted, None, t))
+}
+
+/// Aborting one task aborts its activity: the remaining tasks could never run in order.
+pub fn abort_task(s: &Snapshot, task_id: i64, t: &Timing) -> Result<Plan, Refusal> {
+    let task = s.task(task_id).expect("snapshot holds the task");
+    let status = task_status(task);
+    if status.is_terminal() {
+        return Err(Refusal::TaskConflict(format!(
+            "task {task_id} is {status} and cannot be aborted"
+        )));
+    }
+    Ok(end_activity(
+        s,
+        ActivityStatus::Aborted,
+        Some(format!("Task {task_id} ({}) was aborted", task.name)),
+        t,
+    ))
+}
+
+/// Records how a task ended and moves the activity on: next task, completion or failure.
+/// `lease` is the engine's claim when the engine decided it; `None` for callbacks.
+pub fn finish_task(
+    s: &Snapshot,
+    task_id: i64,
+    outcome: Outcome,
+    cancel_run: bool,
+    lease: Option<&str>,
+    t: &Timing,
+) -> Plan {
+    let task = s.task(task_id).expect("snapshot holds the task");
+    let mut changes = TaskChanges {
+        finished_at: Some(Some(t.now)),
+        reported_outcome: Some(None),
+        ..TaskChanges::default()
+    };
+    let mut plan = Plan::default();
+    match &outcome {
+        Outcome::Processed { results } => {
+            changes.status = Some(TaskStatus::Processed.as_str());
+            changes.results = Some(results.as_ref().map(Value::to_string));
+            let activity_results = merge_results(&s.activity, task.position, results.as_ref());
+            match s.tasks.iter().find(|next| next.position > task.position) {
+                Some(next) => {
+                    plan.tasks.push(begin(next, t));
+                    plan.activity = Some(ActivityUpdate {
+                        id: s.activity.id,
+                        expected: ActivityStatus::Processing,
+                        changes: ActivityChanges {
+                            results: Some(activity_results),
+                            ..Default::default()
+                        },
+                    });
+                }
+                None => {
+                    plan.activity = Some(ActivityUpdate {
+                        id: s.activity.id,
+                        expected: ActivityStatus::Processing,
+                        changes: ActivityChanges {
+                            status: Some(ActivityStatus::Processed.as_str()),
+                            results: Some(activity_results),
+                            finished_at: Some(Some(t.now)),
+                            sealed_secrets: Some(None),
+                            ..Default::default()
+                        },
+                    });
+                    plan.promote_lifecycle = true;
+                }
+            }
+        }
+        Outcome::Failed { errors } => {
+            changes.status = Some(TaskStatus::Failed.as_str());
+            changes.errors = Some(Some(errors.clone()));
+            let why = format!("Task {} ({}) failed: {errors}", task.id, task.name);
+            plan = rest_ended(s, task, ActivityStatus::Failed, why, cancel_run, t);
+        }
+        Outcome::Aborted { reason } => {
+            changes.status = Some(TaskStatus::Aborted.as_str());
+            changes.errors = Some(Some(reason.clone()));
+            let why = format!("Task {} ({}) was aborted: {reason}", task.id, task.name);
+            plan = rest_ended(s, task, ActivityStatus::Aborted, why, cancel_run, t);
+        }
+    }
+    let changes = if cancel_run && run_may_exist(task) {
+        TaskChanges {
+            step_attempts: Some(0),
+            ..reschedule(changes, Step::Cancel, t.now)
+        }
+    } else {
+        released(changes)
+    };
+    plan.tasks.insert(
+        0,
+        TaskUpdate {
+            id: task.id,
+            expected: TaskStatus::Processing,
+            expected_lease: lease.map(str::to_owned),
+            changes,
+        },
+    );
+    plan
+}
+
+/// The activity ends because `task` did; the tasks after it will never run.
+pub(super) fn rest_ended(
+    s: &Snapshot,
+    task: &TaskRow,
+    status: ActivityStatus,
+    errors: String,
+    cancel_run: bool,
+    t: &Timing,
+) -> Plan {
+    let mut plan = Plan {
+        activity: Some(ActivityUpdate {
+            id: s.activity.id,
+            expected: ActivityStatus::Processing,
+            changes: ActivityChanges {
+                status: Some(status.as_str()),
+                errors: Some(Some(errors)),
+                finished_at: Some(Some(t.now)),
+                sealed_secrets: secrets_after_end(cancel_run && run_may_exist(task)),
+                ..Default::default()
+            },
+        }),
+        ..Plan::default()
+    };
+    plan.tasks = s
+        .tasks
+        .iter()
+        .filter(|other| other.id != task.id && task_status(other) == TaskStatus::Planned)
+        .map(|other| abort_one(other, t))
+        .collect();
+    plan
+}
+
+/// The activity's `results`: `{"task1": …, "task2": …}`, the tasks that returned results.
+pub(super) fn merge_results(
+    activity: &ActivityRow,
+    position: i32,
+    results: Option<&Value>,
+) -> Option<String> {
+    let mut merged = activity
+        .results
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok())
+        .unwrap_or_default();
+    if let Some(results) = results {
+        merged.insert(format!("task{position}"), results.clone());
+    }
+    (!merged.is_empty()).then(|| Value::Object(merged).to_string())
+}

@@ -1,0 +1,197 @@
+//! Every state transition of activities and tasks, as pure functions from a snapshot to a plan.
+//! The db layer applies a plan with compare-and-set updates in one transaction; a plan whose
+//! expectations no longer hold is a conflict and changes nothing.
+
+mod activity;
+mod callback;
+mod steps;
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::db::models::{ActivityChanges, ActivityRow, TaskChanges, TaskRow};
+use crate::domain::{ActivityStatus, Step, TaskStatus};
+
+pub use activity::{abort, abort_task, finish_task, start};
+pub use callback::{callback, reported_outcome};
+pub use steps::{
+    await_unknown_dispatch, finish_step, retry_step, step_done, still_owned, submitted, Submittal,
+};
+
+/// An activity with all its tasks, in position order, read in the transaction that changes them.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub activity: ActivityRow,
+    pub tasks: Vec<TaskRow>,
+}
+
+/// The clock and the engine timings a transition needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub now: i64,
+    pub poll_after_ms: i64,
+    pub default_timeout_ms: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub activity: Option<ActivityUpdate>,
+    pub tasks: Vec<TaskUpdate>,
+    /// Close the current lifecycle row of the product version and open one for this activity.
+    pub promote_lifecycle: bool,
+}
+
+#[derive(Debug)]
+pub struct ActivityUpdate {
+    pub id: i64,
+    pub expected: ActivityStatus,
+    pub changes: ActivityChanges,
+}
+
+#[derive(Debug)]
+pub struct TaskUpdate {
+    pub id: i64,
+    pub expected: TaskStatus,
+    /// Set for engine steps: the update only applies while this claim still owns the task.
+    pub expected_lease: Option<String>,
+    pub changes: TaskChanges,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.activity.is_none() && self.tasks.is_empty() && !self.promote_lifecycle
+    }
+
+    /// True when the plan leaves a step for the engine to do now.
+    pub fn schedules_work(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| matches!(t.changes.step, Some(Some(_))))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 409 40901
+    #[error("{0}")]
+    ActivityConflict(String),
+    /// 422 42201
+    #[error("{0}")]
+    NotStartable(String),
+    /// 409 40911
+    #[error("{0}")]
+    TaskConflict(String),
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Processed { results: Option<Value> },
+    Failed { errors: String },
+    Aborted { reason: String },
+}
+
+/// What a callback said, kept as-is to recognise a replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub status: ReportedStatus,
+    pub results: Option<Value>,
+    pub errors: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ReportedStatus {
+    Processed,
+    Failed,
+}
+
+impl Report {
+    fn outcome(&self) -> Outcome {
+        match self.status {
+            ReportedStatus::Processed => Outcome::Processed {
+                results: self.results.clone(),
+            },
+            ReportedStatus::Failed => Outcome::Failed {
+                errors: self
+                    .errors
+                    .clone()
+                    .unwrap_or_else(|| "the pipeline reported a failure".into()),
+            },
+        }
+    }
+
+    pub(super) fn task_status(&self) -> TaskStatus {
+        match self.status {
+            ReportedStatus::Processed => TaskStatus::Processed,
+            ReportedStatus::Failed => TaskStatus::Failed,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum CallbackDecision {
+    Apply(Plan),
+    /// The same callback was already recorded: answer with the task's status, change nothing.
+    AlreadyRecorded(TaskStatus),
+}
+
+pub(super) fn activity_status(s: &Snapshot) -> ActivityStatus {
+    ActivityStatus::parse(&s.activity.status).unwrap_or(ActivityStatus::Failed)
+}
+
+pub(super) fn task_status(t: &TaskRow) -> TaskStatus {
+    TaskStatus::parse(&t.status).unwrap_or(TaskStatus::Failed)
+}
+
+impl Snapshot {
+    pub fn task(&self, id: i64) -> Option<&TaskRow> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+}
+
+/// Releases whatever the engine held on a task.
+pub(super) fn released(mut c: TaskChanges) -> TaskChanges {
+    c.step = Some(None);
+    c.due_at = Some(None);
+    c.lease_owner = Some(None);
+    c.lease_until = Some(None);
+    c
+}
+
+pub(super) fn reschedule(mut c: TaskChanges, step: Step, due: i64) -> TaskChanges {
+    c.step = Some(Some(step.as_str()));
+    c.due_at = Some(Some(due));
+    c.lease_owner = Some(None);
+    c.lease_until = Some(None);
+    c
+}
+
+/// The task's own timeout (`configurations.timeout`, seconds) or the default.
+pub(super) fn timeout_ms(task: &TaskRow, default_ms: i64) -> i64 {
+    task.configurations
+        .as_deref()
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .and_then(|c| c.get("timeout").and_then(Value::as_f64))
+        .filter(|secs| *secs > 0.0)
+        .map(|secs| (secs * 1000.0) as i64)
+        .unwrap_or(default_ms)
+}
+
+pub(super) fn begin(task: &TaskRow, t: &Timing) -> TaskUpdate {
+    let changes = TaskChanges {
+        status: Some(TaskStatus::Processing.as_str()),
+        started_at: Some(Some(t.now)),
+        deadline_at: Some(Some(t.now + timeout_ms(task, t.default_timeout_ms))),
+        step_attempts: Some(0),
+        ..reschedule(TaskChanges::default(), Step::Dispatch, t.now)
+    };
+    TaskUpdate {
+        id: task.id,
+        expected: TaskStatus::Planned,
+        expected_lease: None,
+        changes,
+    }
+}

@@ -1,0 +1,149 @@
+//! Transitions the engine's own steps decide, each only while the step's claim still holds.
+
+use super::*;
+use crate::db::models::{TaskChanges, TaskRow};
+use crate::domain::{Step, TaskStatus};
+
+/// Is the engine's claim on this task for this step still valid?
+pub fn still_owned(s: &Snapshot, task_id: i64, step: Step, lease: &str) -> bool {
+    s.task(task_id).is_some_and(|task| {
+        task.step.as_deref() == Some(step.as_str()) && task.lease_owner.as_deref() == Some(lease)
+    })
+}
+
+/// After a successful submit. The task may meanwhile have been finished by a fast callback or
+/// aborted; the run reference and resolved configurations are recorded in every case.
+pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Timing) -> Plan {
+    let task = s.task(task_id).expect("snapshot holds the task");
+    let recorded = TaskChanges {
+        run_ref: Some(run.run_ref.clone()),
+        run_url: Some(run.run_url.clone()),
+        configurations: Some(Some(run.configurations.clone())),
+        ..TaskChanges::default()
+    };
+    let status = task_status(task);
+    if status == TaskStatus::Aborted && task.step.is_none() && run.run_ref.is_some() {
+        // Aborted while we were sending: the run we just started must be cancelled.
+        return single(
+            task,
+            status,
+            None,
+            reschedule(recorded, Step::Cancel, t.now),
+        );
+    }
+    if !still_owned(s, task_id, Step::Dispatch, lease) {
+        return single(task, status, None, recorded);
+    }
+    if let Some(outcome) = run.immediate {
+        let mut plan = finish_task(s, task_id, outcome, false, Some(lease), t);
+        let own = &mut plan.tasks[0].changes;
+        own.run_ref = recorded.run_ref;
+        own.run_url = recorded.run_url;
+        own.configurations = recorded.configurations;
+        return plan;
+    }
+    let deadline = task.deadline_at.unwrap_or(i64::MAX);
+    let changes = TaskChanges {
+        step_attempts: Some(0),
+        ..reschedule(
+            recorded,
+            Step::Await,
+            (t.now + t.poll_after_ms).min(deadline),
+        )
+    };
+    single(task, status, Some(lease), changes)
+}
+
+/// What a dispatch produced, for `submitted`.
+#[derive(Debug, Clone)]
+pub struct Submittal {
+    pub run_ref: Option<String>,
+    pub run_url: Option<String>,
+    pub configurations: String,
+    pub immediate: Option<Outcome>,
+}
+
+pub(super) fn single(
+    task: &TaskRow,
+    expected: TaskStatus,
+    lease: Option<&str>,
+    changes: TaskChanges,
+) -> Plan {
+    Plan {
+        tasks: vec![TaskUpdate {
+            id: task.id,
+            expected,
+            expected_lease: lease.map(str::to_owned),
+            changes,
+        }],
+        ..Plan::default()
+    }
+}
+
+/// The engine will try the same step again at `due` (a transient failure, a run still going).
+pub fn retry_step(s: &Snapshot, task_id: i64, lease: &str, step: Step, due: i64) -> Plan {
+    let task = s.task(task_id).expect("snapshot holds the task");
+    if !still_owned(s, task_id, step, lease) {
+        return Plan::default();
+    }
+    let changes = TaskChanges {
+        step_attempts: Some(task.step_attempts + 1),
+        ..reschedule(TaskChanges::default(), step, due)
+    };
+    single(task, task_status(task), Some(lease), changes)
+}
+
+/// The dispatch may have reached the provider but we cannot know: wait for the callback (the
+/// attempt's token stays valid) until the task's deadline instead of sending it twice.
+pub fn await_unknown_dispatch(
+    s: &Snapshot,
+    task_id: i64,
+    lease: &str,
+    configurations: Option<String>,
+) -> Plan {
+    let task = s.task(task_id).expect("snapshot holds the task");
+    if task_status(task) != TaskStatus::Processing {
+        return Plan::default();
+    }
+    let due = task.deadline_at.unwrap_or(i64::MAX);
+    let changes = TaskChanges {
+        configurations: configurations.map(Some),
+        ..reschedule(TaskChanges::default(), Step::Await, due)
+    };
+    single(task, TaskStatus::Processing, Some(lease), changes)
+}
+
+/// The engine's step on a task is done and nothing more is owed (a cancel went through).
+pub fn step_done(s: &Snapshot, task_id: i64, lease: &str, step: Step) -> Plan {
+    let task = s.task(task_id).expect("snapshot holds the task");
+    if !still_owned(s, task_id, step, lease) {
+        return Plan::default();
+    }
+    single(
+        task,
+        task_status(task),
+        Some(lease),
+        released(TaskChanges::default()),
+    )
+}
+
+/// `finish_task` for an engine step, only while the step's claim still holds.
+pub fn finish_step(
+    s: &Snapshot,
+    task_id: i64,
+    lease: &str,
+    step: Step,
+    outcome: Outcome,
+    cancel_run: bool,
+    t: &Timing,
+) -> Plan {
+    if !still_owned(s, task_id, step, lease) {
+        return Plan::default();
+    }
+    let task = s.task(task_id).expect("snapshot holds the task");
+    if task_status(task) != TaskStatus::Processing {
+        // A cancel or confirm step outliving its task's end: only release it.
+        return step_done(s, task_id, lease, step);
+    }
+    finish_task(s, task_id, outcome, cancel_run, Some(lease), t)
+}
