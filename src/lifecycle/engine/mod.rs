@@ -46,6 +46,9 @@ enum EngineError {
     Db(#[from] DbError),
     #[error("activity {0} disappeared")]
     Gone(i64),
+    /// Someone else changed the task first; their word stands.
+    #[error("superseded: {0}")]
+    Superseded(String),
 }
 
 impl From<diesel::result::Error> for EngineError {
@@ -57,7 +60,7 @@ impl From<diesel::result::Error> for EngineError {
 impl From<ApplyError> for EngineError {
     fn from(e: ApplyError) -> Self {
         match e {
-            ApplyError::Conflict(m) => EngineError::Db(DbError::Config(m)),
+            ApplyError::Conflict(m) => EngineError::Superseded(m),
             ApplyError::Query(e) => e.into(),
         }
     }
