@@ -39,6 +39,7 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
+            .route("/api/v1/pp/devops/v3/api-docs", web::get().to(openapi))
             .service(
                 web::scope("/api/v1/pp/devops")
                     .route("/activities", web::post().to(activities::create))
@@ -79,6 +80,14 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
         }
         cfg.default_service(web::to(guard::not_found));
     }
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(OPENAPI)
 }
 
 /// Wraps every request: Accept and API token checks, ODM's error envelope, a request id, and

@@ -9,4 +9,5 @@ mod callbacks;
 mod context;
 mod engine;
 mod errors;
+mod openapi;
 mod registry;
