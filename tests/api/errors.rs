@@ -374,3 +374,30 @@ async fn remote_registry_errors_map_to_odm_codes(db: TestDb) {
         .assert_error(503, "50050");
     app.stop().await;
 }
+
+on_both_backends!(a_database_failure_is_a_generic_500);
+async fn a_database_failure_is_a_generic_500(db: TestDb) {
+    let app = spawn_app(test_settings(&db, None)).await;
+    // Break the database under the running service.
+    let direct = odm_devops::db::Db::connect(&db.url, 1).unwrap();
+    direct
+        .write(|conn| {
+            use diesel::RunQueryDsl;
+            diesel::sql_query("DROP TABLE lifecycles").execute(conn)?;
+            Ok::<_, odm_devops::db::DbError>(())
+        })
+        .await
+        .unwrap();
+    let answer = app.get(&format!("{DEVOPS}/lifecycles")).await;
+    let message = answer.assert_error(500, "50001");
+    assert!(
+        !message.contains("lifecycles") && !message.contains("table"),
+        "nothing internal: {message}"
+    );
+    assert!(
+        !answer.text.to_lowercase().contains("sql"),
+        "{}",
+        answer.text
+    );
+    app.stop().await;
+}
