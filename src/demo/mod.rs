@@ -190,10 +190,9 @@ impl Demo<'_> {
                 "PROCESSED" if all_told => {
                     return Ok(self.report.stage_reached(stage, id, started.elapsed())?);
                 }
-                "FAILED" | "ABORTED" => {
+                status @ ("FAILED" | "ABORTED") => {
                     return Err(DemoError(format!(
-                        "the {stage} activity {id} ended {}: {}",
-                        activity["status"],
+                        "the {stage} activity {id} ended {status}: {}",
                         activity["errors"].as_str().unwrap_or("no errors given")
                     )))
                 }
