@@ -30,6 +30,9 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Run the whole flow (dev → test → prod) on the built-in Azure DevOps simulator and tell
+    /// what happens; no account needed, nothing is left behind.
+    Demo,
     /// Run the Azure DevOps + Entra ID simulator alone (for trying pipelines, tests, benchmarks).
     SimulateAzure(crate::simulator::SimulateAzureArgs),
 }
@@ -39,6 +42,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::Migrate => migrate(cli.config),
+        Command::Demo => demo(),
         Command::SimulateAzure(args) => simulate_azure(args),
     };
     match result {
@@ -60,6 +64,14 @@ fn serve(config: Option<PathBuf>) -> CliResult {
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+fn demo() -> CliResult {
+    crate::telemetry::init(&crate::demo::quiet_logs());
+    let options = crate::demo::DemoOptions::default();
+    actix_web::rt::System::new()
+        .block_on(async move { crate::demo::run(&mut std::io::stdout(), &options).await })?;
+    Ok(())
 }
 
 fn simulate_azure(args: crate::simulator::SimulateAzureArgs) -> CliResult {

@@ -20,11 +20,13 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs an async test body once per backend.
+/// Runs an async test body once per backend. Attributes given before the name (e.g.
+/// `#[ignore = "bug: …"]`) go on both tests.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($name:ident) => {
+    ($(#[$attr:meta])* $name:ident) => {
         mod $name {
+            $(#[$attr])*
             #[actix_web::test]
             async fn sqlite() {
                 if let Some(db) = $crate::helpers::TestDb::new($crate::helpers::Backend::Sqlite) {
@@ -32,6 +34,7 @@ macro_rules! on_both_backends {
                 }
             }
 
+            $(#[$attr])*
             #[actix_web::test]
             async fn postgres() {
                 if let Some(db) = $crate::helpers::TestDb::new($crate::helpers::Backend::Postgres) {

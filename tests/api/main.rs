@@ -5,6 +5,7 @@ mod fakes;
 mod helpers;
 
 mod activities;
+mod azure;
 mod callbacks;
 mod context;
 mod engine;

@@ -1,0 +1,317 @@
+//! `odm-devops demo`: the whole flow on a fresh machine, with no account anywhere. It starts
+//! the service (on a SQLite file in a temporary folder, removed at the end) and the Azure
+//! DevOps + Entra simulator in this process, stores a descriptor, runs its stages dev → test →
+//! prod through the REST API over HTTP as a user would, and tells what happens: each task's
+//! pipeline run and the parameters it was sent, the callback it got, and the lifecycle rows.
+
+mod report;
+mod scenario;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use self::report::Report;
+use self::scenario::{PRODUCT, STAGES, VERSION};
+use crate::app::Application;
+use crate::config::{LogFormat, LogSettings};
+use crate::simulator::{RunRecord, Simulator, SimulatorHandle};
+
+const DEVOPS: &str = "/api/v1/pp/devops";
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// How long each simulated pipeline run works before calling back.
+    pub run_delay: Duration,
+    /// A stage not finished by then fails the demo.
+    pub stage_timeout: Duration,
+    /// Where the demo's temporary folder is made.
+    pub temp_dir: PathBuf,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            run_delay: Duration::from_millis(500),
+            stage_timeout: Duration::from_secs(30),
+            temp_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Why the demo did not get to the end, in words for the person who ran it.
+#[derive(Debug, thiserror::Error)]
+#[error("the demo failed: {0}")]
+pub struct DemoError(String);
+
+impl From<std::io::Error> for DemoError {
+    fn from(e: std::io::Error) -> Self {
+        DemoError(format!("cannot write the demo's output: {e}"))
+    }
+}
+
+/// Warnings only: the demo's own lines tell the story (the subscriber is global).
+pub fn quiet_logs() -> LogSettings {
+    LogSettings {
+        format: LogFormat::Pretty,
+        filter: "warn".into(),
+    }
+}
+
+/// Plays the demo, writing to `out`. Runs inside an actix System (the service's engine lives
+/// on the calling thread). Everything it started is stopped and its folder removed, whatever
+/// the outcome.
+pub async fn run(out: &mut dyn Write, options: &DemoOptions) -> Result<(), DemoError> {
+    let folder = TempFolder::create(&options.temp_dir)?;
+    let sim = Simulator::start(scenario::simulator_config(options.run_delay))
+        .await
+        .map_err(|e| DemoError(format!("the Azure DevOps simulator did not start: {e}")))?;
+    let result = serve_and_play(out, options, &folder.0, &sim).await;
+    sim.stop().await;
+    result
+}
+
+async fn serve_and_play(
+    out: &mut dyn Write,
+    options: &DemoOptions,
+    folder: &Path,
+    sim: &SimulatorHandle,
+) -> Result<(), DemoError> {
+    let settings = scenario::settings(folder, sim).map_err(DemoError)?;
+    let app = Application::build(settings)
+        .await
+        .map_err(|e| DemoError(format!("the service did not start: {e}")))?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let server = app.server_handle();
+    let service = actix_web::rt::spawn(app.run_until_stopped());
+    let mut demo = Demo {
+        report: Report::new(out),
+        http: awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish(),
+        base,
+        sim,
+        options,
+    };
+    let result = demo.play(folder).await;
+    server.stop(true).await;
+    let _ = service.await;
+    result
+}
+
+struct Demo<'a> {
+    report: Report<'a>,
+    http: awc::Client,
+    base: String,
+    sim: &'a SimulatorHandle,
+    options: &'a DemoOptions,
+}
+
+/// How far the story of one task has been told.
+#[derive(Default)]
+struct Told {
+    run: Option<i32>,
+    callback: bool,
+    outcome: bool,
+}
+
+impl Demo<'_> {
+    async fn play(&mut self, folder: &Path) -> Result<(), DemoError> {
+        let started = Instant::now();
+        self.report
+            .opening(&self.base, &self.sim.base_url(), folder)?;
+        let path = format!("/api/v1/pp/registry/products/{PRODUCT}/versions/{VERSION}");
+        let (status, _) = self
+            .call("PUT", &path, Some(scenario::descriptor()))
+            .await?;
+        if status != 201 && status != 200 {
+            return Err(DemoError(format!(
+                "storing the descriptor answered HTTP {status}"
+            )));
+        }
+        self.report.descriptor_stored(&path)?;
+        for stage in STAGES {
+            self.run_stage(stage).await?;
+        }
+        let (_, rows) = self
+            .call(
+                "GET",
+                &format!("{DEVOPS}/lifecycles/{PRODUCT}/{VERSION}"),
+                None,
+            )
+            .await?;
+        self.report.lifecycle(&rows)?;
+        let stats = self.sim.stats();
+        self.report.closing(
+            started.elapsed(),
+            stats.runs_created,
+            stats.callbacks_sent,
+            stats.tokens_issued,
+        )?;
+        Ok(())
+    }
+
+    /// Creates and starts the stage's activity, then tells each task's story as it happens
+    /// until the activity is PROCESSED.
+    async fn run_stage(&mut self, stage: &str) -> Result<(), DemoError> {
+        let started = Instant::now();
+        let path = format!("{DEVOPS}/activities?startAfterCreation=true");
+        let body = json!({"dataProductId": PRODUCT, "dataProductVersion": VERSION, "stage": stage});
+        let (status, activity) = self.call("POST", &path, Some(body)).await?;
+        let id = match (status, activity["id"].as_i64()) {
+            (201, Some(id)) => id,
+            _ => {
+                return Err(DemoError(format!(
+                    "creating the {stage} activity answered HTTP {status}: {activity}"
+                )))
+            }
+        };
+        self.report.stage_started(stage, &path, id)?;
+        let mut told: HashMap<i64, Told> = HashMap::new();
+        loop {
+            let (_, tasks) = self
+                .call("GET", &format!("{DEVOPS}/tasks?activityId={id}"), None)
+                .await?;
+            for task in tasks.as_array().into_iter().flatten() {
+                self.tell(stage, task, told.entry(id_of(task)).or_default())?;
+            }
+            let (_, activity) = self
+                .call("GET", &format!("{DEVOPS}/activities/{id}"), None)
+                .await?;
+            let all_told = told.len() == tasks.as_array().map_or(0, Vec::len)
+                && told.values().all(|t| t.outcome);
+            match activity["status"].as_str().unwrap_or_default() {
+                "PROCESSED" if all_told => {
+                    return Ok(self.report.stage_reached(stage, id, started.elapsed())?);
+                }
+                status @ ("FAILED" | "ABORTED") => {
+                    return Err(DemoError(format!(
+                        "the {stage} activity {id} ended {status}: {}",
+                        activity["errors"].as_str().unwrap_or("no errors given")
+                    )))
+                }
+                status if started.elapsed() > self.options.stage_timeout => {
+                    return Err(DemoError(format!(
+                        "stage {stage} did not finish within {} s: activity {id} is still {status}; \
+                         its tasks: {}",
+                        self.options.stage_timeout.as_secs_f64(),
+                        task_statuses(&tasks)
+                    )));
+                }
+                _ => actix_web::rt::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Tells what is new about one task: its run, its callback, its outcome, in that order.
+    fn tell(&mut self, stage: &str, task: &Value, told: &mut Told) -> Result<(), DemoError> {
+        let position = task["position"].as_u64().unwrap_or(0) as usize;
+        if told.run.is_none() {
+            let Some(run) = self.run_of_task(id_of(task)) else {
+                return Ok(());
+            };
+            let written = scenario::written_params(stage, position);
+            self.report.run_started(task, &run, &written)?;
+            told.run = Some(run.id);
+        }
+        // The run's record is complete (callback included) once the run has ended.
+        let Some(run) = told.run.and_then(|id| self.sim.run(id)) else {
+            return Ok(());
+        };
+        if run.state != "completed" {
+            return Ok(());
+        }
+        if !told.callback {
+            self.report.callback(&run)?;
+            told.callback = true;
+        }
+        let status = task["status"].as_str().unwrap_or_default();
+        if !told.outcome && matches!(status, "PROCESSED" | "FAILED" | "ABORTED") {
+            self.report.task_finished(task)?;
+            told.outcome = true;
+        }
+        Ok(())
+    }
+
+    /// The run the simulator created for a task, found through the task id in its callbackRef.
+    fn run_of_task(&self, task_id: i64) -> Option<RunRecord> {
+        let marker = format!("{DEVOPS}/tasks/{task_id}/status?");
+        self.sim.runs().into_iter().find(|run| {
+            run.template_parameters
+                .get("callbackRef")
+                .is_some_and(|c| c.contains(&marker))
+        })
+    }
+
+    /// One request to the service, as a user would send it; the status and the JSON answer
+    /// (`null` when empty).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), DemoError> {
+        let url = format!("{}{path}", self.base);
+        let method = method.parse().expect("a valid HTTP method");
+        let request = self.http.request(method, &url);
+        let sent = match &body {
+            Some(json) => request.send_json(json).await,
+            None => request.send().await,
+        };
+        let mut response = sent.map_err(|e| DemoError(format!("{url}: {e}")))?;
+        let bytes = response
+            .body()
+            .limit(4 << 20)
+            .await
+            .map_err(|e| DemoError(format!("{url}: {e}")))?;
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| DemoError(format!("{url} did not answer JSON: {e}")))?
+        };
+        Ok((response.status().as_u16(), json))
+    }
+}
+
+fn id_of(task: &Value) -> i64 {
+    task["id"].as_i64().unwrap_or(0)
+}
+
+fn task_statuses(tasks: &Value) -> String {
+    tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let text = |key: &str| t[key].as_str().unwrap_or("?").to_owned();
+            format!("{} {}", text("name"), text("status"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A folder of our own under `parent`, removed when dropped.
+struct TempFolder(PathBuf);
+
+impl TempFolder {
+    fn create(parent: &Path) -> Result<TempFolder, DemoError> {
+        let name = format!("odm-devops-demo-{}", uuid::Uuid::new_v4().simple());
+        let path = parent.join(name);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| DemoError(format!("cannot create the folder {}: {e}", path.display())))?;
+        Ok(TempFolder(path))
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
