@@ -62,8 +62,8 @@ impl Engine {
              not sending it again: waiting for the callback until the task's deadline"
         );
         let (task_id, lease) = (claimed.task.id, claimed.claim.clone());
-        self.decide(claimed.task.activity_id, move |s, _| {
-            state::await_unknown_dispatch(s, task_id, &lease, None)
+        self.decide(claimed.task.activity_id, move |s, t| {
+            state::await_unknown_dispatch(s, task_id, &lease, None, t)
         })
         .await
     }
@@ -106,8 +106,14 @@ impl Engine {
             Err(ExecutorError::OutcomeUnknown(why)) => {
                 tracing::warn!(task_id = task.id, %why, "dispatch outcome unknown: waiting for the callback instead of sending again");
                 let (task_id, lease) = (task.id, claimed.claim.clone());
-                self.decide(task.activity_id, move |s, _| {
-                    state::await_unknown_dispatch(s, task_id, &lease, Some(stored_configurations))
+                self.decide(task.activity_id, move |s, t| {
+                    state::await_unknown_dispatch(
+                        s,
+                        task_id,
+                        &lease,
+                        Some(stored_configurations),
+                        t,
+                    )
                 })
                 .await
             }

@@ -44,12 +44,23 @@ pub fn callback(
                     "task {task_id} already received a different callback, still being confirmed"
                 ))),
                 None if confirm_first => {
-                    let changes = TaskChanges {
+                    let held = TaskChanges {
                         reported_outcome: Some(Some(
                             serde_json::to_string(&report).expect("report serializes"),
                         )),
-                        step_attempts: Some(0),
-                        ..reschedule(TaskChanges::default(), Step::Confirm, t.now)
+                        ..TaskChanges::default()
+                    };
+                    // A callback can beat the answer to the run request: then there is no run to
+                    // ask about yet, and the dispatch's claim stays; `submitted` schedules the
+                    // confirmation once the run is known.
+                    let dispatching = task.step.as_deref() == Some(Step::Dispatch.as_str());
+                    let changes = if dispatching {
+                        held
+                    } else {
+                        TaskChanges {
+                            step_attempts: Some(0),
+                            ..reschedule(held, Step::Confirm, t.now)
+                        }
                     };
                     Ok(CallbackDecision::Apply(Plan {
                         tasks: vec![TaskUpdate {

@@ -43,13 +43,14 @@ pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Ti
         return plan;
     }
     let deadline = task.deadline_at.unwrap_or(i64::MAX);
+    let (step, due) = match task.reported_outcome {
+        // Its callback came while we were sending: confirm it now that the run is known.
+        Some(_) => (Step::Confirm, t.now),
+        None => (Step::Await, (t.now + t.poll_after_ms).min(deadline)),
+    };
     let changes = TaskChanges {
         step_attempts: Some(0),
-        ..reschedule(
-            recorded,
-            Step::Await,
-            (t.now + t.poll_after_ms).min(deadline),
-        )
+        ..reschedule(recorded, step, due)
     };
     single(task, status, Some(lease), changes)
 }
@@ -100,15 +101,20 @@ pub fn await_unknown_dispatch(
     task_id: i64,
     lease: &str,
     configurations: Option<String>,
+    t: &Timing,
 ) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
     if task_status(task) != TaskStatus::Processing {
         return Plan::default();
     }
-    let due = task.deadline_at.unwrap_or(i64::MAX);
+    let (step, due) = match task.reported_outcome {
+        // A held callback is all we will learn: there is no run to confirm it with.
+        Some(_) => (Step::Confirm, t.now),
+        None => (Step::Await, task.deadline_at.unwrap_or(i64::MAX)),
+    };
     let changes = TaskChanges {
         configurations: configurations.map(Some),
-        ..reschedule(TaskChanges::default(), Step::Await, due)
+        ..reschedule(TaskChanges::default(), step, due)
     };
     single(task, TaskStatus::Processing, Some(lease), changes)
 }

@@ -491,3 +491,35 @@ fn a_timed_out_task_fails_and_its_run_is_cancelled() {
         "kept for the cancel"
     );
 }
+
+#[test]
+fn a_callback_that_beats_the_run_answer_is_confirmed_once_the_run_is_known() {
+    let sending = claimed(task(10, 1, TaskStatus::Processing), Step::Dispatch, "me");
+    let s = snapshot(ActivityStatus::Processing, vec![sending.clone()]);
+    let report = processed(json!({"a": 1}));
+    let Ok(CallbackDecision::Apply(plan)) = callback(&s, 10, report.clone(), true, &timing())
+    else {
+        panic!("expected a plan");
+    };
+    let held = update_of(&plan, 10);
+    assert_eq!(
+        held.changes.step, None,
+        "the dispatch keeps its step and claim"
+    );
+    assert_eq!(held.changes.lease_owner, None);
+    assert!(held.changes.reported_outcome.is_some());
+
+    let mut answered = sending;
+    answered.reported_outcome = Some(serde_json::to_string(&report).unwrap());
+    let s = snapshot(ActivityStatus::Processing, vec![answered.clone()]);
+    let plan = submitted(&s, 10, "me", submittal(), &timing());
+    assert_eq!(update_of(&plan, 10).changes.step, Some(Some("confirm")));
+    assert_eq!(update_of(&plan, 10).changes.due_at, Some(Some(NOW)));
+
+    let plan = await_unknown_dispatch(&s, 10, "me", None, &timing());
+    assert_eq!(
+        update_of(&plan, 10).changes.step,
+        Some(Some("confirm")),
+        "with no run to ask, the held callback is taken as is"
+    );
+}

@@ -250,11 +250,7 @@ async fn check_after_callback_holds_a_task_until_azure_confirms_its_run(db: Test
     azure.stop().await;
 }
 
-on_both_backends!(
-    #[ignore = "bug: a callback arriving before the run request is answered is accepted \
-                without confirmation (engine `confirm` finds no run_ref and takes it as is)"]
-    check_after_callback_confirms_a_callback_that_beats_the_run_answer
-);
+on_both_backends!(check_after_callback_confirms_a_callback_that_beats_the_run_answer);
 async fn check_after_callback_confirms_a_callback_that_beats_the_run_answer(db: TestDb) {
     let azure = Azure::start_with(&db, simulator_config(), checked_after_callback).await;
     azure.sim.add_fault(slow_run_answer());
