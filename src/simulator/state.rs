@@ -33,6 +33,9 @@ pub struct RunRecord {
     /// `bearer` or `pat`: how the run request authenticated (never the credential).
     pub authenticated_with: String,
     pub created_date: String,
+    /// When the run request arrived, in microseconds since the Unix epoch (for the benchmark:
+    /// the time from a callback's answer to the next run request).
+    pub received_at_us: u64,
     pub finished_date: Option<String>,
     pub callback: Option<CallbackRecord>,
     #[serde(skip)]
@@ -47,6 +50,8 @@ pub struct CallbackRecord {
     pub body: Option<Value>,
     /// The callback server's HTTP status, when it answered.
     pub status: Option<u16>,
+    /// When its answer came back, in microseconds since the Unix epoch.
+    pub answered_at_us: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -186,6 +191,13 @@ impl SimResult {
             SimResult::Failed => "failed",
         }
     }
+}
+
+/// Microseconds since the Unix epoch: one clock for run requests and callback answers.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 pub(crate) fn now_text() -> String {
