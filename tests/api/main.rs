@@ -5,6 +5,7 @@ mod fakes;
 mod helpers;
 
 mod activities;
+mod bench;
 mod callbacks;
 mod engine;
 mod errors;
