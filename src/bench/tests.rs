@@ -169,5 +169,7 @@ fn descriptors_chain_each_task_to_the_previous_result() {
         "${dev.results.task2.run}"
     );
     let info = crate::descriptor::parse(&descriptor).unwrap();
-    assert!(format!("{info:?}").contains("step3"));
+    let stage = &info.stages[workload::STAGE];
+    assert_eq!(stage[2].name, "step3");
+    assert_eq!(stage[2].executor_ref.as_deref(), Some("azure-devops"));
 }

@@ -27,7 +27,15 @@ fn bench(load: Load, database: Option<String>) {
     assert_eq!(report.errors.total(), 0, "{}", report.summary());
     assert_eq!(report.tasks_processed, 10, "{}", report.summary());
     assert_eq!(report.gaps_ms.len(), 5, "one gap per activity: {line}");
-    assert!(report.gaps_ms.iter().all(|g| *g > 0.0), "{line}");
+    // A gap could be slightly negative if the next run request beat the callback's answer to
+    // the simulator; it cannot be absent or absurd.
+    assert!(
+        report
+            .gaps_ms
+            .iter()
+            .all(|g| g.is_finite() && g.abs() < 10_000.0),
+        "{line}"
+    );
     assert!(report.ready_ms > 0.0 && report.idle_rss_mib > 0.0, "{line}");
     assert!(report.peak_rss_mib >= report.idle_rss_mib, "{line}");
     assert!(line.starts_with("bench: activities=5 tasks=2 "), "{line}");
