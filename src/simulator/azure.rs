@@ -144,6 +144,7 @@ fn create_run(
         authenticated_with: auth.into(),
         created_date: now_text(),
         received_at_us,
+        completion_seq: None,
         finished_date: None,
         callback: None,
         behaviour: pipeline.behaviour.clone(),

@@ -36,6 +36,8 @@ pub struct RunRecord {
     /// When the run request arrived, in microseconds since the Unix epoch (for the benchmark:
     /// the time from a callback's answer to the next run request).
     pub received_at_us: u64,
+    /// 1 for the first run that completed, 2 for the next… (`/_sim/runs?completedAfter=`).
+    pub completion_seq: Option<u64>,
     pub finished_date: Option<String>,
     pub callback: Option<CallbackRecord>,
     #[serde(skip)]
@@ -87,6 +89,8 @@ pub(crate) struct Inner {
     pub runs: BTreeMap<i32, RunRecord>,
     /// Completed run ids, oldest first: the ones forgotten beyond `retain_runs`.
     pub completed: VecDeque<i32>,
+    /// Runs completed since the start (never reset): the last one's `completion_seq`.
+    pub completions: u64,
     pub next_run_id: i32,
     pub tokens: HashMap<String, Instant>,
     pub faults: VecDeque<FaultSpec>,
@@ -107,6 +111,7 @@ impl SimState {
                 pipelines,
                 runs: BTreeMap::new(),
                 completed: VecDeque::new(),
+                completions: 0,
                 next_run_id: 1000,
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
@@ -168,6 +173,8 @@ impl Inner {
     pub fn complete(&mut self, run_id: i32, result: &str) -> bool {
         match self.runs.get_mut(&run_id) {
             Some(run) if run.state != "completed" => {
+                self.completions += 1;
+                run.completion_seq = Some(self.completions);
                 run.state = "completed".into();
                 run.result = Some(result.into());
                 run.finished_date = Some(now_text());
@@ -181,6 +188,20 @@ impl Inner {
             }
             _ => false,
         }
+    }
+}
+
+impl Inner {
+    /// The retained runs completed after the `after`-th completion, in completion order.
+    pub fn completed_after(&self, after: u64) -> Vec<&RunRecord> {
+        // `completed` holds the last completions in order; its first has this sequence number.
+        let first = self.completions + 1 - self.completed.len() as u64;
+        let skip = (after + 1).saturating_sub(first) as usize;
+        self.completed
+            .iter()
+            .skip(skip)
+            .filter_map(|id| self.runs.get(id))
+            .collect()
     }
 }
 
