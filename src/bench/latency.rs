@@ -10,6 +10,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SimRun {
+    #[serde(default)]
+    pub completion_seq: Option<u64>,
     pub template_parameters: HashMap<String, String>,
     pub received_at_us: u64,
     pub callback: Option<SimCallback>,

@@ -38,8 +38,10 @@ pub struct Report {
     pub idle_rss_mib: f64,
     pub ready_ms: f64,
     pub errors: Errors,
-    /// Status polls sent to the service during the timed part (load besides the activities).
+    /// Status lists asked of the service during the timed part (once a second, a backstop:
+    /// the load besides the activities themselves) and their mean round trip.
     pub polls: u64,
+    pub poll_ms: f64,
 }
 
 impl Report {
@@ -91,7 +93,7 @@ impl Report {
              \x20 callback -> next run request ({} samples): p50 {:.2} ms, p90 {:.2} ms, \
              p99 {:.2} ms, max {:.2} ms\n\
              \x20 server           ready in {:.1} ms, idle RSS {:.1} MiB, peak RSS {:.1} MiB\n\
-             \x20 status polls     {} during the timed part\n\
+             \x20 status polls     {} during the timed part, {:.1} ms round trip on average\n\
              \x20 errors           {} (create {}, poll {}, timeout {}, not PROCESSED {}, callback {})",
             self.activities,
             self.tasks,
@@ -107,6 +109,7 @@ impl Report {
             self.idle_rss_mib,
             self.peak_rss_mib,
             self.polls,
+            self.poll_ms,
             e.total(),
             e.create,
             e.poll,

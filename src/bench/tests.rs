@@ -80,6 +80,7 @@ fn report(load: Load) -> Report {
             ..Errors::default()
         },
         polls: 200,
+        poll_ms: 3.5,
     }
 }
 
