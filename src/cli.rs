@@ -35,6 +35,8 @@ enum Command {
     Demo,
     /// Run the Azure DevOps + Entra ID simulator alone (for trying pipelines, tests, benchmarks).
     SimulateAzure(crate::simulator::SimulateAzureArgs),
+    /// Measure the service end to end: this binary as server and simulator, under load.
+    Bench(crate::bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -44,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Migrate => migrate(cli.config),
         Command::Demo => demo(),
         Command::SimulateAzure(args) => simulate_azure(args),
+        Command::Bench(args) => bench(&args, cli.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +79,11 @@ fn demo() -> CliResult {
 
 fn simulate_azure(args: crate::simulator::SimulateAzureArgs) -> CliResult {
     actix_web::rt::System::new().block_on(crate::simulator::serve_cli(args))?;
+    Ok(())
+}
+
+fn bench(args: &crate::bench::BenchArgs, config: Option<PathBuf>) -> CliResult {
+    crate::bench::run_cli(args, config.as_deref())?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::answer::{azure_error, respond, take_fault, Answer};
 use super::config::FaultSpec;
 use super::pipeline;
-use super::state::{key, now_text, Inner, RunRecord, SimState};
+use super::state::{key, now_text, now_us, Inner, RunRecord, SimState};
 use super::validate;
 use crate::http_client::path_segment as encode_segment;
 
@@ -106,6 +106,7 @@ fn create_run(
     body: &[u8],
     auth: &'static str,
 ) -> Result<Answer, Answer> {
+    let received_at_us = now_us();
     let pipeline_id = validate::int32("pipelineId", pipeline_id)?;
     let request_body = validate::json_body(body, "runParameters")?;
     let mut inner = state.lock();
@@ -142,6 +143,8 @@ fn create_run(
         ref_name: run_request.ref_name,
         authenticated_with: auth.into(),
         created_date: now_text(),
+        received_at_us,
+        completion_seq: None,
         finished_date: None,
         callback: None,
         behaviour: pipeline.behaviour.clone(),

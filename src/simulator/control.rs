@@ -129,8 +129,18 @@ async fn clear_faults(state: web::Data<SimState>) -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
-async fn list_runs(state: web::Data<SimState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.lock().runs.values().collect::<Vec<_>>())
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunsQuery {
+    completed_after: Option<u64>,
+}
+
+async fn list_runs(query: web::Query<RunsQuery>, state: web::Data<SimState>) -> HttpResponse {
+    let inner = state.lock();
+    match query.completed_after {
+        Some(after) => HttpResponse::Ok().json(inner.completed_after(after)),
+        None => HttpResponse::Ok().json(inner.runs.values().collect::<Vec<_>>()),
+    }
 }
 
 async fn get_run(path: web::Path<i32>, state: web::Data<SimState>) -> HttpResponse {

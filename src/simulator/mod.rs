@@ -37,6 +37,12 @@
 //! * `GET /_sim/runs`, `GET /_sim/runs/{id}`: runs with their exact request bodies, states and
 //!   callbacks (the last `retainRuns` completed ones, 10,000 by default, and every run in
 //!   progress; a forgotten run answers 404 like a deleted one). `POST /_sim/runs/{id}/finish` (optional body: a behaviour) ends a run now.
+//!   For `odm-devops bench`, a run has `receivedAtUs` (when its run request arrived) and its
+//!   callback `answeredAtUs` (when the callback's answer came back), in microseconds since the
+//!   Unix epoch: the time from one task's callback answer to the next task's run request; and
+//!   `completionSeq` (1 for the first run to complete, 2 for the next…):
+//!   `GET /_sim/runs?completedAfter=N` lists only the runs completed after the N-th, in that
+//!   order, to follow runs as they end.
 //! * `GET /_sim/requests` (last 10,000 requests: method, path, status, fault), `GET /_sim/stats`
 //!   (token requests, tokens issued, run requests, runs created, callbacks sent).
 //! * `POST /_sim/tokens/expire` expires every issued token; `POST /_sim/reset` forgets runs,

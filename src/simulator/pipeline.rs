@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::config::{Behaviour, CallbackMode, SimResult};
-use super::state::{CallbackRecord, SimState};
+use super::state::{now_us, CallbackRecord, SimState};
 
 thread_local! {
     // awc clients are !Send: one per worker thread, reused for its connection pool.
@@ -64,6 +64,7 @@ pub(crate) async fn finish(state: &SimState, run_id: i32, behaviour: &Behaviour)
                 url: String::new(),
                 body,
                 status: None,
+                answered_at_us: None,
                 error: Some("the run has no callbackRef parameter".into()),
             },
         };
@@ -82,6 +83,7 @@ async fn call_back(url: String, body: Option<Value>) -> CallbackRecord {
         Some(json) => request.send_json(json).await,
         None => request.send().await,
     };
+    let answered_at_us = sent.is_ok().then(now_us);
     let (status, error) = match sent {
         Ok(mut response) => {
             // Read the answer so the connection can be reused.
@@ -97,6 +99,7 @@ async fn call_back(url: String, body: Option<Value>) -> CallbackRecord {
         url,
         body,
         status,
+        answered_at_us,
         error,
     }
 }

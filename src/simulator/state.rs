@@ -33,6 +33,11 @@ pub struct RunRecord {
     /// `bearer` or `pat`: how the run request authenticated (never the credential).
     pub authenticated_with: String,
     pub created_date: String,
+    /// When the run request arrived, in microseconds since the Unix epoch (for the benchmark:
+    /// the time from a callback's answer to the next run request).
+    pub received_at_us: u64,
+    /// 1 for the first run that completed, 2 for the next… (`/_sim/runs?completedAfter=`).
+    pub completion_seq: Option<u64>,
     pub finished_date: Option<String>,
     pub callback: Option<CallbackRecord>,
     #[serde(skip)]
@@ -47,6 +52,8 @@ pub struct CallbackRecord {
     pub body: Option<Value>,
     /// The callback server's HTTP status, when it answered.
     pub status: Option<u16>,
+    /// When its answer came back, in microseconds since the Unix epoch.
+    pub answered_at_us: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -82,6 +89,8 @@ pub(crate) struct Inner {
     pub runs: BTreeMap<i32, RunRecord>,
     /// Completed run ids, oldest first: the ones forgotten beyond `retain_runs`.
     pub completed: VecDeque<i32>,
+    /// Runs completed since the start (never reset): the last one's `completion_seq`.
+    pub completions: u64,
     pub next_run_id: i32,
     pub tokens: HashMap<String, Instant>,
     pub faults: VecDeque<FaultSpec>,
@@ -102,6 +111,7 @@ impl SimState {
                 pipelines,
                 runs: BTreeMap::new(),
                 completed: VecDeque::new(),
+                completions: 0,
                 next_run_id: 1000,
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
@@ -163,6 +173,8 @@ impl Inner {
     pub fn complete(&mut self, run_id: i32, result: &str) -> bool {
         match self.runs.get_mut(&run_id) {
             Some(run) if run.state != "completed" => {
+                self.completions += 1;
+                run.completion_seq = Some(self.completions);
                 run.state = "completed".into();
                 run.result = Some(result.into());
                 run.finished_date = Some(now_text());
@@ -179,6 +191,20 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The retained runs completed after the `after`-th completion, in completion order.
+    pub fn completed_after(&self, after: u64) -> Vec<&RunRecord> {
+        // `completed` holds the last completions in order; its first has this sequence number.
+        let first = self.completions + 1 - self.completed.len() as u64;
+        let skip = (after + 1).saturating_sub(first) as usize;
+        self.completed
+            .iter()
+            .skip(skip)
+            .filter_map(|id| self.runs.get(id))
+            .collect()
+    }
+}
+
 impl SimResult {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -186,6 +212,13 @@ impl SimResult {
             SimResult::Failed => "failed",
         }
     }
+}
+
+/// Microseconds since the Unix epoch: one clock for run requests and callback answers.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 pub(crate) fn now_text() -> String {

@@ -383,5 +383,21 @@ async fn only_the_last_completed_runs_are_kept() {
     actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     let kept: Vec<i32> = sim.runs().iter().map(|r| r.id).collect();
     assert_eq!(kept, ids[1..].to_vec());
+    // Following completions: the forgotten first one is skipped, the others come in order.
+    let completed_after = |n: u64| {
+        let url = format!("{}/_sim/runs?completedAfter={n}", sim.base_url());
+        async move {
+            let (status, _, runs) = send("GET", &url, None, None).await;
+            assert_eq!(status, 200);
+            runs.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["completionSeq"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(completed_after(0).await, vec![2, 3]);
+    assert_eq!(completed_after(2).await, vec![3]);
+    assert!(completed_after(3).await.is_empty());
     sim.stop().await;
 }

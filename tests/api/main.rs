@@ -6,6 +6,7 @@ mod helpers;
 
 mod activities;
 mod azure;
+mod bench;
 mod callbacks;
 mod context;
 mod engine;

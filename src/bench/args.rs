@@ -1,0 +1,62 @@
+//! `odm-devops bench` arguments: how many activities, how many tasks each, and the load shape.
+
+use clap::ArgGroup;
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(ArgGroup::new("load").required(true).args(["concurrency", "rate"])))]
+pub struct BenchArgs {
+    /// Activities to run (each on a product version of its own).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub activities: u32,
+    /// Tasks per activity (pipeline runs one after another).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub tasks: u32,
+    /// Closed loop: keep this many activities in flight (measures throughput).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: Option<u32>,
+    /// Open loop: start activities so that this many tasks complete per second (measures
+    /// latency at a steady load).
+    #[arg(long, value_parser = positive_rate)]
+    pub rate: Option<f64>,
+    /// A PostgreSQL URL whose server gets a fresh database for the run (dropped after);
+    /// default: a temporary SQLite file.
+    #[arg(long, value_name = "URL", value_parser = postgres_url)]
+    pub database: Option<String>,
+}
+
+/// The shape of the load, from `--concurrency` or `--rate`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// `concurrency` activities in flight; a new one starts when one ends.
+    Closed { concurrency: u32 },
+    /// A new activity every `tasks / rate` seconds, whatever the service's pace.
+    Open { rate: f64 },
+}
+
+impl BenchArgs {
+    pub fn load(&self) -> Load {
+        match (self.concurrency, self.rate) {
+            (Some(concurrency), _) => Load::Closed { concurrency },
+            (None, Some(rate)) => Load::Open { rate },
+            // clap requires one of them; a hand-built value without either runs one at a time.
+            (None, None) => Load::Closed { concurrency: 1 },
+        }
+    }
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a positive number of task completions per second"
+        )),
+    }
+}
+
+fn postgres_url(text: &str) -> Result<String, String> {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(text.to_owned())
+    } else {
+        Err("only a postgres:// URL (the default is a temporary SQLite file)".into())
+    }
+}

@@ -1,0 +1,125 @@
+//! The child processes (server, simulator): started with their output in a log file, measured
+//! through `/proc`, and killed when dropped, whatever happened.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use super::BenchError;
+
+pub(crate) struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Resident memory now and at its highest, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Memory {
+    pub rss_mib: f64,
+    pub peak_mib: f64,
+}
+
+impl Proc {
+    /// Starts `command` with stdout and stderr appended to `log`.
+    pub fn spawn(
+        name: &'static str,
+        mut command: Command,
+        log: PathBuf,
+    ) -> Result<Proc, BenchError> {
+        let out = File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| BenchError(format!("cannot start the {name}: {e}")))?;
+        Ok(Proc { name, child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error naming the process and quoting the end of its log when it has exited.
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(self.died(status)),
+            Err(e) => Err(BenchError(format!("cannot watch the {}: {e}", self.name))),
+        }
+    }
+
+    fn died(&self, status: ExitStatus) -> BenchError {
+        BenchError(format!(
+            "the {} exited ({status}); the end of its output:\n{}",
+            self.name,
+            tail(&self.log, 4096)
+        ))
+    }
+
+    pub fn memory(&self) -> Result<Memory, BenchError> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .map_err(|e| BenchError(format!("cannot read the {}'s memory: {e}", self.name)))?;
+        let field = |name: &str| -> Result<f64, BenchError> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+                .map(|kib| kib / 1024.0)
+                .ok_or_else(|| BenchError(format!("no {name} in /proc/{}/status", self.pid())))
+        };
+        Ok(Memory {
+            rss_mib: field("VmRSS:")?,
+            peak_mib: field("VmHWM:")?,
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last `bytes` of a log file (lossy UTF-8).
+pub(crate) fn tail(path: &Path, bytes: u64) -> String {
+    let read = || -> io::Result<String> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    read().unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
+
+/// A port free right now on loopback (the child binds it a moment later).
+pub(crate) fn free_port() -> Result<u16, BenchError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A folder of our own under the system's temporary folder, removed when dropped.
+pub(crate) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Result<TempDir, BenchError> {
+        let dir = std::env::temp_dir().join(format!(
+            "odm-devops-bench-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,130 @@
+//! What a run measured, the summary a person reads and the one line a script reads.
+
+use super::args::Load;
+
+/// Why errors were counted (their sum is the `errors` of the last line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Errors {
+    /// Activity creations answered with a non-2xx status or not at all.
+    pub create: u64,
+    /// Status polls answered with a non-2xx status or not at all.
+    pub poll: u64,
+    /// Activities still in flight past the per-activity deadline, or when the run gave up.
+    pub timeouts: u64,
+    /// Activities created that did not end PROCESSED (FAILED, ABORTED, or still running).
+    pub not_processed: u64,
+    /// Simulated pipelines whose callback was refused or got no answer.
+    pub callbacks: u64,
+}
+
+impl Errors {
+    pub fn total(&self) -> u64 {
+        self.create + self.poll + self.timeouts + self.not_processed + self.callbacks
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub activities: u32,
+    pub tasks: u32,
+    pub load: Load,
+    /// The timed part: from the first activity created to the last one ended.
+    pub seconds: f64,
+    /// Tasks of PROCESSED activities.
+    pub tasks_processed: u64,
+    /// Callback answered → next task's run request received, one sample per task after the first.
+    pub gaps_ms: Vec<f64>,
+    pub peak_rss_mib: f64,
+    pub idle_rss_mib: f64,
+    pub ready_ms: f64,
+    pub errors: Errors,
+    /// Status lists asked of the service during the timed part (once a second, a backstop:
+    /// the load besides the activities themselves) and their mean round trip.
+    pub polls: u64,
+    pub poll_ms: f64,
+}
+
+impl Report {
+    pub fn tasks_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.tasks_processed as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The last line, exactly as documented (see the module doc).
+    pub fn last_line(&self) -> String {
+        let (concurrency, rate) = match self.load {
+            Load::Closed { concurrency } => (concurrency, 0.0),
+            Load::Open { rate } => (0, rate),
+        };
+        let mut gaps = self.gaps_ms.clone();
+        gaps.sort_by(f64::total_cmp);
+        format!(
+            "bench: activities={} tasks={} concurrency={concurrency} rate={rate} seconds={:.3} \
+             tasks_per_s={:.1} p50_ms={:.2} p99_ms={:.2} peak_rss_mib={:.1} idle_rss_mib={:.1} \
+             ready_ms={:.1} errors={}",
+            self.activities,
+            self.tasks,
+            self.seconds,
+            self.tasks_per_s(),
+            percentile(&gaps, 50.0),
+            percentile(&gaps, 99.0),
+            self.peak_rss_mib,
+            self.idle_rss_mib,
+            self.ready_ms,
+            self.errors.total(),
+        )
+    }
+
+    /// The human part, printed before the last line.
+    pub fn summary(&self) -> String {
+        let mut gaps = self.gaps_ms.clone();
+        gaps.sort_by(f64::total_cmp);
+        let e = &self.errors;
+        let load = match self.load {
+            Load::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
+            Load::Open { rate } => format!("open loop, {rate} task completions/s offered"),
+        };
+        format!(
+            "{} activities x {} tasks, {load}\n\
+             \x20 timed part       {:.3} s, {} tasks processed, {:.1} task completions/s\n\
+             \x20 callback -> next run request ({} samples): p50 {:.2} ms, p90 {:.2} ms, \
+             p99 {:.2} ms, max {:.2} ms\n\
+             \x20 server           ready in {:.1} ms, idle RSS {:.1} MiB, peak RSS {:.1} MiB\n\
+             \x20 status polls     {} during the timed part, {:.1} ms round trip on average\n\
+             \x20 errors           {} (create {}, poll {}, timeout {}, not PROCESSED {}, callback {})",
+            self.activities,
+            self.tasks,
+            self.seconds,
+            self.tasks_processed,
+            self.tasks_per_s(),
+            gaps.len(),
+            percentile(&gaps, 50.0),
+            percentile(&gaps, 90.0),
+            percentile(&gaps, 99.0),
+            gaps.last().copied().unwrap_or(0.0),
+            self.ready_ms,
+            self.idle_rss_mib,
+            self.peak_rss_mib,
+            self.polls,
+            self.poll_ms,
+            e.total(),
+            e.create,
+            e.poll,
+            e.timeouts,
+            e.not_processed,
+            e.callbacks,
+        )
+    }
+}
+
+/// Nearest-rank percentile of sorted values; 0 when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}

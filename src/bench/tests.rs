@@ -1,0 +1,176 @@
+use clap::Parser;
+use serde_json::json;
+
+use super::args::{BenchArgs, Load};
+use super::database::with_database;
+use super::latency::{failed_callbacks, gaps_ms, SimRun};
+use super::report::{percentile, Errors, Report};
+use super::workload;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+    Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.bench)
+}
+
+#[test]
+fn arguments_choose_exactly_one_load_shape() {
+    let closed = parse(&[
+        "--activities",
+        "1000",
+        "--tasks",
+        "3",
+        "--concurrency",
+        "64",
+    ])
+    .unwrap();
+    assert_eq!((closed.activities, closed.tasks), (1000, 3));
+    assert_eq!(closed.load(), Load::Closed { concurrency: 64 });
+    assert_eq!(closed.database, None);
+
+    let open = parse(&[
+        "--activities",
+        "400",
+        "--rate",
+        "200",
+        "--database",
+        "postgres://postgres@127.0.0.1:5432/test",
+    ])
+    .unwrap();
+    assert_eq!(open.load(), Load::Open { rate: 200.0 });
+    assert_eq!(open.tasks, 3, "the default");
+    assert_eq!(
+        open.database.as_deref(),
+        Some("postgres://postgres@127.0.0.1:5432/test")
+    );
+
+    for wrong in [
+        &["--activities", "10"][..],
+        &["--concurrency", "4", "--rate", "10"],
+        &["--concurrency", "0"],
+        &["--rate", "0"],
+        &["--rate", "-5"],
+        &["--rate", "inf"],
+        &["--activities", "0", "--concurrency", "1"],
+        &["--tasks", "0", "--concurrency", "1"],
+        &["--concurrency", "1", "--database", "sqlite://x.db"],
+    ] {
+        assert!(parse(wrong).is_err(), "{wrong:?} was accepted");
+    }
+}
+
+fn report(load: Load) -> Report {
+    Report {
+        activities: 1000,
+        tasks: 3,
+        load,
+        seconds: 2.5,
+        tasks_processed: 3000,
+        gaps_ms: (1..=100).map(f64::from).rev().collect(),
+        peak_rss_mib: 41.25,
+        idle_rss_mib: 11.0,
+        ready_ms: 57.04,
+        errors: Errors {
+            create: 1,
+            callbacks: 2,
+            ..Errors::default()
+        },
+        polls: 200,
+        poll_ms: 3.5,
+    }
+}
+
+#[test]
+fn the_last_line_has_every_field_in_order() {
+    assert_eq!(
+        report(Load::Closed { concurrency: 64 }).last_line(),
+        "bench: activities=1000 tasks=3 concurrency=64 rate=0 seconds=2.500 tasks_per_s=1200.0 \
+         p50_ms=50.00 p99_ms=99.00 peak_rss_mib=41.2 idle_rss_mib=11.0 ready_ms=57.0 errors=3"
+    );
+    let line = report(Load::Open { rate: 200.0 }).last_line();
+    assert!(line.contains(" concurrency=0 rate=200 seconds="), "{line}");
+    let fractional = report(Load::Open { rate: 66.5 }).last_line();
+    assert!(fractional.contains(" rate=66.5 "), "{fractional}");
+}
+
+#[test]
+fn percentiles_are_nearest_rank_and_zero_without_samples() {
+    let sorted: Vec<f64> = (1..=200).map(f64::from).collect();
+    assert_eq!(percentile(&sorted, 50.0), 100.0);
+    assert_eq!(percentile(&sorted, 99.0), 198.0);
+    assert_eq!(percentile(&sorted, 100.0), 200.0);
+    assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    assert_eq!(percentile(&[], 50.0), 0.0);
+}
+
+#[test]
+fn gaps_pair_a_callback_answer_with_the_next_task_of_the_same_activity() {
+    let run =
+        |activity: u32, task: u32, received: u64, answered: Option<u64>, status: u16| -> SimRun {
+            serde_json::from_value(json!({
+                "id": 1, "state": "completed",
+                "templateParameters": {"activity": activity.to_string(), "task": task.to_string(),
+                                       "callbackRef": "http://x"},
+                "receivedAtUs": received,
+                "callback": answered.map(|at| json!({"url": "http://x", "status": status,
+                                                     "answeredAtUs": at, "error": null})),
+            }))
+            .unwrap()
+        };
+    let runs = vec![
+        run(0, 1, 1_000, Some(2_000), 200),
+        run(0, 2, 3_500, Some(4_000), 200),
+        run(0, 3, 4_250, Some(9_000), 200),
+        run(1, 1, 1_000, Some(10_000), 409),
+        run(1, 2, 12_000, None, 200),
+    ];
+    let mut gaps = gaps_ms(&runs);
+    gaps.sort_by(f64::total_cmp);
+    assert_eq!(gaps, vec![0.25, 1.5, 2.0]);
+    assert_eq!(
+        failed_callbacks(&runs),
+        2,
+        "the 409 and the missing callback"
+    );
+}
+
+#[test]
+fn the_database_name_is_replaced_and_the_query_kept() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "odm_bench_1"),
+        "postgres://postgres@127.0.0.1:5432/odm_bench_1"
+    );
+    assert_eq!(
+        with_database("postgresql://u:p@db/x?sslmode=disable", "b"),
+        "postgresql://u:p@db/b?sslmode=disable"
+    );
+    assert_eq!(
+        with_database("postgres://db:5432", "b"),
+        "postgres://db:5432/b"
+    );
+}
+
+#[test]
+fn descriptors_chain_each_task_to_the_previous_result() {
+    let descriptor = workload::descriptor(7, 3);
+    let tasks = descriptor["internalComponents"]["lifecycleInfo"]["dev"]
+        .as_array()
+        .unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(
+        tasks[0]["configurations"]["params"],
+        json!({"activity": "7", "task": "1"})
+    );
+    assert_eq!(
+        tasks[2]["configurations"]["params"]["previous"],
+        "${dev.results.task2.run}"
+    );
+    let info = crate::descriptor::parse(&descriptor).unwrap();
+    let stage = &info.stages[workload::STAGE];
+    assert_eq!(stage[2].name, "step3");
+    assert_eq!(stage[2].executor_ref.as_deref(), Some("azure-devops"));
+}

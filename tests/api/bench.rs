@@ -1,0 +1,58 @@
+//! `odm-devops bench` end to end on a tiny load: the real binary as server and simulator.
+
+use std::path::Path;
+
+use odm_devops::bench::{BenchArgs, Load};
+
+use crate::helpers::POSTGRES_URL_VAR;
+
+fn tiny(load: Load, database: Option<String>) -> BenchArgs {
+    let (concurrency, rate) = match load {
+        Load::Closed { concurrency } => (Some(concurrency), None),
+        Load::Open { rate } => (None, Some(rate)),
+    };
+    BenchArgs {
+        activities: 5,
+        tasks: 2,
+        concurrency,
+        rate,
+        database,
+    }
+}
+
+fn bench(load: Load, database: Option<String>) {
+    let exe = Path::new(env!("CARGO_BIN_EXE_odm-devops"));
+    let report = odm_devops::bench::run(&tiny(load, database), exe, None).unwrap();
+    let line = report.last_line();
+    assert_eq!(report.errors.total(), 0, "{}", report.summary());
+    assert_eq!(report.tasks_processed, 10, "{}", report.summary());
+    assert_eq!(report.gaps_ms.len(), 5, "one gap per activity: {line}");
+    // A gap could be slightly negative if the next run request beat the callback's answer to
+    // the simulator; it cannot be absent or absurd.
+    assert!(
+        report
+            .gaps_ms
+            .iter()
+            .all(|g| g.is_finite() && g.abs() < 10_000.0),
+        "{line}"
+    );
+    assert!(report.ready_ms > 0.0 && report.idle_rss_mib > 0.0, "{line}");
+    assert!(report.peak_rss_mib >= report.idle_rss_mib, "{line}");
+    assert!(line.starts_with("bench: activities=5 tasks=2 "), "{line}");
+    assert!(line.ends_with(" errors=0"), "{line}");
+}
+
+#[test]
+fn a_tiny_closed_loop_run_on_sqlite() {
+    bench(Load::Closed { concurrency: 2 }, None);
+}
+
+#[test]
+fn a_tiny_open_loop_run_on_postgres() {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) => bench(Load::Open { rate: 50.0 }, Some(url)),
+        Err(_) => {
+            eprintln!("*** {POSTGRES_URL_VAR} is not set: the PostgreSQL bench run is SKIPPED ***")
+        }
+    }
+}
