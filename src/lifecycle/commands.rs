@@ -189,9 +189,8 @@ impl Lifecycle {
                     Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, false)),
                     Ok(CallbackDecision::Apply(plan)) => {
                         let scheduled = apply(conn, &plan)?;
-                        let task = db::find_task(conn, task_id)?.expect("just written");
                         Ok((
-                            TaskStatus::parse(&task.status).unwrap_or(TaskStatus::Processing),
+                            plan.task_status_after(task_id, TaskStatus::Processing),
                             scheduled,
                         ))
                     }

@@ -40,10 +40,15 @@ pub fn load(conn: &mut DbConnection, current: &ActivityRow) -> QueryResult<TaskC
         });
         stages.insert(row.stage, (row.id, entry));
     }
-    let ids: Vec<i64> = stages.values().map(|(id, _)| *id).collect();
     let stage_of: BTreeMap<i64, String> =
         stages.iter().map(|(s, (id, _))| (*id, s.clone())).collect();
-    let names = stage_names(db::task_names(conn, &ids)?, &stage_of);
+    let rows = db::context_task_names(
+        conn,
+        &current.data_product_id,
+        &current.data_product_version,
+        current.id,
+    )?;
+    let names = stage_names(rows, &stage_of);
     let context = Value::Object(
         stages
             .into_iter()

@@ -106,10 +106,23 @@ pub fn context_activities(
         .load(conn)
 }
 
-/// `(activity id, position, name)` of the tasks of the given activities.
-pub fn task_names(conn: &mut Conn, activity_ids: &[i64]) -> QueryResult<Vec<(i64, i32, String)>> {
+/// `(activity id, position, name)` of the tasks of the activities `context_activities` reads,
+/// in one fixed-shape statement (an `IN (…)` list would be compiled again on every dispatch).
+pub fn context_task_names(
+    conn: &mut Conn,
+    product: &str,
+    version: &str,
+    current: i64,
+) -> QueryResult<Vec<(i64, i32, String)>> {
     tasks::table
-        .filter(tasks::activity_id.eq_any(activity_ids))
+        .inner_join(activities::table)
+        .filter(activities::data_product_id.eq(product))
+        .filter(activities::data_product_version.eq(version))
+        .filter(
+            activities::status
+                .eq(ActivityStatus::Processed.as_str())
+                .or(activities::id.eq(current)),
+        )
         .select((tasks::activity_id, tasks::position, tasks::name))
         .load(conn)
 }

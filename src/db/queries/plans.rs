@@ -6,6 +6,7 @@ use diesel::result::Error as DieselError;
 use super::activities::find_activity;
 use super::tasks::tasks_of;
 use super::Conn;
+use crate::db::models::ActivityRow;
 use crate::db::schema::{activities, lifecycles, tasks};
 use crate::db::DbConnection;
 use crate::lifecycle::state::{Plan, Snapshot};
@@ -14,12 +15,16 @@ use crate::lifecycle::state::{Plan, Snapshot};
 /// until the transaction ends, so writers of one activity queue instead of conflicting (SQLite's
 /// `BEGIN IMMEDIATE` already serializes every writer).
 pub fn load_snapshot(conn: &mut Conn, activity_id: i64) -> QueryResult<Option<Snapshot>> {
-    if let DbConnection::Pg(pg) = conn {
-        diesel::sql_query("SELECT id FROM activities WHERE id = $1 FOR UPDATE")
-            .bind::<diesel::sql_types::BigInt, _>(activity_id)
-            .execute(pg)?;
-    }
-    let Some(activity) = find_activity(conn, activity_id)? else {
+    let activity = match conn {
+        DbConnection::Pg(pg) => activities::table
+            .find(activity_id)
+            .for_update()
+            .select(ActivityRow::as_select())
+            .first(pg)
+            .optional()?,
+        DbConnection::Sqlite(_) => find_activity(conn, activity_id)?,
+    };
+    let Some(activity) = activity else {
         return Ok(None);
     };
     let tasks = tasks_of(conn, activity_id)?;

@@ -64,6 +64,16 @@ impl Plan {
         self.activity.is_none() && self.tasks.is_empty() && !self.promote_lifecycle
     }
 
+    /// The status `task_id` has once the plan is applied (`current` when the plan leaves it).
+    pub fn task_status_after(&self, task_id: i64, current: TaskStatus) -> TaskStatus {
+        self.tasks
+            .iter()
+            .find(|t| t.id == task_id)
+            .and_then(|t| t.changes.status)
+            .and_then(TaskStatus::parse)
+            .unwrap_or(current)
+    }
+
     /// True when the plan leaves a step for the engine to do now.
     pub fn schedules_work(&self) -> bool {
         self.tasks
