@@ -93,7 +93,7 @@ pub async fn serve_cli(args: SimulateAzureArgs) -> std::io::Result<()> {
 }
 
 /// `.json` as JSON; anything else as YAML (which also reads JSON).
-pub(crate) fn load(path: &Path) -> std::io::Result<SimulatorConfig> {
+pub fn load(path: &Path) -> std::io::Result<SimulatorConfig> {
     let invalid = |e: String| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

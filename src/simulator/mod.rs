@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 
-pub use self::cli::{serve_cli, SimulateAzureArgs};
+pub use self::cli::{load as load_config, serve_cli, SimulateAzureArgs};
 pub use self::config::{
     Behaviour, CallbackMode, FaultKind, FaultSpec, ParameterSpec, PipelineSpec, SimResult,
     SimulatorConfig, AZURE_DEVOPS_SCOPE,

@@ -13,3 +13,4 @@ mod engine;
 mod errors;
 mod openapi;
 mod registry;
+mod walkthrough;

@@ -1,0 +1,68 @@
+//! The README's walk-through, from the same example files, so the documentation stays true.
+
+use odm_devops::config::{AzureAuthSettings, ExecutorSettings, Settings};
+use odm_devops::simulator::{load_config, Simulator};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn example(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/walkthrough")
+        .join(file)
+}
+
+#[actix_web::test]
+async fn the_readme_walk_through_works() {
+    let simulator = Simulator::start(load_config(&example("simulator.yaml")).unwrap())
+        .await
+        .unwrap();
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let mut settings = Settings::load_with_env(
+        Some(&example("odm-devops.yaml")),
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap();
+    // The same files, on free ports and a test database instead of :8090, :8002 and data/.
+    let ExecutorSettings::AzureDevops(azure) = settings.executors.get_mut("azure-devops").unwrap()
+    else {
+        panic!("the example configures azure-devops");
+    };
+    azure.base_url = simulator.base_url();
+    let AzureAuthSettings::ClientCredentials(auth) = &mut azure.auth else {
+        panic!("client credentials")
+    };
+    auth.token_url = simulator.token_url();
+    let test = test_settings(&db, None);
+    (settings.server, settings.database) = (test.server, test.database);
+    let app = spawn_app(settings).await;
+
+    let descriptor: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("descriptor.json")).unwrap())
+            .unwrap();
+    app.put_descriptor("sales", "1.0.0", &descriptor).await;
+    let id = app.start_activity("sales", "1.0.0", "dev").await;
+    let run = eventually("the pipeline run", || async {
+        simulator.runs().into_iter().next()
+    })
+    .await;
+    let answer = app
+        .call_back(
+            &run.template_parameters["callbackRef"],
+            Some(json!({"status": "PROCESSED", "results": {"url": "https://sales-dev.example"}})),
+        )
+        .await;
+    assert_eq!(answer.json(), json!({"status": "PROCESSED"}));
+    app.wait_for_activity(id, "PROCESSED").await;
+    let current = app
+        .get(&format!("{DEVOPS}/lifecycles/sales/1.0.0/current"))
+        .await
+        .json();
+    assert_eq!(current["stage"], "dev");
+    assert_eq!(
+        current["results"],
+        r#"{"task1":{"url":"https://sales-dev.example"}}"#
+    );
+    app.stop().await;
+    simulator.stop().await;
+}
