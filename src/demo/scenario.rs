@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::{ExecutorSettings, Settings};
 use crate::secret::Secret;
-use crate::simulator::{Behaviour, ParameterSpec, PipelineSpec, SimulatorConfig, SimulatorHandle};
+use crate::simulator::{Behaviour, PipelineSpec, SimulatorConfig, SimulatorHandle};
 
 pub const PRODUCT: &str = "trip-execution";
 pub const VERSION: &str = "1.0.0";
@@ -85,23 +85,12 @@ pub fn written_params(stage: &str, position: usize) -> Value {
 /// The pipelines the descriptor runs, as their YAML would declare them; each run works for
 /// `run_delay`, then calls back with results built from its parameters.
 pub fn simulator_config(run_delay: Duration) -> SimulatorConfig {
-    let pipeline = |id: i32, name: &str, parameters: &[&str], results: Value| PipelineSpec {
-        organization: ORGANIZATION.into(),
-        project: PROJECT.into(),
-        id,
-        name: Some(name.into()),
-        parameters: parameters
-            .iter()
-            .map(|p| ParameterSpec::Name((*p).into()))
-            .chain([ParameterSpec::Full {
-                name: "callbackRef".into(),
-                required: true,
-            }])
-            .collect(),
-        behaviour: Behaviour {
+    let pipeline = |id: i32, name: &str, parameters: &[&str], results: Value| {
+        let behaviour = Behaviour {
             results,
             ..Behaviour::default()
-        },
+        };
+        PipelineSpec::calling_back(ORGANIZATION, PROJECT, id, name, parameters, behaviour)
     };
     SimulatorConfig {
         default_delay_ms: run_delay.as_millis() as u64,

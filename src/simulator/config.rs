@@ -55,6 +55,35 @@ pub struct PipelineSpec {
     pub behaviour: Behaviour,
 }
 
+impl PipelineSpec {
+    /// A pipeline declaring `parameters` plus the required `callbackRef`, as every pipeline
+    /// odm-devops runs must.
+    pub fn calling_back(
+        organization: &str,
+        project: &str,
+        id: i32,
+        name: &str,
+        parameters: &[&str],
+        behaviour: Behaviour,
+    ) -> PipelineSpec {
+        PipelineSpec {
+            organization: organization.into(),
+            project: project.into(),
+            id,
+            name: Some(name.into()),
+            parameters: parameters
+                .iter()
+                .map(|p| ParameterSpec::Name((*p).into()))
+                .chain([ParameterSpec::Full {
+                    name: "callbackRef".into(),
+                    required: true,
+                }])
+                .collect(),
+            behaviour,
+        }
+    }
+}
+
 /// `"vmName"` (has a default) or `{"name": "vmName", "required": true}` (no default: a run
 /// must give it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,23 +215,12 @@ impl SimulatorConfig {
     /// `Data Products`: 1 syncs a Databricks repo and reports the commit, 2 updates a Flink
     /// deployment and reports its state.
     pub fn demo() -> SimulatorConfig {
-        let pipeline = |id: i32, name: &str, parameters: &[&str], results: Value| PipelineSpec {
-            organization: "odm-demo".into(),
-            project: "Data Products".into(),
-            id,
-            name: Some(name.into()),
-            parameters: parameters
-                .iter()
-                .map(|p| ParameterSpec::Name((*p).into()))
-                .chain([ParameterSpec::Full {
-                    name: "callbackRef".into(),
-                    required: true,
-                }])
-                .collect(),
-            behaviour: Behaviour {
+        let pipeline = |id: i32, name: &str, parameters: &[&str], results: Value| {
+            let behaviour = Behaviour {
                 results,
                 ..Behaviour::default()
-            },
+            };
+            PipelineSpec::calling_back("odm-demo", "Data Products", id, name, parameters, behaviour)
         };
         SimulatorConfig {
             pipelines: vec![

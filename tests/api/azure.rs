@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use odm_devops::config::{AzureDevOpsSettings, ExecutorSettings, Settings};
 use odm_devops::simulator::{
-    Behaviour, CallbackMode, ParameterSpec, PipelineSpec, RunRecord, SimResult, Simulator,
-    SimulatorConfig, SimulatorHandle,
+    Behaviour, CallbackMode, PipelineSpec, RunRecord, SimResult, Simulator, SimulatorConfig,
+    SimulatorHandle,
 };
 use serde_json::{json, Value};
 
@@ -38,21 +38,7 @@ pub const SILENT: i32 = 5;
 pub const SILENT_FAILING: i32 = 6;
 
 fn pipeline(id: i32, name: &str, parameters: &[&str], behaviour: Behaviour) -> PipelineSpec {
-    PipelineSpec {
-        organization: ORG.into(),
-        project: PROJECT.into(),
-        id,
-        name: Some(name.into()),
-        parameters: parameters
-            .iter()
-            .map(|p| ParameterSpec::Name((*p).into()))
-            .chain([ParameterSpec::Full {
-                name: "callbackRef".into(),
-                required: true,
-            }])
-            .collect(),
-        behaviour,
-    }
+    PipelineSpec::calling_back(ORG, PROJECT, id, name, parameters, behaviour)
 }
 
 pub fn simulator_config() -> SimulatorConfig {
