@@ -113,6 +113,8 @@ where
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
         let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.path());
+        // Reads are many and uninteresting; what changed something belongs in the log.
+        let changes_state = req.method() != actix_web::http::Method::GET;
         let outcome = match guard::check(req.request(), &api_tokens) {
             Err(refused) => Either::Left(req.error_response(refused)),
             Ok(()) => Either::Right(span.in_scope(|| srv.call(req))),
@@ -131,6 +133,8 @@ where
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             if status >= 500 {
                 tracing::error!(status, ms, "request answered");
+            } else if changes_state {
+                tracing::info!(status, ms, "request answered");
             } else {
                 tracing::debug!(status, ms, "request answered");
             }

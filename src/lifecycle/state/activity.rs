@@ -74,7 +74,8 @@ pub(super) fn end_activity(
     }
 }
 
-/// A run may exist for a task that has a run reference, or whose dispatch is in flight.
+/// A run to cancel exists for a task with a run reference. A dispatch still in flight has none
+/// yet: `submitted` cancels its run when it finds the task aborted meanwhile.
 pub(super) fn run_may_exist(task: &TaskRow) -> bool {
     task.run_ref.is_some()
 }
