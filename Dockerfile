@@ -14,6 +14,8 @@ COPY --from=build /src/target/release/odm-devops /usr/local/bin/odm-devops
 USER odm
 # Secrets (client secret, callback secret, database password) come from the environment at run
 # time, never from the image: ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET=…
+# Also set ODM_DEVOPS__SERVER__PUBLIC_URL to the address pipelines reach this container at: it
+# is the base of every callbackRef.
 ENV ODM_DEVOPS__SERVER__BIND=0.0.0.0:8002
 EXPOSE 8002
 VOLUME /app/data

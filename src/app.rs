@@ -107,6 +107,12 @@ impl Application {
         )
         .spawn();
 
+        let loopback_url = ["//127.0.0.1", "//localhost", "//[::1]"]
+            .iter()
+            .any(|host| public_url.contains(host));
+        if loopback_url && !address.ip().is_loopback() {
+            tracing::warn!(%public_url, "server.public_url is a loopback address: pipelines on other machines cannot call back; set it to the address they reach this service at");
+        }
         if settings.auth.api_tokens.is_empty() && !address.ip().is_loopback() {
             tracing::warn!(%address, "the API is open to the network without authentication: set auth.api_tokens");
         }
