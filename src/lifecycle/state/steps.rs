@@ -1,7 +1,7 @@
 //! Transitions the engine's own steps decide, each only while the step's claim still holds.
 
 use super::*;
-use crate::db::models::{TaskChanges, TaskRow};
+use crate::db::models::{ActivityChanges, TaskChanges, TaskRow};
 use crate::domain::{Step, TaskStatus};
 
 /// Is the engine's claim on this task for this step still valid?
@@ -125,12 +125,29 @@ pub fn step_done(s: &Snapshot, task_id: i64, lease: &str, step: Step) -> Plan {
     if !still_owned(s, task_id, step, lease) {
         return Plan::default();
     }
-    single(
+    let mut plan = single(
         task,
         task_status(task),
         Some(lease),
         released(TaskChanges::default()),
-    )
+    );
+    // An ended activity kept its secrets only for cancels: the last one done, they go.
+    let status = activity_status(s);
+    let cancels_left = s
+        .tasks
+        .iter()
+        .any(|t| t.id != task_id && t.step.as_deref() == Some(Step::Cancel.as_str()));
+    if status.is_terminal() && !cancels_left && s.activity.sealed_secrets.is_some() {
+        plan.activity = Some(ActivityUpdate {
+            id: s.activity.id,
+            expected: status,
+            changes: ActivityChanges {
+                sealed_secrets: Some(None),
+                ..ActivityChanges::default()
+            },
+        });
+    }
+    plan
 }
 
 /// `finish_task` for an engine step, only while the step's claim still holds.

@@ -523,3 +523,23 @@ fn a_callback_that_beats_the_run_answer_is_confirmed_once_the_run_is_known() {
         "with no run to ask, the held callback is taken as is"
     );
 }
+
+#[test]
+fn the_last_cancel_of_an_ended_activity_drops_its_secrets() {
+    let mut first = claimed(task(10, 1, TaskStatus::Aborted), Step::Cancel, "me");
+    first.run_ref = Some("{}".into());
+    let mut second = task(11, 2, TaskStatus::Aborted);
+    second.step = Some("cancel".into());
+    let s = snapshot(ActivityStatus::Aborted, vec![first.clone(), second]);
+    let plan = step_done(&s, 10, "me", Step::Cancel);
+    assert!(plan.activity.is_none(), "another cancel still needs them");
+
+    let s = snapshot(
+        ActivityStatus::Aborted,
+        vec![first, task(11, 2, TaskStatus::Aborted)],
+    );
+    let plan = step_done(&s, 10, "me", Step::Cancel);
+    let activity = plan.activity.expect("secrets cleared");
+    assert_eq!(activity.expected, ActivityStatus::Aborted);
+    assert_eq!(activity.changes.sealed_secrets, Some(None));
+}
