@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::json_kind;
+
 /// One task as the descriptor defines it, before it becomes a row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskDefinition {
@@ -51,9 +53,12 @@ pub fn parse(descriptor: &Value) -> Result<LifecycleInfo, DescriptorError> {
                 "{ROOT} is missing: the descriptor defines no stages"
             ))
         })?;
-    let info = info
-        .as_object()
-        .ok_or_else(|| err(format!("{ROOT} must be an object, found {}", kind(info))))?;
+    let info = info.as_object().ok_or_else(|| {
+        err(format!(
+            "{ROOT} must be an object, found {}",
+            json_kind(info)
+        ))
+    })?;
     match info.get("tasksInfo") {
         Some(tasks) => parse_normalized(info, tasks),
         None => parse_stage_map(info),
@@ -64,17 +69,6 @@ fn err(message: String) -> DescriptorError {
     DescriptorError(message)
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn parse_stage_map(info: &Map<String, Value>) -> Result<LifecycleInfo, DescriptorError> {
     let mut stages = BTreeMap::new();
     for (stage, tasks) in info {
@@ -82,7 +76,7 @@ fn parse_stage_map(info: &Map<String, Value>) -> Result<LifecycleInfo, Descripto
         let tasks = tasks.as_array().ok_or_else(|| {
             err(format!(
                 "{at} must be a list of tasks, found {}",
-                kind(tasks)
+                json_kind(tasks)
             ))
         })?;
         let defs = tasks
@@ -108,7 +102,7 @@ fn parse_normalized(
     let tasks = tasks.as_array().ok_or_else(|| {
         err(format!(
             "{ROOT}.tasksInfo must be a list, found {}",
-            kind(tasks)
+            json_kind(tasks)
         ))
     })?;
     for (i, entry) in tasks.iter().enumerate() {
@@ -129,7 +123,7 @@ fn parse_normalized(
             Some(other) => {
                 return Err(err(format!(
                     "{at}.rawContent must be a string, found {}",
-                    kind(other)
+                    json_kind(other)
                 )))
             }
             None => entry.clone(),
@@ -184,7 +178,7 @@ fn task_definition(
 ) -> Result<TaskDefinition, DescriptorError> {
     let task = task
         .as_object()
-        .ok_or_else(|| err(format!("{at} must be an object, found {}", kind(task))))?;
+        .ok_or_else(|| err(format!("{at} must be an object, found {}", json_kind(task))))?;
     let executor_ref = match task.get("service") {
         None | Some(Value::Null) => None,
         Some(service) => match service.get("$href") {
@@ -200,7 +194,7 @@ fn task_definition(
             Some(other) => {
                 return Err(err(format!(
                     "{at}.service.$href must be a string, found {}",
-                    kind(other)
+                    json_kind(other)
                 )))
             }
         },
@@ -210,7 +204,7 @@ fn task_definition(
         if !t.is_object() {
             return Err(err(format!(
                 "{at}.template must be an object, found {}",
-                kind(t)
+                json_kind(t)
             )));
         }
     }
@@ -245,9 +239,12 @@ fn task_definition(
 
 /// An object, or an object whose only meaningful content is a `rawContent` JSON string.
 fn unwrap_raw_content(value: &Value, at: &str) -> Result<Value, DescriptorError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| err(format!("{at} must be an object, found {}", kind(value))))?;
+    let object = value.as_object().ok_or_else(|| {
+        err(format!(
+            "{at} must be an object, found {}",
+            json_kind(value)
+        ))
+    })?;
     match object.get("rawContent") {
         Some(Value::String(raw)) => {
             let parsed: Value = serde_json::from_str(raw)
@@ -257,7 +254,7 @@ fn unwrap_raw_content(value: &Value, at: &str) -> Result<Value, DescriptorError>
             } else {
                 Err(err(format!(
                     "{at}.rawContent must hold an object, found {}",
-                    kind(&parsed)
+                    json_kind(&parsed)
                 )))
             }
         }

@@ -19,3 +19,16 @@ pub mod registry;
 pub mod secret;
 pub mod simulator;
 pub mod telemetry;
+
+/// "an object", "a string"…: a JSON value's kind, for error messages.
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

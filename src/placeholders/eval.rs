@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use crate::json_kind;
 use jsonpath_rust::parser::model::{self as jp, JpQuery, Selector};
 use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
@@ -141,24 +142,21 @@ fn walk<'v>(mut value: &'v Value, path: &[Segment]) -> Result<&'v Value, String>
                 }
             }
             (Segment::Key(_), other) => {
-                return Err(format!("{} is {}, not an object", subject(), kind(other)))
+                return Err(format!(
+                    "{} is {}, not an object",
+                    subject(),
+                    json_kind(other)
+                ))
             }
             (Segment::Index(_), other) => {
-                return Err(format!("{} is {}, not an array", subject(), kind(other)))
+                return Err(format!(
+                    "{} is {}, not an array",
+                    subject(),
+                    json_kind(other)
+                ))
             }
             (Segment::Wildcard, _) => return Ok(value),
         };
     }
     Ok(value)
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }

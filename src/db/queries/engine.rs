@@ -80,7 +80,22 @@ pub fn claim_due_steps(
         .collect())
 }
 
-/// One entry per stage for the Context: every PROCESSED activity of the product version, and of `current`, oldest first.
+/// The activities the Context is built from: the PROCESSED ones of the product version, and
+/// `current`.
+#[diesel::dsl::auto_type]
+fn in_context<'a>(product: &'a str, version: &'a str, current: i64) -> _ {
+    let processed: &'static str = ActivityStatus::Processed.as_str();
+    activities::data_product_id
+        .eq(product)
+        .and(activities::data_product_version.eq(version))
+        .and(
+            activities::status
+                .eq(processed)
+                .or(activities::id.eq(current)),
+        )
+}
+
+/// One entry per stage for the Context (see `in_context`), oldest first.
 pub fn context_activities(
     conn: &mut Conn,
     product: &str,
@@ -88,13 +103,7 @@ pub fn context_activities(
     current: i64,
 ) -> QueryResult<Vec<StageActivity>> {
     activities::table
-        .filter(activities::data_product_id.eq(product))
-        .filter(activities::data_product_version.eq(version))
-        .filter(
-            activities::status
-                .eq(ActivityStatus::Processed.as_str())
-                .or(activities::id.eq(current)),
-        )
+        .filter(in_context(product, version, current))
         .order(activities::id)
         .select((
             activities::id,
@@ -116,13 +125,7 @@ pub fn context_task_names(
 ) -> QueryResult<Vec<(i64, i32, String)>> {
     tasks::table
         .inner_join(activities::table)
-        .filter(activities::data_product_id.eq(product))
-        .filter(activities::data_product_version.eq(version))
-        .filter(
-            activities::status
-                .eq(ActivityStatus::Processed.as_str())
-                .or(activities::id.eq(current)),
-        )
+        .filter(in_context(product, version, current))
         .select((tasks::activity_id, tasks::position, tasks::name))
         .load(conn)
 }
