@@ -10,12 +10,11 @@ use super::{
     Executor, ExecutorError, RunOutcome, RunRef, RunStatus, Secrets, Submission, Submitted,
 };
 use crate::config::OdmHttpSettings;
-use crate::http_client::client;
 
 pub struct OdmHttpExecutor {
     name: String,
     address: String,
-    timeout: Duration,
+    client: awc::Client,
 }
 
 impl OdmHttpExecutor {
@@ -27,10 +26,18 @@ impl OdmHttpExecutor {
                 settings.address
             ));
         }
+        // Its own client: the connect and request timeouts are this executor's settings.
+        let client = awc::Client::builder()
+            .connector(
+                awc::Connector::new().timeout(Duration::from_millis(settings.connect_timeout_ms)),
+            )
+            .timeout(Duration::from_millis(settings.request_timeout_ms))
+            .disable_redirects()
+            .finish();
         Ok(OdmHttpExecutor {
             name: name.to_owned(),
             address,
-            timeout: Duration::from_millis(settings.request_timeout_ms),
+            client,
         })
     }
 
@@ -40,9 +47,9 @@ impl OdmHttpExecutor {
         path: &str,
         secrets: &Secrets,
     ) -> awc::ClientRequest {
-        let mut request = client()
-            .request(method, format!("{}{path}", self.address))
-            .timeout(self.timeout);
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
         for (kind, value) in secrets {
             request = request.insert_header((format!("x-odm-{kind}"), value.expose()));
         }

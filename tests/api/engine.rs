@@ -341,3 +341,42 @@ async fn stopping_lets_a_dispatch_under_way_finish(db: TestDb) {
     assert_eq!(app.activity(id).await["status"], "PROCESSING");
     app.stop().await;
 }
+
+on_both_backends!(a_dispatch_that_times_out_is_not_sent_again);
+async fn a_dispatch_that_times_out_is_not_sent_again(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    executor.delay_replies(1_500);
+    let mut settings = test_settings(&db, Some(&executor.address));
+    if let Some(odm_devops::config::ExecutorSettings::OdmHttp(fake)) =
+        settings.executors.get_mut("fake")
+    {
+        fake.request_timeout_ms = 200;
+    }
+    let app = spawn_app(settings).await;
+    app.put_descriptor(
+        "p1",
+        "1.0.0",
+        &descriptor(json!({"dev": [fake_task("slow", json!({}))]})),
+    )
+    .await;
+    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    let sent = executor.wait_for(1).await.remove(0);
+    actix_web::rt::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        executor.received().len(),
+        1,
+        "it may have started: never sent twice"
+    );
+    assert_eq!(
+        app.activity(id).await["status"],
+        "PROCESSING",
+        "waiting for its callback"
+    );
+    assert_eq!(
+        app.call_back(&sent.callback_ref, None).await.status,
+        200,
+        "its token stays valid"
+    );
+    app.wait_for_activity(id, "PROCESSED").await;
+    app.stop().await;
+}
