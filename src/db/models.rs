@@ -58,6 +58,11 @@ pub struct TaskRow {
     pub deadline_at: Option<i64>,
     pub step_attempts: i32,
     pub reported_outcome: Option<String>,
+    /// Runs of this task that failed and were followed by another (`configurations.retry`).
+    pub runs_failed: i32,
+    /// The configurations as created, set once the stored ones are the resolved ones: each new
+    /// run resolves these again.
+    pub planned_configurations: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -118,6 +123,9 @@ pub struct TaskChanges {
     pub deadline_at: Option<Option<i64>>,
     pub step_attempts: Option<i32>,
     pub reported_outcome: Option<Option<String>>,
+    pub attempt: Option<i32>,
+    pub runs_failed: Option<i32>,
+    pub planned_configurations: Option<Option<String>>,
 }
 
 /// What the Context needs of an activity.

@@ -42,6 +42,8 @@ diesel::table! {
         deadline_at -> Nullable<BigInt>,
         step_attempts -> Integer,
         reported_outcome -> Nullable<Text>,
+        runs_failed -> Integer,
+        planned_configurations -> Nullable<Text>,
     }
 }
 

@@ -93,6 +93,7 @@ impl Lifecycle {
         let definitions = stage_tasks(&info, &request)?;
         super::task_placeholders::check_new_activity(&request.stage, &definitions, &info)
             .map_err(CommandError::InvalidActivity)?;
+        check_run_settings(&request.stage, &definitions)?;
         let sealed = (!secrets.is_empty()).then(|| self.keys.seal(&secrets));
         let timings = self.timings;
         let activity = self
@@ -218,6 +219,14 @@ impl Lifecycle {
             .verify_callback_token(task.id, task.attempt, token)
         {
             Ok(())
+        } else if (1..task.attempt)
+            .any(|earlier| self.keys.verify_callback_token(task.id, earlier, token))
+        {
+            tracing::warn!(task_id = task.id, "callback of an earlier run refused");
+            Err(CommandError::TaskConflict(format!(
+                "this callback belongs to an earlier run of task {}, which was dispatched again since: it changes nothing",
+                task.id
+            )))
         } else {
             tracing::warn!(
                 task_id = task.id,
@@ -269,6 +278,25 @@ fn stage_tasks(
         )));
     }
     Ok(tasks.clone())
+}
+
+/// Every task's `timeout` and `retry`, so a mistake is a 422 now rather than a surprise later.
+fn check_run_settings(stage: &str, definitions: &[TaskDefinition]) -> Result<(), CommandError> {
+    let problems: Vec<String> = definitions
+        .iter()
+        .filter_map(|d| {
+            let configurations = d.configurations.as_ref()?;
+            let problem = super::run_settings::check(configurations).err()?;
+            Some(format!(
+                "task {} ({}) of stage {stage}: {problem}",
+                d.position, d.name
+            ))
+        })
+        .collect();
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(CommandError::InvalidActivity(problems.join("; "))),
+    }
 }
 
 fn insert_planned(

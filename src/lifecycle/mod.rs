@@ -5,6 +5,7 @@ mod context;
 pub mod engine;
 mod error;
 mod queries;
+pub mod run_settings;
 pub mod state;
 mod task_placeholders;
 

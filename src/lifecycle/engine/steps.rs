@@ -61,9 +61,10 @@ impl Engine {
             "a dispatch was interrupted (restart or crash) before its outcome was recorded; \
              not sending it again: waiting for the callback until the task's deadline"
         );
-        let (task_id, lease) = (claimed.task.id, claimed.claim.clone());
+        let (task_id, lease, attempt) =
+            (claimed.task.id, claimed.claim.clone(), claimed.task.attempt);
         self.decide(claimed.task.activity_id, move |s, t| {
-            state::await_unknown_dispatch(s, task_id, &lease, None, t)
+            state::await_unknown_dispatch(s, task_id, &lease, attempt, None, t)
         })
         .await
     }
@@ -89,12 +90,13 @@ impl Engine {
             Ok(submitted) => {
                 tracing::info!(task_id = task.id, run = %submitted.run.0, url = submitted.web_url.as_deref().unwrap_or(""), "task dispatched");
                 let run = Submittal {
+                    attempt: task.attempt,
                     run_ref: Some(submitted.run.0.to_string()),
                     run_url: submitted.web_url,
                     configurations: stored_configurations,
                     immediate: submitted.outcome.map(|o| match o {
                         RunOutcome::Succeeded { results } => Outcome::Processed { results },
-                        RunOutcome::Failed { errors } => Outcome::Failed { errors },
+                        RunOutcome::Failed { errors } => Outcome::RunFailed { errors },
                     }),
                 };
                 let (task_id, lease) = (task.id, claimed.claim.clone());
@@ -105,12 +107,13 @@ impl Engine {
             }
             Err(ExecutorError::OutcomeUnknown(why)) => {
                 tracing::warn!(task_id = task.id, %why, "dispatch outcome unknown: waiting for the callback instead of sending again");
-                let (task_id, lease) = (task.id, claimed.claim.clone());
+                let (task_id, lease, attempt) = (task.id, claimed.claim.clone(), task.attempt);
                 self.decide(task.activity_id, move |s, t| {
                     state::await_unknown_dispatch(
                         s,
                         task_id,
                         &lease,
+                        attempt,
                         Some(stored_configurations),
                         t,
                     )
@@ -194,18 +197,23 @@ impl Engine {
         task: &TaskRow,
         task_context: &TaskContext,
     ) -> Result<(Value, Value), String> {
-        let parse = |text: &Option<String>| -> Value {
-            text.as_deref()
+        let parse = |text: Option<&String>| -> Value {
+            text.map(String::as_str)
                 .and_then(|t| serde_json::from_str(t).ok())
                 .unwrap_or_else(|| Value::Object(Default::default()))
         };
         let template = crate::lifecycle::task_placeholders::resolve(
-            &parse(&task.template),
+            &parse(task.template.as_ref()),
             task_context,
             self.config.on_missing,
         )?;
         let mut configurations = crate::lifecycle::task_placeholders::resolve(
-            &parse(&task.configurations),
+            // Each run resolves the configurations as planned: the stored ones are resolved.
+            &parse(
+                task.planned_configurations
+                    .as_ref()
+                    .or(task.configurations.as_ref()),
+            ),
             task_context,
             self.config.on_missing,
         )?;
@@ -279,7 +287,7 @@ impl Engine {
             }
             Ok(RunStatus::Failed(reason)) => {
                 let errors = format!("the run failed without calling back: {reason}");
-                self.finish(&claimed, Step::Await, Outcome::Failed { errors }, false)
+                self.finish(&claimed, Step::Await, Outcome::RunFailed { errors }, false)
                     .await
             }
             Ok(RunStatus::Canceled) => {
@@ -313,8 +321,13 @@ impl Engine {
                 let errors = format!(
                     "the pipeline called back but the provider reports the run failed: {reason}"
                 );
-                self.finish(&claimed, Step::Confirm, Outcome::Failed { errors }, false)
-                    .await
+                self.finish(
+                    &claimed,
+                    Step::Confirm,
+                    Outcome::RunFailed { errors },
+                    false,
+                )
+                .await
             }
             Ok(RunStatus::Canceled) => {
                 let reason =
@@ -378,6 +391,9 @@ fn log_outcome(task_id: i64, outcome: &Outcome) {
     match outcome {
         Outcome::Processed { .. } => tracing::info!(task_id, "task processed"),
         Outcome::Failed { errors } => tracing::warn!(task_id, %errors, "task failed"),
+        Outcome::RunFailed { errors } => {
+            tracing::warn!(task_id, %errors, "run failed: retried when the task allows it")
+        }
         Outcome::Aborted { reason } => tracing::warn!(task_id, %reason, "task aborted"),
     }
 }

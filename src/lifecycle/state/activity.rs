@@ -157,6 +157,15 @@ pub fn finish_task(
     t: &Timing,
 ) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
+    let outcome = match outcome {
+        Outcome::RunFailed { errors } => match retry_run(task, &errors, lease, t) {
+            Some(retry) => return retry,
+            None => Outcome::Failed {
+                errors: with_run_count(task, errors),
+            },
+        },
+        other => other,
+    };
     let mut changes = TaskChanges {
         finished_at: Some(Some(t.now)),
         reported_outcome: Some(None),
@@ -196,7 +205,7 @@ pub fn finish_task(
                 }
             }
         }
-        Outcome::Failed { errors } => {
+        Outcome::Failed { errors } | Outcome::RunFailed { errors } => {
             changes.status = Some(TaskStatus::Failed.as_str());
             changes.errors = Some(Some(errors.clone()));
             let why = format!("Task {} ({}) failed: {errors}", task.id, task.name);
@@ -227,6 +236,45 @@ pub fn finish_task(
         },
     );
     plan
+}
+
+/// The run failed and `configurations.retry` allows another: the task stays PROCESSING and is
+/// dispatched again after the backoff, as a new attempt (the failed run's callback token is
+/// no longer valid). No retry when the next run could not start before the task's deadline.
+fn retry_run(task: &TaskRow, errors: &str, lease: Option<&str>, t: &Timing) -> Option<Plan> {
+    let policy = run_settings(task).retry?;
+    let failed_runs = task.runs_failed + 1;
+    if failed_runs > policy.max as i32 {
+        return None;
+    }
+    let due = t.now + policy.delay_ms(failed_runs);
+    if task.deadline_at.is_some_and(|deadline| due >= deadline) {
+        return None;
+    }
+    let runs = policy.max + 1;
+    let changes = TaskChanges {
+        errors: Some(Some(format!(
+            "run {failed_runs} of {runs} failed: {errors}; run {} starts at {}",
+            failed_runs + 1,
+            crate::clock::format_ms(due)
+        ))),
+        run_ref: Some(None),
+        run_url: Some(None),
+        reported_outcome: Some(None),
+        runs_failed: Some(failed_runs),
+        attempt: Some(task.attempt + 1),
+        step_attempts: Some(0),
+        ..reschedule(TaskChanges::default(), Step::Dispatch, due)
+    };
+    Some(steps::single(task, TaskStatus::Processing, lease, changes))
+}
+
+/// A run failure's text, saying how many runs there were when the task was retried.
+fn with_run_count(task: &TaskRow, errors: String) -> String {
+    match task.runs_failed {
+        0 => errors,
+        earlier => format!("{errors} (all {} runs failed)", earlier + 1),
+    }
 }
 
 /// The activity ends because `task` did; the tasks after it will never run.

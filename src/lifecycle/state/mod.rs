@@ -4,6 +4,8 @@
 
 mod activity;
 mod callback;
+#[cfg(test)]
+mod retry_tests;
 mod steps;
 #[cfg(test)]
 mod tests;
@@ -13,6 +15,7 @@ use serde_json::Value;
 
 use crate::db::models::{ActivityChanges, ActivityRow, TaskChanges, TaskRow};
 use crate::domain::{ActivityStatus, Step, TaskStatus};
+use crate::lifecycle::run_settings::RunSettings;
 
 pub use activity::{abort, abort_task, finish_task, start};
 pub use callback::{callback, reported_outcome};
@@ -98,9 +101,20 @@ pub enum Refusal {
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Processed { results: Option<Value> },
-    Failed { errors: String },
-    Aborted { reason: String },
+    Processed {
+        results: Option<Value>,
+    },
+    /// The task cannot succeed (nothing sent, rejected, timed out): no retry.
+    Failed {
+        errors: String,
+    },
+    /// The provider's run failed: `configurations.retry` may run the task again.
+    RunFailed {
+        errors: String,
+    },
+    Aborted {
+        reason: String,
+    },
 }
 
 /// What a callback said, kept as-is to recognise a replay.
@@ -124,7 +138,7 @@ impl Report {
             ReportedStatus::Processed => Outcome::Processed {
                 results: self.results.clone(),
             },
-            ReportedStatus::Failed => Outcome::Failed {
+            ReportedStatus::Failed => Outcome::RunFailed {
                 errors: self
                     .errors
                     .clone()
@@ -179,15 +193,30 @@ pub(super) fn reschedule(mut c: TaskChanges, step: Step, due: i64) -> TaskChange
     c
 }
 
+/// The task's `timeout` and `retry` settings, from its configurations as planned.
+pub(super) fn run_settings(task: &TaskRow) -> RunSettings {
+    RunSettings::of(
+        task.planned_configurations
+            .as_deref()
+            .or(task.configurations.as_deref()),
+    )
+}
+
 /// The task's own timeout (`configurations.timeout`, seconds) or the default.
 pub(super) fn timeout_ms(task: &TaskRow, default_ms: i64) -> i64 {
-    task.configurations
-        .as_deref()
-        .and_then(|c| serde_json::from_str::<Value>(c).ok())
-        .and_then(|c| c.get("timeout").and_then(Value::as_f64))
-        .filter(|secs| *secs > 0.0)
-        .map(|secs| (secs * 1000.0) as i64)
-        .unwrap_or(default_ms)
+    run_settings(task).timeout_ms.unwrap_or(default_ms)
+}
+
+/// Records the resolved configurations of a run, keeping the planned ones for the next run.
+pub(super) fn resolved_configurations(task: &TaskRow, resolved: Option<String>) -> TaskChanges {
+    let keep_planned = resolved.is_some() && task.planned_configurations.is_none();
+    // "{}" for none at all: NULL would make the next run resolve the resolved ones.
+    let planned = || Some(task.configurations.clone().unwrap_or_else(|| "{}".into()));
+    TaskChanges {
+        planned_configurations: keep_planned.then(planned),
+        configurations: resolved.map(Some),
+        ..TaskChanges::default()
+    }
 }
 
 pub(super) fn begin(task: &TaskRow, t: &Timing) -> TaskUpdate {

@@ -15,11 +15,14 @@ pub fn still_owned(s: &Snapshot, task_id: i64, step: Step, lease: &str) -> bool 
 /// aborted; the run reference and resolved configurations are recorded in every case.
 pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Timing) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
+    if task.attempt != run.attempt {
+        // A callback failed this run meanwhile and a new run is planned: nothing to record.
+        return Plan::default();
+    }
     let recorded = TaskChanges {
         run_ref: Some(run.run_ref.clone()),
         run_url: Some(run.run_url.clone()),
-        configurations: Some(Some(run.configurations.clone())),
-        ..TaskChanges::default()
+        ..resolved_configurations(task, Some(run.configurations.clone()))
     };
     let status = task_status(task);
     if status == TaskStatus::Aborted && task.step.is_none() && run.run_ref.is_some() {
@@ -37,9 +40,13 @@ pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Ti
     if let Some(outcome) = run.immediate {
         let mut plan = finish_task(s, task_id, outcome, false, Some(lease), t);
         let own = &mut plan.tasks[0].changes;
-        own.run_ref = recorded.run_ref;
-        own.run_url = recorded.run_url;
+        // A retry forgets the failed run; an ended task keeps it for the record.
+        if own.step != Some(Some(Step::Dispatch.as_str())) {
+            own.run_ref = recorded.run_ref;
+            own.run_url = recorded.run_url;
+        }
         own.configurations = recorded.configurations;
+        own.planned_configurations = recorded.planned_configurations;
         return plan;
     }
     let deadline = task.deadline_at.unwrap_or(i64::MAX);
@@ -58,6 +65,8 @@ pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Ti
 /// What a dispatch produced, for `submitted`.
 #[derive(Debug, Clone)]
 pub struct Submittal {
+    /// The dispatch attempt that started the run.
+    pub attempt: i32,
     pub run_ref: Option<String>,
     pub run_url: Option<String>,
     pub configurations: String,
@@ -100,11 +109,12 @@ pub fn await_unknown_dispatch(
     s: &Snapshot,
     task_id: i64,
     lease: &str,
+    attempt: i32,
     configurations: Option<String>,
     t: &Timing,
 ) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
-    if task_status(task) != TaskStatus::Processing {
+    if task_status(task) != TaskStatus::Processing || task.attempt != attempt {
         return Plan::default();
     }
     let (step, due) = match task.reported_outcome {
@@ -112,10 +122,7 @@ pub fn await_unknown_dispatch(
         Some(_) => (Step::Confirm, t.now),
         None => (Step::Await, task.deadline_at.unwrap_or(i64::MAX)),
     };
-    let changes = TaskChanges {
-        configurations: configurations.map(Some),
-        ..reschedule(TaskChanges::default(), step, due)
-    };
+    let changes = reschedule(resolved_configurations(task, configurations), step, due);
     single(task, TaskStatus::Processing, Some(lease), changes)
 }
 

@@ -2,9 +2,9 @@ use serde_json::json;
 
 use super::*;
 
-const NOW: i64 = 1_000_000;
+pub(super) const NOW: i64 = 1_000_000;
 
-fn timing() -> Timing {
+pub(super) fn timing() -> Timing {
     Timing {
         now: NOW,
         poll_after_ms: 300_000,
@@ -12,7 +12,7 @@ fn timing() -> Timing {
     }
 }
 
-fn activity(status: ActivityStatus) -> ActivityRow {
+pub(super) fn activity(status: ActivityStatus) -> ActivityRow {
     ActivityRow {
         id: 1,
         data_product_id: "p".into(),
@@ -28,7 +28,7 @@ fn activity(status: ActivityStatus) -> ActivityRow {
     }
 }
 
-fn task(id: i64, position: i32, status: TaskStatus) -> TaskRow {
+pub(super) fn task(id: i64, position: i32, status: TaskStatus) -> TaskRow {
     TaskRow {
         id,
         activity_id: 1,
@@ -54,17 +54,19 @@ fn task(id: i64, position: i32, status: TaskStatus) -> TaskRow {
         deadline_at: None,
         step_attempts: 0,
         reported_outcome: None,
+        runs_failed: 0,
+        planned_configurations: None,
     }
 }
 
-fn snapshot(status: ActivityStatus, tasks: Vec<TaskRow>) -> Snapshot {
+pub(super) fn snapshot(status: ActivityStatus, tasks: Vec<TaskRow>) -> Snapshot {
     Snapshot {
         activity: activity(status),
         tasks,
     }
 }
 
-fn processed(results: serde_json::Value) -> Report {
+pub(super) fn processed(results: serde_json::Value) -> Report {
     Report {
         status: ReportedStatus::Processed,
         results: Some(results),
@@ -72,7 +74,7 @@ fn processed(results: serde_json::Value) -> Report {
     }
 }
 
-fn update_of(plan: &Plan, id: i64) -> &TaskUpdate {
+pub(super) fn update_of(plan: &Plan, id: i64) -> &TaskUpdate {
     plan.tasks
         .iter()
         .find(|t| t.id == id)
@@ -385,14 +387,15 @@ fn with_confirmation_a_callback_is_held_until_the_provider_agrees() {
     ));
 }
 
-fn claimed(mut t: TaskRow, step: Step, lease: &str) -> TaskRow {
+pub(super) fn claimed(mut t: TaskRow, step: Step, lease: &str) -> TaskRow {
     t.step = Some(step.as_str().into());
     t.lease_owner = Some(lease.into());
     t
 }
 
-fn submittal() -> Submittal {
+pub(super) fn submittal() -> Submittal {
     Submittal {
+        attempt: 1,
         run_ref: Some(r#"{"runId":7}"#.into()),
         run_url: Some("https://run/7".into()),
         configurations: r#"{"context":{}}"#.into(),
@@ -516,7 +519,7 @@ fn a_callback_that_beats_the_run_answer_is_confirmed_once_the_run_is_known() {
     assert_eq!(update_of(&plan, 10).changes.step, Some(Some("confirm")));
     assert_eq!(update_of(&plan, 10).changes.due_at, Some(Some(NOW)));
 
-    let plan = await_unknown_dispatch(&s, 10, "me", None, &timing());
+    let plan = await_unknown_dispatch(&s, 10, "me", 1, None, &timing());
     assert_eq!(
         update_of(&plan, 10).changes.step,
         Some(Some("confirm")),

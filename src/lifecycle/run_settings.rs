@@ -1,0 +1,203 @@
+//! What a task's `configurations` say about how it runs (DESIGN §10): `timeout` (seconds) and
+//! `retry: {max, backoff}` (runs after a failed one; seconds before the first of them, doubling).
+//!
+//! Checked strictly when an activity is created, so a typo is a 422 and not a surprise hours
+//! later; read leniently by the state machine, which only sees checked values.
+
+use serde_json::Value;
+
+/// Runs after the first one: enough for flaky pipelines, not a loop that hides a broken one.
+pub const MAX_RETRIES: u64 = 10;
+const DEFAULT_BACKOFF_SECS: f64 = 30.0;
+/// No single wait between runs is longer than an hour.
+const MAX_DELAY_MS: i64 = 3_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Runs allowed after the first one fails.
+    pub max: u32,
+    pub backoff_ms: i64,
+}
+
+impl RetryPolicy {
+    /// The wait before the run that follows `failed_runs` failed ones.
+    pub fn delay_ms(&self, failed_runs: i32) -> i64 {
+        let doublings = failed_runs.saturating_sub(1).clamp(0, 20) as u32;
+        self.backoff_ms
+            .saturating_mul(1i64 << doublings)
+            .min(MAX_DELAY_MS)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RunSettings {
+    pub timeout_ms: Option<i64>,
+    pub retry: Option<RetryPolicy>,
+}
+
+impl RunSettings {
+    /// Reads stored configurations (JSON text); values that do not check are ignored.
+    pub fn of(configurations: Option<&str>) -> RunSettings {
+        configurations
+            .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .and_then(|c| check(&c).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The run settings of a task's configurations, or what is wrong with them (the field, what
+/// was expected and what was found).
+pub fn check(configurations: &Value) -> Result<RunSettings, String> {
+    let Value::Object(map) = configurations else {
+        return Ok(RunSettings::default());
+    };
+    let timeout_ms = match map.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(seconds(v, "timeout", false)?),
+    };
+    let retry = match map.get("retry") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(retry)) => {
+            if let Some(unknown) = retry.keys().find(|k| *k != "max" && *k != "backoff") {
+                return Err(format!(
+                    "configurations.retry.{unknown} is not a retry setting (expected max and backoff)"
+                ));
+            }
+            let max = match retry.get("max") {
+                Some(Value::Number(n)) if n.as_u64().is_some_and(|m| m <= MAX_RETRIES) => {
+                    n.as_u64().unwrap_or_default() as u32
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "configurations.retry.max must be a whole number from 0 to {MAX_RETRIES}, found {other}"
+                    ))
+                }
+                None => {
+                    return Err(
+                        "configurations.retry.max is missing: how many runs may follow a failed one"
+                            .into(),
+                    )
+                }
+            };
+            let backoff_ms = match retry.get("backoff") {
+                None | Some(Value::Null) => (DEFAULT_BACKOFF_SECS * 1000.0) as i64,
+                Some(v) => seconds(v, "retry.backoff", true)?,
+            };
+            Some(RetryPolicy { max, backoff_ms })
+        }
+        Some(other) => {
+            return Err(format!(
+                "configurations.retry must be an object like {{\"max\": 2, \"backoff\": 30}}, found {other}"
+            ))
+        }
+    };
+    Ok(RunSettings { timeout_ms, retry })
+}
+
+/// A duration in seconds, as milliseconds.
+fn seconds(value: &Value, field: &str, zero_allowed: bool) -> Result<i64, String> {
+    let secs = value.as_f64().filter(|s| s.is_finite());
+    match secs {
+        Some(s) if s > 0.0 || (zero_allowed && s == 0.0) => Ok((s * 1000.0) as i64),
+        _ => Err(format!(
+            "configurations.{field} must be a {} number of seconds, found {value}",
+            if zero_allowed {
+                "non-negative"
+            } else {
+                "positive"
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn reads_timeout_and_retry() {
+        let settings = check(&json!({"timeout": 90, "retry": {"max": 2, "backoff": 1.5}})).unwrap();
+        assert_eq!(settings.timeout_ms, Some(90_000));
+        assert_eq!(
+            settings.retry,
+            Some(RetryPolicy {
+                max: 2,
+                backoff_ms: 1500
+            })
+        );
+        assert_eq!(
+            check(&json!({"params": {}})).unwrap(),
+            RunSettings::default()
+        );
+        assert_eq!(
+            check(&json!({"retry": {"max": 1}})).unwrap().retry,
+            Some(RetryPolicy {
+                max: 1,
+                backoff_ms: 30_000
+            })
+        );
+    }
+
+    #[test]
+    fn the_wait_doubles_from_the_backoff_and_is_capped() {
+        let policy = RetryPolicy {
+            max: 10,
+            backoff_ms: 1000,
+        };
+        let waits: Vec<i64> = (1..=4).map(|n| policy.delay_ms(n)).collect();
+        assert_eq!(waits, vec![1000, 2000, 4000, 8000]);
+        assert_eq!(policy.delay_ms(40), MAX_DELAY_MS);
+    }
+
+    #[test]
+    fn bad_values_name_the_field_and_what_was_expected() {
+        let cases = [
+            (
+                json!({"timeout": 0}),
+                "configurations.timeout must be a positive number",
+            ),
+            (
+                json!({"timeout": "1h"}),
+                "configurations.timeout must be a positive number",
+            ),
+            (
+                json!({"retry": 3}),
+                "configurations.retry must be an object",
+            ),
+            (json!({"retry": {}}), "configurations.retry.max is missing"),
+            (
+                json!({"retry": {"max": -1}}),
+                "configurations.retry.max must be a whole number",
+            ),
+            (json!({"retry": {"max": 11}}), "from 0 to 10, found 11"),
+            (
+                json!({"retry": {"max": 1.5}}),
+                "configurations.retry.max must be a whole number",
+            ),
+            (
+                json!({"retry": {"max": 1, "backoff": -2}}),
+                "configurations.retry.backoff must be a non-negative number",
+            ),
+            (
+                json!({"retry": {"max": 1, "delay": 2}}),
+                "configurations.retry.delay is not a retry setting",
+            ),
+        ];
+        for (configurations, expected) in cases {
+            let error = check(&configurations).unwrap_err();
+            assert!(error.contains(expected), "{configurations}: {error}");
+        }
+    }
+
+    #[test]
+    fn stored_values_that_do_not_check_are_ignored() {
+        assert_eq!(
+            RunSettings::of(Some("{\"timeout\": -5}")),
+            RunSettings::default()
+        );
+        assert_eq!(RunSettings::of(Some("not json")), RunSettings::default());
+        assert_eq!(RunSettings::of(None), RunSettings::default());
+    }
+}
