@@ -19,6 +19,8 @@ USER odm
 ENV ODM_DEVOPS__SERVER__BIND=0.0.0.0:8002
 EXPOSE 8002
 VOLUME /app/data
-HEALTHCHECK CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8002"]
+# bash, not sh: /dev/tcp is a bash feature (dash, Debian's sh, fails every check). Ready means
+# the database answers, not merely that the port is open.
+HEALTHCHECK CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8002 && printf 'GET /health/ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["odm-devops"]
 CMD ["serve"]
