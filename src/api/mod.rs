@@ -10,6 +10,7 @@ mod registry;
 mod request;
 pub mod resources;
 mod tasks;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,6 +40,9 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
+            .route("/ui", web::get().to(ui::page))
+            .route("/ui/", web::get().to(ui::page))
+            .route("/ui/app.js", web::get().to(ui::script))
             .route("/api/v1/pp/devops/v3/api-docs", web::get().to(openapi))
             .service(
                 web::scope("/api/v1/pp/devops")

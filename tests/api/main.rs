@@ -14,4 +14,5 @@ mod errors;
 mod openapi;
 mod registry;
 mod retries;
+mod ui;
 mod walkthrough;
