@@ -165,14 +165,20 @@ impl Registry {
 
 impl Remote {
     async fn fetch(&self, product: &str, version: &str) -> Result<Option<Value>, RegistryError> {
-        let url = format!(
+        self.get(&format!(
             "{}/api/v1/pp/registry/products/{}/versions/{}?format=normalized",
             self.address,
             path_segment(product),
             path_segment(version)
-        );
+        ))
+        .await
+    }
+
+    /// A JSON answer; `None` on 404. Unreachable or timed out → `Unreachable` (503 50050), any
+    /// other failure of the registry → `Failed` (502 50250).
+    async fn get(&self, url: &str) -> Result<Option<Value>, RegistryError> {
         let mut response = client()
-            .get(&url)
+            .get(url)
             .insert_header(("Accept", "application/json"))
             .timeout(self.timeout)
             .send()
