@@ -7,6 +7,7 @@ mod error;
 mod queries;
 pub mod state;
 mod task_placeholders;
+mod task_templates;
 
 pub use commands::{EngineTimings, Lifecycle, NewActivityRequest, Waker};
 pub use error::CommandError;
