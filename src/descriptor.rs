@@ -17,6 +17,9 @@ pub struct TaskDefinition {
     pub description: Option<String>,
     pub executor_ref: Option<String>,
     pub template: Option<Value>,
+    /// The `$ref` of a template given by reference, as written; resolved through the registry
+    /// into `template` when an activity is created. Never set together with `template`.
+    pub template_ref: Option<String>,
     pub configurations: Option<Value>,
 }
 
@@ -154,7 +157,17 @@ fn merged_with_raw(entry: &Value, raw: &str, at: &str) -> Result<Value, Descript
     if let Some(configurations) = raw.get("configurations") {
         task.insert("configurations".into(), configurations.clone());
     }
-    if let Some(definition) = raw.get("template").and_then(|t| t.get("definition")) {
+    let has_definition = task
+        .get("template")
+        .and_then(|t| t.get("definition"))
+        .is_some_and(|d| !d.is_null());
+    // An authored `$ref` points where the descriptor was uploaded from; the registry's own
+    // definition (resolved, or pointed at its templates endpoint) is the one to follow then.
+    if let Some(definition) = raw
+        .get("template")
+        .and_then(|t| t.get("definition"))
+        .filter(|d| !(is_reference(d) && has_definition))
+    {
         let mut template = task
             .get("template")
             .and_then(Value::as_object)
@@ -208,9 +221,9 @@ fn task_definition(
             )));
         }
     }
-    let definition = match template.and_then(|t| t.get("definition")) {
-        None | Some(Value::Null) => None,
-        Some(d) => Some(unwrap_raw_content(d, &format!("{at}.template.definition"))?),
+    let (definition, template_ref) = match template {
+        None => (None, None),
+        Some(t) => template_source(t, &format!("{at}.template"))?,
     };
     let configurations = match task.get("configurations") {
         None | Some(Value::Null) => None,
@@ -233,8 +246,85 @@ fn task_definition(
         description: text("description").map(str::to_owned),
         executor_ref,
         template: definition,
+        template_ref,
         configurations,
     })
+}
+
+/// A template's inline definition, or the reference to resolve: `definition: {"$ref": …}` (ODM's
+/// definition reference) or, without a definition, `{"$ref": …}` as the whole template.
+fn template_source(
+    template: &Value,
+    at: &str,
+) -> Result<(Option<Value>, Option<String>), DescriptorError> {
+    match template.get("definition").filter(|d| !d.is_null()) {
+        Some(d) => {
+            let at = format!("{at}.definition");
+            match reference(d, &at)? {
+                Some(r) => Ok((None, Some(r))),
+                None => Ok((Some(unwrap_raw_content(d, &at)?), None)),
+            }
+        }
+        None => Ok((None, reference(template, at)?)),
+    }
+}
+
+/// An object holding `$ref` and no `rawContent` (with it, the registry already resolved it).
+fn is_reference(value: &Value) -> bool {
+    value
+        .as_object()
+        .is_some_and(|o| o.contains_key("$ref") && !o.contains_key("rawContent"))
+}
+
+fn reference(value: &Value, at: &str) -> Result<Option<String>, DescriptorError> {
+    if !is_reference(value) {
+        return Ok(None);
+    }
+    match &value["$ref"] {
+        Value::String(r) if !r.trim().is_empty() => Ok(Some(r.trim().to_owned())),
+        other => Err(err(format!(
+            "{at}.$ref must be a non-blank string, found {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+/// The registry's id of the template a `$ref` names: the id itself, or the last segment of a
+/// URL or path `…/templates/{id}` (where ODM's registry points the templates it stores).
+pub fn template_id(reference: &str) -> Option<&str> {
+    let reference = reference.trim();
+    let id = match reference.rsplit_once("/templates/") {
+        Some((_, rest)) => rest
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/'),
+        None => reference,
+    };
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The definition in the registry's answer to `GET …/templates/{id}`: a JSON text in `definition`
+/// (ODM's ExternalComponentResource) or in `content` (its older DefinitionResource).
+pub fn registry_template_definition(answer: &Value) -> Result<Value, String> {
+    let (key, value) = ["definition", "content"]
+        .into_iter()
+        .find_map(|key| answer.get(key).filter(|v| !v.is_null()).map(|v| (key, v)))
+        .ok_or("the registry's answer holds no definition (neither `definition` nor `content`)")?;
+    let definition = match value {
+        Value::String(text) => {
+            serde_json::from_str(text).map_err(|e| format!("its `{key}` is not valid JSON: {e}"))?
+        }
+        other => other.clone(),
+    };
+    if definition.is_object() {
+        Ok(definition)
+    } else {
+        Err(format!(
+            "its `{key}` must hold a JSON object, found {}",
+            json_kind(&definition)
+        ))
+    }
 }
 
 /// An object, or an object whose only meaningful content is a `rawContent` JSON string.

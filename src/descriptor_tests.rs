@@ -109,6 +109,135 @@ fn definition_given_as_raw_content_is_unwrapped() {
     );
 }
 
+/// A task's template: its inline definition and its reference.
+fn template_of(task: &TaskDefinition) -> (Option<Value>, Option<&str>) {
+    (task.template.clone(), task.template_ref.as_deref())
+}
+
+#[test]
+fn a_template_by_reference_is_kept_as_its_ref_with_the_usual_name() {
+    let url = "http://registry:8001/api/v1/pp/registry/templates/65f81a2f";
+    let d = with_lifecycle(json!({"dev": [
+        {"template": {"name": "deploy", "description": "Deploy it",
+                      "definition": {"$ref": url, "mediaType": "application/json"}}},
+        {"template": {"$ref": " 65f81a2f "}},
+        {"template": {"name": "resolved", "definition": {"$ref": url, "rawContent": "{\"pipelineId\": 3}"}}}
+    ]}));
+    let dev = &parse(&d).unwrap().stages["dev"];
+    assert_eq!(
+        dev.iter().map(template_of).collect::<Vec<_>>(),
+        [
+            (None, Some(url)),
+            (None, Some("65f81a2f")), // the whole template may be the reference
+            (Some(json!({"pipelineId": 3})), None), // with its rawContent: already resolved
+        ]
+    );
+    assert_eq!(dev[0].name, "deploy");
+    assert_eq!(dev[0].description.as_deref(), Some("Deploy it"));
+    assert_eq!(dev[1].name, "task2");
+}
+
+#[test]
+fn normalized_tasks_follow_the_registry_reference_not_the_authored_one() {
+    let registry_ref = "http://registry:8001/api/v1/pp/registry/templates/abc";
+    let raw = |definition: Value| {
+        json!({"service": {"$href": "azure-devops"}, "template": {"name": "t", "definition": definition}})
+            .to_string()
+    };
+    let d = with_lifecycle(json!({"tasksInfo": [
+        {"stageName": "dev", "order": 1,
+         "template": {"name": "t", "definition": {"$ref": registry_ref, "originalRef": "template.json"}},
+         "rawContent": raw(json!({"$ref": "template.json"}))},
+        {"stageName": "dev", "order": 2, "template": {"name": "t"},
+         "rawContent": raw(json!({"$ref": "abc"}))},
+        {"stageName": "dev", "order": 3,
+         "template": {"name": "t", "definition": {"$ref": registry_ref}},
+         "rawContent": raw(json!({"pipelineId": 9}))}
+    ]}));
+    let dev = &parse(&d).unwrap().stages["dev"];
+    assert_eq!(
+        dev.iter().map(template_of).collect::<Vec<_>>(),
+        [
+            (None, Some(registry_ref)),
+            // Without a definition of its own, the authored reference is all there is.
+            (None, Some("abc")),
+            // An authored inline definition still wins.
+            (Some(json!({"pipelineId": 9})), None),
+        ]
+    );
+}
+
+#[test]
+fn the_template_id_is_the_reference_or_its_last_templates_segment() {
+    for (reference, id) in [
+        (
+            "65f81a2f-65d8-3f03-9dff-ba598ba0292c",
+            Some("65f81a2f-65d8-3f03-9dff-ba598ba0292c"),
+        ),
+        (" 42 ", Some("42")),
+        (
+            "http://r:8001/api/v1/pp/registry/templates/abc",
+            Some("abc"),
+        ),
+        (
+            "http://r:8001/api/v1/pp/registry/templates/abc/?x=1#f",
+            Some("abc"),
+        ),
+        ("/api/v1/pp/registry/templates/abc", Some("abc")),
+        ("http://r:8001/api/v1/pp/registry/templates/", None),
+        (
+            "http://r:8001/api/v1/pp/registry/templates/abc/versions/1",
+            None,
+        ),
+        ("https://git.example.com/pipelines/template.json", None),
+        ("", None),
+    ] {
+        assert_eq!(template_id(reference), id, "{reference:?}");
+    }
+}
+
+#[test]
+fn the_registry_answer_gives_its_definition_or_says_why_not() {
+    let ok = [
+        json!({"id": "abc", "name": "t", "definition": "{\"pipelineId\": 3}"}),
+        json!({"id": 7, "name": "t", "content": "{\"pipelineId\": 3}"}),
+        json!({"id": "abc", "definition": {"pipelineId": 3}, "content": "ignored"}),
+    ];
+    for answer in ok {
+        assert_eq!(
+            registry_template_definition(&answer),
+            Ok(json!({"pipelineId": 3})),
+            "{answer}"
+        );
+    }
+    let bad = [
+        (
+            json!({"id": "abc"}),
+            "the registry's answer holds no definition",
+        ),
+        (
+            json!({"definition": "{nope"}),
+            "its `definition` is not valid JSON",
+        ),
+        (
+            json!({"content": "[1, 2]"}),
+            "its `content` must hold a JSON object, found an array",
+        ),
+        (
+            json!({"definition": 3}),
+            "its `definition` must hold a JSON object, found a number",
+        ),
+        (json!([]), "the registry's answer holds no definition"),
+    ];
+    for (answer, expected) in bad {
+        let message = registry_template_definition(&answer).unwrap_err();
+        assert!(
+            message.starts_with(expected),
+            "{message:?} should start with {expected:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_shapes_name_the_place() {
     let cases = [
@@ -120,6 +249,10 @@ fn bad_shapes_name_the_place() {
          "internalComponents.lifecycleInfo.dev[0].template.definition must be an object, found a string"),
         (with_lifecycle(json!({"dev": [{"configurations": [1]}]})),
          "internalComponents.lifecycleInfo.dev[0].configurations must be an object, found an array"),
+        (with_lifecycle(json!({"dev": [{"template": {"definition": {"$ref": 3}}}]})),
+         "internalComponents.lifecycleInfo.dev[0].template.definition.$ref must be a non-blank string, found a number"),
+        (with_lifecycle(json!({"dev": [{"template": {"$ref": " "}}]})),
+         "internalComponents.lifecycleInfo.dev[0].template.$ref must be a non-blank string, found a string"),
         (with_lifecycle(json!({"dev": [{"service": {"$href": 3}}]})),
          "internalComponents.lifecycleInfo.dev[0].service.$href must be a string, found a number"),
         (with_lifecycle(json!({"tasksInfo": [{"order": 1}]})),

@@ -36,6 +36,12 @@ pub enum RegistryError {
     Failed(String),
     #[error("the descriptor is invalid: {0}")]
     Invalid(String),
+    /// 422 42201
+    #[error(
+        "templates by reference are resolved only through a remote ODM registry \
+         (`registry.mode: remote`), and this service uses its embedded one"
+    )]
+    NoTemplates,
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -79,6 +85,19 @@ impl Registry {
                 })
             }
         }
+    }
+
+    /// A template of the remote registry (`GET …/templates/{id}`) as the registry answers it;
+    /// `None` when it has no such template. The embedded registry keeps no templates.
+    pub async fn template(&self, id: &str) -> Result<Option<Value>, RegistryError> {
+        let remote = self.remote.as_ref().ok_or(RegistryError::NoTemplates)?;
+        remote
+            .get(&format!(
+                "{}/api/v1/pp/registry/templates/{}",
+                remote.address,
+                path_segment(id)
+            ))
+            .await
     }
 
     /// Validates and stores a descriptor in the embedded registry; true when it is new.
@@ -165,14 +184,20 @@ impl Registry {
 
 impl Remote {
     async fn fetch(&self, product: &str, version: &str) -> Result<Option<Value>, RegistryError> {
-        let url = format!(
+        self.get(&format!(
             "{}/api/v1/pp/registry/products/{}/versions/{}?format=normalized",
             self.address,
             path_segment(product),
             path_segment(version)
-        );
+        ))
+        .await
+    }
+
+    /// A JSON answer; `None` on 404. Unreachable or timed out → `Unreachable` (503 50050), any
+    /// other failure of the registry → `Failed` (502 50250).
+    async fn get(&self, url: &str) -> Result<Option<Value>, RegistryError> {
         let mut response = client()
-            .get(&url)
+            .get(url)
             .insert_header(("Accept", "application/json"))
             .timeout(self.timeout)
             .send()

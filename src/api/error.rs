@@ -129,7 +129,9 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> ApiError {
         let message = e.to_string();
         match e {
-            RegistryError::NotFound { .. } => ApiError::invalid_activity(message),
+            RegistryError::NotFound { .. } | RegistryError::NoTemplates => {
+                ApiError::invalid_activity(message)
+            }
             RegistryError::Unreachable(_) => {
                 tracing::warn!(error = %message, "registry unreachable");
                 ApiError::new(503, "50050", "Registry unreachable", message)

@@ -91,6 +91,8 @@ impl Lifecycle {
             ))
         })?;
         let definitions = stage_tasks(&info, &request)?;
+        let definitions =
+            super::task_templates::resolve(&self.registry, &request.stage, definitions).await?;
         super::task_placeholders::check_new_activity(&request.stage, &definitions, &info)
             .map_err(CommandError::InvalidActivity)?;
         check_run_settings(&request.stage, &definitions)?;

@@ -8,6 +8,7 @@ mod queries;
 pub mod run_settings;
 pub mod state;
 mod task_placeholders;
+mod task_templates;
 
 pub use commands::{EngineTimings, Lifecycle, NewActivityRequest, Waker};
 pub use error::CommandError;

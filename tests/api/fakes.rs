@@ -163,9 +163,13 @@ struct RegistryState {
     descriptors: HashMap<(String, String), Value>,
     queries: Vec<String>,
     answer_with: Option<u16>,
+    templates: HashMap<String, Value>,
+    template_requests: Vec<String>,
+    answer_templates_with: Option<u16>,
+    template_delay_ms: u64,
 }
 
-/// An ODM registry answering `GET …/products/{id}/versions/{version}`.
+/// An ODM registry answering `GET …/products/{id}/versions/{version}` and `GET …/templates/{id}`.
 pub struct FakeRegistry {
     pub address: String,
     state: Arc<Mutex<RegistryState>>,
@@ -176,10 +180,16 @@ impl FakeRegistry {
         let state = Arc::new(Mutex::new(RegistryState::default()));
         let shared = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
-            App::new().app_data(shared.clone()).route(
-                "/api/v1/pp/registry/products/{id}/versions/{version}",
-                web::get().to(serve_descriptor),
-            )
+            App::new()
+                .app_data(shared.clone())
+                .route(
+                    "/api/v1/pp/registry/products/{id}/versions/{version}",
+                    web::get().to(serve_descriptor),
+                )
+                .route(
+                    "/api/v1/pp/registry/templates/{id}",
+                    web::get().to(serve_template),
+                )
         })
         .workers(1)
         .bind("127.0.0.1:0")
@@ -204,6 +214,29 @@ impl FakeRegistry {
     pub fn answer_with(&self, status: u16) {
         self.state.lock().unwrap().answer_with = Some(status);
     }
+
+    /// What `GET …/templates/{id}` answers (ODM's ExternalComponentResource).
+    pub fn insert_template(&self, id: &str, answer: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .templates
+            .insert(id.into(), answer);
+    }
+
+    /// The template ids asked for, in order.
+    pub fn template_requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().template_requests.clone()
+    }
+
+    /// Answer template requests with this HTTP status (`None`: answer normally).
+    pub fn answer_templates_with(&self, status: Option<u16>) {
+        self.state.lock().unwrap().answer_templates_with = status;
+    }
+
+    pub fn delay_templates(&self, ms: u64) {
+        self.state.lock().unwrap().template_delay_ms = ms;
+    }
 }
 
 async fn serve_descriptor(
@@ -220,5 +253,28 @@ async fn serve_descriptor(
     match state.descriptors.get(&path.into_inner()) {
         Some(descriptor) => HttpResponse::Ok().json(descriptor),
         None => HttpResponse::NotFound().json(json!({"message": "not found"})),
+    }
+}
+
+async fn serve_template(
+    path: web::Path<String>,
+    state: web::Data<Mutex<RegistryState>>,
+) -> HttpResponse {
+    let id = path.into_inner();
+    let delay = {
+        let mut state = state.lock().unwrap();
+        state.template_requests.push(id.clone());
+        state.template_delay_ms
+    };
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(delay)).await;
+    let state = state.lock().unwrap();
+    if let Some(status) = state.answer_templates_with {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .body("registry trouble");
+    }
+    match state.templates.get(&id) {
+        Some(answer) => HttpResponse::Ok().json(answer),
+        None => HttpResponse::NotFound()
+            .json(json!({"code": "40405", "message": format!("Definition [{id}] does not exist")})),
     }
 }

@@ -310,6 +310,12 @@ impl TestApp {
         answer.json()["id"].as_i64().unwrap()
     }
 
+    /// Starts a PLANNED activity (`PATCH …/status?action=START`).
+    pub async fn start_planned(&self, id: i64) -> Answer {
+        let path = format!("{DEVOPS}/activities/{id}/status?action=START");
+        self.call("PATCH", &path, None).await
+    }
+
     pub async fn activity(&self, id: i64) -> Value {
         let answer = self.get(&format!("{DEVOPS}/activities/{id}")).await;
         assert_eq!(answer.status, 200, "{answer:?}");

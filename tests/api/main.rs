@@ -14,5 +14,6 @@ mod errors;
 mod openapi;
 mod registry;
 mod retries;
+mod templates;
 mod ui;
 mod walkthrough;

@@ -80,12 +80,8 @@ async fn a_planned_activity_keeps_its_snapshot_of_the_descriptor(db: TestDb) {
         ),
     )
     .await;
-    app.call(
-        "PATCH",
-        &format!("{DEVOPS}/activities/{id}/status?action=START"),
-        None,
-    )
-    .await;
+    let started = app.start_planned(id).await;
+    assert_eq!(started.status, 200, "{started:?}");
     let received = executor.wait_for(1).await.remove(0);
     assert_eq!(received.template, json!({"pipeline": "before"}));
     assert_eq!(received.configurations["v"], 1);
