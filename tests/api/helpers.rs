@@ -48,6 +48,7 @@ macro_rules! on_both_backends {
 /// A database of its own for one test: a SQLite file in a fresh folder, or a fresh PostgreSQL
 /// database on the server named by `ODM_TEST_POSTGRES_URL`. Removed when dropped.
 pub struct TestDb {
+    pub backend: Backend,
     pub url: String,
     sqlite_dir: Option<PathBuf>,
     postgres: Option<(String, String)>,
@@ -63,6 +64,7 @@ impl TestDb {
                 std::fs::create_dir_all(&dir).unwrap();
                 let url = format!("sqlite://{}", dir.join("odm.db").display());
                 Some(TestDb {
+                    backend,
                     url,
                     sqlite_dir: Some(dir),
                     postgres: None,
@@ -90,6 +92,7 @@ impl TestDb {
                     format!("{server}/{name}?{query}")
                 };
                 Some(TestDb {
+                    backend,
                     url,
                     sqlite_dir: None,
                     postgres: Some((admin, name)),

@@ -13,4 +13,5 @@ mod engine;
 mod errors;
 mod openapi;
 mod registry;
+mod replicas;
 mod walkthrough;
