@@ -97,7 +97,19 @@ impl Db {
     fn migrate(&self) -> Result<(), DbError> {
         let mut conn = self.pool.get()?;
         let applied = match &mut *conn {
-            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConnection::Sqlite(c) => {
+                // Replicas starting together must not run the same migration twice: holding the
+                // write lock from before reading which migrations are applied makes them take
+                // turns.
+                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+                let result = c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len());
+                if result.is_ok() {
+                    AnsiTransactionManager::commit_transaction(c)?;
+                } else {
+                    AnsiTransactionManager::rollback_transaction(c)?;
+                }
+                result
+            }
             DbConnection::Pg(c) => {
                 // Replicas starting together must not run the same migration twice.
                 c.batch_execute("SELECT pg_advisory_lock(727274)")?;

@@ -48,6 +48,7 @@ macro_rules! on_both_backends {
 /// A database of its own for one test: a SQLite file in a fresh folder, or a fresh PostgreSQL
 /// database on the server named by `ODM_TEST_POSTGRES_URL`. Removed when dropped.
 pub struct TestDb {
+    pub backend: Backend,
     pub url: String,
     sqlite_dir: Option<PathBuf>,
     postgres: Option<(String, String)>,
@@ -63,6 +64,7 @@ impl TestDb {
                 std::fs::create_dir_all(&dir).unwrap();
                 let url = format!("sqlite://{}", dir.join("odm.db").display());
                 Some(TestDb {
+                    backend,
                     url,
                     sqlite_dir: Some(dir),
                     postgres: None,
@@ -90,6 +92,7 @@ impl TestDb {
                     format!("{server}/{name}?{query}")
                 };
                 Some(TestDb {
+                    backend,
                     url,
                     sqlite_dir: None,
                     postgres: Some((admin, name)),
@@ -165,8 +168,27 @@ pub fn test_settings(db: &TestDb, executor_address: Option<&str>) -> Settings {
 pub struct TestApp {
     pub address: String,
     pub client: awc::Client,
-    handle: ServerHandle,
-    join: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: Running,
+}
+
+enum Running {
+    /// On the test's actix System.
+    InProcess {
+        handle: ServerHandle,
+        join: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+    /// The real binary in a process of its own.
+    Process(KilledWhenDropped),
+}
+
+/// A failing test leaves no process behind.
+struct KilledWhenDropped(std::process::Child);
+
+impl Drop for KilledWhenDropped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub async fn spawn_app(settings: Settings) -> TestApp {
@@ -174,16 +196,50 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
     let app = Application::build(settings)
         .await
         .expect("the service starts");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let handle = app.server_handle();
+    let (port, handle) = (app.port(), app.server_handle());
     let join = actix_web::rt::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        client: awc::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .finish(),
-        handle,
-        join,
+    TestApp::new(port, Running::InProcess { handle, join })
+}
+
+/// The real binary (`odm-devops serve`) in a process of its own, configured by `env`
+/// (`ODM_DEVOPS__` variables without that prefix, e.g. `("DATABASE__URL", url)`) on top of what
+/// `test_settings` gives: a free loopback port, quick ticks, quiet logs. Returns once it is ready.
+pub async fn spawn_app_process(env: &[(&str, String)]) -> TestApp {
+    let port = unused_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_odm-devops"));
+    command.arg("serve").env_clear();
+    let defaults = [
+        ("SERVER__BIND", format!("127.0.0.1:{port}")),
+        ("SERVER__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ("SERVER__WORKERS", "1".into()),
+        ("DATABASE__POOL_SIZE", "4".into()),
+        ("ENGINE__TICK_MS", "100".into()),
+        ("LOG__FILTER", "error".into()),
+    ];
+    for (key, value) in defaults.iter().chain(env) {
+        command.env(format!("ODM_DEVOPS__{key}"), value);
+    }
+    let mut process = KilledWhenDropped(command.spawn().expect("the service's binary starts"));
+    let client = awc::Client::default();
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            panic!("the service's process exited: {status}");
+        }
+        if client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return TestApp::new(port, Running::Process(process));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the service's process is not ready after 10 s"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -224,9 +280,39 @@ impl Answer {
 }
 
 impl TestApp {
+    fn new(port: u16, running: Running) -> TestApp {
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .finish(),
+            running,
+        }
+    }
+
+    /// A graceful stop (SIGTERM for a process): the server stops taking requests, the engine
+    /// finishes its steps.
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.join.await;
+        match self.running {
+            Running::InProcess { handle, join } => {
+                handle.stop(true).await;
+                let _ = join.await;
+            }
+            Running::Process(mut process) => {
+                let pid = process.0.id().to_string();
+                let _ = std::process::Command::new("kill").arg(&pid).status();
+                let _ = actix_web::web::block(move || process.0.wait()).await;
+            }
+        }
+    }
+
+    /// A crash (SIGKILL) of an app started by `spawn_app_process`: nothing drains, its leases
+    /// stay in the database.
+    pub async fn kill(self) {
+        let Running::Process(process) = self.running else {
+            panic!("only an app in a process of its own can be killed");
+        };
+        let _ = actix_web::web::block(move || drop(process)).await;
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Answer {

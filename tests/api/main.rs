@@ -13,6 +13,7 @@ mod engine;
 mod errors;
 mod openapi;
 mod registry;
+mod replicas;
 mod retries;
 mod templates;
 mod ui;

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use super::Conn;
 use crate::db::models::*;
 use crate::db::schema::{activities, tasks};
+use crate::db::DbConnection;
 use crate::domain::{ActivityStatus, Step};
 
 /// A step the engine now owns until `lease_until`.
@@ -26,14 +27,21 @@ pub fn claim_due_steps(
     limit: i64,
 ) -> QueryResult<Vec<ClaimedStep>> {
     let free = || tasks::lease_owner.is_null().or(tasks::lease_until.lt(now));
-    let candidates: Vec<(i64, Option<String>, Option<String>)> = tasks::table
+    let due = tasks::table
         .filter(tasks::step.is_not_null())
         .filter(tasks::due_at.le(now))
         .filter(free())
         .order(tasks::due_at)
         .limit(limit)
-        .select((tasks::id, tasks::step, tasks::lease_owner))
-        .load(conn)?;
+        .select((tasks::id, tasks::step, tasks::lease_owner));
+    let candidates: Vec<(i64, Option<String>, Option<String>)> = match conn {
+        // The rows read stay as read until the claim commits, and rows another replica is
+        // changing are passed by: otherwise a task that replica claimed, dispatched and released
+        // meanwhile would be claimed again below (no longer due, and taken for a fresh dispatch).
+        DbConnection::Pg(pg) => due.for_update().skip_locked().load(pg)?,
+        // BEGIN IMMEDIATE: no other writer runs until this claim commits.
+        DbConnection::Sqlite(_) => due.load(conn)?,
+    };
     if candidates.is_empty() {
         return Ok(Vec::new());
     }

@@ -4,6 +4,7 @@ use diesel::prelude::*;
 
 use super::Conn;
 use crate::db::schema::{descriptors, service_meta};
+use crate::db::DbConnection;
 
 /// Stores a descriptor; true when it was new.
 pub fn put_descriptor(
@@ -54,20 +55,21 @@ pub fn descriptor_versions(conn: &mut Conn, product: &str) -> QueryResult<Vec<St
 }
 
 /// A value kept once for all replicas (e.g. the generated callback secret): the first writer wins.
+/// Replicas starting together may both find it missing; the later insert then does nothing
+/// (on PostgreSQL it waits for the earlier one's commit) and both read the winner's value.
 pub fn meta_get_or_insert(conn: &mut Conn, name: &str, candidate: &str) -> QueryResult<String> {
-    let existing: Option<String> = service_meta::table
-        .find(name)
-        .select(service_meta::value)
-        .first(conn)
-        .optional()?;
-    if let Some(value) = existing {
-        return Ok(value);
-    }
-    diesel::insert_into(service_meta::table)
+    let insert = diesel::insert_into(service_meta::table)
         .values((
             service_meta::name.eq(name),
             service_meta::value.eq(candidate),
         ))
-        .execute(conn)?;
-    Ok(candidate.to_owned())
+        .on_conflict_do_nothing();
+    match conn {
+        DbConnection::Pg(pg) => insert.execute(pg)?,
+        DbConnection::Sqlite(sqlite) => insert.execute(sqlite)?,
+    };
+    service_meta::table
+        .find(name)
+        .select(service_meta::value)
+        .first(conn)
 }
