@@ -380,3 +380,71 @@ async fn a_dispatch_that_times_out_is_not_sent_again(db: TestDb) {
     app.wait_for_activity(id, "PROCESSED").await;
     app.stop().await;
 }
+
+// A plan that conflicts half-way (its activity update applied, a task update refused) must
+// leave nothing behind: the engine once committed the first half and reported "superseded".
+on_both_backends!(a_superseded_engine_decision_changes_nothing);
+async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
+    use odm_devops::db::models::{ActivityChanges, TaskChanges};
+    use odm_devops::db::{self as store, Db};
+    use odm_devops::domain::{ActivityStatus, TaskStatus};
+    use odm_devops::lifecycle::engine::{apply_decision, EngineError};
+    use odm_devops::lifecycle::state::{ActivityUpdate, Plan, TaskUpdate};
+    use odm_devops::lifecycle::EngineTimings;
+
+    let app = spawn_app(test_settings(&db, None)).await;
+    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
+        .await;
+    let created = app.create_activity("p1", "1.0.0", "dev", false).await;
+    let id = created.json()["id"].as_i64().unwrap();
+    app.stop().await;
+
+    let url = db.url.clone();
+    let db = actix_web::web::block(move || Db::connect(&url, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let timings = EngineTimings {
+        poll_after_ms: 300_000,
+        default_timeout_ms: 3_600_000,
+    };
+    let decided = db
+        .write(move |conn| {
+            apply_decision(conn, id, timings, |s, _| Plan {
+                activity: Some(ActivityUpdate {
+                    id: s.activity.id,
+                    expected: ActivityStatus::Planned,
+                    changes: ActivityChanges {
+                        status: Some(ActivityStatus::Aborted.as_str()),
+                        ..ActivityChanges::default()
+                    },
+                }),
+                // The task is PLANNED: this expectation fails after the activity was updated.
+                tasks: vec![TaskUpdate {
+                    id: s.tasks[0].id,
+                    expected: TaskStatus::Processing,
+                    expected_lease: None,
+                    changes: TaskChanges {
+                        status: Some(TaskStatus::Aborted.as_str()),
+                        ..TaskChanges::default()
+                    },
+                }],
+                promote_lifecycle: false,
+            })
+        })
+        .await;
+    assert!(
+        matches!(decided, Err(EngineError::Superseded(_))),
+        "{decided:?}"
+    );
+    let status = db
+        .read(move |conn| {
+            Ok::<_, odm_devops::db::DbError>(store::find_activity(conn, id)?.unwrap().status)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "PLANNED",
+        "the half applied before the conflict is rolled back"
+    );
+}

@@ -18,7 +18,7 @@ use super::commands::{EngineTimings, Waker};
 use super::state::{Plan, Snapshot, Timing};
 use crate::clock::now_ms;
 use crate::config::OnMissing;
-use crate::db::{self, ApplyError, ClaimedStep, Db, DbError};
+use crate::db::{self, ApplyError, ClaimedStep, Db, DbConnection, DbError};
 use crate::executor::Executors;
 use crate::keys::Keys;
 use crate::telemetry::error_chain as chain;
@@ -41,7 +41,7 @@ pub struct EngineConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum EngineError {
+pub enum EngineError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("activity {0} disappeared")]
@@ -202,29 +202,18 @@ impl Engine {
         F: FnOnce(&Snapshot, &Timing) -> Plan + Send + 'static,
     {
         let timings = self.timings;
-        let scheduled = self
+        let decided = self
             .db
-            .write(move |conn| -> Result<bool, EngineError> {
-                let snapshot =
-                    db::load_snapshot(conn, activity_id)?.ok_or(EngineError::Gone(activity_id))?;
-                let now = now_ms();
-                let plan = decide(&snapshot, &timings.at(now));
-                if plan.is_empty() {
-                    return Ok(false);
-                }
-                match db::apply_plan(conn, &plan, now) {
-                    Ok(()) => Ok(plan.schedules_work()),
-                    // Someone else (a callback, an abort) moved the task first: their word stands.
-                    Err(ApplyError::Conflict(reason)) => {
-                        tracing::debug!(activity_id, %reason, "engine decision superseded");
-                        Ok(false)
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            })
-            .await?;
-        if scheduled {
-            self.waker.wake();
+            .write(move |conn| apply_decision(conn, activity_id, timings, decide))
+            .await;
+        match decided {
+            Ok(true) => self.waker.wake(),
+            Ok(false) => {}
+            // Someone else (a callback, an abort, a claim) moved the task first: their word stands.
+            Err(EngineError::Superseded(reason)) => {
+                tracing::debug!(activity_id, %reason, "engine decision superseded")
+            }
+            Err(e) => return Err(e),
         }
         Ok(())
     }
@@ -236,6 +225,29 @@ impl Engine {
             self.keys.callback_token(task_id, attempt)
         )
     }
+}
+
+/// The engine's transaction: the plan `decide` makes from the activity's snapshot, applied in
+/// full; true when it left work due. A plan that no longer fits (someone moved first) is
+/// `Superseded`, an error so that the caller's transaction rolls back: the updates applied
+/// before the conflict must not stay without the rest.
+pub fn apply_decision<F>(
+    conn: &mut DbConnection,
+    activity_id: i64,
+    timings: EngineTimings,
+    decide: F,
+) -> Result<bool, EngineError>
+where
+    F: FnOnce(&Snapshot, &Timing) -> Plan,
+{
+    let snapshot = db::load_snapshot(conn, activity_id)?.ok_or(EngineError::Gone(activity_id))?;
+    let now = now_ms();
+    let plan = decide(&snapshot, &timings.at(now));
+    if plan.is_empty() {
+        return Ok(false);
+    }
+    db::apply_plan(conn, &plan, now)?;
+    Ok(plan.schedules_work())
 }
 
 /// Exponential backoff with jitter from 1 s, capped, never shorter than the provider asked.
