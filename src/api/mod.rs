@@ -6,6 +6,7 @@ pub mod error;
 mod guard;
 mod health;
 mod lifecycles;
+mod metrics;
 mod registry;
 mod request;
 pub mod resources;
@@ -41,6 +42,7 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
+            .route("/metrics", web::get().to(metrics::page))
             .route("/api/v1/pp/devops/v3/api-docs", web::get().to(openapi))
             .service(
                 web::scope("/api/v1/pp/devops")
