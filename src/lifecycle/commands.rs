@@ -102,10 +102,6 @@ impl Lifecycle {
         &self.registry
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Creates the activity and its tasks from the descriptor (and starts it when asked).
     pub async fn create_activity(
         &self,

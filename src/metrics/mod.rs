@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::domain::{stored_enum, Step};
 
-pub use series::{Counter, Family, Histogram, HistogramSnapshot, Seconds};
+use series::{Counter, Family, Histogram, Seconds};
 pub use text::CONTENT_TYPE;
 
 stored_enum!(StepResult {
