@@ -14,6 +14,7 @@ use crate::executor::{ExecutorCatalog, Executors};
 use crate::keys::Keys;
 use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle};
 use crate::lifecycle::{EngineTimings, Lifecycle, Waker};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::secret::Secret;
 
@@ -76,6 +77,7 @@ impl Application {
         }
 
         let waker = Waker::default();
+        let metrics = Metrics::new();
         let timings = EngineTimings {
             poll_after_ms: (settings.engine.poll_after_secs * 1000) as i64,
             default_timeout_ms: (settings.engine.task_timeout_secs * 1000) as i64,
@@ -88,10 +90,11 @@ impl Application {
             timings,
             require_token: settings.callbacks.require_token,
             waker: waker.clone(),
+            metrics: metrics.clone(),
         };
         let engine = Engine::new(
             db,
-            Executors::build(&settings.executors),
+            Executors::build(&settings.executors, &metrics),
             keys,
             timings,
             EngineConfig {
@@ -104,6 +107,7 @@ impl Application {
                 max_in_flight: 512,
             },
             waker,
+            metrics.clone(),
         )
         .spawn();
 
@@ -120,11 +124,12 @@ impl Application {
             lifecycle: lifecycle.clone(),
             body_limit: settings.server.body_limit_bytes,
             api_tokens: Arc::new(settings.auth.api_tokens.clone()),
+            metrics,
         };
-        let tokens = state.api_tokens.clone();
+        let (tokens, metrics) = (state.api_tokens.clone(), state.metrics.clone());
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap_fn(api::around(tokens.clone()))
+                .wrap_fn(api::around(tokens.clone(), metrics.clone()))
                 .configure(api::routes(state.clone()))
         })
         .listen(listener)

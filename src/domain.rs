@@ -1,7 +1,6 @@
 //! Statuses and the engine's owed steps, with their stored spellings (ODM's names).
 
-use std::fmt;
-
+/// An enum with a fixed text per variant (stored values here; label values in `metrics`).
 macro_rules! stored_enum {
     ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,13 +23,14 @@ macro_rules! stored_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
     };
 }
+pub(crate) use stored_enum;
 
 stored_enum!(ActivityStatus {
     Planned => "PLANNED",

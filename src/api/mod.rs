@@ -6,6 +6,7 @@ pub mod error;
 mod guard;
 mod health;
 mod lifecycles;
+mod metrics;
 mod registry;
 mod request;
 pub mod resources;
@@ -24,6 +25,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 #[derive(Clone)]
@@ -31,6 +33,7 @@ pub struct ApiState {
     pub lifecycle: Lifecycle,
     pub body_limit: usize,
     pub api_tokens: Arc<Vec<Secret>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Every route (DESIGN §5, §8).
@@ -40,6 +43,7 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
+            .route("/metrics", web::get().to(metrics::page))
             .route("/ui", web::get().to(ui::page))
             .route("/ui/", web::get().to(ui::page))
             .route("/ui/app.js", web::get().to(ui::script))
@@ -94,10 +98,12 @@ async fn openapi() -> actix_web::HttpResponse {
         .body(OPENAPI)
 }
 
-/// Wraps every request: Accept and API token checks, ODM's error envelope, a request id, and
-/// one log line (the path only: query strings carry callback tokens).
+/// Wraps every request: Accept and API token checks, ODM's error envelope, a request id, one
+/// log line (the path only: query strings carry callback tokens), and its count and duration
+/// under its route's pattern (never the path: ids and tokens are no labels).
 pub fn around<S>(
     api_tokens: Arc<Vec<Secret>>,
+    metrics: Arc<Metrics>,
 ) -> impl Fn(
     ServiceRequest,
     &S,
@@ -123,6 +129,7 @@ where
             Err(refused) => Either::Left(req.error_response(refused)),
             Ok(()) => Either::Right(span.in_scope(|| srv.call(req))),
         };
+        let metrics = metrics.clone();
         async move {
             let res = match outcome {
                 Either::Left(refused) => refused,
@@ -134,7 +141,10 @@ where
                     .insert(HeaderName::from_static("x-request-id"), value);
             }
             let status = res.status().as_u16();
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let took = started.elapsed();
+            let route = res.request().match_pattern();
+            metrics.http_request(res.request().method().as_str(), route, status, took);
+            let ms = took.as_secs_f64() * 1000.0;
             if status >= 500 {
                 tracing::error!(status, ms, "request answered");
             } else if changes_state {

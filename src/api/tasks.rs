@@ -11,6 +11,7 @@ use super::ApiState;
 use crate::db::TaskFilter;
 use crate::domain::TaskStatus;
 use crate::lifecycle::state::{Report, ReportedStatus};
+use crate::metrics::CallbackAnswer;
 
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req)?;
@@ -54,8 +55,10 @@ pub async fn change_status(
     let status = match query.get("action").map(|a| a.to_ascii_uppercase()).as_deref() {
         Some("STOP") => {
             let rules = BodyRules { optional: true, any_content_type: true };
-            let body = read_json(&req, payload, state.body_limit, rules).await?;
-            let report = callback_report(body)?;
+            let report = read_json(&req, payload, state.body_limit, rules)
+                .await
+                .and_then(callback_report)
+                .inspect_err(|_| state.metrics.callback(CallbackAnswer::Invalid))?;
             state.lifecycle.callback(id, query.get("token"), report).await?
         }
         Some("ABORT") => state.lifecycle.abort_task(id).await?,

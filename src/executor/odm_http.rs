@@ -10,11 +10,13 @@ use super::{
     Executor, ExecutorError, RunOutcome, RunRef, RunStatus, Secrets, Submission, Submitted,
 };
 use crate::config::OdmHttpSettings;
+use crate::metrics::ExecutorMetrics;
 
 pub struct OdmHttpExecutor {
     name: String,
     address: String,
     client: awc::Client,
+    metrics: ExecutorMetrics,
 }
 
 impl OdmHttpExecutor {
@@ -38,7 +40,26 @@ impl OdmHttpExecutor {
             name: name.to_owned(),
             address,
             client,
+            metrics: ExecutorMetrics::default(),
         })
+    }
+
+    /// Records its requests to `metrics` rather than nowhere.
+    pub fn recording_to(mut self, metrics: ExecutorMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts the exchange by its answer's class (or as unanswered).
+    fn noted<S>(
+        &self,
+        sent: Result<awc::ClientResponse<S>, SendRequestError>,
+    ) -> Result<awc::ClientResponse<S>, SendRequestError> {
+        match &sent {
+            Ok(response) => self.metrics.answered(response.status().as_u16()),
+            Err(_) => self.metrics.no_answer(),
+        }
+        sent
     }
 
     fn request(
@@ -102,15 +123,15 @@ impl Executor for OdmHttpExecutor {
             "results": null,
             "errors": null,
         });
-        let mut response = self
+        let sent = self
             .request(
                 awc::http::Method::POST,
                 "/api/v1/up/executor/tasks",
                 &task.secrets,
             )
             .send_json(&resource)
-            .await
-            .map_err(|e| send_error(&self.name, e))?;
+            .await;
+        let mut response = self.noted(sent).map_err(|e| send_error(&self.name, e))?;
         let body =
             response.body().limit(1 << 20).await.map_err(|e| {
                 ExecutorError::OutcomeUnknown(format!("executor {}: {e}", self.name))
@@ -143,14 +164,16 @@ impl Executor for OdmHttpExecutor {
         let task_id = run.0.get("taskId").and_then(Value::as_i64).ok_or_else(|| {
             ExecutorError::InvalidTask(format!("run reference {} has no taskId", run.0))
         })?;
-        let mut response = self
+        let sent = self
             .request(
                 awc::http::Method::GET,
                 &format!("/api/v1/up/executor/tasks/{task_id}/status"),
                 secrets,
             )
             .send()
-            .await
+            .await;
+        let mut response = self
+            .noted(sent)
             .map_err(|e| match send_error(&self.name, e) {
                 // Reading a status never starts anything: always safe to try again.
                 ExecutorError::OutcomeUnknown(m) => ExecutorError::Transient(m),

@@ -7,6 +7,7 @@ use super::azure_devops::AzureDevOpsExecutor;
 use super::odm_http::OdmHttpExecutor;
 use super::Executor;
 use crate::config::ExecutorSettings;
+use crate::metrics::Metrics;
 
 enum Entry {
     Ready(Rc<dyn Executor>),
@@ -19,16 +20,16 @@ pub struct Executors {
 }
 
 impl Executors {
-    pub fn build(settings: &BTreeMap<String, ExecutorSettings>) -> Executors {
+    /// Each executor records its requests under its name in `metrics`.
+    pub fn build(settings: &BTreeMap<String, ExecutorSettings>, metrics: &Metrics) -> Executors {
         let mut entries = HashMap::new();
         for (name, config) in settings.iter().filter(|(_, c)| c.active()) {
+            let recorded = metrics.executor(name);
             let built: Result<Rc<dyn Executor>, String> = match config {
-                ExecutorSettings::OdmHttp(s) => {
-                    OdmHttpExecutor::new(name, s).map(|e| Rc::new(e) as Rc<dyn Executor>)
-                }
-                ExecutorSettings::AzureDevops(s) => {
-                    AzureDevOpsExecutor::new(name, s).map(|e| Rc::new(e) as Rc<dyn Executor>)
-                }
+                ExecutorSettings::OdmHttp(s) => OdmHttpExecutor::new(name, s)
+                    .map(|e| Rc::new(e.recording_to(recorded)) as Rc<dyn Executor>),
+                ExecutorSettings::AzureDevops(s) => AzureDevOpsExecutor::new(name, s)
+                    .map(|e| Rc::new(e.recording_to(recorded)) as Rc<dyn Executor>),
             };
             let entry = match built {
                 Ok(executor) => Entry::Ready(executor),

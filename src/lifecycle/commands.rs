@@ -14,6 +14,7 @@ use crate::descriptor::{self, LifecycleInfo, TaskDefinition};
 use crate::domain::{ActivityStatus, TaskStatus};
 use crate::executor::ExecutorCatalog;
 use crate::keys::{ActivitySecrets, Keys};
+use crate::metrics::{CallbackAnswer, Metrics, TaskOutcomes};
 use crate::registry::Registry;
 
 /// Wakes the engine at once instead of at its next tick. Shared by every thread.
@@ -62,6 +63,34 @@ pub struct Lifecycle {
     pub(crate) timings: EngineTimings,
     pub(crate) require_token: bool,
     pub(crate) waker: Waker,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// A callback's task status after it, and what it changed (`None`: a replay, nothing).
+type Recorded = (TaskStatus, Option<Applied>);
+
+/// What applying a plan did: work left due for the engine, tasks ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Applied {
+    scheduled: bool,
+    outcomes: TaskOutcomes,
+}
+
+impl Applied {
+    pub(super) fn of(plan: &Plan) -> Applied {
+        Applied {
+            scheduled: plan.schedules_work(),
+            outcomes: plan.task_outcomes(),
+        }
+    }
+
+    /// Once committed: count the tasks it ended, wake the engine for the work it left.
+    pub(super) fn committed(self, metrics: &Metrics, waker: &Waker) {
+        metrics.tasks_ended(self.outcomes);
+        if self.scheduled {
+            waker.wake();
+        }
+    }
 }
 
 impl Lifecycle {
@@ -136,7 +165,7 @@ impl Lifecycle {
 
     pub async fn abort_activity(&self, id: i64) -> Result<ActivityStatus, CommandError> {
         let timings = self.timings;
-        let plan_scheduled = self
+        let applied = self
             .db
             .write(move |conn| {
                 let snapshot = snapshot(conn, id)?;
@@ -144,9 +173,7 @@ impl Lifecycle {
                 apply(conn, &plan)
             })
             .await?;
-        if plan_scheduled {
-            self.waker.wake();
-        }
+        applied.committed(&self.metrics, &self.waker);
         Ok(ActivityStatus::Aborted)
     }
 
@@ -175,9 +202,9 @@ impl Lifecycle {
         report: Report,
     ) -> Result<TaskStatus, CommandError> {
         let this = self.clone();
-        let (status, scheduled) = self
+        let recorded = self
             .db
-            .write(move |conn| -> Result<(TaskStatus, bool), CommandError> {
+            .write(move |conn| -> Result<Recorded, CommandError> {
                 let task =
                     db::find_task(conn, task_id)?.ok_or(CommandError::TaskNotFound(task_id))?;
                 if this.require_token {
@@ -189,12 +216,12 @@ impl Lifecycle {
                     .check_after_callback(task.executor_ref.as_deref());
                 let timing = this.timings.at(now_ms());
                 match state::callback(&snapshot, task_id, report.clone(), confirm_first, &timing) {
-                    Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, false)),
+                    Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),
                     Ok(CallbackDecision::Apply(plan)) => {
-                        let scheduled = apply(conn, &plan)?;
+                        let applied = apply(conn, &plan)?;
                         Ok((
                             plan.task_status_after(task_id, TaskStatus::Processing),
-                            scheduled,
+                            Some(applied),
                         ))
                     }
                     Err(refusal) => {
@@ -203,10 +230,12 @@ impl Lifecycle {
                     }
                 }
             })
-            .await?;
-        if scheduled {
-            self.waker.wake();
-        }
+            .await;
+        self.metrics.callback(callback_answer(&recorded));
+        let (status, applied) = recorded?;
+        applied
+            .unwrap_or_default()
+            .committed(&self.metrics, &self.waker);
         Ok(status)
     }
 
@@ -243,7 +272,7 @@ impl Lifecycle {
 
     pub async fn abort_task(&self, task_id: i64) -> Result<TaskStatus, CommandError> {
         let timings = self.timings;
-        let scheduled = self
+        let applied = self
             .db
             .write(move |conn| {
                 let task =
@@ -253,10 +282,23 @@ impl Lifecycle {
                 apply(conn, &plan)
             })
             .await?;
-        if scheduled {
-            self.waker.wake();
-        }
+        applied.committed(&self.metrics, &self.waker);
         Ok(TaskStatus::Aborted)
+    }
+}
+
+fn callback_answer(recorded: &Result<Recorded, CommandError>) -> CallbackAnswer {
+    match recorded {
+        Ok((_, Some(_))) => CallbackAnswer::Accepted,
+        Ok((_, None)) => CallbackAnswer::Replay,
+        Err(CommandError::Unauthorized(_)) => CallbackAnswer::Unauthorized,
+        Err(CommandError::TaskConflict(_) | CommandError::ActivityConflict(_)) => {
+            CallbackAnswer::Refused
+        }
+        Err(CommandError::TaskNotFound(_) | CommandError::InvalidCallback(_)) => {
+            CallbackAnswer::Invalid
+        }
+        Err(_) => CallbackAnswer::Error,
     }
 }
 
@@ -399,8 +441,7 @@ fn snapshot(conn: &mut DbConnection, activity_id: i64) -> Result<Snapshot, Comma
     db::load_snapshot(conn, activity_id)?.ok_or(CommandError::ActivityNotFound(activity_id))
 }
 
-/// Applies a plan; true when it left engine work due.
-fn apply(conn: &mut DbConnection, plan: &Plan) -> Result<bool, CommandError> {
+fn apply(conn: &mut DbConnection, plan: &Plan) -> Result<Applied, CommandError> {
     db::apply_plan(conn, plan, now_ms())?;
-    Ok(plan.schedules_work())
+    Ok(Applied::of(plan))
 }

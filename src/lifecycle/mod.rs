@@ -10,5 +10,5 @@ pub mod state;
 mod task_placeholders;
 mod task_templates;
 
-pub use commands::{EngineTimings, Lifecycle, NewActivityRequest, Waker};
+pub use commands::{Applied, EngineTimings, Lifecycle, NewActivityRequest, Waker};
 pub use error::CommandError;

@@ -7,6 +7,7 @@ mod lifecycles;
 mod plans;
 mod registry;
 mod tasks;
+mod work;
 
 pub use activities::*;
 pub use engine::*;
@@ -14,5 +15,6 @@ pub use lifecycles::*;
 pub use plans::*;
 pub use registry::*;
 pub use tasks::*;
+pub use work::*;
 
 type Conn = super::DbConnection;

@@ -30,6 +30,7 @@ use serde_json::Value;
 
 use super::errors::parse_retry_after;
 use crate::executor::ExecutorError;
+use crate::metrics::{ExecutorMetrics, WaitReason};
 
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
 const USER_AGENT_VALUE: &str = concat!("odm-devops/", env!("CARGO_PKG_VERSION"));
@@ -94,6 +95,7 @@ pub(crate) struct HttpClient {
     policy: RetryPolicy,
     /// Rate-limit courtesy shared by every request of this executor (one System thread).
     not_before: Cell<Option<Instant>>,
+    pub metrics: ExecutorMetrics,
 }
 
 enum Failure {
@@ -118,6 +120,7 @@ impl HttpClient {
             client,
             policy,
             not_before: Cell::new(None),
+            metrics: ExecutorMetrics::default(),
         }
     }
 
@@ -135,8 +138,13 @@ impl HttpClient {
         loop {
             self.wait_for_budget().await;
             let outcome = self.send_once(&method, url, authorization, &payload).await;
+            match &outcome {
+                Ok(reply) => self.metrics.answered(reply.status.as_u16()),
+                Err(Failure::NotSent(_) | Failure::MaybeSent(_)) => self.metrics.no_answer(),
+                Err(Failure::Broken(_)) => {}
+            }
             let last = attempt >= self.policy.max_retries;
-            let delay = match outcome {
+            let (delay, reason) = match outcome {
                 Ok(reply) => {
                     self.note_budget(&reply);
                     let retryable = match reply.status.as_u16() {
@@ -147,14 +155,14 @@ impl HttpClient {
                     if !retryable || last {
                         return Ok(reply);
                     }
-                    let delay = match reply.retry_after() {
+                    let (delay, reason) = match reply.retry_after() {
                         Some(wait) if wait > self.policy.max_delay => return Ok(reply),
-                        Some(wait) => wait,
-                        None => self.policy.backoff(attempt),
+                        Some(wait) => (wait, WaitReason::RetryAfter),
+                        None => (self.policy.backoff(attempt), WaitReason::Backoff),
                     };
                     tracing::warn!(%method, attempt, status = reply.status.as_u16(),
                         delay_ms = delay.as_millis() as u64, "provider refused the request, retrying");
-                    delay
+                    (delay, reason)
                 }
                 Err(Failure::Broken(message)) => return Err(ExecutorError::InvalidTask(message)),
                 Err(Failure::MaybeSent(message)) if replay == Replay::Once => {
@@ -173,9 +181,11 @@ impl HttpClient {
                     let delay = self.policy.backoff(attempt);
                     tracing::warn!(%method, attempt, error = %message,
                         delay_ms = delay.as_millis() as u64, "request failed, retrying");
-                    delay
+                    (delay, WaitReason::Backoff)
                 }
             };
+            self.metrics.retry();
+            self.metrics.waited(reason, delay);
             sleep(delay).await;
             attempt += 1;
         }
@@ -223,6 +233,7 @@ impl HttpClient {
         if let Some(at) = self.not_before.get() {
             let now = Instant::now();
             if at > now {
+                self.metrics.waited(WaitReason::RateLimit, at - now);
                 sleep(at - now).await;
             }
         }

@@ -32,6 +32,7 @@ use self::http::{HttpClient, Payload, Replay, RetryPolicy};
 use self::request::{run_body, PipelineTarget, RunLocation};
 use super::{Executor, ExecutorError, RunRef, RunStatus, Secrets, Submission, Submitted};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings};
+use crate::metrics::ExecutorMetrics;
 
 pub struct AzureDevOpsExecutor {
     name: String,
@@ -111,6 +112,12 @@ impl AzureDevOpsExecutor {
             ),
             credentials,
         })
+    }
+
+    /// Records its requests (Entra's included) to `metrics` rather than nowhere.
+    pub fn recording_to(mut self, metrics: ExecutorMetrics) -> Self {
+        self.http.metrics = metrics;
+        self
     }
 
     /// One authenticated exchange. A 401 on a cached service-principal token gets one more try

@@ -9,18 +9,21 @@ mod steps;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::{watch, Semaphore};
 
-use super::commands::{EngineTimings, Waker};
+use super::commands::{Applied, EngineTimings, Waker};
 use super::state::{Plan, Snapshot, Timing};
 use crate::clock::now_ms;
 use crate::config::OnMissing;
 use crate::db::{self, ApplyError, ClaimedStep, Db, DbConnection, DbError};
+use crate::domain::Step;
 use crate::executor::Executors;
 use crate::keys::Keys;
+use crate::metrics::{Metrics, StepResult};
 use crate::telemetry::error_chain as chain;
 
 /// How long a stopping engine waits for the steps under way (an executor call is bounded by
@@ -73,6 +76,7 @@ pub struct Engine {
     timings: EngineTimings,
     config: EngineConfig,
     waker: Waker,
+    metrics: Arc<Metrics>,
     replica: String,
     claims: Cell<u64>,
 }
@@ -98,6 +102,7 @@ impl Engine {
         timings: EngineTimings,
         config: EngineConfig,
         waker: Waker,
+        metrics: Arc<Metrics>,
     ) -> Engine {
         Engine {
             db,
@@ -106,6 +111,7 @@ impl Engine {
             timings,
             config,
             waker,
+            metrics,
             replica: uuid::Uuid::new_v4().simple().to_string(),
             claims: Cell::new(0),
         }
@@ -186,18 +192,24 @@ impl Engine {
             .await
     }
 
-    async fn carry_out(&self, step: ClaimedStep) {
-        let task_id = step.task.id;
-        if let Err(e) = self.run_step(step).await {
+    async fn carry_out(&self, claimed: ClaimedStep) {
+        let task_id = claimed.task.id;
+        let Some(step) = claimed.task.step.as_deref().and_then(Step::parse) else {
+            return;
+        };
+        let started = Instant::now();
+        let result = self.run_step(step, claimed).await.unwrap_or_else(|e| {
             // The lease runs out and the step is claimed again (a dispatch then waits for its
             // callback rather than risk starting a second run).
             tracing::error!(task_id, error = %chain(&e), "engine step failed");
-        }
+            StepResult::Error
+        });
+        self.metrics.step_run(step, result, started.elapsed());
     }
 
     /// Applies the plan `decide` makes from a fresh snapshot, in one transaction; wakes the
-    /// loop when the plan leaves more work due.
-    async fn decide<F>(&self, activity_id: i64, decide: F) -> Result<(), EngineError>
+    /// loop when the plan leaves more work due. `Done`, for the step that decided.
+    async fn decide<F>(&self, activity_id: i64, decide: F) -> Result<StepResult, EngineError>
     where
         F: FnOnce(&Snapshot, &Timing) -> Plan + Send + 'static,
     {
@@ -207,15 +219,14 @@ impl Engine {
             .write(move |conn| apply_decision(conn, activity_id, timings, decide))
             .await;
         match decided {
-            Ok(true) => self.waker.wake(),
-            Ok(false) => {}
+            Ok(applied) => applied.committed(&self.metrics, &self.waker),
             // Someone else (a callback, an abort, a claim) moved the task first: their word stands.
             Err(EngineError::Superseded(reason)) => {
                 tracing::debug!(activity_id, %reason, "engine decision superseded")
             }
             Err(e) => return Err(e),
         }
-        Ok(())
+        Ok(StepResult::Done)
     }
 
     fn callback_ref(&self, task_id: i64, attempt: i32) -> String {
@@ -228,7 +239,7 @@ impl Engine {
 }
 
 /// The engine's transaction: the plan `decide` makes from the activity's snapshot, applied in
-/// full; true when it left work due. A plan that no longer fits (someone moved first) is
+/// full; what it did, to report once committed. A plan that no longer fits (someone moved first) is
 /// `Superseded`, an error so that the caller's transaction rolls back: the updates applied
 /// before the conflict must not stay without the rest.
 pub fn apply_decision<F>(
@@ -236,7 +247,7 @@ pub fn apply_decision<F>(
     activity_id: i64,
     timings: EngineTimings,
     decide: F,
-) -> Result<bool, EngineError>
+) -> Result<Applied, EngineError>
 where
     F: FnOnce(&Snapshot, &Timing) -> Plan,
 {
@@ -244,10 +255,10 @@ where
     let now = now_ms();
     let plan = decide(&snapshot, &timings.at(now));
     if plan.is_empty() {
-        return Ok(false);
+        return Ok(Applied::default());
     }
     db::apply_plan(conn, &plan, now)?;
-    Ok(plan.schedules_work())
+    Ok(Applied::of(&plan))
 }
 
 /// Exponential backoff with jitter from 1 s, capped, never shorter than the provider asked.

@@ -14,20 +14,24 @@ use crate::executor::{
 };
 use crate::lifecycle::context::{self, TaskContext};
 use crate::lifecycle::state::{self, Outcome, Submittal};
+use crate::metrics::StepResult;
 
 const RETRY_CAP_MS: i64 = 60_000;
 const CONFIRM_CAP_MS: i64 = 30_000;
 const MAX_CANCEL_ATTEMPTS: i32 = 10;
 
 impl Engine {
-    pub(super) async fn run_step(&self, claimed: ClaimedStep) -> Result<(), EngineError> {
-        match claimed.task.step.as_deref().and_then(Step::parse) {
-            Some(Step::Dispatch) if claimed.abandoned => self.dispatch_abandoned(claimed).await,
-            Some(Step::Dispatch) => self.dispatch(claimed).await,
-            Some(Step::Await) => self.check_run(claimed).await,
-            Some(Step::Confirm) => self.confirm(claimed).await,
-            Some(Step::Cancel) => self.cancel(claimed).await,
-            None => Ok(()),
+    pub(super) async fn run_step(
+        &self,
+        step: Step,
+        claimed: ClaimedStep,
+    ) -> Result<StepResult, EngineError> {
+        match step {
+            Step::Dispatch if claimed.abandoned => self.dispatch_abandoned(claimed).await,
+            Step::Dispatch => self.dispatch(claimed).await,
+            Step::Await => self.check_run(claimed).await,
+            Step::Confirm => self.confirm(claimed).await,
+            Step::Cancel => self.cancel(claimed).await,
         }
     }
 
@@ -38,7 +42,7 @@ impl Engine {
         step: Step,
         outcome: Outcome,
         cancel_run: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<StepResult, EngineError> {
         let (task_id, lease) = (claimed.task.id, claimed.claim.clone());
         log_outcome(task_id, &outcome);
         self.decide(claimed.task.activity_id, move |s, t| {
@@ -47,15 +51,21 @@ impl Engine {
         .await
     }
 
-    async fn retry(&self, claimed: &ClaimedStep, step: Step, due: i64) -> Result<(), EngineError> {
+    async fn retry(
+        &self,
+        claimed: &ClaimedStep,
+        step: Step,
+        due: i64,
+    ) -> Result<StepResult, EngineError> {
         let (task_id, lease) = (claimed.task.id, claimed.claim.clone());
         self.decide(claimed.task.activity_id, move |s, _| {
             state::retry_step(s, task_id, &lease, step, due)
         })
-        .await
+        .await?;
+        Ok(StepResult::Rescheduled)
     }
 
-    async fn dispatch_abandoned(&self, claimed: ClaimedStep) -> Result<(), EngineError> {
+    async fn dispatch_abandoned(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
         tracing::warn!(
             task_id = claimed.task.id,
             "a dispatch was interrupted (restart or crash) before its outcome was recorded; \
@@ -66,10 +76,11 @@ impl Engine {
         self.decide(claimed.task.activity_id, move |s, t| {
             state::await_unknown_dispatch(s, task_id, &lease, attempt, None, t)
         })
-        .await
+        .await?;
+        Ok(StepResult::OutcomeUnknown)
     }
 
-    async fn dispatch(&self, claimed: ClaimedStep) -> Result<(), EngineError> {
+    async fn dispatch(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
         let task = &claimed.task;
         let Some(executor_name) = task.executor_ref.clone() else {
             tracing::info!(task_id = task.id, "task has no executor: done at once");
@@ -86,6 +97,7 @@ impl Engine {
         };
         let stored_configurations = submission.configurations.to_string();
         tracing::info!(task_id = task.id, activity_id = task.activity_id, executor = %executor_name, attempt = task.attempt, "dispatching task");
+        self.note_next_dispatch(task);
         match executor.submit(&submission).await {
             Ok(submitted) => {
                 tracing::info!(task_id = task.id, run = %submitted.run.0, url = submitted.web_url.as_deref().unwrap_or(""), "task dispatched");
@@ -118,7 +130,8 @@ impl Engine {
                         t,
                     )
                 })
-                .await
+                .await?;
+                Ok(StepResult::OutcomeUnknown)
             }
             Err(e) if e.is_permanent() => {
                 self.finish(
@@ -147,6 +160,17 @@ impl Engine {
                 tracing::warn!(task_id = task.id, error = %e, attempts, "dispatch will be tried again");
                 self.retry(&claimed, Step::Dispatch, due).await
             }
+        }
+    }
+
+    /// The first run of a task after the first: from its predecessor's end (the transaction
+    /// that made it due) to its run request leaving, as the benchmark's callback → next dispatch.
+    fn note_next_dispatch(&self, task: &TaskRow) {
+        let first_run = task.attempt == 1 && task.step_attempts == 0 && task.runs_failed == 0;
+        if let (true, true, Some(due)) = (task.position > 1, first_run, task.due_at) {
+            let delay_ms = u64::try_from(now_ms() - due).unwrap_or(0);
+            self.metrics
+                .next_dispatch(std::time::Duration::from_millis(delay_ms));
         }
     }
 
@@ -248,7 +272,7 @@ impl Engine {
     }
 
     /// No callback yet: time out, or ask the provider how the run is doing.
-    async fn check_run(&self, claimed: ClaimedStep) -> Result<(), EngineError> {
+    async fn check_run(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
         let task = &claimed.task;
         let now = now_ms();
         if task.deadline_at.is_some_and(|deadline| now >= deadline) {
@@ -304,7 +328,7 @@ impl Engine {
     }
 
     /// A callback is held until the provider confirms the run ended the same way.
-    async fn confirm(&self, claimed: ClaimedStep) -> Result<(), EngineError> {
+    async fn confirm(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
         let task = &claimed.task;
         let Some(reported) = state::reported_outcome(task) else {
             return self.retry(&claimed, Step::Await, now_ms()).await;
@@ -351,7 +375,7 @@ impl Engine {
         }
     }
 
-    async fn cancel(&self, claimed: ClaimedStep) -> Result<(), EngineError> {
+    async fn cancel(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
         let task = &claimed.task;
         let (task_id, lease) = (task.id, claimed.claim.clone());
         if let Some((executor, run)) = self.run_of(task) {

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::db::models::{ActivityChanges, ActivityRow, TaskChanges, TaskRow};
 use crate::domain::{ActivityStatus, Step, TaskStatus};
 use crate::lifecycle::run_settings::RunSettings;
+use crate::metrics::{TaskOutcome, TaskOutcomes};
 
 pub use activity::{abort, abort_task, finish_task, start};
 pub use callback::{callback, reported_outcome};
@@ -82,6 +83,23 @@ impl Plan {
         self.tasks
             .iter()
             .any(|t| matches!(t.changes.step, Some(Some(_))))
+    }
+
+    /// The tasks this plan ends, by outcome, and the failed runs it runs again.
+    pub fn task_outcomes(&self) -> TaskOutcomes {
+        let mut outcomes = TaskOutcomes::default();
+        for update in &self.tasks {
+            match update.changes.status.and_then(TaskStatus::parse) {
+                Some(TaskStatus::Processed) => outcomes.add(TaskOutcome::Processed),
+                Some(TaskStatus::Failed) => outcomes.add(TaskOutcome::Failed),
+                Some(TaskStatus::Aborted) => outcomes.add(TaskOutcome::Aborted),
+                Some(TaskStatus::Planned | TaskStatus::Processing) | None => {}
+            }
+            if update.changes.runs_failed.is_some() {
+                outcomes.add(TaskOutcome::Retried);
+            }
+        }
+        outcomes
     }
 }
 

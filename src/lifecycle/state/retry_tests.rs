@@ -58,6 +58,13 @@ fn a_failed_run_is_followed_by_a_new_one_after_the_backoff() {
         errors.starts_with("run 1 of 3 failed: disk full; run 2 starts at "),
         "{errors}"
     );
+    let mut retried = TaskOutcomes::default();
+    retried.add(TaskOutcome::Retried);
+    assert_eq!(
+        plan.task_outcomes(),
+        retried,
+        "counted as retried, not ended"
+    );
 }
 
 #[test]
@@ -91,6 +98,10 @@ fn when_every_run_failed_the_task_and_activity_fail() {
         Some(Some("disk full (all 3 runs failed)".into()))
     );
     assert_eq!(update_of(&plan, 11).changes.status, Some("ABORTED"));
+    let mut ended = TaskOutcomes::default();
+    ended.add(TaskOutcome::Failed);
+    ended.add(TaskOutcome::Aborted);
+    assert_eq!(plan.task_outcomes(), ended);
     let activity = plan.activity.unwrap();
     assert_eq!(activity.changes.status, Some("FAILED"));
 }

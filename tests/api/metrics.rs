@@ -1,0 +1,200 @@
+//! `/metrics`: what a platform engineer reads after an activity ran (README "Metrics").
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::fakes::FakeExecutor;
+use crate::helpers::*;
+use crate::on_both_backends;
+
+/// One scrape: the page, and its samples keyed `name{labels}`.
+struct Scrape {
+    page: String,
+    samples: HashMap<String, f64>,
+}
+
+impl Scrape {
+    #[track_caller]
+    fn value(&self, sample: &str) -> f64 {
+        *self
+            .samples
+            .get(sample)
+            .unwrap_or_else(|| panic!("{sample} is not on the page:\n{}", self.page))
+    }
+}
+
+async fn scrape(app: &TestApp) -> Scrape {
+    let mut response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let page = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    let samples = page
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let (sample, value) = line.rsplit_once(' ').unwrap();
+            (sample.to_owned(), value.parse::<f64>().unwrap())
+        })
+        .collect();
+    Scrape { page, samples }
+}
+
+/// Scrapes until `sample` has `value` (the engine records a step once its commit is done).
+async fn scrape_until(app: &TestApp, sample: &str, value: f64) -> Scrape {
+    eventually(&format!("{sample} = {value}"), || async move {
+        let scrape = scrape(app).await;
+        (scrape.samples.get(sample) == Some(&value)).then_some(scrape)
+    })
+    .await
+}
+
+const PRODUCT: &str = "metrics-product";
+
+on_both_backends!(a_finished_activity_shows_on_the_metrics_page);
+async fn a_finished_activity_shows_on_the_metrics_page(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let lifecycle = json!({"dev": [fake_task("first", json!({})), fake_task("second", json!({}))]});
+    app.put_descriptor(PRODUCT, "1.0.0", &descriptor(lifecycle))
+        .await;
+    // The first run request is answered late: meanwhile its dispatch is due and under way.
+    executor.delay_replies(1000);
+    let id = app.start_activity(PRODUCT, "1.0.0", "dev").await;
+    let first = executor.wait_for(1).await.remove(0);
+    let during = scrape(&app).await;
+    assert_eq!(during.value(r#"odm_devops_database_up"#), 1.0);
+    assert_eq!(
+        during.value(r#"odm_devops_activities{status="PROCESSING"}"#),
+        1.0
+    );
+    assert_eq!(
+        during.value(r#"odm_devops_tasks{status="PROCESSING"}"#),
+        1.0
+    );
+    assert_eq!(during.value(r#"odm_devops_tasks{status="PLANNED"}"#), 1.0);
+    let dispatch = r#"{step="dispatch"}"#;
+    assert_eq!(
+        during.value(&format!("odm_devops_engine_steps_scheduled{dispatch}")),
+        1.0
+    );
+    assert_eq!(
+        during.value(&format!("odm_devops_engine_steps_overdue{dispatch}")),
+        1.0
+    );
+    let age = during.value(&format!(
+        "odm_devops_engine_oldest_overdue_step_age_seconds{dispatch}"
+    ));
+    assert!((0.0..10.0).contains(&age), "{age}");
+    executor.delay_replies(0);
+    let dispatched = r#"odm_devops_engine_steps_run_total{step="dispatch",result="done"}"#;
+    scrape_until(&app, dispatched, 1.0).await;
+
+    let results = json!({"status": "PROCESSED", "results": {"url": "https://x"}});
+    let answer = app.call_back(&first.callback_ref, Some(results)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let second = executor.wait_for(2).await.remove(1);
+    assert_eq!(app.call_back(&second.callback_ref, None).await.status, 200);
+    app.wait_for_activity(id, "PROCESSED").await;
+    let replay = app.call_back(&second.callback_ref, None).await;
+    assert_eq!(replay.status, 200, "the same callback again: {replay:?}");
+    let (path, token) = second.callback_ref.split_once("&token=").unwrap();
+    let forged = app.call_back(&format!("{path}&token=x{token}"), None).await;
+    assert_eq!(forged.status, 401, "{forged:?}");
+
+    let after = scrape_until(&app, dispatched, 2.0).await;
+    for (sample, expected) in [
+        (r#"odm_devops_activities{status="PROCESSED"}"#, 1.0),
+        (r#"odm_devops_activities{status="PROCESSING"}"#, 0.0),
+        (r#"odm_devops_tasks{status="PROCESSED"}"#, 2.0),
+        (r#"odm_devops_engine_steps_scheduled{step="dispatch"}"#, 0.0),
+        (r#"odm_devops_engine_steps_scheduled{step="await"}"#, 0.0),
+        (
+            r#"odm_devops_task_outcomes_total{outcome="processed"}"#,
+            2.0,
+        ),
+        (r#"odm_devops_task_outcomes_total{outcome="failed"}"#, 0.0),
+        (r#"odm_devops_callbacks_total{answer="accepted"}"#, 2.0),
+        (r#"odm_devops_callbacks_total{answer="replay"}"#, 1.0),
+        (r#"odm_devops_callbacks_total{answer="unauthorized"}"#, 1.0),
+        (r#"odm_devops_callbacks_total{answer="refused"}"#, 0.0),
+        (
+            r#"odm_devops_http_requests_total{method="PATCH",route="/api/v1/pp/devops/tasks/{id}/status",status="200"}"#,
+            3.0,
+        ),
+        (
+            r#"odm_devops_http_requests_total{method="PATCH",route="/api/v1/pp/devops/tasks/{id}/status",status="401"}"#,
+            1.0,
+        ),
+        (
+            r#"odm_devops_http_requests_total{method="POST",route="/api/v1/pp/devops/activities",status="201"}"#,
+            1.0,
+        ),
+        (
+            r#"odm_devops_http_request_duration_seconds_count{method="GET",route="/metrics"}"#,
+            after.value(
+                r#"odm_devops_http_requests_total{method="GET",route="/metrics",status="200"}"#,
+            ),
+        ),
+        (
+            r#"odm_devops_executor_requests_total{executor="fake",class="2xx"}"#,
+            2.0,
+        ),
+        (
+            r#"odm_devops_executor_requests_total{executor="fake",class="error"}"#,
+            0.0,
+        ),
+        ("odm_devops_next_dispatch_delay_seconds_count", 1.0),
+    ] {
+        assert_eq!(after.value(sample), expected, "{sample}");
+    }
+    // Labels never carry ids, tokens or products.
+    assert!(!after.page.contains(PRODUCT), "{}", after.page);
+    assert!(!after.page.contains(token), "{}", after.page);
+    for id in [id, first.id, second.id] {
+        for leak in [format!("/{id}/"), format!("/{id}\"")] {
+            assert!(!after.page.contains(&leak), "{leak} in\n{}", after.page);
+        }
+    }
+    app.stop().await;
+}
+
+on_both_backends!(the_metrics_page_needs_no_api_token);
+async fn the_metrics_page_needs_no_api_token(db: TestDb) {
+    let mut settings = test_settings(&db, None);
+    settings.auth.api_tokens = vec!["team-token".into()];
+    let app = spawn_app(settings).await;
+    app.get(&format!("{DEVOPS}/activities/42"))
+        .await
+        .assert_error(401, "40101");
+    app.get("/no/such/route/7").await;
+    let page = scrape(&app).await;
+    assert_eq!(
+        page.value(r#"odm_devops_http_requests_total{method="GET",route="/api/v1/pp/devops/activities/{id}",status="401"}"#),
+        1.0,
+        "a refused request counts under its route's pattern"
+    );
+    assert_eq!(
+        page.value(
+            r#"odm_devops_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        1.0
+    );
+    assert!(!page.page.contains("team-token"));
+    assert!(!page.page.contains("/7") && !page.page.contains("/42"));
+    app.stop().await;
+}
