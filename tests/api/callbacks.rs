@@ -258,6 +258,25 @@ async fn callbacks_need_their_token_and_a_valid_body(db: TestDb) {
     app.stop().await;
 }
 
+on_both_backends!(a_nul_in_the_callback_errors_is_stored_as_a_replacement_character);
+async fn a_nul_in_the_callback_errors_is_stored_as_a_replacement_character(db: TestDb) {
+    // PostgreSQL cannot store NUL in text: the callback was a 500 there and the task hung.
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let body = json!({"status": "FAILED", "errors": "exit\u{0}1"});
+    let answer = app.call_back(&first.callback_ref, Some(body.clone())).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let again = app.call_back(&first.callback_ref, Some(body)).await;
+    assert_eq!(
+        again.status, 200,
+        "a replay is still the same callback: {again:?}"
+    );
+    app.wait_for_activity(id, "FAILED").await;
+    assert_eq!(app.tasks_of(id).await[0]["errors"], "exit\u{FFFD}1");
+    app.stop().await;
+}
+
 on_both_backends!(callbacks_without_token_are_accepted_when_tokens_are_off);
 async fn callbacks_without_token_are_accepted_when_tokens_are_off(db: TestDb) {
     let executor = FakeExecutor::start().await;
