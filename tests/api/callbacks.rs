@@ -278,6 +278,67 @@ async fn a_nul_in_the_callback_errors_is_stored_as_a_replacement_character(db: T
     app.stop().await;
 }
 
+on_both_backends!(the_deepest_results_a_callback_may_carry_reach_the_lifecycle);
+async fn the_deepest_results_a_callback_may_carry_reach_the_lifecycle(db: TestDb) {
+    // serde_json refuses a body nested 128 deep (400), so results may be 126 deep. The service
+    // wraps them (`{"task1": …}`, the Context) and reads some of that back: nothing may break.
+    let executor = FakeExecutor::start().await;
+    let lifecycle = json!({"dev": [
+        fake_task("first", json!({})),
+        {"template": {"name": "second"}}
+    ]});
+    let (app, id) = running_dev(&db, &executor, lifecycle).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let deepest = |depth: usize| {
+        format!(
+            "{}{{}}{}",
+            "{\"a\":".repeat(depth - 1),
+            "}".repeat(depth - 1)
+        )
+    };
+    let path = first.callback_ref.split_once("/api/").unwrap().1;
+    let too_deep = format!(r#"{{"status":"PROCESSED","results":{}}}"#, deepest(127));
+    app.send(
+        "PATCH",
+        &format!("/api/{path}"),
+        Some(("application/json", too_deep)),
+        &[],
+    )
+    .await
+    .assert_error(400, "40000");
+    let body = format!(r#"{{"status":"PROCESSED","results":{}}}"#, deepest(126));
+    let answer = app
+        .send(
+            "PATCH",
+            &format!("/api/{path}"),
+            Some(("application/json", body.clone())),
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let replay = app
+        .send(
+            "PATCH",
+            &format!("/api/{path}"),
+            Some(("application/json", body)),
+            &[],
+        )
+        .await;
+    assert_eq!(replay.status, 200, "a replay is recognised: {replay:?}");
+    let activity = app.wait_for_activity(id, "PROCESSED").await;
+    assert!(activity["results"]
+        .as_str()
+        .unwrap()
+        .starts_with(r#"{"task1":{"a":{"a":"#));
+    let current = app
+        .get(&format!("{DEVOPS}/lifecycles/p1/1.0.0/current"))
+        .await
+        .json();
+    assert_eq!(current["stage"], "dev");
+    assert_eq!(current["results"], activity["results"]);
+    app.stop().await;
+}
+
 on_both_backends!(callbacks_without_token_are_accepted_when_tokens_are_off);
 async fn callbacks_without_token_are_accepted_when_tokens_are_off(db: TestDb) {
     let executor = FakeExecutor::start().await;
