@@ -62,10 +62,39 @@ pub fn parse(descriptor: &Value) -> Result<LifecycleInfo, DescriptorError> {
             json_kind(info)
         ))
     })?;
-    match info.get("tasksInfo") {
+    let parsed = match info.get("tasksInfo") {
         Some(tasks) => parse_normalized(info, tasks),
         None => parse_stage_map(info),
+    }?;
+    without_nul(&parsed)?;
+    Ok(parsed)
+}
+
+/// Stage and task names, descriptions and executors become text columns, and PostgreSQL cannot
+/// store a NUL character in text: refused here, the same on both backends.
+fn without_nul(info: &LifecycleInfo) -> Result<(), DescriptorError> {
+    for (stage, tasks) in &info.stages {
+        let at = |what: &str| err(format!("{ROOT}: {what} contains a NUL character (\\u0000)"));
+        if stage.contains('\0') {
+            return Err(at(&format!("stage name {stage:?}")));
+        }
+        for task in tasks {
+            let fields = [
+                ("name", Some(&task.name)),
+                ("description", task.description.as_ref()),
+                ("service", task.executor_ref.as_ref()),
+            ];
+            for (field, text) in fields {
+                if text.is_some_and(|t| t.contains('\0')) {
+                    return Err(at(&format!(
+                        "the {field} of task {} of stage {stage}",
+                        task.position
+                    )));
+                }
+            }
+        }
     }
+    Ok(())
 }
 
 fn err(message: String) -> DescriptorError {

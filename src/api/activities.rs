@@ -42,6 +42,10 @@ fn new_activity_request(body: &Value) -> Result<NewActivityRequest, ApiError> {
     })?;
     let mut problems = Vec::new();
     let mut field = |name: &str| match object.get(name) {
+        Some(Value::String(s)) if s.contains('\0') => {
+            problems.push(format!("{name} contains a NUL character (\\u0000)"));
+            String::new()
+        }
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
         None | Some(Value::Null) => {
             problems.push(format!("{name} is missing"));

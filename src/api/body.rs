@@ -76,7 +76,10 @@ pub async fn read_json(
             format!("Content-Type {content_type} is not supported: send application/json"),
         ));
     }
-    serde_json::from_slice(&body)
+    // RFC 8259 lets a parser ignore a byte order mark; Windows tools (PowerShell 5's UTF8
+    // encoding) write one, and a refused callback would leave its task waiting until its timeout.
+    let json = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
+    serde_json::from_slice(json)
         .map(Some)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }

@@ -26,7 +26,7 @@ pub async fn of_product(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let filter = LifecycleFilter {
-        data_product_id: Some(path_text(&req, "product")),
+        data_product_id: Some(path_text(&req, "product")?),
         data_product_version: None,
     };
     rows(&state, filter).await
@@ -37,8 +37,8 @@ pub async fn of_version(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let filter = LifecycleFilter {
-        data_product_id: Some(path_text(&req, "product")),
-        data_product_version: Some(path_text(&req, "version")),
+        data_product_id: Some(path_text(&req, "product")?),
+        data_product_version: Some(path_text(&req, "version")?),
     };
     rows(&state, filter).await
 }
@@ -50,7 +50,7 @@ pub async fn current(
 ) -> Result<HttpResponse, ApiError> {
     let current = state
         .lifecycle
-        .current_lifecycle(path_text(&req, "product"), path_text(&req, "version"))
+        .current_lifecycle(path_text(&req, "product")?, path_text(&req, "version")?)
         .await?;
     Ok(match current {
         Some(row) => HttpResponse::Ok().json(LifecycleResource::from(row)),

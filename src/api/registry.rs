@@ -14,7 +14,7 @@ pub async fn put(
     payload: web::Payload,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (product, version) = (path_text(&req, "product"), path_text(&req, "version"));
+    let (product, version) = (path_text(&req, "product")?, path_text(&req, "version")?);
     let rules = BodyRules {
         optional: false,
         any_content_type: false,
@@ -36,7 +36,7 @@ pub async fn put(
 }
 
 pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let (product, version) = (path_text(&req, "product"), path_text(&req, "version"));
+    let (product, version) = (path_text(&req, "product")?, path_text(&req, "version")?);
     match state
         .lifecycle
         .registry()
@@ -62,7 +62,7 @@ pub async fn versions(
     let versions = state
         .lifecycle
         .registry()
-        .versions(&path_text(&req, "product"))
+        .versions(&path_text(&req, "product")?)
         .await?;
     Ok(HttpResponse::Ok().json(json!(versions)))
 }

@@ -12,9 +12,15 @@ pub struct Query(HashMap<String, String>);
 
 impl Query {
     pub fn of(req: &HttpRequest) -> Result<Query, ApiError> {
-        actix_web::web::Query::<HashMap<String, String>>::from_query(req.query_string())
-            .map(|q| Query(q.into_inner()))
-            .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))
+        let query =
+            actix_web::web::Query::<HashMap<String, String>>::from_query(req.query_string())
+                .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?
+                .into_inner();
+        for (name, value) in &query {
+            no_nul(value, &format!("query parameter {name:?}"))?;
+            no_nul(name, "a query parameter name")?;
+        }
+        Ok(Query(query))
     }
 
     /// A parameter, `None` when absent or blank.
@@ -69,8 +75,22 @@ pub fn path_id(req: &HttpRequest, what: &str) -> Result<i64, ApiError> {
     })
 }
 
-pub fn path_text(req: &HttpRequest, name: &str) -> String {
-    req.match_info().get(name).unwrap_or_default().to_owned()
+/// A text segment of the path (a product id, a version).
+pub fn path_text(req: &HttpRequest, name: &str) -> Result<String, ApiError> {
+    let text = req.match_info().get(name).unwrap_or_default();
+    no_nul(text, &format!("the {name} in the path"))?;
+    Ok(text.to_owned())
+}
+
+/// PostgreSQL cannot store a NUL character in text, and no id or name needs one: refused the
+/// same way on both backends instead of failing in the database.
+fn no_nul(text: &str, what: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "{what} contains a NUL character (\\u0000)"
+        )));
+    }
+    Ok(())
 }
 
 /// `x-odm-<executor>-executor-secret-<type>` headers, grouped by executor.

@@ -65,7 +65,7 @@ mod eval;
 mod parse;
 mod resolve;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 

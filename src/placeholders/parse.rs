@@ -257,9 +257,12 @@ impl Parser<'_> {
             return Err(self.unexpected("digits"));
         }
         let text = &rest[..digits_from + len];
+        // i64::MIN has no positive counterpart: jsonpath-rust negates indexes and would overflow.
         let index = text
             .parse()
-            .map_err(|_| format!("index {text} is too large"))?;
+            .ok()
+            .filter(|n| *n != i64::MIN)
+            .ok_or_else(|| format!("index {text} is too large"))?;
         self.pos += text.len();
         Ok(index)
     }

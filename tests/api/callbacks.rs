@@ -242,19 +242,100 @@ async fn callbacks_need_their_token_and_a_valid_body(db: TestDb) {
         "PROCESSING",
         "refused callbacks change nothing"
     );
-    // POST is accepted as well as PATCH, and a bare `curl -d` content type too.
+    // POST is accepted as well as PATCH, and a bare `curl -d` content type too, and a body
+    // file written with a byte order mark (was a 400: the task waited for its timeout).
     let answer = app
         .send(
             "POST",
             &first.callback_ref,
             Some((
                 "application/x-www-form-urlencoded",
-                r#"{"status":"PROCESSED"}"#.into(),
+                "\u{FEFF}{\"status\":\"PROCESSED\"}".into(),
             )),
             &[],
         )
         .await;
     assert_eq!(answer.status, 200, "{answer:?}");
+    app.stop().await;
+}
+
+on_both_backends!(a_nul_in_the_callback_errors_is_stored_as_a_replacement_character);
+async fn a_nul_in_the_callback_errors_is_stored_as_a_replacement_character(db: TestDb) {
+    // PostgreSQL cannot store NUL in text: the callback was a 500 there and the task hung.
+    let executor = FakeExecutor::start().await;
+    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let body = json!({"status": "FAILED", "errors": "exit\u{0}1"});
+    let answer = app.call_back(&first.callback_ref, Some(body.clone())).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let again = app.call_back(&first.callback_ref, Some(body)).await;
+    assert_eq!(
+        again.status, 200,
+        "a replay is still the same callback: {again:?}"
+    );
+    app.wait_for_activity(id, "FAILED").await;
+    assert_eq!(app.tasks_of(id).await[0]["errors"], "exit\u{FFFD}1");
+    app.stop().await;
+}
+
+on_both_backends!(the_deepest_results_a_callback_may_carry_reach_the_lifecycle);
+async fn the_deepest_results_a_callback_may_carry_reach_the_lifecycle(db: TestDb) {
+    // serde_json refuses a body nested 128 deep (400), so results may be 126 deep. The service
+    // wraps them (`{"task1": …}`, the Context) and reads some of that back: nothing may break.
+    let executor = FakeExecutor::start().await;
+    let lifecycle = json!({"dev": [
+        fake_task("first", json!({})),
+        {"template": {"name": "second"}}
+    ]});
+    let (app, id) = running_dev(&db, &executor, lifecycle).await;
+    let first = executor.wait_for(1).await.remove(0);
+    let deepest = |depth: usize| {
+        format!(
+            "{}{{}}{}",
+            "{\"a\":".repeat(depth - 1),
+            "}".repeat(depth - 1)
+        )
+    };
+    let path = first.callback_ref.split_once("/api/").unwrap().1;
+    let too_deep = format!(r#"{{"status":"PROCESSED","results":{}}}"#, deepest(127));
+    app.send(
+        "PATCH",
+        &format!("/api/{path}"),
+        Some(("application/json", too_deep)),
+        &[],
+    )
+    .await
+    .assert_error(400, "40000");
+    let body = format!(r#"{{"status":"PROCESSED","results":{}}}"#, deepest(126));
+    let answer = app
+        .send(
+            "PATCH",
+            &format!("/api/{path}"),
+            Some(("application/json", body.clone())),
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let replay = app
+        .send(
+            "PATCH",
+            &format!("/api/{path}"),
+            Some(("application/json", body)),
+            &[],
+        )
+        .await;
+    assert_eq!(replay.status, 200, "a replay is recognised: {replay:?}");
+    let activity = app.wait_for_activity(id, "PROCESSED").await;
+    assert!(activity["results"]
+        .as_str()
+        .unwrap()
+        .starts_with(r#"{"task1":{"a":{"a":"#));
+    let current = app
+        .get(&format!("{DEVOPS}/lifecycles/p1/1.0.0/current"))
+        .await
+        .json();
+    assert_eq!(current["stage"], "dev");
+    assert_eq!(current["results"], activity["results"]);
     app.stop().await;
 }
 

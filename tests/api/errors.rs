@@ -401,3 +401,62 @@ async fn a_database_failure_is_a_generic_500(db: TestDb) {
     );
     app.stop().await;
 }
+
+on_both_backends!(nul_characters_are_refused_before_the_database);
+async fn nul_characters_are_refused_before_the_database(db: TestDb) {
+    // Found with hostile inputs: PostgreSQL cannot store NUL in text, so these were 500s there
+    // (reads too) while SQLite took them. Both backends now answer alike.
+    let (app, _executor) = app(&db).await;
+    for path in [
+        format!("{DEVOPS}/activities?dataProductId=a%00b"),
+        format!("{DEVOPS}/tasks?executor=%00"),
+        format!("{DEVOPS}/lifecycles/a%00b"),
+        format!("{DEVOPS}/lifecycles/p1/1.0%00/current"),
+        "/api/v1/pp/registry/products/a%00b/versions".to_owned(),
+        "/api/v1/pp/registry/products/p1/versions/1%00".to_owned(),
+    ] {
+        let message = app.get(&path).await.assert_error(400, "40000");
+        assert!(message.contains("NUL"), "{path}: {message}");
+    }
+    let put = app
+        .call(
+            "PUT",
+            "/api/v1/pp/registry/products/a%00b/versions/1",
+            Some(&descriptor(json!({"dev": [{}]}))),
+        )
+        .await;
+    put.assert_error(400, "40000");
+    for lifecycle in [
+        json!({"d\u{0}v": [{}]}),
+        json!({"dev": [{"template": {"name": "a\u{0}"}}]}),
+        json!({"dev": [{"template": {"name": "a", "description": "\u{0}"}}]}),
+        json!({"dev": [{"service": {"$href": "{fa\u{0}ke}"}}]}),
+    ] {
+        let put = app
+            .call(
+                "PUT",
+                "/api/v1/pp/registry/products/p2/versions/1",
+                Some(&descriptor(lifecycle.clone())),
+            )
+            .await;
+        let message = put.assert_error(422, "42211");
+        assert!(message.contains("NUL"), "{lifecycle}: {message}");
+    }
+    let create = app
+        .call(
+            "POST",
+            &format!("{DEVOPS}/activities"),
+            Some(
+                &json!({"dataProductId": "p1", "dataProductVersion": "1.0.0", "stage": "d\u{0}v"}),
+            ),
+        )
+        .await;
+    assert!(create
+        .assert_error(422, "42201")
+        .contains("stage contains a NUL"));
+    assert_eq!(
+        app.get(&format!("{DEVOPS}/activities")).await.json(),
+        json!([])
+    );
+    app.stop().await;
+}

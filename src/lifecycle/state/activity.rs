@@ -157,7 +157,7 @@ pub fn finish_task(
     t: &Timing,
 ) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
-    let outcome = match outcome {
+    let outcome = match outcome.without_nul() {
         Outcome::RunFailed { errors } => match retry_run(task, &errors, lease, t) {
             Some(retry) => return retry,
             None => Outcome::Failed {

@@ -135,6 +135,32 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The outcome with NUL characters in its text replaced by U+FFFD: providers' messages may
+    /// hold anything, and PostgreSQL cannot store NUL in text (the task would never finish).
+    pub fn without_nul(self) -> Outcome {
+        let clean = |text: String| {
+            if text.contains('\0') {
+                text.replace('\0', "\u{FFFD}")
+            } else {
+                text
+            }
+        };
+        match self {
+            Outcome::Failed { errors } => Outcome::Failed {
+                errors: clean(errors),
+            },
+            Outcome::RunFailed { errors } => Outcome::RunFailed {
+                errors: clean(errors),
+            },
+            Outcome::Aborted { reason } => Outcome::Aborted {
+                reason: clean(reason),
+            },
+            processed @ Outcome::Processed { .. } => processed,
+        }
+    }
+}
+
 /// What a callback said, kept as-is to recognise a replay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {

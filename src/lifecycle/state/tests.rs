@@ -212,6 +212,36 @@ fn the_last_processed_task_completes_the_activity_and_promotes_once() {
 }
 
 #[test]
+fn a_nul_in_a_providers_message_is_replaced_so_postgresql_can_store_it() {
+    let s = snapshot(
+        ActivityStatus::Processing,
+        vec![task(10, 1, TaskStatus::Processing)],
+    );
+    for outcome in [
+        Outcome::Failed {
+            errors: "exit\u{0}1".into(),
+        },
+        Outcome::RunFailed {
+            errors: "exit\u{0}1".into(),
+        },
+    ] {
+        let plan = finish_task(&s, 10, outcome, false, None, &timing());
+        let errors = update_of(&plan, 10)
+            .changes
+            .errors
+            .clone()
+            .flatten()
+            .unwrap();
+        assert!(errors.starts_with("exit\u{FFFD}1"), "{errors}");
+        let activity_errors = plan.activity.as_ref().unwrap().changes.errors.clone();
+        assert!(
+            !format!("{activity_errors:?}").contains("\\0"),
+            "{activity_errors:?}"
+        );
+    }
+}
+
+#[test]
 fn a_failed_task_fails_the_activity_and_aborts_the_rest() {
     let s = snapshot(
         ActivityStatus::Processing,

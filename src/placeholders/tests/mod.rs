@@ -1,6 +1,7 @@
 //! Table-driven tests: one row per behaviour, exact expected values.
 
 mod check;
+pub(crate) mod generated;
 mod resolve;
 
 use serde_json::{json, Value};

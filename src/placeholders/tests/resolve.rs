@@ -274,6 +274,11 @@ fn syntax_errors_fail() {
                 Error("placeholder ${dev.results['a\\n']} did not resolve: syntax error: unsupported escape `\\n` in a quoted key (only \\\\, \\' and \\\")")),
             ("Azure template expression", json!("${{ parameters.env }}"),
                 Error("placeholder ${{ parameters.env } did not resolve: syntax error: expected a stage name after `${`, found `{`")),
+            // Found by the generated tests: jsonpath-rust negated it and overflowed (a panic).
+            ("the smallest i64 as an index", json!("${dev.results.task1.vms[-9223372036854775808]}"),
+                Error("placeholder ${dev.results.task1.vms[-9223372036854775808]} did not resolve: syntax error: index -9223372036854775808 is too large")),
+            ("an index beyond i64", json!("${dev.results.task1.vms[9223372036854775808]}"),
+                Error("placeholder ${dev.results.task1.vms[9223372036854775808]} did not resolve: syntax error: index 9223372036854775808 is too large")),
         ],
         OnMissing::Fail,
     );
