@@ -210,4 +210,26 @@ mod tests {
         assert_eq!(after.unwrap(), "v", "the writer still works");
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// `.cargo/config.toml` builds SQLite with the query-planner stability guarantee; without
+    /// it every engine write re-prepares its statement (a third of the throughput).
+    #[actix_web::test]
+    async fn sqlite_is_built_with_stable_query_plans() {
+        #[derive(diesel::QueryableByName)]
+        struct CompileOption {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            compile_options: String,
+        }
+        let (db, dir) = temp_db();
+        let options: Vec<String> = db
+            .read(|conn| {
+                let rows: Vec<CompileOption> =
+                    diesel::sql_query("PRAGMA compile_options").load(conn)?;
+                Ok::<_, DbError>(rows.into_iter().map(|r| r.compile_options).collect())
+            })
+            .await
+            .unwrap();
+        assert!(options.iter().any(|o| o == "ENABLE_QPSG"), "{options:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
