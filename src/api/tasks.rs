@@ -116,8 +116,7 @@ fn callback_report(body: Option<Value>) -> Result<Report, ApiError> {
     };
     let errors = match object.get("errors") {
         None | Some(Value::Null) => None,
-        // A pipeline's log may hold anything; PostgreSQL cannot store NUL in text.
-        Some(Value::String(e)) => Some(e.replace('\0', "\u{FFFD}")),
+        Some(Value::String(e)) => Some(e.clone()),
         Some(other) => {
             return Err(ApiError::invalid_callback(format!(
                 "errors must be a string, found {other}"

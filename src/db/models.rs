@@ -65,6 +65,15 @@ pub struct TaskRow {
     pub planned_configurations: Option<String>,
 }
 
+impl TaskRow {
+    /// The configurations as created: each run resolves these, not the resolved ones stored.
+    pub fn configurations_as_planned(&self) -> Option<&str> {
+        self.planned_configurations
+            .as_deref()
+            .or(self.configurations.as_deref())
+    }
+}
+
 #[derive(Debug, Insertable)]
 #[diesel(table_name = tasks)]
 pub struct NewTask<'a> {

@@ -221,23 +221,17 @@ impl Engine {
         task: &TaskRow,
         task_context: &TaskContext,
     ) -> Result<(Value, Value), String> {
-        let parse = |text: Option<&String>| -> Value {
-            text.map(String::as_str)
-                .and_then(|t| serde_json::from_str(t).ok())
+        let parse = |text: Option<&str>| -> Value {
+            text.and_then(|t| serde_json::from_str(t).ok())
                 .unwrap_or_else(|| Value::Object(Default::default()))
         };
         let template = crate::lifecycle::task_placeholders::resolve(
-            &parse(task.template.as_ref()),
+            &parse(task.template.as_deref()),
             task_context,
             self.config.on_missing,
         )?;
         let mut configurations = crate::lifecycle::task_placeholders::resolve(
-            // Each run resolves the configurations as planned: the stored ones are resolved.
-            &parse(
-                task.planned_configurations
-                    .as_ref()
-                    .or(task.configurations.as_ref()),
-            ),
+            &parse(task.configurations_as_planned()),
             task_context,
             self.config.on_missing,
         )?;

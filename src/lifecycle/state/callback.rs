@@ -15,6 +15,7 @@ pub fn callback(
     t: &Timing,
 ) -> Result<CallbackDecision, Refusal> {
     let task = s.task(task_id).expect("snapshot holds the task");
+    let report = report.without_nul();
     match task_status(task) {
         TaskStatus::Planned => Err(Refusal::TaskConflict(format!(
             "task {task_id} is not running (PLANNED): no callback is expected yet"

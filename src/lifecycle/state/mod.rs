@@ -135,26 +135,28 @@ pub enum Outcome {
     },
 }
 
+/// Text with NUL characters replaced by U+FFFD: providers' messages and pipelines' logs may
+/// hold anything, and PostgreSQL cannot store NUL in text (the task would never finish).
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 impl Outcome {
-    /// The outcome with NUL characters in its text replaced by U+FFFD: providers' messages may
-    /// hold anything, and PostgreSQL cannot store NUL in text (the task would never finish).
+    /// The outcome as it can be stored (see `without_nul`).
     pub fn without_nul(self) -> Outcome {
-        let clean = |text: String| {
-            if text.contains('\0') {
-                text.replace('\0', "\u{FFFD}")
-            } else {
-                text
-            }
-        };
         match self {
             Outcome::Failed { errors } => Outcome::Failed {
-                errors: clean(errors),
+                errors: without_nul(errors),
             },
             Outcome::RunFailed { errors } => Outcome::RunFailed {
-                errors: clean(errors),
+                errors: without_nul(errors),
             },
             Outcome::Aborted { reason } => Outcome::Aborted {
-                reason: clean(reason),
+                reason: without_nul(reason),
             },
             processed @ Outcome::Processed { .. } => processed,
         }
@@ -177,6 +179,14 @@ pub enum ReportedStatus {
 }
 
 impl Report {
+    /// The report as it can be stored, so that a replay compares equal to what was recorded.
+    fn without_nul(self) -> Report {
+        Report {
+            errors: self.errors.map(without_nul),
+            ..self
+        }
+    }
+
     fn outcome(&self) -> Outcome {
         match self.status {
             ReportedStatus::Processed => Outcome::Processed {
@@ -239,11 +249,7 @@ pub(super) fn reschedule(mut c: TaskChanges, step: Step, due: i64) -> TaskChange
 
 /// The task's `timeout` and `retry` settings, from its configurations as planned.
 pub(super) fn run_settings(task: &TaskRow) -> RunSettings {
-    RunSettings::of(
-        task.planned_configurations
-            .as_deref()
-            .or(task.configurations.as_deref()),
-    )
+    RunSettings::of(task.configurations_as_planned())
 }
 
 /// The task's own timeout (`configurations.timeout`, seconds) or the default.
