@@ -9,7 +9,7 @@ use super::request::{executor_secrets, path_id, Query};
 use super::resources::{ActivityResource, StatusResource};
 use super::ApiState;
 use crate::db::ActivityFilter;
-use crate::domain::ActivityStatus;
+use crate::domain::{ActivityId, ActivityStatus};
 use crate::lifecycle::NewActivityRequest;
 
 pub async fn create(
@@ -90,7 +90,10 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
 }
 
 pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let activity = state.lifecycle.activity(path_id(&req, "activity")?).await?;
+    let activity = state
+        .lifecycle
+        .activity(ActivityId(path_id(&req, "activity")?))
+        .await?;
     Ok(HttpResponse::Ok().json(ActivityResource::from(activity)))
 }
 
@@ -98,7 +101,10 @@ pub async fn status(
     req: HttpRequest,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let activity = state.lifecycle.activity(path_id(&req, "activity")?).await?;
+    let activity = state
+        .lifecycle
+        .activity(ActivityId(path_id(&req, "activity")?))
+        .await?;
     Ok(HttpResponse::Ok().json(StatusResource::of(activity.status)))
 }
 
@@ -106,7 +112,7 @@ pub async fn change_status(
     req: HttpRequest,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_id(&req, "activity")?;
+    let id = ActivityId(path_id(&req, "activity")?);
     let action = Query::of(&req)?
         .get("action")
         .map(|a| a.to_ascii_uppercase());
@@ -139,7 +145,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let activity = state
         .lifecycle
-        .delete_activity(path_id(&req, "activity")?)
+        .delete_activity(ActivityId(path_id(&req, "activity")?))
         .await?;
     Ok(HttpResponse::Ok().json(ActivityResource::from(activity)))
 }

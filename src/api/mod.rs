@@ -24,13 +24,13 @@ use futures_util::future::{Either, LocalBoxFuture};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::LifecycleService;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub lifecycle: Lifecycle,
+    pub lifecycle: LifecycleService,
     pub body_limit: usize,
     pub api_tokens: Arc<Vec<Secret>>,
     pub metrics: Arc<Metrics>,

@@ -6,6 +6,7 @@ mod connection;
 pub mod models;
 mod queries;
 pub mod schema;
+mod types;
 mod writer;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};

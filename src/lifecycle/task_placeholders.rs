@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::context::TaskContext;
-use crate::config::OnMissing;
 use crate::descriptor::{LifecycleInfo, TaskDefinition};
+use crate::placeholders::OnMissing;
 use crate::placeholders::{self, StageTaskNames, TaskToCheck};
 
 /// Every bad reference of the new activity's tasks, in one message.

@@ -72,8 +72,15 @@ use std::collections::HashMap;
 pub use check::{check_activity, BadReference, TaskToCheck};
 pub use resolve::resolve;
 
-#[cfg(doc)]
-use crate::config::OnMissing;
+/// What resolving does with a placeholder that does not resolve (`placeholders.on_missing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    /// The first one fails the resolution.
+    Fail,
+    /// It stays as written; the rest is still resolved.
+    Keep,
+}
 
 /// The names of the tasks of every stage, to translate `results.<name>` into `taskN`.
 ///

@@ -6,8 +6,7 @@ use serde_json::{Map, Value};
 
 use super::eval::evaluate;
 use super::parse::{split, Piece, Reference};
-use super::{StageTaskNames, Unresolved};
-use crate::config::OnMissing;
+use super::{OnMissing, StageTaskNames, Unresolved};
 
 /// A copy of `value` with every placeholder in its string values resolved against `context`.
 ///

@@ -491,7 +491,10 @@ async fn secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear(db: T
     let stored = odm_devops::db::Db::connect(&db.url, 1).unwrap();
     let row = stored
         .read(move |conn| {
-            Ok::<_, odm_devops::db::DbError>(odm_devops::db::find_activity(conn, id)?)
+            Ok::<_, odm_devops::db::DbError>(odm_devops::db::find_activity(
+                conn,
+                odm_devops::domain::ActivityId(id),
+            )?)
         })
         .await
         .unwrap()

@@ -385,18 +385,19 @@ async fn a_dispatch_that_times_out_is_not_sent_again(db: TestDb) {
 // leave nothing behind: the engine once committed the first half and reported "superseded".
 on_both_backends!(a_superseded_engine_decision_changes_nothing);
 async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
-    use odm_devops::db::models::{ActivityChanges, TaskChanges};
     use odm_devops::db::{self as store, Db};
-    use odm_devops::domain::{ActivityStatus, TaskStatus};
+    use odm_devops::domain::{
+        ActivityChanges, ActivityId, ActivityStatus, ActivityUpdate, Plan, TaskChanges, TaskStatus,
+        TaskUpdate,
+    };
     use odm_devops::lifecycle::engine::{apply_decision, EngineError};
-    use odm_devops::lifecycle::state::{ActivityUpdate, Plan, TaskUpdate};
     use odm_devops::lifecycle::EngineTimings;
 
     let app = spawn_app(test_settings(&db, None)).await;
     app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
         .await;
     let created = app.create_activity("p1", "1.0.0", "dev", false).await;
-    let id = created.json()["id"].as_i64().unwrap();
+    let id = ActivityId(created.json()["id"].as_i64().unwrap());
     app.stop().await;
 
     let url = db.url.clone();
@@ -415,7 +416,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
                     id: s.activity.id,
                     expected: ActivityStatus::Planned,
                     changes: ActivityChanges {
-                        status: Some(ActivityStatus::Aborted.as_str()),
+                        status: Some(ActivityStatus::Aborted),
                         ..ActivityChanges::default()
                     },
                 }),
@@ -425,7 +426,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
                     expected: TaskStatus::Processing,
                     expected_lease: None,
                     changes: TaskChanges {
-                        status: Some(TaskStatus::Aborted.as_str()),
+                        status: Some(TaskStatus::Aborted),
                         ..TaskChanges::default()
                     },
                 }],
@@ -439,7 +440,9 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
     );
     let status = db
         .read(move |conn| {
-            Ok::<_, odm_devops::db::DbError>(store::find_activity(conn, id)?.unwrap().status)
+            Ok::<_, odm_devops::db::DbError>(
+                store::find_activity(conn, id)?.unwrap().status.as_str(),
+            )
         })
         .await
         .unwrap();

@@ -8,8 +8,9 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use futures_util::future::{join, join_all};
 use odm_devops::db::schema::{activities, tasks};
-use odm_devops::db::{self, Db, DbError};
+use odm_devops::db::{Db, DbError};
 use odm_devops::domain::Step;
+use odm_devops::lifecycle::engine::claim_due_steps;
 use odm_devops::secret::Secret;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -366,7 +367,7 @@ async fn a_claim_skips_a_step_another_replica_is_changing(db: TestDb) {
         actix_web::rt::spawn(async move {
             store
                 .write(move |conn| {
-                    db::claim_due_steps(conn, "replica-a-1", now, now + 60_000, 10)
+                    claim_due_steps(conn, "replica-a-1", now, now + 60_000, 10)
                         .map_err(DbError::from)
                 })
                 .await
