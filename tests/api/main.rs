@@ -16,6 +16,7 @@ mod openapi;
 mod registry;
 mod replicas;
 mod retries;
+mod storage;
 mod templates;
 mod ui;
 mod walkthrough;
