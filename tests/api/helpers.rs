@@ -6,11 +6,16 @@ use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use std::rc::Rc;
+
 use actix_web::dev::ServerHandle;
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use odm_devops::app::Application;
+use odm_devops::app::{Application, EngineMode};
 use odm_devops::config::{ExecutorSettings, OdmHttpSettings, Settings};
+use odm_devops::lifecycle::engine::{Engine, StepReport};
 use serde_json::{json, Value};
+
+use crate::fakes::{FakeExecutor, Received};
 
 pub const POSTGRES_URL_VAR: &str = "ODM_TEST_POSTGRES_URL";
 
@@ -169,6 +174,8 @@ pub struct TestApp {
     pub address: String,
     pub client: awc::Client,
     running: Running,
+    /// Set when the test ticks the engine itself (`spawn_stepped_app`).
+    engine: Option<Rc<Engine>>,
 }
 
 enum Running {
@@ -191,14 +198,68 @@ impl Drop for KilledWhenDropped {
     }
 }
 
+/// The service with its engine running on its own, for tests that need it to (time passing,
+/// restarts, replicas, requests racing the engine).
 pub async fn spawn_app(settings: Settings) -> TestApp {
+    spawn_in_process(settings, EngineMode::Background).await
+}
+
+/// The service with its engine stepped by the test: `drive_until_idle` carries out everything
+/// due, so the test goes on as soon as the engine is done, never waiting on a clock.
+pub async fn spawn_stepped_app(settings: Settings) -> TestApp {
+    spawn_in_process(settings, EngineMode::Stepped).await
+}
+
+async fn spawn_in_process(settings: Settings, mode: EngineMode) -> TestApp {
     init_test_logs();
-    let app = Application::build(settings)
+    let app = Application::build_with(settings, mode)
         .await
         .expect("the service starts");
     let (port, handle) = (app.port(), app.server_handle());
+    let engine = app.stepped_engine();
     let join = actix_web::rt::spawn(app.run_until_stopped());
-    TestApp::new(port, Running::InProcess { handle, join })
+    let mut test_app = TestApp::new(port, Running::InProcess { handle, join });
+    test_app.engine = engine;
+    test_app
+}
+
+/// The fake executor, and a service (its engine stepped) that knows it as `fake`.
+pub async fn stepped_app_with_fake(db: &TestDb) -> (TestApp, FakeExecutor) {
+    let executor = FakeExecutor::start().await;
+    let app = spawn_stepped_app(test_settings(db, Some(&executor.address))).await;
+    (app, executor)
+}
+
+/// A stepped service with the fake executor, and `lifecycle`'s stages registered for product
+/// p1, version 1.0.0.
+pub async fn stepped_app_with_stages(db: &TestDb, lifecycle: Value) -> (TestApp, FakeExecutor) {
+    let (app, executor) = stepped_app_with_fake(db).await;
+    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
+        .await;
+    (app, executor)
+}
+
+/// A started activity of the `dev` stage of `lifecycle` (product p1, version 1.0.0), on a
+/// stepped service with the fake executor; its id. Nothing is dispatched until the test drives
+/// the engine.
+pub async fn started_activity(db: &TestDb, lifecycle: Value) -> (TestApp, FakeExecutor, i64) {
+    let (app, executor) = stepped_app_with_fake(db).await;
+    let id = app.start_dev(lifecycle).await;
+    (app, executor, id)
+}
+
+/// The settings of the fake executor (`test_settings` with an executor address).
+pub fn fake_executor(settings: &mut Settings) -> &mut OdmHttpSettings {
+    match settings.executors.get_mut("fake") {
+        Some(ExecutorSettings::OdmHttp(fake)) => fake,
+        _ => panic!("the settings have no fake executor"),
+    }
+}
+
+/// A `dev` stage of tasks on the fake executor, in this order, with no configurations.
+pub fn fake_stage(names: &[&str]) -> Value {
+    let tasks: Vec<Value> = names.iter().map(|n| fake_task(n, json!({}))).collect();
+    json!({ "dev": tasks })
 }
 
 /// The real binary (`odm-devops serve`) in a process of its own, configured by `env`
@@ -287,6 +348,42 @@ impl TestApp {
                 .timeout(Duration::from_secs(20))
                 .finish(),
             running,
+            engine: None,
+        }
+    }
+
+    /// Ticks the stepped engine until nothing is due: every step claimed and carried out, and
+    /// the steps those made due. What each step did.
+    pub async fn drive_until_idle(&self) -> Vec<StepReport> {
+        let engine = self
+            .engine
+            .as_ref()
+            .expect("drive_until_idle needs a stepped app (spawn_stepped_app)");
+        let mut reports = Vec::new();
+        for _ in 0..1000 {
+            let tick = engine.tick().await.expect("the engine claims due steps");
+            if tick.claimed() == 0 {
+                return reports;
+            }
+            reports.extend(tick.finished().await);
+        }
+        panic!("the engine still has work due after 1000 ticks: {reports:?}")
+    }
+
+    /// The `n`th task (from 1) the fake executor received: once the stepped engine is idle, or
+    /// once it came from the running one.
+    pub async fn dispatched(&self, executor: &FakeExecutor, n: usize) -> Received {
+        if self.engine.is_some() {
+            self.drive_until_idle().await;
+            let received = executor.received();
+            assert!(
+                received.len() >= n,
+                "{} task(s) at the executor once the engine is idle, not {n}",
+                received.len()
+            );
+            received[n - 1].clone()
+        } else {
+            executor.wait_for(n).await.remove(n - 1)
         }
     }
 
@@ -389,6 +486,14 @@ impl TestApp {
         .await
     }
 
+    /// Registers `lifecycle` for product p1, version 1.0.0, and starts its `dev` stage; the
+    /// activity's id.
+    pub async fn start_dev(&self, lifecycle: Value) -> i64 {
+        self.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
+            .await;
+        self.start_activity("p1", "1.0.0", "dev").await
+    }
+
     /// Creates and starts an activity; its id.
     pub async fn start_activity(&self, product: &str, version: &str, stage: &str) -> i64 {
         let answer = self.create_activity(product, version, stage, true).await;
@@ -398,8 +503,7 @@ impl TestApp {
 
     /// Starts a PLANNED activity (`PATCH …/status?action=START`).
     pub async fn start_planned(&self, id: i64) -> Answer {
-        let path = format!("{DEVOPS}/activities/{id}/status?action=START");
-        self.call("PATCH", &path, None).await
+        self.activity_action(id, "START").await
     }
 
     pub async fn activity(&self, id: i64) -> Value {
@@ -416,13 +520,56 @@ impl TestApp {
         answer.json().as_array().unwrap().clone()
     }
 
-    /// Polls the activity until its status is `status` (10 s at most).
+    /// The activity once it is `status`: once the stepped engine is idle, or polled until then
+    /// (10 s at most) with the running one.
     pub async fn wait_for_activity(&self, id: i64, status: &str) -> Value {
+        if self.engine.is_some() {
+            self.drive_until_idle().await;
+            let activity = self.activity(id).await;
+            assert_eq!(
+                activity["status"], status,
+                "once the engine is idle: {activity}"
+            );
+            return activity;
+        }
         eventually(&format!("activity {id} {status}"), || async move {
             let activity = self.activity(id).await;
             (activity["status"] == status).then_some(activity)
         })
         .await
+    }
+
+    /// Creates a PLANNED activity; its id.
+    pub async fn planned_activity(&self, product: &str, version: &str, stage: &str) -> i64 {
+        let answer = self.create_activity(product, version, stage, false).await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+        answer.json()["id"].as_i64().unwrap()
+    }
+
+    /// `PATCH …/activities/{id}/status?action=…`
+    pub async fn activity_action(&self, id: i64, action: &str) -> Answer {
+        let path = format!("{DEVOPS}/activities/{id}/status?action={action}");
+        self.call("PATCH", &path, None).await
+    }
+
+    /// `PATCH …/tasks/{id}/status?action=…`
+    pub async fn task_action(&self, id: i64, action: &str) -> Answer {
+        let path = format!("{DEVOPS}/tasks/{id}/status?action={action}");
+        self.call("PATCH", &path, None).await
+    }
+
+    /// The JSON a GET answers with 200.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let answer = self.get(path).await;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        answer.json()
+    }
+
+    /// A task as the API shows it.
+    pub async fn task(&self, id: i64) -> Value {
+        let answer = self.get(&format!("{DEVOPS}/tasks/{id}")).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.json()
     }
 
     /// Calls back like a pipeline: the callbackRef's path and query on this server.

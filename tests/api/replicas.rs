@@ -88,7 +88,7 @@ async fn replicas_started_together_on_a_fresh_database_agree(db: TestDb) {
     let backend = db.backend;
     let mut dbs = vec![db];
     dbs.extend((1..FRESH_DATABASES).map(|_| TestDb::new(backend).unwrap()));
-    let one_task = descriptor(json!({"dev": [fake_task("build", json!({}))]}));
+    let one_task = descriptor(fake_stage(&["build"]));
     join_all(dbs.iter().map(|db| {
         let one_task = &one_task;
         async move {

@@ -121,12 +121,7 @@ async fn a_status_the_service_does_not_know_is_an_error_never_a_guess(db: TestDb
         &descriptor(serde_json::json!({"dev": [{"template": {"name": "manual"}}]})),
     )
     .await;
-    let id = app
-        .create_activity("p1", "1.0.0", "dev", false)
-        .await
-        .json()["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.planned_activity("p1", "1.0.0", "dev").await;
     let url = db.url.clone();
     let store = actix_web::web::block(move || Db::connect(&url, 1))
         .await
@@ -148,13 +143,9 @@ async fn a_status_the_service_does_not_know_is_an_error_never_a_guess(db: TestDb
     app.get(&format!("{DEVOPS}/activities"))
         .await
         .assert_error(500, "50001");
-    app.call(
-        "PATCH",
-        &format!("{DEVOPS}/activities/{id}/status?action=ABORT"),
-        None,
-    )
-    .await
-    .assert_error(500, "50001");
+    app.activity_action(id, "ABORT")
+        .await
+        .assert_error(500, "50001");
     let stored: Vec<String> = store
         .read(move |conn| {
             use odm_devops::db::schema::activities;
