@@ -9,6 +9,8 @@ mod activity;
 mod callback;
 mod claimed;
 #[cfg(test)]
+mod claimed_tests;
+#[cfg(test)]
 mod retry_tests;
 #[cfg(test)]
 mod tests;

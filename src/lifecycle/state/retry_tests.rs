@@ -1,6 +1,7 @@
 //! `configurations.retry`: a failed run is followed by another while the policy allows it.
 
-use super::tests::{claimed, for_callback, snapshot, submittal, task, timing, update_of, NOW};
+use super::claimed_tests::{claimed, submittal};
+use super::tests::{for_callback, snapshot, task, timing, update_of, NOW};
 use super::*;
 use crate::domain::{
     ActivityStatus, Outcome, Plan, Report, ReportedStatus, RetryPolicy, Step, TaskId, TaskState,
