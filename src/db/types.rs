@@ -17,7 +17,7 @@ macro_rules! stored_as_text {
             // Derives `AsExpression` and `Queryable` for the domain type it wraps.
             #[derive(AsExpression, FromSqlRow)]
             #[diesel(foreign_derive, sql_type = Text)]
-            #[allow(dead_code)]
+            #[allow(dead_code, reason = "never built: it only carries the derives")]
             struct Stored($kind);
 
             impl<DB: Backend> ToSql<Text, DB> for $kind
@@ -60,7 +60,7 @@ macro_rules! stored_as_bigint {
         const _: () = {
             #[derive(AsExpression, FromSqlRow)]
             #[diesel(foreign_derive, sql_type = BigInt)]
-            #[allow(dead_code)]
+            #[allow(dead_code, reason = "never built: it only carries the derives")]
             struct Stored($id);
 
             impl<DB: Backend> ToSql<BigInt, DB> for $id
