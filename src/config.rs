@@ -234,10 +234,17 @@ pub struct ListenerSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Quotes the loader's error, so it is not also its `source` (printed twice in a chain).
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 impl Settings {

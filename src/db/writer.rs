@@ -16,6 +16,7 @@ use diesel::r2d2::ManageConnection;
 
 use super::connection::Manager;
 use super::{DbConnection, DbError};
+use crate::telemetry::error_chain;
 
 /// Most writes committed together; bounds how long the first of them waits.
 const MAX_BATCH: usize = 256;
@@ -56,7 +57,7 @@ where
         let outcome = match (commit, self.outcome.take()) {
             (Ok(()), Some(outcome)) => outcome,
             (Err(e), Some(Err(own))) => {
-                tracing::debug!(error = %e, "batch commit failed after this write had failed");
+                tracing::debug!(error = %error_chain(e), "batch commit failed after this write had failed");
                 Err(own)
             }
             (Err(e), _) => Err(E::from(DbError::Commit(e.to_string()))),
@@ -123,11 +124,13 @@ fn write_loop(
         }
         let committed = run_batch(&mut conn, &mut batch);
         if let Err(e) = &committed {
-            tracing::error!(error = %e, writes = batch.len(), "group commit failed");
+            tracing::error!(error = %error_chain(e), writes = batch.len(), "group commit failed");
             // Whatever state the failure left the connection in, start the next batch clean.
             match manager.connect() {
                 Ok(fresh) => conn = fresh,
-                Err(e) => tracing::error!(error = %e, "reopening the write connection failed"),
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "reopening the write connection failed")
+                }
             }
         }
         for write in batch {
