@@ -19,6 +19,30 @@ pub fn init(settings: &LogSettings) {
     let _ = installed;
 }
 
+/// The span a piece of work was asked for in (a request's, with its id) and the subscriber
+/// that logs it, carried to the thread that does the work — the blocking pool's or the SQLite
+/// writer's — where the thread-local tracing state is not the caller's. Without it, what the
+/// work logs has no request id.
+pub struct CallerSpan {
+    dispatch: tracing::Dispatch,
+    span: tracing::Span,
+}
+
+impl CallerSpan {
+    /// The calling thread's current span and subscriber.
+    pub fn capture() -> CallerSpan {
+        CallerSpan {
+            dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// Runs `work` inside the captured span, logging to the captured subscriber.
+    pub fn run<T>(&self, work: impl FnOnce() -> T) -> T {
+        tracing::dispatcher::with_default(&self.dispatch, || self.span.in_scope(work))
+    }
+}
+
 /// How errors reach the log: inside the service errors are typed (`thiserror`), and a typed
 /// error is logged as `error = %error_chain(&e)`: its message and every cause under it, joined
 /// by `": "`, the way the binary's edges (`anyhow`, see `cli`) print theirs with `{:#}`. Plain
