@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
+use actix_web::rt::task::JoinHandle;
 use odm_devops::app::Application;
-use odm_devops::db::{Db, DbError};
+use odm_devops::db::{Db, DbConnection, DbError};
 use serde_json::{json, Value};
 use tracing::field::{Field, Visit};
 use tracing::Instrument;
@@ -53,24 +54,31 @@ fn assert_overloaded((answer, retry_after): &(Answer, Option<String>), key: &str
     assert_eq!(retry_after.as_deref(), Some("1"), "{answer:?}");
 }
 
-/// Runs on the database until released; returns once it has started.
-async fn hold<F, Fut>(
-    start: F,
-) -> (
-    std::sync::mpsc::Sender<()>,
-    actix_web::rt::task::JoinHandle<()>,
-)
-where
-    F: FnOnce(Box<dyn FnOnce() + Send>) -> Fut,
-    Fut: Future<Output = Result<(), DbError>> + 'static,
-{
+/// What `hold` keeps busy.
+enum Held {
+    /// A pooled connection (`Db::read`).
+    PooledConnection,
+    /// The SQLite writer thread (`Db::write`).
+    Writer,
+}
+
+/// Keeps `what` busy until released; returns once it is.
+async fn hold(store: &Db, what: Held) -> (std::sync::mpsc::Sender<()>, JoinHandle<()>) {
     let (started, running) = tokio::sync::oneshot::channel();
     let (release, released) = std::sync::mpsc::channel::<()>();
-    let work = start(Box::new(move || {
+    let work = move |_: &mut DbConnection| {
         let _ = started.send(());
         released.recv().expect("released");
-    }));
-    let join = actix_web::rt::spawn(async move { work.await.expect("the held work succeeds") });
+        Ok::<_, DbError>(())
+    };
+    let store = store.clone();
+    let join = actix_web::rt::spawn(async move {
+        match what {
+            Held::PooledConnection => store.read(work).await,
+            Held::Writer => store.write(work).await,
+        }
+        .expect("the held work succeeds")
+    });
     running.await.expect("the held work started");
     (release, join)
 }
@@ -111,18 +119,7 @@ async fn an_overloaded_database_answers_503_with_retry_after_and_writes_nothing(
     let list = format!("{base}{DEVOPS}/activities");
 
     // Every pooled connection busy for longer than database.pool_timeout_ms.
-    let (release, held) = hold(|work| {
-        let store = store.clone();
-        async move {
-            store
-                .read(move |_| {
-                    work();
-                    Ok::<_, DbError>(())
-                })
-                .await
-        }
-    })
-    .await;
+    let (release, held) = hold(&store, Held::PooledConnection).await;
     assert_overloaded(
         &send(client, "GET", &list, None).await,
         "database.pool_size",
@@ -133,18 +130,7 @@ async fn an_overloaded_database_answers_503_with_retry_after_and_writes_nothing(
 
     if db.backend == Backend::Sqlite {
         // The writer thread busy, and database.write_queue (1) write waiting for it.
-        let (release, held) = hold(|work| {
-            let store = store.clone();
-            async move {
-                store
-                    .write(move |_| {
-                        work();
-                        Ok::<_, DbError>(())
-                    })
-                    .await
-            }
-        })
-        .await;
+        let (release, held) = hold(&store, Held::Writer).await;
         let mut waiting = Box::pin(store.write(|_| Ok::<_, DbError>("queued")));
         std::future::poll_fn(|cx| {
             let _ = Pin::new(&mut waiting).poll(cx);
