@@ -20,7 +20,7 @@ use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {bind}: {source}")]
+    #[error("cannot listen on {bind}")]
     Bind {
         bind: String,
         source: std::io::Error,
@@ -57,8 +57,12 @@ impl Application {
         };
 
         let url = settings.database.url.expose().to_owned();
-        let pool_size = settings.database.pool_size;
-        let db = actix_web::web::block(move || Db::connect(&url, pool_size))
+        let limits = db::DbLimits {
+            pool_size: settings.database.pool_size,
+            pool_timeout: Duration::from_millis(settings.database.pool_timeout_ms),
+            write_queue: settings.database.write_queue,
+        };
+        let db = actix_web::web::block(move || Db::connect_with(&url, limits))
             .await
             .map_err(|_| DbError::Canceled)??;
         let keys = Keys::new(&server_secret(&db, settings.callbacks.secret.clone()).await?);

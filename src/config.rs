@@ -41,6 +41,10 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: Secret,
     pub pool_size: u32,
+    /// How long a request waits for a pooled connection before a 503 50301.
+    pub pool_timeout_ms: u64,
+    /// SQLite: writes waiting for the writer thread before a 503 50301.
+    pub write_queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -234,10 +238,17 @@ pub struct ListenerSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Quotes the loader's error, so it is not also its `source` (printed twice in a chain).
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 impl Settings {
@@ -290,9 +301,12 @@ impl Settings {
                 "policy.address is required when policy.active is true".into(),
             ));
         }
-        if self.database.pool_size == 0 {
+        if self.database.pool_size == 0
+            || self.database.pool_timeout_ms == 0
+            || self.database.write_queue == 0
+        {
             return Err(ConfigError::Invalid(
-                "database.pool_size must be at least 1".into(),
+                "database.pool_size, database.pool_timeout_ms and database.write_queue must be at least 1".into(),
             ));
         }
         if self.engine.tick_ms == 0 || self.engine.lease_secs == 0 {

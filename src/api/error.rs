@@ -1,11 +1,13 @@
 //! Error policy: typed errors inside, one `ApiError` at the edge carrying ODM's code. A 500
 //! tells the caller nothing internal; the log gets the whole cause chain.
 
+use actix_web::http::header::RETRY_AFTER;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::clock::now_ms;
+use crate::db::DbError;
 use crate::lifecycle::CommandError;
 use crate::registry::RegistryError;
 use crate::telemetry::error_chain as chain;
@@ -27,6 +29,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub description: &'static str,
     pub message: String,
+    /// Seconds, sent as `Retry-After` (a 503 the client may simply repeat).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -41,6 +45,7 @@ impl ApiError {
             code,
             description,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -71,6 +76,27 @@ impl ApiError {
         )
     }
 
+    /// A database error: 503 50301 with `Retry-After` when the database is overloaded (the
+    /// message names the limit and its config key), else a generic 500.
+    pub fn database(e: DbError) -> ApiError {
+        match e {
+            DbError::Overloaded(overload) => ApiError {
+                retry_after: Some(overload.retry_after().as_secs().max(1)),
+                ..ApiError::new(503, "50301", "Service overloaded", overload.to_string())
+            },
+            other => ApiError::internal(&other),
+        }
+    }
+
+    /// The HTTP answer: ODM's envelope for `path`, and `Retry-After` when given.
+    pub fn response(&self, path: &str) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((RETRY_AFTER, seconds));
+        }
+        response.json(self.envelope(path))
+    }
+
     /// ODM's error envelope.
     pub fn envelope<'a>(&'a self, path: &'a str) -> Envelope<'a> {
         Envelope {
@@ -97,7 +123,7 @@ impl ResponseError for ApiError {
 
     /// The path is unknown here; the envelope middleware rewrites the body with it.
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(self.envelope(""))
+        self.response("")
     }
 }
 
@@ -120,7 +146,7 @@ impl From<CommandError> for ApiError {
             CommandError::TaskConflict(_) => ApiError::new(409, "40911", "Task conflict", message),
             CommandError::Unauthorized(_) => ApiError::unauthorized(message),
             CommandError::Registry(e) => e.into(),
-            CommandError::Db(e) => ApiError::internal(&e),
+            CommandError::Db(e) => ApiError::database(e),
         }
     }
 }
@@ -143,7 +169,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(_) => {
                 ApiError::new(422, "42211", "Descriptor is invalid", message)
             }
-            RegistryError::Db(e) => ApiError::internal(&e),
+            RegistryError::Db(e) => ApiError::database(e),
         }
     }
 }

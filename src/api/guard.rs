@@ -100,7 +100,7 @@ pub fn with_envelope(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> 
         return res;
     };
     let (req, _) = res.into_parts();
-    let response = HttpResponse::build(error.status).json(error.envelope(req.path()));
+    let response = error.response(req.path());
     ServiceResponse::new(req, response)
 }
 

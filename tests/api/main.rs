@@ -9,6 +9,7 @@ mod azure;
 mod bench;
 mod callbacks;
 mod context;
+mod database;
 mod engine;
 mod errors;
 mod metrics;
