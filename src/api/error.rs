@@ -132,12 +132,12 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound { .. } | RegistryError::NoTemplates => {
                 ApiError::invalid_activity(message)
             }
-            RegistryError::Unreachable(_) => {
-                tracing::warn!(error = %message, "registry unreachable");
+            RegistryError::Unreachable(failure) => {
+                tracing::warn!(error = %failure.detail, "registry unreachable");
                 ApiError::new(503, "50050", "Registry unreachable", message)
             }
-            RegistryError::Failed(_) => {
-                tracing::warn!(error = %message, "registry error");
+            RegistryError::Failed(failure) => {
+                tracing::warn!(error = %failure.detail, "registry error");
                 ApiError::new(502, "50250", "Registry error", message)
             }
             RegistryError::Invalid(_) => {
