@@ -48,6 +48,16 @@ impl ApiError {
         ApiError::new(400, "40000", "Bad request", message)
     }
 
+    /// A query parameter given twice, or one with a value it cannot have.
+    pub fn bad_query(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "40001", "Bad query parameter", message)
+    }
+
+    /// The same refusal, as a query parameter's.
+    pub fn into_bad_query(self) -> ApiError {
+        ApiError::bad_query(self.message)
+    }
+
     pub fn invalid_activity(message: impl Into<String>) -> ApiError {
         ApiError::new(422, "42201", "Activity is invalid", message)
     }

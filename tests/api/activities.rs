@@ -207,8 +207,9 @@ async fn lists_are_filtered_and_ordered_by_id(db: TestDb) {
     let bad = app
         .get(&format!("{DEVOPS}/activities?status=RUNNING"))
         .await;
+    // A malformed query parameter (DESIGN §5: 40001).
     assert!(bad
-        .assert_error(400, "40000")
+        .assert_error(400, "40001")
         .contains("PLANNED, PROCESSING"));
 
     let tasks = |answer: Answer| -> Vec<(i64, String)> {
