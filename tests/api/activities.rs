@@ -152,16 +152,7 @@ async fn lists_are_filtered_and_ordered_by_id(db: TestDb) {
         .create_activity("p2", "2.0.0", "dev", false)
         .await
         .json();
-    let ids = |answer: Answer| -> Vec<i64> {
-        assert_eq!(answer.status, 200, "{answer:?}");
-        answer
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["id"].as_i64().unwrap())
-            .collect()
-    };
+    let ids = |answer: Answer| answer.ids();
     let all = ids(app.get(&format!("{DEVOPS}/activities")).await);
     assert_eq!(
         all,

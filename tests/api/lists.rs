@@ -6,22 +6,6 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::on_both_backends;
 
-fn ids(answer: &Answer) -> Vec<i64> {
-    assert_eq!(answer.status, 200, "{answer:?}");
-    answer
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row["id"]
-                .as_i64()
-                .or_else(|| row["id"].as_str()?.parse().ok())
-                .unwrap()
-        })
-        .collect()
-}
-
 on_both_backends!(lists_page_by_id);
 async fn lists_page_by_id(db: TestDb) {
     let app = spawn_app(test_settings(&db, None)).await;
@@ -43,7 +27,7 @@ async fn lists_page_by_id(db: TestDb) {
         "/lifecycles/p1/1.0.0",
     ] {
         let path = format!("{DEVOPS}{list}");
-        let all = ids(&app.get(&path).await);
+        let all = app.get(&path).await.ids();
         assert!(
             all.len() >= 3 && all.windows(2).all(|w| w[0] < w[1]),
             "{list}: {all:?}"
@@ -51,7 +35,7 @@ async fn lists_page_by_id(db: TestDb) {
         let page = |query: String| {
             let path = format!("{path}?{query}");
             let app = &app;
-            async move { ids(&app.get(&path).await) }
+            async move { app.get(&path).await.ids() }
         };
         assert_eq!(page("limit=2".into()).await, all[..2], "{list}");
         assert_eq!(
