@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer};
 
 use crate::api::{self, ApiState};
@@ -29,6 +30,13 @@ pub enum StartupError {
     Db(#[from] DbError),
     #[error("{0}")]
     Registry(String),
+    #[error(
+        "refusing to serve the API without authentication on {0}, beyond loopback: set a token \
+         (ODM_DEVOPS__AUTH__API_TOKENS=<token>, i.e. auth.api_tokens), or let anyone who reaches \
+         this address drive the API on purpose with auth.anonymous: true \
+         (ODM_DEVOPS__AUTH__ANONYMOUS=true)"
+    )]
+    Anonymous(std::net::SocketAddr),
 }
 
 pub struct Application {
@@ -55,6 +63,10 @@ impl Application {
             "" => format!("http://{address}"),
             url => url.trim_end_matches('/').to_owned(),
         };
+        let anonymous = settings.auth.api_tokens.is_empty();
+        if anonymous && !address.ip().is_loopback() && !settings.auth.anonymous {
+            return Err(StartupError::Anonymous(address));
+        }
 
         let url = settings.database.url.expose().to_owned();
         let limits = db::DbLimits {
@@ -121,19 +133,29 @@ impl Application {
         if loopback_url && !address.ip().is_loopback() {
             tracing::warn!(%public_url, "server.public_url is a loopback address: pipelines on other machines cannot call back; set it to the address they reach this service at");
         }
-        if settings.auth.api_tokens.is_empty() && !address.ip().is_loopback() {
-            tracing::warn!(%address, "the API is open to the network without authentication: set auth.api_tokens");
+        if anonymous && !address.ip().is_loopback() {
+            tracing::warn!(%address, "auth.anonymous: the API is open to anyone who reaches this address");
         }
+        let edge = Arc::new(api::Edge {
+            perimeter: api::Perimeter {
+                api_tokens: settings.auth.api_tokens.clone(),
+                metrics_token: settings.metrics.token.clone(),
+                own_origins: api::origin::own_origins(&public_url, address),
+            },
+            metrics: metrics.clone(),
+        });
         let state = ApiState {
             lifecycle: lifecycle.clone(),
             body_limit: settings.server.body_limit_bytes,
-            api_tokens: Arc::new(settings.auth.api_tokens.clone()),
             metrics,
+            stored_work: Arc::new(api::StoredWork::default()),
         };
-        let (tokens, metrics) = (state.api_tokens.clone(), state.metrics.clone());
         let mut server = HttpServer::new(move || {
+            let edge = edge.clone();
             App::new()
-                .wrap_fn(api::around(tokens.clone(), metrics.clone()))
+                .wrap(from_fn(move |req, next| {
+                    api::around(edge.clone(), req, next)
+                }))
                 .configure(api::routes(state.clone()))
         })
         .listen(listener)

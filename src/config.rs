@@ -21,6 +21,7 @@ pub struct Settings {
     pub placeholders: PlaceholderSettings,
     pub engine: EngineSettings,
     pub auth: AuthSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
     pub executors: BTreeMap<String, ExecutorSettings>,
     pub policy: PolicySettings,
@@ -97,6 +98,15 @@ pub struct EngineSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub api_tokens: Vec<Secret>,
+    /// No tokens beyond loopback only when said so (DESIGN §14).
+    pub anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Set: `/metrics` needs it as a bearer token.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -301,6 +311,20 @@ impl Settings {
                 "policy.address is required when policy.active is true".into(),
             ));
         }
+        if self.auth.api_tokens.iter().any(Secret::is_empty) {
+            return Err(ConfigError::Invalid(
+                "auth.api_tokens holds a blank token (is ODM_DEVOPS__AUTH__API_TOKENS empty?): \
+                 give every token a value, or none at all"
+                    .into(),
+            ));
+        }
+        if self.metrics.token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::Invalid(
+                "metrics.token is blank (is ODM_DEVOPS__METRICS__TOKEN empty?): give it a value, \
+                 or leave it out to serve /metrics without one"
+                    .into(),
+            ));
+        }
         if self.database.pool_size == 0
             || self.database.pool_timeout_ms == 0
             || self.database.write_queue == 0
@@ -394,6 +418,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ticks"), "{err}");
+    }
+
+    #[test]
+    fn blank_tokens_are_refused_rather_than_matching_an_empty_bearer() {
+        for (key, value, named) in [
+            ("ODM_DEVOPS__AUTH__API_TOKENS", "", "auth.api_tokens"),
+            ("ODM_DEVOPS__AUTH__API_TOKENS", "a, ", "auth.api_tokens"),
+            ("ODM_DEVOPS__METRICS__TOKEN", " ", "metrics.token"),
+        ] {
+            let err = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value:?}: {err}");
+        }
+        let s = load(&[("ODM_DEVOPS__METRICS__TOKEN", "m")]).unwrap();
+        assert_eq!(s.metrics.token.unwrap().expose(), "m");
+        assert!(!s.auth.anonymous);
     }
 
     #[test]

@@ -29,11 +29,11 @@ pub enum RegistryError {
     #[error("version {version} of product {product} does not exist")]
     NotFound { product: String, version: String },
     /// 503 50050
-    #[error("the registry is unreachable: {0}")]
-    Unreachable(String),
+    #[error("{0}")]
+    Unreachable(RemoteFailure),
     /// 502 50250
-    #[error("the registry answered with an error: {0}")]
-    Failed(String),
+    #[error("{0}")]
+    Failed(RemoteFailure),
     #[error("the descriptor is invalid: {0}")]
     Invalid(String),
     /// 422 42201
@@ -44,6 +44,35 @@ pub enum RegistryError {
     NoTemplates,
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+/// What went wrong with the remote registry, in two parts: callers hear which service and what
+/// happened (`summary`); only the log gets its URL and its answer (`detail`, DESIGN §14).
+#[derive(Debug)]
+pub struct RemoteFailure {
+    pub summary: String,
+    pub detail: String,
+}
+
+impl RemoteFailure {
+    fn new(summary: impl Into<String>, detail: String) -> RemoteFailure {
+        RemoteFailure {
+            summary: summary.into(),
+            detail,
+        }
+    }
+
+    /// Says what the registry was asked for, e.g. which task's template.
+    pub fn resolving(mut self, what: &str) -> RemoteFailure {
+        self.summary = format!("{} while resolving {what}", self.summary);
+        self
+    }
+}
+
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
 }
 
 impl From<diesel::result::Error> for RegistryError {
@@ -196,30 +225,40 @@ impl Remote {
     /// A JSON answer; `None` on 404. Unreachable or timed out → `Unreachable` (503 50050), any
     /// other failure of the registry → `Failed` (502 50250).
     async fn get(&self, url: &str) -> Result<Option<Value>, RegistryError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            RegistryError::Unreachable(RemoteFailure::new(
+                "the ODM registry is unreachable",
+                format!("GET {url}: {e}"),
+            ))
+        };
         let mut response = client()
             .get(url)
             .insert_header(("Accept", "application/json"))
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| RegistryError::Unreachable(format!("GET {url}: {e}")))?;
-        if response.status().as_u16() == 404 {
+            .map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        if status.as_u16() == 404 {
             return Ok(None);
         }
         let body = response
             .body()
             .limit(16 << 20)
             .await
-            .map_err(|e| RegistryError::Unreachable(format!("GET {url}: {e}")))?;
-        if !response.status().is_success() {
+            .map_err(|e| unreachable(&e))?;
+        if !status.is_success() {
             let excerpt: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            return Err(RegistryError::Failed(format!(
-                "GET {url} answered {}: {excerpt}",
-                response.status()
+            return Err(RegistryError::Failed(RemoteFailure::new(
+                format!("the ODM registry answered {}", status.as_u16()),
+                format!("GET {url} answered {status}: {excerpt}"),
             )));
         }
         serde_json::from_slice(&body).map(Some).map_err(|e| {
-            RegistryError::Failed(format!("GET {url} answered with invalid JSON: {e}"))
+            RegistryError::Failed(RemoteFailure::new(
+                "the ODM registry answered with invalid JSON",
+                format!("GET {url} answered with invalid JSON: {e}"),
+            ))
         })
     }
 }

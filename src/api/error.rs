@@ -53,6 +53,16 @@ impl ApiError {
         ApiError::new(400, "40000", "Bad request", message)
     }
 
+    /// A query parameter given twice, or one with a value it cannot have.
+    pub fn bad_query(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "40001", "Bad query parameter", message)
+    }
+
+    /// The same refusal, as a query parameter's.
+    pub fn into_bad_query(self) -> ApiError {
+        ApiError::bad_query(self.message)
+    }
+
     pub fn invalid_activity(message: impl Into<String>) -> ApiError {
         ApiError::new(422, "42201", "Activity is invalid", message)
     }
@@ -158,12 +168,12 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound { .. } | RegistryError::NoTemplates => {
                 ApiError::invalid_activity(message)
             }
-            RegistryError::Unreachable(_) => {
-                tracing::warn!(error = %message, "registry unreachable");
+            RegistryError::Unreachable(failure) => {
+                tracing::warn!(error = %failure.detail, "registry unreachable");
                 ApiError::new(503, "50050", "Registry unreachable", message)
             }
-            RegistryError::Failed(_) => {
-                tracing::warn!(error = %message, "registry error");
+            RegistryError::Failed(failure) => {
+                tracing::warn!(error = %failure.detail, "registry error");
                 ApiError::new(502, "50250", "Registry error", message)
             }
             RegistryError::Invalid(_) => {

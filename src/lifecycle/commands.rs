@@ -205,11 +205,11 @@ impl Lifecycle {
         let recorded = self
             .db
             .write(move |conn| -> Result<Recorded, CommandError> {
-                let task =
-                    db::find_task(conn, task_id)?.ok_or(CommandError::TaskNotFound(task_id))?;
+                let task = db::find_task(conn, task_id)?;
                 if this.require_token {
-                    this.verify_token(&task, token.as_deref())?;
+                    this.verify_token(task_id, task.as_ref(), token.as_deref())?;
                 }
+                let task = task.ok_or(CommandError::TaskNotFound(task_id))?;
                 let snapshot = snapshot(conn, task.activity_id)?;
                 let confirm_first = this
                     .catalog
@@ -239,12 +239,27 @@ impl Lifecycle {
         Ok(status)
     }
 
-    fn verify_token(&self, task: &TaskRow, token: Option<&str>) -> Result<(), CommandError> {
+    /// An unknown task is refused like a wrong token: a callback cannot probe which ids exist.
+    fn verify_token(
+        &self,
+        task_id: i64,
+        task: Option<&TaskRow>,
+        token: Option<&str>,
+    ) -> Result<(), CommandError> {
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
             CommandError::Unauthorized(
                 "the callback has no token: use the callbackRef exactly as it was given".into(),
             )
         })?;
+        let invalid = || {
+            CommandError::Unauthorized(format!(
+                "the callback token is not valid for task {task_id} (wrong or from an earlier attempt)"
+            ))
+        };
+        let Some(task) = task else {
+            tracing::warn!(task_id, "callback for an unknown task refused");
+            return Err(invalid());
+        };
         if self
             .keys
             .verify_callback_token(task.id, task.attempt, token)
@@ -263,10 +278,7 @@ impl Lifecycle {
                 task_id = task.id,
                 "callback with an invalid or outdated token refused"
             );
-            Err(CommandError::Unauthorized(format!(
-                "the callback token is not valid for task {} (wrong or from an earlier attempt)",
-                task.id
-            )))
+            Err(invalid())
         }
     }
 

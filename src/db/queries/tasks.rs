@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::Conn;
+use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::tasks;
 
@@ -11,6 +11,7 @@ pub struct TaskFilter {
     pub activity_id: Option<i64>,
     pub executor: Option<String>,
     pub status: Option<&'static str>,
+    pub page: Page,
 }
 
 pub fn find_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
@@ -39,6 +40,12 @@ pub fn list_tasks(conn: &mut Conn, filter: &TaskFilter) -> QueryResult<Vec<TaskR
     }
     if let Some(v) = filter.status {
         query = query.filter(tasks::status.eq(v));
+    }
+    if let Some(after) = filter.page.after {
+        query = query.filter(tasks::id.gt(after));
+    }
+    if let Some(limit) = filter.page.limit {
+        query = query.limit(limit);
     }
     query
         .order(tasks::id)
