@@ -8,6 +8,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer};
 
 use crate::api::{self, ApiState};
+use crate::clock::secs_to_ms;
 use crate::config::Settings;
 use crate::db::{self, Db, DbError};
 use crate::executor::{ExecutorCatalog, Executors};
@@ -79,8 +80,8 @@ impl Application {
         let waker = Waker::default();
         let metrics = Metrics::new();
         let timings = EngineTimings {
-            poll_after_ms: (settings.engine.poll_after_secs * 1000) as i64,
-            default_timeout_ms: (settings.engine.task_timeout_secs * 1000) as i64,
+            poll_after_ms: secs_to_ms(settings.engine.poll_after_secs),
+            default_timeout_ms: secs_to_ms(settings.engine.task_timeout_secs),
         };
         let lifecycle = Lifecycle {
             db: db.clone(),
@@ -99,7 +100,7 @@ impl Application {
             timings,
             EngineConfig {
                 tick: Duration::from_millis(settings.engine.tick_ms),
-                lease_ms: (settings.engine.lease_secs * 1000) as i64,
+                lease_ms: secs_to_ms(settings.engine.lease_secs),
                 max_dispatch_attempts: settings.engine.max_dispatch_attempts,
                 on_missing: settings.placeholders.on_missing,
                 public_url: public_url.clone(),

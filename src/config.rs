@@ -300,9 +300,18 @@ impl Settings {
                 "engine.tick_ms and engine.lease_secs must be positive".into(),
             ));
         }
+        if !(1..=MAX_TASK_TIMEOUT_SECS).contains(&self.engine.task_timeout_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "engine.task_timeout_secs must be from 1 to {MAX_TASK_TIMEOUT_SECS} (30 days), found {}",
+                self.engine.task_timeout_secs
+            )));
+        }
         Ok(())
     }
 }
+
+/// The longest a task may run (`engine.task_timeout_secs`, `configurations.timeout`): 30 days.
+pub const MAX_TASK_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 
 /// Only our variables, with executor names given with `_` mapped back to the `-` they are
 /// written with in YAML (`AZURE_DEVOPS` → `azure-devops`), since shells refuse `-` in names.

@@ -156,7 +156,11 @@ impl Engine {
                     ExecutorError::RateLimited { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let due = now_ms() + backoff_ms(task.step_attempts, RETRY_CAP_MS, retry_after);
+                let due = now_ms().saturating_add(backoff_ms(
+                    task.step_attempts,
+                    RETRY_CAP_MS,
+                    retry_after,
+                ));
                 tracing::warn!(task_id = task.id, error = %e, attempts, "dispatch will be tried again");
                 self.retry(&claimed, Step::Dispatch, due).await
             }
@@ -291,7 +295,9 @@ impl Engine {
         let poll_cap = self.timings.poll_after_ms.max(1000);
         match executor.status(&run, &secrets).await {
             Ok(RunStatus::Running) => {
-                let due = (now + backoff_ms(task.step_attempts, poll_cap, None)).min(deadline);
+                let due = now
+                    .saturating_add(backoff_ms(task.step_attempts, poll_cap, None))
+                    .min(deadline);
                 self.retry(&claimed, Step::Await, due).await
             }
             Ok(RunStatus::Succeeded) => {
@@ -315,7 +321,9 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(task_id = task.id, error = %e, "polling the run failed; will try again");
-                let due = (now + backoff_ms(task.step_attempts, poll_cap, None)).min(deadline);
+                let due = now
+                    .saturating_add(backoff_ms(task.step_attempts, poll_cap, None))
+                    .min(deadline);
                 self.retry(&claimed, Step::Await, due).await
             }
         }
@@ -363,7 +371,7 @@ impl Engine {
                         .finish(&claimed, Step::Confirm, Outcome::Failed { errors }, true)
                         .await;
                 }
-                let due = now + backoff_ms(task.step_attempts, CONFIRM_CAP_MS, None);
+                let due = now.saturating_add(backoff_ms(task.step_attempts, CONFIRM_CAP_MS, None));
                 self.retry(&claimed, Step::Confirm, due).await
             }
         }
@@ -378,7 +386,8 @@ impl Engine {
                 Ok(()) => tracing::info!(task_id, "run cancelled at the provider"),
                 Err(e) if !e.is_permanent() && task.step_attempts + 1 < MAX_CANCEL_ATTEMPTS => {
                     tracing::warn!(task_id, error = %e, "cancelling the run failed; will try again");
-                    let due = now_ms() + backoff_ms(task.step_attempts, RETRY_CAP_MS, None);
+                    let due =
+                        now_ms().saturating_add(backoff_ms(task.step_attempts, RETRY_CAP_MS, None));
                     return self.retry(&claimed, Step::Cancel, due).await;
                 }
                 Err(e) => {
