@@ -63,7 +63,7 @@ impl Application {
             .await
             .map_err(|_| DbError::Canceled)??;
         let keys = Keys::new(&server_secret(&db, settings.callbacks.secret.clone()).await?);
-        let registry = Registry::new(db.clone(), &settings.registry);
+        let registry = Registry::new(db.clone(), &settings.registry, settings.limits);
         if let Some(dir) = settings
             .registry
             .preload_dir
@@ -89,6 +89,7 @@ impl Application {
             keys: keys.clone(),
             catalog: ExecutorCatalog::new(&settings.executors),
             timings,
+            limits: settings.limits,
             require_token: settings.callbacks.require_token,
             waker: waker.clone(),
             metrics: metrics.clone(),
@@ -103,6 +104,7 @@ impl Application {
                 lease_ms: secs_to_ms(settings.engine.lease_secs),
                 max_dispatch_attempts: settings.engine.max_dispatch_attempts,
                 on_missing: settings.placeholders.on_missing,
+                limits: settings.limits,
                 public_url: public_url.clone(),
                 batch: 64,
                 max_in_flight: 512,

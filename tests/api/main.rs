@@ -11,6 +11,7 @@ mod callbacks;
 mod context;
 mod engine;
 mod errors;
+mod limits;
 mod metrics;
 mod openapi;
 mod registry;

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use super::commands::{Applied, EngineTimings, Waker};
 use super::state::{Plan, Snapshot, Timing};
 use crate::clock::now_ms;
-use crate::config::OnMissing;
+use crate::config::{LimitSettings, OnMissing};
 use crate::db::{self, ApplyError, ClaimedStep, Db, DbConnection, DbError};
 use crate::domain::Step;
 use crate::executor::Executors;
@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub lease_ms: i64,
     pub max_dispatch_attempts: u32,
     pub on_missing: OnMissing,
+    /// `configurations_bytes` and `results_bytes` bound what a task carries.
+    pub limits: LimitSettings,
     pub public_url: String,
     /// Steps claimed per database round trip.
     pub batch: usize,
