@@ -62,7 +62,13 @@ impl Application {
         let db = actix_web::web::block(move || Db::connect(&url, pool_size))
             .await
             .map_err(|_| DbError::Canceled)??;
-        let keys = Keys::new(&server_secret(&db, settings.callbacks.secret.clone()).await?);
+        let (callback_secret, kept_in_database) =
+            server_secret(&db, settings.callbacks.secret.clone()).await?;
+        let sealing_key = settings.secrets.key.as_ref().filter(|k| !k.is_empty());
+        if sealing_key.is_none() && kept_in_database {
+            warn_sealing_key_in_database();
+        }
+        let keys = Keys::new(&callback_secret, sealing_key);
         let registry = Registry::new(db.clone(), &settings.registry, settings.limits);
         if let Some(dir) = settings
             .registry
@@ -179,10 +185,11 @@ impl Application {
     }
 }
 
-/// `callbacks.secret`, or the one generated once and kept in the database for every replica.
-async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<Secret, DbError> {
+/// `callbacks.secret`, or the one generated once and kept in the database for every replica
+/// (then `true`).
+async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<(Secret, bool), DbError> {
     if let Some(secret) = configured.filter(|s| !s.is_empty()) {
-        return Ok(secret);
+        return Ok((secret, false));
     }
     let candidate = Keys::generate_secret();
     let stored = db
@@ -190,5 +197,17 @@ async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<Secret, Db
             Ok::<_, DbError>(db::meta_get_or_insert(conn, "callback_secret", &candidate)?)
         })
         .await?;
-    Ok(Secret::new(stored))
+    Ok((Secret::new(stored), true))
+}
+
+/// Once per process (tests and the demo build several applications in one).
+fn warn_sealing_key_in_database() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "per-activity secrets are sealed with a key derived from the callback secret \
+             generated and kept in the same database: whoever reads the database can open them. \
+             Set secrets.key (ODM_DEVOPS__SECRETS__KEY) or callbacks.secret from the environment"
+        )
+    });
 }

@@ -140,14 +140,17 @@ impl Lifecycle {
             &self.limits,
         )?;
         check_run_settings(&request.stage, &definitions)?;
-        let sealed = (!secrets.is_empty()).then(|| self.keys.seal(&secrets));
-        let timings = self.timings;
+        let (keys, timings) = (self.keys.clone(), self.timings);
         let activity = self
             .db
             .write(move |conn| -> Result<ActivityRow, CommandError> {
                 let now = now_ms();
-                let activity =
-                    insert_planned(conn, &request, &definitions, sealed.as_deref(), now)?;
+                let activity = insert_planned(conn, &request, &definitions, now)?;
+                // Sealed once the id is known: it binds the secrets to this activity.
+                if !secrets.is_empty() {
+                    let sealed = keys.seal(activity.id, &secrets);
+                    db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
+                }
                 if !start {
                     return Ok(activity);
                 }
@@ -375,7 +378,6 @@ fn insert_planned(
     conn: &mut DbConnection,
     request: &NewActivityRequest,
     definitions: &[TaskDefinition],
-    sealed: Option<&str>,
     now: i64,
 ) -> Result<ActivityRow, CommandError> {
     let (product, version, stage) = (
@@ -412,7 +414,7 @@ fn insert_planned(
         data_product_version: version,
         stage,
         status: ActivityStatus::Planned.as_str(),
-        sealed_secrets: sealed,
+        sealed_secrets: None,
         created_at: now,
     };
     db::insert_activity(conn, activity, tasks).map_err(|e| {
@@ -454,13 +456,15 @@ fn start_in(
     })?;
     if let Some((keys, fresh)) = fresh_secrets {
         let mut secrets = match &a.sealed_secrets {
-            Some(sealed) => keys.unseal(sealed).map_err(CommandError::InvalidActivity)?,
+            Some(sealed) => keys
+                .unseal(id, sealed)
+                .map_err(CommandError::InvalidActivity)?,
             None => ActivitySecrets::new(),
         };
         for (executor, given) in fresh {
             secrets.entry(executor).or_default().extend(given);
         }
-        db::set_sealed_secrets(conn, id, Some(&keys.seal(&secrets)))?;
+        db::set_sealed_secrets(conn, id, Some(&keys.seal(id, &secrets)))?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod openapi;
 mod registry;
 mod replicas;
 mod retries;
+mod sealing;
 mod templates;
 mod ui;
 mod walkthrough;

@@ -257,7 +257,7 @@ impl Engine {
             None => Ok(Secrets::new()),
             Some(sealed) => Ok(self
                 .keys
-                .unseal(sealed)?
+                .unseal(activity.id, sealed)?
                 .remove(executor)
                 .unwrap_or_default()),
         }
