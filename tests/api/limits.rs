@@ -255,18 +255,24 @@ async fn a_mebibyte_of_placeholder_openers_is_refused_briefly(db: TestDb) {
     app.stop().await;
 }
 
+/// The fake executor's task alone in stage dev, started, with `limits.results_bytes` given.
+async fn one_task_started(
+    db: &TestDb,
+    executor: &FakeExecutor,
+    results_bytes: usize,
+) -> (TestApp, i64) {
+    let settings = test_settings(db, Some(&executor.address));
+    let app = spawn_app(with_limits(settings, |l| l.results_bytes = results_bytes)).await;
+    let lifecycle = json!({"dev": [fake_task("t", json!({}))]});
+    app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
+    let id = app.start_activity("p", "1", "dev").await;
+    (app, id)
+}
+
 on_both_backends!(callback_results_over_results_bytes_are_413_and_change_nothing);
 async fn callback_results_over_results_bytes_are_413_and_change_nothing(db: TestDb) {
     let executor = FakeExecutor::start().await;
-    let settings = test_settings(&db, Some(&executor.address));
-    let app = spawn_app(with_limits(settings, |l| l.results_bytes = 64)).await;
-    app.put_descriptor(
-        "p",
-        "1",
-        &descriptor(json!({"dev": [fake_task("t", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p", "1", "dev").await;
+    let (app, id) = one_task_started(&db, &executor, 64).await;
     let task = executor.wait_for(1).await.remove(0);
     // {"k":"…"} is 8 bytes around the text.
     let results = |n: usize| json!({"status": "PROCESSED", "results": {"k": "x".repeat(n)}});
@@ -300,15 +306,7 @@ on_both_backends!(an_executors_results_over_results_bytes_fail_the_task);
 async fn an_executors_results_over_results_bytes_fail_the_task(db: TestDb) {
     let executor = FakeExecutor::start().await;
     executor.reply_with("PROCESSED", Some(json!({"k": "x".repeat(100)})));
-    let settings = test_settings(&db, Some(&executor.address));
-    let app = spawn_app(with_limits(settings, |l| l.results_bytes = 64)).await;
-    app.put_descriptor(
-        "p",
-        "1",
-        &descriptor(json!({"dev": [fake_task("t", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p", "1", "dev").await;
+    let (app, id) = one_task_started(&db, &executor, 64).await;
     app.wait_for_activity(id, "FAILED").await;
     let errors = app.tasks_of(id).await[0]["errors"]
         .as_str()
