@@ -36,6 +36,8 @@
 //!   This means shell `${VAR}` or Azure `${{ … }}` in a value must be written `$${VAR}`.
 //! * `$<` opens a placeholder only when a well-formed reference and `>` follow; otherwise it
 //!   is literal text (`$<` is common in shell snippets and makefiles).
+//! * A malformed `${…}` ends after its first `}`, or before the next `${`, or at the end.
+//! * Scanning costs time linear in the text, whatever it holds (`parse::scan` counts it).
 //!
 //! # Values
 //!
