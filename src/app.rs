@@ -9,6 +9,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer};
 
 use crate::api::{self, ApiState};
+use crate::clock::secs_to_ms;
 use crate::config::Settings;
 use crate::db::{self, Db, DbError};
 use crate::executor::{ExecutorCatalog, Executors};
@@ -77,8 +78,14 @@ impl Application {
         let db = actix_web::web::block(move || Db::connect_with(&url, limits))
             .await
             .map_err(|_| DbError::Canceled)??;
-        let keys = Keys::new(&server_secret(&db, settings.callbacks.secret.clone()).await?);
-        let registry = Registry::new(db.clone(), &settings.registry);
+        let (callback_secret, kept_in_database) =
+            server_secret(&db, settings.callbacks.secret.clone()).await?;
+        let sealing_key = settings.secrets.key.as_ref().filter(|k| !k.is_empty());
+        if sealing_key.is_none() && kept_in_database {
+            warn_sealing_key_in_database();
+        }
+        let keys = Keys::new(&callback_secret, sealing_key);
+        let registry = Registry::new(db.clone(), &settings.registry, settings.limits);
         if let Some(dir) = settings
             .registry
             .preload_dir
@@ -95,8 +102,8 @@ impl Application {
         let waker = Waker::default();
         let metrics = Metrics::new();
         let timings = EngineTimings {
-            poll_after_ms: (settings.engine.poll_after_secs * 1000) as i64,
-            default_timeout_ms: (settings.engine.task_timeout_secs * 1000) as i64,
+            poll_after_ms: secs_to_ms(settings.engine.poll_after_secs),
+            default_timeout_ms: secs_to_ms(settings.engine.task_timeout_secs),
         };
         let lifecycle = Lifecycle {
             db: db.clone(),
@@ -104,6 +111,7 @@ impl Application {
             keys: keys.clone(),
             catalog: ExecutorCatalog::new(&settings.executors),
             timings,
+            limits: settings.limits,
             require_token: settings.callbacks.require_token,
             waker: waker.clone(),
             metrics: metrics.clone(),
@@ -115,9 +123,10 @@ impl Application {
             timings,
             EngineConfig {
                 tick: Duration::from_millis(settings.engine.tick_ms),
-                lease_ms: (settings.engine.lease_secs * 1000) as i64,
+                lease_ms: secs_to_ms(settings.engine.lease_secs),
                 max_dispatch_attempts: settings.engine.max_dispatch_attempts,
                 on_missing: settings.placeholders.on_missing,
+                limits: settings.limits,
                 public_url: public_url.clone(),
                 batch: 64,
                 max_in_flight: 512,
@@ -202,10 +211,11 @@ impl Application {
     }
 }
 
-/// `callbacks.secret`, or the one generated once and kept in the database for every replica.
-async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<Secret, DbError> {
+/// `callbacks.secret`, or the one generated once and kept in the database for every replica
+/// (then `true`).
+async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<(Secret, bool), DbError> {
     if let Some(secret) = configured.filter(|s| !s.is_empty()) {
-        return Ok(secret);
+        return Ok((secret, false));
     }
     let candidate = Keys::generate_secret();
     let stored = db
@@ -213,5 +223,17 @@ async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<Secret, Db
             Ok::<_, DbError>(db::meta_get_or_insert(conn, "callback_secret", &candidate)?)
         })
         .await?;
-    Ok(Secret::new(stored))
+    Ok((Secret::new(stored), true))
+}
+
+/// Once per process (tests and the demo build several applications in one).
+fn warn_sealing_key_in_database() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "per-activity secrets are sealed with a key derived from the callback secret \
+             generated and kept in the same database: whoever reads the database can open them. \
+             Set secrets.key (ODM_DEVOPS__SECRETS__KEY) or callbacks.secret from the environment"
+        )
+    });
 }

@@ -26,6 +26,8 @@ pub struct Settings {
     pub executors: BTreeMap<String, ExecutorSettings>,
     pub policy: PolicySettings,
     pub notifications: NotificationSettings,
+    pub limits: LimitSettings,
+    pub secrets: SecretsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +248,27 @@ pub struct ListenerSettings {
     pub address: String,
 }
 
+/// Bounds on what one request may make the service do (DESIGN §14); every refusal names the
+/// limit, its value and its key. The checks live in `crate::limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub tasks_per_stage: usize,
+    pub stages: usize,
+    pub name_chars: usize,
+    pub results_bytes: usize,
+    pub configurations_bytes: usize,
+    pub placeholders_per_task: usize,
+    pub listed_errors: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// Sealing key of per-activity secrets; `None`: derived from the callback secret.
+    pub key: Option<Secret>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Quotes the loader's error, so it is not also its `source` (printed twice in a chain).
@@ -306,9 +329,19 @@ impl Settings {
                 "registry.address is required when registry.mode is remote".into(),
             ));
         }
-        if self.policy.active && self.policy.address.is_none() {
+        // Not built yet: accepting them would let governance fail open.
+        if self.policy.active {
             return Err(ConfigError::Invalid(
-                "policy.address is required when policy.active is true".into(),
+                "policy.active: true is not supported yet (no policy checks would run): \
+                 set policy.active: false"
+                    .into(),
+            ));
+        }
+        if !self.notifications.listeners.is_empty() {
+            return Err(ConfigError::Invalid(
+                "notifications.listeners is not supported yet (no event would be delivered): \
+                 leave it empty"
+                    .into(),
             ));
         }
         if self.auth.api_tokens.iter().any(Secret::is_empty) {
@@ -338,7 +371,38 @@ impl Settings {
                 "engine.tick_ms and engine.lease_secs must be positive".into(),
             ));
         }
-        Ok(())
+        if !(1..=MAX_TASK_TIMEOUT_SECS).contains(&self.engine.task_timeout_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "engine.task_timeout_secs must be from 1 to {MAX_TASK_TIMEOUT_SECS} (30 days), found {}",
+                self.engine.task_timeout_secs
+            )));
+        }
+        self.limits.validate()
+    }
+}
+
+/// The longest a task may run (`engine.task_timeout_secs`, `configurations.timeout`): 30 days.
+pub const MAX_TASK_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+
+impl LimitSettings {
+    /// Each limit as (config key, value), for checks and messages.
+    pub fn all(&self) -> [(&'static str, usize); 7] {
+        [
+            ("limits.tasks_per_stage", self.tasks_per_stage),
+            ("limits.stages", self.stages),
+            ("limits.name_chars", self.name_chars),
+            ("limits.results_bytes", self.results_bytes),
+            ("limits.configurations_bytes", self.configurations_bytes),
+            ("limits.placeholders_per_task", self.placeholders_per_task),
+            ("limits.listed_errors", self.listed_errors),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.all().into_iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
+            None => Ok(()),
+        }
     }
 }
 

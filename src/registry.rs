@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::clock::now_ms;
-use crate::config::{RegistryMode, RegistrySettings};
+use crate::config::{LimitSettings, RegistryMode, RegistrySettings};
 use crate::db::{self, Db, DbError};
 use crate::descriptor;
 use crate::http_client::{client, path_segment};
@@ -16,6 +16,7 @@ use crate::http_client::{client, path_segment};
 pub struct Registry {
     db: Db,
     remote: Option<Remote>,
+    limits: LimitSettings,
 }
 
 #[derive(Clone)]
@@ -36,6 +37,9 @@ pub enum RegistryError {
     Failed(RemoteFailure),
     #[error("the descriptor is invalid: {0}")]
     Invalid(String),
+    /// 422 42213
+    #[error("{0}")]
+    OverLimit(String),
     /// 422 42201
     #[error(
         "templates by reference are resolved only through a remote ODM registry \
@@ -82,7 +86,7 @@ impl From<diesel::result::Error> for RegistryError {
 }
 
 impl Registry {
-    pub fn new(db: Db, settings: &RegistrySettings) -> Registry {
+    pub fn new(db: Db, settings: &RegistrySettings, limits: LimitSettings) -> Registry {
         let remote = (settings.mode == RegistryMode::Remote).then(|| Remote {
             address: settings
                 .address
@@ -92,7 +96,7 @@ impl Registry {
                 .to_owned(),
             timeout: Duration::from_millis(settings.timeout_ms),
         });
-        Registry { db, remote }
+        Registry { db, remote, limits }
     }
 
     pub fn is_embedded(&self) -> bool {
@@ -129,14 +133,24 @@ impl Registry {
             .await
     }
 
-    /// Validates and stores a descriptor in the embedded registry; true when it is new.
+    /// Validates and stores a descriptor in the embedded registry; true when it is new. Over a
+    /// limit (`limits.*`: names, stages, tasks per stage) it is refused, as an activity of it
+    /// would be.
     pub async fn put(
         &self,
         product: &str,
         version: &str,
         descriptor: &Value,
     ) -> Result<bool, RegistryError> {
-        descriptor::parse(descriptor).map_err(|e| RegistryError::Invalid(e.0))?;
+        let over = |e: crate::limits::OverLimit| RegistryError::OverLimit(e.0);
+        self.limits
+            .check_name("the product id", product)
+            .map_err(over)?;
+        self.limits
+            .check_name("the version", version)
+            .map_err(over)?;
+        let info = descriptor::parse(descriptor).map_err(|e| RegistryError::Invalid(e.0))?;
+        self.limits.check_lifecycle(&info).map_err(over)?;
         let (product, version, content) = (
             product.to_owned(),
             version.to_owned(),

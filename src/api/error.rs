@@ -71,6 +71,11 @@ impl ApiError {
         ApiError::new(422, "42203", "Task status update is invalid", message)
     }
 
+    /// 422 42213: over a `limits.*` bound.
+    pub fn over_limit(message: impl Into<String>) -> ApiError {
+        ApiError::new(422, "42213", "Over a limit", message)
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(401, "40101", "Unauthorized", message)
     }
@@ -146,6 +151,10 @@ impl From<CommandError> for ApiError {
                 ApiError::new(422, "42202", "Activity already exists", message)
             }
             CommandError::InvalidCallback(_) => ApiError::invalid_callback(message),
+            CommandError::OverLimit(_) => ApiError::over_limit(message),
+            CommandError::ResultsTooLarge(_) => {
+                ApiError::new(413, "41301", "Payload too large", message)
+            }
             CommandError::ActivityNotFound(_) => {
                 ApiError::new(404, "40401", "Activity not found", message)
             }
@@ -179,6 +188,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(_) => {
                 ApiError::new(422, "42211", "Descriptor is invalid", message)
             }
+            RegistryError::OverLimit(_) => ApiError::over_limit(message),
             RegistryError::Db(e) => ApiError::database(e),
         }
     }

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use super::error::CommandError;
 use super::state::{self, CallbackDecision, Plan, Report, Snapshot, Timing};
 use crate::clock::now_ms;
+use crate::config::LimitSettings;
 use crate::db::models::{ActivityRow, NewActivity, NewTask, TaskRow};
 use crate::db::{self, Db, DbConnection};
 use crate::descriptor::{self, LifecycleInfo, TaskDefinition};
@@ -61,6 +62,7 @@ pub struct Lifecycle {
     pub(crate) keys: Keys,
     pub(crate) catalog: ExecutorCatalog,
     pub(crate) timings: EngineTimings,
+    pub(crate) limits: LimitSettings,
     pub(crate) require_token: bool,
     pub(crate) waker: Waker,
     pub(crate) metrics: Arc<Metrics>,
@@ -109,6 +111,14 @@ impl Lifecycle {
         start: bool,
         secrets: ActivitySecrets,
     ) -> Result<ActivityRow, CommandError> {
+        let over = |e: crate::limits::OverLimit| CommandError::OverLimit(e.0);
+        for (field, name) in [
+            ("dataProductId", &request.data_product_id),
+            ("dataProductVersion", &request.data_product_version),
+            ("stage", &request.stage),
+        ] {
+            self.limits.check_name(field, name).map_err(over)?;
+        }
         let descriptor = self
             .registry
             .descriptor(&request.data_product_id, &request.data_product_version)
@@ -119,20 +129,28 @@ impl Lifecycle {
                 request.data_product_version, request.data_product_id
             ))
         })?;
+        self.limits.check_lifecycle(&info).map_err(over)?;
         let definitions = stage_tasks(&info, &request)?;
         let definitions =
             super::task_templates::resolve(&self.registry, &request.stage, definitions).await?;
-        super::task_placeholders::check_new_activity(&request.stage, &definitions, &info)
-            .map_err(CommandError::InvalidActivity)?;
+        super::task_placeholders::check_new_activity(
+            &request.stage,
+            &definitions,
+            &info,
+            &self.limits,
+        )?;
         check_run_settings(&request.stage, &definitions)?;
-        let sealed = (!secrets.is_empty()).then(|| self.keys.seal(&secrets));
-        let timings = self.timings;
+        let (keys, timings) = (self.keys.clone(), self.timings);
         let activity = self
             .db
             .write(move |conn| -> Result<ActivityRow, CommandError> {
                 let now = now_ms();
-                let activity =
-                    insert_planned(conn, &request, &definitions, sealed.as_deref(), now)?;
+                let activity = insert_planned(conn, &request, &definitions, now)?;
+                // Sealed once the id is known: it binds the secrets to this activity.
+                if !secrets.is_empty() {
+                    let sealed = keys.seal(activity.id, &secrets);
+                    db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
+                }
                 if !start {
                     return Ok(activity);
                 }
@@ -201,6 +219,13 @@ impl Lifecycle {
         token: Option<String>,
         report: Report,
     ) -> Result<TaskStatus, CommandError> {
+        // Measured here, refused after the token is checked: a caller without one learns nothing.
+        let too_large = report.results.as_ref().and_then(|results| {
+            self.limits
+                .check_results("the callback's", results)
+                .err()
+                .map(|e| CommandError::ResultsTooLarge(e.0))
+        });
         let this = self.clone();
         let recorded = self
             .db
@@ -208,6 +233,10 @@ impl Lifecycle {
                 let task = db::find_task(conn, task_id)?;
                 if this.require_token {
                     this.verify_token(task_id, task.as_ref(), token.as_deref())?;
+                }
+                if let Some(refusal) = too_large {
+                    tracing::warn!(task_id, reason = %refusal, "callback refused");
+                    return Err(refusal);
                 }
                 let task = task.ok_or(CommandError::TaskNotFound(task_id))?;
                 let snapshot = snapshot(conn, task.activity_id)?;
@@ -307,9 +336,11 @@ fn callback_answer(recorded: &Result<Recorded, CommandError>) -> CallbackAnswer 
         Err(CommandError::TaskConflict(_) | CommandError::ActivityConflict(_)) => {
             CallbackAnswer::Refused
         }
-        Err(CommandError::TaskNotFound(_) | CommandError::InvalidCallback(_)) => {
-            CallbackAnswer::Invalid
-        }
+        Err(
+            CommandError::TaskNotFound(_)
+            | CommandError::InvalidCallback(_)
+            | CommandError::ResultsTooLarge(_),
+        ) => CallbackAnswer::Invalid,
         Err(_) => CallbackAnswer::Error,
     }
 }
@@ -359,7 +390,6 @@ fn insert_planned(
     conn: &mut DbConnection,
     request: &NewActivityRequest,
     definitions: &[TaskDefinition],
-    sealed: Option<&str>,
     now: i64,
 ) -> Result<ActivityRow, CommandError> {
     let (product, version, stage) = (
@@ -396,7 +426,7 @@ fn insert_planned(
         data_product_version: version,
         stage,
         status: ActivityStatus::Planned.as_str(),
-        sealed_secrets: sealed,
+        sealed_secrets: None,
         created_at: now,
     };
     db::insert_activity(conn, activity, tasks).map_err(|e| {
@@ -438,13 +468,15 @@ fn start_in(
     })?;
     if let Some((keys, fresh)) = fresh_secrets {
         let mut secrets = match &a.sealed_secrets {
-            Some(sealed) => keys.unseal(sealed).map_err(CommandError::InvalidActivity)?,
+            Some(sealed) => keys
+                .unseal(id, sealed)
+                .map_err(CommandError::InvalidActivity)?,
             None => ActivitySecrets::new(),
         };
         for (executor, given) in fresh {
             secrets.entry(executor).or_default().extend(given);
         }
-        db::set_sealed_secrets(conn, id, Some(&keys.seal(&secrets)))?;
+        db::set_sealed_secrets(conn, id, Some(&keys.seal(id, &secrets)))?;
     }
     Ok(())
 }

@@ -106,10 +106,7 @@ impl Engine {
                     run_ref: Some(submitted.run.0.to_string()),
                     run_url: submitted.web_url,
                     configurations: stored_configurations,
-                    immediate: submitted.outcome.map(|o| match o {
-                        RunOutcome::Succeeded { results } => Outcome::Processed { results },
-                        RunOutcome::Failed { errors } => Outcome::RunFailed { errors },
-                    }),
+                    immediate: submitted.outcome.map(|o| self.outcome_of(o)),
                 };
                 let (task_id, lease) = (task.id, claimed.claim.clone());
                 self.decide(task.activity_id, move |s, t| {
@@ -156,10 +153,31 @@ impl Engine {
                     ExecutorError::RateLimited { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let due = now_ms() + backoff_ms(task.step_attempts, RETRY_CAP_MS, retry_after);
+                let due = now_ms().saturating_add(backoff_ms(
+                    task.step_attempts,
+                    RETRY_CAP_MS,
+                    retry_after,
+                ));
                 tracing::warn!(task_id = task.id, error = %e, attempts, "dispatch will be tried again");
                 self.retry(&claimed, Step::Dispatch, due).await
             }
+        }
+    }
+
+    /// What an executor's immediate answer means; results over `limits.results_bytes` fail the
+    /// task, naming the limit, as a callback carrying them is refused.
+    fn outcome_of(&self, outcome: RunOutcome) -> Outcome {
+        match outcome {
+            RunOutcome::Succeeded { results } => {
+                match results
+                    .as_ref()
+                    .map(|r| self.config.limits.check_results("the executor's", r))
+                {
+                    Some(Err(over)) => Outcome::Failed { errors: over.0 },
+                    _ => Outcome::Processed { results },
+                }
+            }
+            RunOutcome::Failed { errors } => Outcome::RunFailed { errors },
         }
     }
 
@@ -225,20 +243,13 @@ impl Engine {
             text.and_then(|t| serde_json::from_str(t).ok())
                 .unwrap_or_else(|| Value::Object(Default::default()))
         };
-        let template = crate::lifecycle::task_placeholders::resolve(
+        crate::lifecycle::task_placeholders::resolve_task(
             &parse(task.template.as_deref()),
-            task_context,
-            self.config.on_missing,
-        )?;
-        let mut configurations = crate::lifecycle::task_placeholders::resolve(
             &parse(task.configurations_as_planned()),
             task_context,
             self.config.on_missing,
-        )?;
-        if let Value::Object(map) = &mut configurations {
-            map.insert("context".into(), task_context.context.clone());
-        }
-        Ok((template, configurations))
+            self.config.limits.configurations_bytes,
+        )
     }
 
     fn secrets_for(&self, activity: &ActivityRow, executor: &str) -> Result<Secrets, String> {
@@ -246,7 +257,7 @@ impl Engine {
             None => Ok(Secrets::new()),
             Some(sealed) => Ok(self
                 .keys
-                .unseal(sealed)?
+                .unseal(activity.id, sealed)?
                 .remove(executor)
                 .unwrap_or_default()),
         }
@@ -291,7 +302,9 @@ impl Engine {
         let poll_cap = self.timings.poll_after_ms.max(1000);
         match executor.status(&run, &secrets).await {
             Ok(RunStatus::Running) => {
-                let due = (now + backoff_ms(task.step_attempts, poll_cap, None)).min(deadline);
+                let due = now
+                    .saturating_add(backoff_ms(task.step_attempts, poll_cap, None))
+                    .min(deadline);
                 self.retry(&claimed, Step::Await, due).await
             }
             Ok(RunStatus::Succeeded) => {
@@ -315,7 +328,9 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(task_id = task.id, error = %e, "polling the run failed; will try again");
-                let due = (now + backoff_ms(task.step_attempts, poll_cap, None)).min(deadline);
+                let due = now
+                    .saturating_add(backoff_ms(task.step_attempts, poll_cap, None))
+                    .min(deadline);
                 self.retry(&claimed, Step::Await, due).await
             }
         }
@@ -363,7 +378,7 @@ impl Engine {
                         .finish(&claimed, Step::Confirm, Outcome::Failed { errors }, true)
                         .await;
                 }
-                let due = now + backoff_ms(task.step_attempts, CONFIRM_CAP_MS, None);
+                let due = now.saturating_add(backoff_ms(task.step_attempts, CONFIRM_CAP_MS, None));
                 self.retry(&claimed, Step::Confirm, due).await
             }
         }
@@ -378,7 +393,8 @@ impl Engine {
                 Ok(()) => tracing::info!(task_id, "run cancelled at the provider"),
                 Err(e) if !e.is_permanent() && task.step_attempts + 1 < MAX_CANCEL_ATTEMPTS => {
                     tracing::warn!(task_id, error = %e, "cancelling the run failed; will try again");
-                    let due = now_ms() + backoff_ms(task.step_attempts, RETRY_CAP_MS, None);
+                    let due =
+                        now_ms().saturating_add(backoff_ms(task.step_attempts, RETRY_CAP_MS, None));
                     return self.retry(&claimed, Step::Cancel, due).await;
                 }
                 Err(e) => {

@@ -247,7 +247,7 @@ fn retry_run(task: &TaskRow, errors: &str, lease: Option<&str>, t: &Timing) -> O
     if failed_runs > policy.max as i32 {
         return None;
     }
-    let due = t.now + policy.delay_ms(failed_runs);
+    let due = t.now.saturating_add(policy.delay_ms(failed_runs));
     if task.deadline_at.is_some_and(|deadline| due >= deadline) {
         return None;
     }

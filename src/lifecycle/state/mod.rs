@@ -273,7 +273,9 @@ pub(super) fn begin(task: &TaskRow, t: &Timing) -> TaskUpdate {
     let changes = TaskChanges {
         status: Some(TaskStatus::Processing.as_str()),
         started_at: Some(Some(t.now)),
-        deadline_at: Some(Some(t.now + timeout_ms(task, t.default_timeout_ms))),
+        deadline_at: Some(Some(
+            t.now.saturating_add(timeout_ms(task, t.default_timeout_ms)),
+        )),
         step_attempts: Some(0),
         ..reschedule(TaskChanges::default(), Step::Dispatch, t.now)
     };

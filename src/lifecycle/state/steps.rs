@@ -53,7 +53,10 @@ pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Ti
     let (step, due) = match task.reported_outcome {
         // Its callback came while we were sending: confirm it now that the run is known.
         Some(_) => (Step::Confirm, t.now),
-        None => (Step::Await, (t.now + t.poll_after_ms).min(deadline)),
+        None => (
+            Step::Await,
+            t.now.saturating_add(t.poll_after_ms).min(deadline),
+        ),
     };
     let changes = TaskChanges {
         step_attempts: Some(0),
