@@ -1,5 +1,7 @@
 # One container: the service with its embedded SQLite database and registry.
-#   docker build -t odm-devops . && docker run -p 8002:8002 -v odm-data:/app/data odm-devops
+#   docker build -t odm-devops .
+#   export ODM_DEVOPS__AUTH__API_TOKENS=$(openssl rand -hex 32)
+#   docker run -p 8002:8002 -v odm-data:/app/data -e ODM_DEVOPS__AUTH__API_TOKENS odm-devops
 FROM rust:1-bookworm AS build
 RUN apt-get update -qq && apt-get install -y -qq libpq-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -16,6 +18,9 @@ USER odm
 # time, never from the image: ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET=…
 # Also set ODM_DEVOPS__SERVER__PUBLIC_URL to the address pipelines reach this container at: it
 # is the base of every callbackRef.
+# Bound to every interface, the service does not start without an API token
+# (-e ODM_DEVOPS__AUTH__API_TOKENS, from the environment) unless ODM_DEVOPS__AUTH__ANONYMOUS=true
+# says it may be open on purpose. The health check below needs no token.
 ENV ODM_DEVOPS__SERVER__BIND=0.0.0.0:8002
 EXPOSE 8002
 VOLUME /app/data

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer};
 
 use crate::api::{self, ApiState};
+use crate::clock::secs_to_ms;
 use crate::config::Settings;
 use crate::db::{self, Db, DbError};
 use crate::executor::{ExecutorCatalog, Executors};
@@ -21,7 +23,7 @@ use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {bind}: {source}")]
+    #[error("cannot listen on {bind}")]
     Bind {
         bind: String,
         source: std::io::Error,
@@ -30,6 +32,13 @@ pub enum StartupError {
     Db(#[from] DbError),
     #[error("{0}")]
     Registry(String),
+    #[error(
+        "refusing to serve the API without authentication on {0}, beyond loopback: set a token \
+         (ODM_DEVOPS__AUTH__API_TOKENS=<token>, i.e. auth.api_tokens), or let anyone who reaches \
+         this address drive the API on purpose with auth.anonymous: true \
+         (ODM_DEVOPS__AUTH__ANONYMOUS=true)"
+    )]
+    Anonymous(std::net::SocketAddr),
 }
 
 pub struct Application {
@@ -78,14 +87,28 @@ impl Application {
             "" => format!("http://{address}"),
             url => url.trim_end_matches('/').to_owned(),
         };
+        let anonymous = settings.auth.api_tokens.is_empty();
+        if anonymous && !address.ip().is_loopback() && !settings.auth.anonymous {
+            return Err(StartupError::Anonymous(address));
+        }
 
         let url = settings.database.url.expose().to_owned();
-        let pool_size = settings.database.pool_size;
-        let db = actix_web::web::block(move || Db::connect(&url, pool_size))
+        let limits = db::DbLimits {
+            pool_size: settings.database.pool_size,
+            pool_timeout: Duration::from_millis(settings.database.pool_timeout_ms),
+            write_queue: settings.database.write_queue,
+        };
+        let db = actix_web::web::block(move || Db::connect_with(&url, limits))
             .await
             .map_err(|_| DbError::Canceled)??;
-        let keys = Keys::new(&server_secret(&db, settings.callbacks.secret.clone()).await?);
-        let registry = Registry::new(db.clone(), &settings.registry);
+        let (callback_secret, kept_in_database) =
+            server_secret(&db, settings.callbacks.secret.clone()).await?;
+        let sealing_key = settings.secrets.key.as_ref().filter(|k| !k.is_empty());
+        if sealing_key.is_none() && kept_in_database {
+            warn_sealing_key_in_database();
+        }
+        let keys = Keys::new(&callback_secret, sealing_key);
+        let registry = Registry::new(db.clone(), &settings.registry, settings.limits);
         if let Some(dir) = settings
             .registry
             .preload_dir
@@ -102,8 +125,8 @@ impl Application {
         let waker = Waker::default();
         let metrics = Metrics::new();
         let timings = EngineTimings {
-            poll_after_ms: (settings.engine.poll_after_secs * 1000) as i64,
-            default_timeout_ms: (settings.engine.task_timeout_secs * 1000) as i64,
+            poll_after_ms: secs_to_ms(settings.engine.poll_after_secs),
+            default_timeout_ms: secs_to_ms(settings.engine.task_timeout_secs),
         };
         let lifecycle = LifecycleService::new(LifecycleParts {
             db: db.clone(),
@@ -111,6 +134,7 @@ impl Application {
             keys: keys.clone(),
             catalog: ExecutorCatalog::new(&settings.executors),
             timings,
+            limits: settings.limits,
             require_token: settings.callbacks.require_token,
             waker: waker.clone(),
             metrics: metrics.clone(),
@@ -122,9 +146,10 @@ impl Application {
             timings,
             EngineConfig {
                 tick: Duration::from_millis(settings.engine.tick_ms),
-                lease_ms: (settings.engine.lease_secs * 1000) as i64,
+                lease_ms: secs_to_ms(settings.engine.lease_secs),
                 max_dispatch_attempts: settings.engine.max_dispatch_attempts,
                 on_missing: settings.placeholders.on_missing,
+                limits: settings.limits,
                 public_url: public_url.clone(),
                 batch: 64,
                 max_in_flight: 512,
@@ -143,19 +168,29 @@ impl Application {
         if loopback_url && !address.ip().is_loopback() {
             tracing::warn!(%public_url, "server.public_url is a loopback address: pipelines on other machines cannot call back; set it to the address they reach this service at");
         }
-        if settings.auth.api_tokens.is_empty() && !address.ip().is_loopback() {
-            tracing::warn!(%address, "the API is open to the network without authentication: set auth.api_tokens");
+        if anonymous && !address.ip().is_loopback() {
+            tracing::warn!(%address, "auth.anonymous: the API is open to anyone who reaches this address");
         }
+        let edge = Arc::new(api::Edge {
+            perimeter: api::Perimeter {
+                api_tokens: settings.auth.api_tokens.clone(),
+                metrics_token: settings.metrics.token.clone(),
+                own_origins: api::origin::own_origins(&public_url, address),
+            },
+            metrics: metrics.clone(),
+        });
         let state = ApiState {
             lifecycle: lifecycle.clone(),
             body_limit: settings.server.body_limit_bytes,
-            api_tokens: Arc::new(settings.auth.api_tokens.clone()),
             metrics,
+            stored_work: Arc::new(api::StoredWork::default()),
         };
-        let (tokens, metrics) = (state.api_tokens.clone(), state.metrics.clone());
         let mut server = HttpServer::new(move || {
+            let edge = edge.clone();
             App::new()
-                .wrap_fn(api::around(tokens.clone(), metrics.clone()))
+                .wrap(from_fn(move |req, next| {
+                    api::around(edge.clone(), req, next)
+                }))
                 .configure(api::routes(state.clone()))
         })
         .listen(listener)
@@ -212,10 +247,11 @@ impl Application {
     }
 }
 
-/// `callbacks.secret`, or the one generated once and kept in the database for every replica.
-async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<Secret, DbError> {
+/// `callbacks.secret`, or the one generated once and kept in the database for every replica
+/// (then `true`).
+async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<(Secret, bool), DbError> {
     if let Some(secret) = configured.filter(|s| !s.is_empty()) {
-        return Ok(secret);
+        return Ok((secret, false));
     }
     let candidate = Keys::generate_secret();
     let stored = db
@@ -223,5 +259,17 @@ async fn server_secret(db: &Db, configured: Option<Secret>) -> Result<Secret, Db
             Ok::<_, DbError>(db::meta_get_or_insert(conn, "callback_secret", &candidate)?)
         })
         .await?;
-    Ok(Secret::new(stored))
+    Ok((Secret::new(stored), true))
+}
+
+/// Once per process (tests and the demo build several applications in one).
+fn warn_sealing_key_in_database() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "per-activity secrets are sealed with a key derived from the callback secret \
+             generated and kept in the same database: whoever reads the database can open them. \
+             Set secrets.key (ODM_DEVOPS__SECRETS__KEY) or callbacks.secret from the environment"
+        )
+    });
 }

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::telemetry::error_chain as chain;
 
 #[derive(Parser)]
 #[command(
@@ -51,46 +51,47 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", chain(e.as_ref()));
+            // `{:#}`: the error and every cause under it, on one line.
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
-
-fn serve(config: Option<PathBuf>) -> CliResult {
+fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref())?;
     crate::telemetry::init(&settings.log);
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings).await?;
-        app.run_until_stopped().await?;
-        Ok(())
+        let app = Application::build(settings)
+            .await
+            .context("the service did not start")?;
+        app.run_until_stopped()
+            .await
+            .context("the HTTP server stopped with an error")
     })
 }
 
-fn demo() -> CliResult {
+fn demo() -> anyhow::Result<()> {
     crate::telemetry::init(&crate::demo::quiet_logs());
     let options = crate::demo::DemoOptions::default();
     actix_web::rt::System::new()
-        .block_on(async move { crate::demo::run(&mut std::io::stdout(), &options).await })?;
-    Ok(())
+        .block_on(async move { crate::demo::run(&mut std::io::stdout(), &options).await })
 }
 
-fn simulate_azure(args: crate::simulator::SimulateAzureArgs) -> CliResult {
-    actix_web::rt::System::new().block_on(crate::simulator::serve_cli(args))?;
-    Ok(())
+fn simulate_azure(args: crate::simulator::SimulateAzureArgs) -> anyhow::Result<()> {
+    actix_web::rt::System::new()
+        .block_on(crate::simulator::serve_cli(args))
+        .context("the Azure DevOps simulator stopped")
 }
 
-fn bench(args: &crate::bench::BenchArgs, config: Option<PathBuf>) -> CliResult {
-    crate::bench::run_cli(args, config.as_deref())?;
-    Ok(())
+fn bench(args: &crate::bench::BenchArgs, config: Option<PathBuf>) -> anyhow::Result<()> {
+    crate::bench::run_cli(args, config.as_deref())
 }
 
-fn migrate(config: Option<PathBuf>) -> CliResult {
+fn migrate(config: Option<PathBuf>) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref())?;
     crate::telemetry::init(&settings.log);
-    Db::connect(settings.database.url.expose(), 1)?;
+    Db::connect(settings.database.url.expose(), 1).context("migrating the database")?;
     println!("database is up to date");
     Ok(())
 }

@@ -6,6 +6,17 @@ pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// Seconds (from configuration) as milliseconds, saturating: no setting can wrap into a
+/// negative or tiny duration.
+pub fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// A duration (possibly from outside: `Retry-After`) as milliseconds, saturating.
+pub fn duration_ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// `yyyy-MM-dd'T'HH:mm:ss.SSS+00:00`
 pub fn format_ms(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
@@ -16,6 +27,18 @@ pub fn format_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn conversions_saturate() {
+        assert_eq!(super::secs_to_ms(90), 90_000);
+        assert_eq!(super::secs_to_ms(u64::MAX), i64::MAX);
+        assert_eq!(super::secs_to_ms(u64::MAX / 1000), i64::MAX);
+        assert_eq!(super::duration_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(super::duration_ms(Duration::MAX), i64::MAX);
+        assert_eq!(super::duration_ms(Duration::from_secs(u64::MAX)), i64::MAX);
+    }
+
     #[test]
     fn odm_timestamp_format() {
         assert_eq!(

@@ -21,10 +21,13 @@ pub struct Settings {
     pub placeholders: PlaceholderSettings,
     pub engine: EngineSettings,
     pub auth: AuthSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
     pub executors: BTreeMap<String, ExecutorSettings>,
     pub policy: PolicySettings,
     pub notifications: NotificationSettings,
+    pub limits: LimitSettings,
+    pub secrets: SecretsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +44,10 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: Secret,
     pub pool_size: u32,
+    /// How long a request waits for a pooled connection before a 503 50301.
+    pub pool_timeout_ms: u64,
+    /// SQLite: writes waiting for the writer thread before a 503 50301.
+    pub write_queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -88,6 +95,15 @@ pub struct EngineSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub api_tokens: Vec<Secret>,
+    /// No tokens beyond loopback only when said so (DESIGN §14).
+    pub anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Set: `/metrics` needs it as a bearer token.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -227,12 +243,40 @@ pub struct ListenerSettings {
     pub address: String,
 }
 
+/// Bounds on what one request may make the service do (DESIGN §14); every refusal names the
+/// limit, its value and its key. The checks live in `crate::limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub tasks_per_stage: usize,
+    pub stages: usize,
+    pub name_chars: usize,
+    pub results_bytes: usize,
+    pub configurations_bytes: usize,
+    pub placeholders_per_task: usize,
+    pub listed_errors: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// Sealing key of per-activity secrets; `None`: derived from the callback secret.
+    pub key: Option<Secret>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Quotes the loader's error, so it is not also its `source` (printed twice in a chain).
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 impl Settings {
@@ -280,14 +324,41 @@ impl Settings {
                 "registry.address is required when registry.mode is remote".into(),
             ));
         }
-        if self.policy.active && self.policy.address.is_none() {
+        // Not built yet: accepting them would let governance fail open.
+        if self.policy.active {
             return Err(ConfigError::Invalid(
-                "policy.address is required when policy.active is true".into(),
+                "policy.active: true is not supported yet (no policy checks would run): \
+                 set policy.active: false"
+                    .into(),
             ));
         }
-        if self.database.pool_size == 0 {
+        if !self.notifications.listeners.is_empty() {
             return Err(ConfigError::Invalid(
-                "database.pool_size must be at least 1".into(),
+                "notifications.listeners is not supported yet (no event would be delivered): \
+                 leave it empty"
+                    .into(),
+            ));
+        }
+        if self.auth.api_tokens.iter().any(Secret::is_empty) {
+            return Err(ConfigError::Invalid(
+                "auth.api_tokens holds a blank token (is ODM_DEVOPS__AUTH__API_TOKENS empty?): \
+                 give every token a value, or none at all"
+                    .into(),
+            ));
+        }
+        if self.metrics.token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::Invalid(
+                "metrics.token is blank (is ODM_DEVOPS__METRICS__TOKEN empty?): give it a value, \
+                 or leave it out to serve /metrics without one"
+                    .into(),
+            ));
+        }
+        if self.database.pool_size == 0
+            || self.database.pool_timeout_ms == 0
+            || self.database.write_queue == 0
+        {
+            return Err(ConfigError::Invalid(
+                "database.pool_size, database.pool_timeout_ms and database.write_queue must be at least 1".into(),
             ));
         }
         if self.engine.tick_ms == 0 || self.engine.lease_secs == 0 {
@@ -295,7 +366,38 @@ impl Settings {
                 "engine.tick_ms and engine.lease_secs must be positive".into(),
             ));
         }
-        Ok(())
+        if !(1..=MAX_TASK_TIMEOUT_SECS).contains(&self.engine.task_timeout_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "engine.task_timeout_secs must be from 1 to {MAX_TASK_TIMEOUT_SECS} (30 days), found {}",
+                self.engine.task_timeout_secs
+            )));
+        }
+        self.limits.validate()
+    }
+}
+
+/// The longest a task may run (`engine.task_timeout_secs`, `configurations.timeout`): 30 days.
+pub const MAX_TASK_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+
+impl LimitSettings {
+    /// Each limit as (config key, value), for checks and messages.
+    pub fn all(&self) -> [(&'static str, usize); 7] {
+        [
+            ("limits.tasks_per_stage", self.tasks_per_stage),
+            ("limits.stages", self.stages),
+            ("limits.name_chars", self.name_chars),
+            ("limits.results_bytes", self.results_bytes),
+            ("limits.configurations_bytes", self.configurations_bytes),
+            ("limits.placeholders_per_task", self.placeholders_per_task),
+            ("limits.listed_errors", self.listed_errors),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.all().into_iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -375,6 +477,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ticks"), "{err}");
+    }
+
+    #[test]
+    fn blank_tokens_are_refused_rather_than_matching_an_empty_bearer() {
+        for (key, value, named) in [
+            ("ODM_DEVOPS__AUTH__API_TOKENS", "", "auth.api_tokens"),
+            ("ODM_DEVOPS__AUTH__API_TOKENS", "a, ", "auth.api_tokens"),
+            ("ODM_DEVOPS__METRICS__TOKEN", " ", "metrics.token"),
+        ] {
+            let err = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value:?}: {err}");
+        }
+        let s = load(&[("ODM_DEVOPS__METRICS__TOKEN", "m")]).unwrap();
+        assert_eq!(s.metrics.token.unwrap().expose(), "m");
+        assert!(!s.auth.anonymous);
     }
 
     #[test]

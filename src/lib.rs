@@ -14,6 +14,7 @@ pub mod executor;
 pub mod http_client;
 pub mod keys;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod placeholders;
 pub mod registry;

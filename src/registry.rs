@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::clock::now_ms;
-use crate::config::{RegistryMode, RegistrySettings};
+use crate::config::{LimitSettings, RegistryMode, RegistrySettings};
 use crate::db::{self, Db, DbError};
 use crate::descriptor;
 use crate::http_client::{client, path_segment};
@@ -16,6 +16,7 @@ use crate::http_client::{client, path_segment};
 pub struct Registry {
     db: Db,
     remote: Option<Remote>,
+    limits: LimitSettings,
 }
 
 #[derive(Clone)]
@@ -29,13 +30,16 @@ pub enum RegistryError {
     #[error("version {version} of product {product} does not exist")]
     NotFound { product: String, version: String },
     /// 503 50050
-    #[error("the registry is unreachable: {0}")]
-    Unreachable(String),
+    #[error("{0}")]
+    Unreachable(RemoteFailure),
     /// 502 50250
-    #[error("the registry answered with an error: {0}")]
-    Failed(String),
+    #[error("{0}")]
+    Failed(RemoteFailure),
     #[error("the descriptor is invalid: {0}")]
     Invalid(String),
+    /// 422 42213
+    #[error("{0}")]
+    OverLimit(String),
     /// 422 42201
     #[error(
         "templates by reference are resolved only through a remote ODM registry \
@@ -46,6 +50,35 @@ pub enum RegistryError {
     Db(#[from] DbError),
 }
 
+/// What went wrong with the remote registry, in two parts: callers hear which service and what
+/// happened (`summary`); only the log gets its URL and its answer (`detail`, DESIGN §14).
+#[derive(Debug)]
+pub struct RemoteFailure {
+    pub summary: String,
+    pub detail: String,
+}
+
+impl RemoteFailure {
+    fn new(summary: impl Into<String>, detail: String) -> RemoteFailure {
+        RemoteFailure {
+            summary: summary.into(),
+            detail,
+        }
+    }
+
+    /// Says what the registry was asked for, e.g. which task's template.
+    pub fn resolving(mut self, what: &str) -> RemoteFailure {
+        self.summary = format!("{} while resolving {what}", self.summary);
+        self
+    }
+}
+
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
 impl From<diesel::result::Error> for RegistryError {
     fn from(e: diesel::result::Error) -> Self {
         RegistryError::Db(DbError::Query(e))
@@ -53,7 +86,7 @@ impl From<diesel::result::Error> for RegistryError {
 }
 
 impl Registry {
-    pub fn new(db: Db, settings: &RegistrySettings) -> Registry {
+    pub fn new(db: Db, settings: &RegistrySettings, limits: LimitSettings) -> Registry {
         let remote = (settings.mode == RegistryMode::Remote).then(|| Remote {
             address: settings
                 .address
@@ -63,7 +96,7 @@ impl Registry {
                 .to_owned(),
             timeout: Duration::from_millis(settings.timeout_ms),
         });
-        Registry { db, remote }
+        Registry { db, remote, limits }
     }
 
     pub fn is_embedded(&self) -> bool {
@@ -100,14 +133,24 @@ impl Registry {
             .await
     }
 
-    /// Validates and stores a descriptor in the embedded registry; true when it is new.
+    /// Validates and stores a descriptor in the embedded registry; true when it is new. Over a
+    /// limit (`limits.*`: names, stages, tasks per stage) it is refused, as an activity of it
+    /// would be.
     pub async fn put(
         &self,
         product: &str,
         version: &str,
         descriptor: &Value,
     ) -> Result<bool, RegistryError> {
-        descriptor::parse(descriptor).map_err(|e| RegistryError::Invalid(e.0))?;
+        let over = |e: crate::limits::OverLimit| RegistryError::OverLimit(e.0);
+        self.limits
+            .check_name("the product id", product)
+            .map_err(over)?;
+        self.limits
+            .check_name("the version", version)
+            .map_err(over)?;
+        let info = descriptor::parse(descriptor).map_err(|e| RegistryError::Invalid(e.0))?;
+        self.limits.check_lifecycle(&info).map_err(over)?;
         let (product, version, content) = (
             product.to_owned(),
             version.to_owned(),
@@ -196,30 +239,40 @@ impl Remote {
     /// A JSON answer; `None` on 404. Unreachable or timed out → `Unreachable` (503 50050), any
     /// other failure of the registry → `Failed` (502 50250).
     async fn get(&self, url: &str) -> Result<Option<Value>, RegistryError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            RegistryError::Unreachable(RemoteFailure::new(
+                "the ODM registry is unreachable",
+                format!("GET {url}: {e}"),
+            ))
+        };
         let mut response = client()
             .get(url)
             .insert_header(("Accept", "application/json"))
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| RegistryError::Unreachable(format!("GET {url}: {e}")))?;
-        if response.status().as_u16() == 404 {
+            .map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        if status.as_u16() == 404 {
             return Ok(None);
         }
         let body = response
             .body()
             .limit(16 << 20)
             .await
-            .map_err(|e| RegistryError::Unreachable(format!("GET {url}: {e}")))?;
-        if !response.status().is_success() {
+            .map_err(|e| unreachable(&e))?;
+        if !status.is_success() {
             let excerpt: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            return Err(RegistryError::Failed(format!(
-                "GET {url} answered {}: {excerpt}",
-                response.status()
+            return Err(RegistryError::Failed(RemoteFailure::new(
+                format!("the ODM registry answered {}", status.as_u16()),
+                format!("GET {url} answered {status}: {excerpt}"),
             )));
         }
         serde_json::from_slice(&body).map(Some).map_err(|e| {
-            RegistryError::Failed(format!("GET {url} answered with invalid JSON: {e}"))
+            RegistryError::Failed(RemoteFailure::new(
+                "the ODM registry answered with invalid JSON",
+                format!("GET {url} answered with invalid JSON: {e}"),
+            ))
         })
     }
 }

@@ -79,6 +79,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         data_product_version: query.get("dataProductVersion"),
         stage: query.get("stage"),
         status: query.status(ActivityStatus::parse, ActivityStatus::names)?,
+        page: query.page()?,
     };
     let activities = state.lifecycle.activities(filter).await?;
     Ok(HttpResponse::Ok().json(
@@ -113,9 +114,7 @@ pub async fn change_status(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = ActivityId(path_id(&req, "activity")?);
-    let action = Query::of(&req)?
-        .get("action")
-        .map(|a| a.to_ascii_uppercase());
+    let action = Query::of(&req)?.action();
     let status = match action.as_deref() {
         Some("START") => {
             state

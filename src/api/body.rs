@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::error::ApiError;
 
 /// JSON media types ODM clients send.
-fn is_json(mime: &str) -> bool {
+pub fn is_json(mime: &str) -> bool {
     let essence = mime
         .split(';')
         .next()
@@ -68,12 +68,12 @@ pub async fn read_json(
             ))
         };
     }
-    if !rules.any_content_type && !content_type.is_empty() && !is_json(content_type) {
+    if !rules.any_content_type && !is_json(content_type) {
         return Err(ApiError::new(
             415,
             "41501",
             "Unsupported media type",
-            format!("Content-Type {content_type} is not supported: send application/json"),
+            format!("Content-Type {content_type:?} is not supported: send application/json"),
         ));
     }
     // RFC 8259 lets a parser ignore a byte order mark; Windows tools (PowerShell 5's UTF8

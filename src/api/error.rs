@@ -1,11 +1,13 @@
 //! Error policy: typed errors inside, one `ApiError` at the edge carrying ODM's code. A 500
 //! tells the caller nothing internal; the log gets the whole cause chain.
 
+use actix_web::http::header::RETRY_AFTER;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::clock::now_ms;
+use crate::db::DbError;
 use crate::lifecycle::CommandError;
 use crate::registry::RegistryError;
 use crate::telemetry::error_chain as chain;
@@ -27,6 +29,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub description: &'static str,
     pub message: String,
+    /// Seconds, sent as `Retry-After` (a 503 the client may simply repeat).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -41,11 +45,22 @@ impl ApiError {
             code,
             description,
             message: message.into(),
+            retry_after: None,
         }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "40000", "Bad request", message)
+    }
+
+    /// A query parameter given twice, or one with a value it cannot have.
+    pub fn bad_query(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "40001", "Bad query parameter", message)
+    }
+
+    /// The same refusal, as a query parameter's.
+    pub fn into_bad_query(self) -> ApiError {
+        ApiError::bad_query(self.message)
     }
 
     pub fn invalid_activity(message: impl Into<String>) -> ApiError {
@@ -54,6 +69,11 @@ impl ApiError {
 
     pub fn invalid_callback(message: impl Into<String>) -> ApiError {
         ApiError::new(422, "42203", "Task status update is invalid", message)
+    }
+
+    /// 422 42213: over a `limits.*` bound.
+    pub fn over_limit(message: impl Into<String>) -> ApiError {
+        ApiError::new(422, "42213", "Over a limit", message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -69,6 +89,27 @@ impl ApiError {
             "Internal server error",
             "the service could not complete the request; see its log",
         )
+    }
+
+    /// A database error: 503 50301 with `Retry-After` when the database is overloaded (the
+    /// message names the limit and its config key), else a generic 500.
+    pub fn database(e: DbError) -> ApiError {
+        match e {
+            DbError::Overloaded(overload) => ApiError {
+                retry_after: Some(overload.retry_after().as_secs().max(1)),
+                ..ApiError::new(503, "50301", "Service overloaded", overload.to_string())
+            },
+            other => ApiError::internal(&other),
+        }
+    }
+
+    /// The HTTP answer: ODM's envelope for `path`, and `Retry-After` when given.
+    pub fn response(&self, path: &str) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((RETRY_AFTER, seconds));
+        }
+        response.json(self.envelope(path))
     }
 
     /// ODM's error envelope.
@@ -97,7 +138,7 @@ impl ResponseError for ApiError {
 
     /// The path is unknown here; the envelope middleware rewrites the body with it.
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(self.envelope(""))
+        self.response("")
     }
 }
 
@@ -110,6 +151,10 @@ impl From<CommandError> for ApiError {
                 ApiError::new(422, "42202", "Activity already exists", message)
             }
             CommandError::InvalidCallback(_) => ApiError::invalid_callback(message),
+            CommandError::OverLimit(_) => ApiError::over_limit(message),
+            CommandError::ResultsTooLarge(_) => {
+                ApiError::new(413, "41301", "Payload too large", message)
+            }
             CommandError::ActivityNotFound(_) => {
                 ApiError::new(404, "40401", "Activity not found", message)
             }
@@ -120,7 +165,7 @@ impl From<CommandError> for ApiError {
             CommandError::TaskConflict(_) => ApiError::new(409, "40911", "Task conflict", message),
             CommandError::Unauthorized(_) => ApiError::unauthorized(message),
             CommandError::Registry(e) => e.into(),
-            CommandError::Db(e) => ApiError::internal(&e),
+            CommandError::Db(e) => ApiError::database(e),
         }
     }
 }
@@ -132,18 +177,19 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound { .. } | RegistryError::NoTemplates => {
                 ApiError::invalid_activity(message)
             }
-            RegistryError::Unreachable(_) => {
-                tracing::warn!(error = %message, "registry unreachable");
+            RegistryError::Unreachable(failure) => {
+                tracing::warn!(error = %failure.detail, "registry unreachable");
                 ApiError::new(503, "50050", "Registry unreachable", message)
             }
-            RegistryError::Failed(_) => {
-                tracing::warn!(error = %message, "registry error");
+            RegistryError::Failed(failure) => {
+                tracing::warn!(error = %failure.detail, "registry error");
                 ApiError::new(502, "50250", "Registry error", message)
             }
             RegistryError::Invalid(_) => {
                 ApiError::new(422, "42211", "Descriptor is invalid", message)
             }
-            RegistryError::Db(e) => ApiError::internal(&e),
+            RegistryError::OverLimit(_) => ApiError::over_limit(message),
+            RegistryError::Db(e) => ApiError::database(e),
         }
     }
 }

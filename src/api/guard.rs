@@ -1,13 +1,209 @@
-//! Checks made before any handler: acceptable `Accept`, API token. Plus the error envelope and
-//! the request log, applied to every response.
+//! The perimeter (DESIGN §14): what every request must pass before any handler, decided in this
+//! one place. Who may call is decided from the **route** the request will reach — its pattern,
+//! found in the router's own resource map with the same percent-decoded path the router matches
+//! — never from the raw path or query text. Every route needs the API token unless
+//! `NO_API_TOKEN` lists it: a route added later, and a path that matches no route, need it too.
 
-use actix_web::body::BoxBody;
-use actix_web::dev::ServiceResponse;
-use actix_web::http::header::{ACCEPT, AUTHORIZATION};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::dev::ServiceRequest;
+use actix_web::http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, TRANSFER_ENCODING,
+};
+use actix_web::http::Method;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 
+use super::body::is_json;
 use super::error::ApiError;
+use super::origin::origin_of;
+use super::request::Query;
 use crate::secret::Secret;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: probes, and the dashboard's page and script (its data comes from the API).
+    Public,
+    /// `/metrics`: anyone, or only the holder of `metrics.token` when it is set.
+    Metrics,
+    /// A pipeline's callback: its own token, checked by the handler against the task, proves it
+    /// may report that task's outcome (`action=STOP`) and nothing more.
+    Callback,
+    /// The API token (`auth.api_tokens`); without tokens, anyone (anonymous on purpose: the
+    /// service refuses to start so beyond loopback unless `auth.anonymous` says so).
+    ApiToken,
+}
+
+/// The routes that need no API token, by method and pattern (as registered in `routes`). To add
+/// a route with a credential of its own (a service hook and its secret), list it here with an
+/// `Access` saying which, and check that credential in `Perimeter::authenticate`.
+pub const NO_API_TOKEN: &[(&str, &str, Access)] = &[
+    ("GET", "/health/live", Access::Public),
+    ("GET", "/health/ready", Access::Public),
+    ("GET", "/ui", Access::Public),
+    ("GET", "/ui/", Access::Public),
+    ("GET", "/ui/app.js", Access::Public),
+    ("GET", "/metrics", Access::Metrics),
+    (
+        "PATCH",
+        "/api/v1/pp/devops/tasks/{id}/status",
+        Access::Callback,
+    ),
+    (
+        "POST",
+        "/api/v1/pp/devops/tasks/{id}/status",
+        Access::Callback,
+    ),
+];
+
+/// What a request to `route` (a pattern; `None`: no route) with this method and query needs.
+pub fn access(method: &Method, route: Option<&str>, query: &Query) -> Access {
+    let listed = route.and_then(|route| {
+        NO_API_TOKEN
+            .iter()
+            .find(|(m, pattern, _)| *m == method.as_str() && *pattern == route)
+    });
+    match listed.map(|(_, _, access)| *access) {
+        // Read exactly as the handler reads it (a duplicate `action` was refused before).
+        Some(Access::Callback) if query.action().as_deref() != Some("STOP") => Access::ApiToken,
+        Some(access) => access,
+        None => Access::ApiToken,
+    }
+}
+
+/// The route pattern the router will match for this request: the same resource map, the same
+/// decoded path (`match_info`, percent-decoded except `%2F`, `%25` and `%2B`). `HttpRequest::
+/// match_pattern` is no substitute before routing: it falls back to the raw path.
+pub fn route_of(req: &ServiceRequest) -> Option<String> {
+    let req = req.request();
+    req.resource_map().match_pattern(req.match_info().as_str())
+}
+
+/// POST, PUT, PATCH, DELETE and anything unknown: all but the methods that only read.
+pub fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The credentials and origins requests are checked against.
+pub struct Perimeter {
+    pub api_tokens: Vec<Secret>,
+    pub metrics_token: Option<Secret>,
+    /// `origin::own_origins`.
+    pub own_origins: Vec<String>,
+}
+
+impl Perimeter {
+    /// Every check, in order: the query (a duplicate parameter changes what `access` reads),
+    /// the credential, then for changes where they come from and what they carry, then Accept.
+    pub fn check(&self, req: &HttpRequest, route: Option<&str>) -> Result<(), ApiError> {
+        let query = Query::of(req)?;
+        let access = access(req.method(), route, &query);
+        self.authenticate(req, access)?;
+        if changes_state(req.method()) {
+            self.refuse_other_sites(req)?;
+            // Pipelines' `curl -d` often says nothing or text/plain; the callback reads JSON.
+            if access != Access::Callback {
+                json_body(req)?;
+            }
+        }
+        if route.is_some_and(|r| r.starts_with("/api/")) {
+            check_accept(req)?;
+        }
+        Ok(())
+    }
+
+    fn authenticate(&self, req: &HttpRequest, access: Access) -> Result<(), ApiError> {
+        match access {
+            Access::Public | Access::Callback => Ok(()),
+            Access::Metrics => match &self.metrics_token {
+                None => Ok(()),
+                Some(token) => bearer(req, std::slice::from_ref(token), "the metrics token"),
+            },
+            Access::ApiToken if self.api_tokens.is_empty() => Ok(()),
+            Access::ApiToken => bearer(req, &self.api_tokens, "an API token"),
+        }
+    }
+
+    /// A browser says where a request comes from (`Sec-Fetch-Site`, `Origin`); other clients
+    /// (pipelines, scripts) send neither and pass.
+    fn refuse_other_sites(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        if header("sec-fetch-site").is_some_and(|s| s.trim().eq_ignore_ascii_case("cross-site")) {
+            return Err(cross_site(
+                "a browser sent it from another site (Sec-Fetch-Site: cross-site)".into(),
+            ));
+        }
+        if let Some(origin) = req.headers().get(ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default();
+            let own = origin_of(origin).is_some_and(|o| self.own_origins.contains(&o));
+            if !own {
+                return Err(cross_site(format!(
+                    "a browser sent it from {origin:?}, which is not this service's origin \
+                     (server.public_url, or the address it listens on)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cross_site(why: String) -> ApiError {
+    ApiError::new(
+        403,
+        "40301",
+        "Forbidden",
+        format!("refused: {why}; a web page cannot change anything here, only the service's own dashboard and clients outside a browser can"),
+    )
+}
+
+fn bearer(req: &HttpRequest, accepted: &[Secret], what: &str) -> Result<(), ApiError> {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized(format!("{what} is required: Authorization: Bearer <token>"))
+        })?;
+    // Compare every byte of every token so the time taken says nothing about the right one.
+    let matched = accepted.iter().fold(false, |found, t| {
+        constant_time_eq(t.expose().as_bytes(), given.as_bytes()) | found
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(format!("{what} is not valid")))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A body must say it is JSON: a browser's form or `no-cors` fetch cannot, so it cannot send one.
+fn json_body(req: &HttpRequest) -> Result<(), ApiError> {
+    let length = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let has_body = length.is_some_and(|n| n > 0) || req.headers().contains_key(TRANSFER_ENCODING);
+    if !has_body || is_json(req.content_type()) {
+        return Ok(());
+    }
+    let found = match req.headers().get(CONTENT_TYPE) {
+        None => "none".to_owned(),
+        Some(v) => format!("{:?}", v.to_str().unwrap_or("?")),
+    };
+    Err(ApiError::new(
+        415,
+        "41501",
+        "Unsupported media type",
+        format!("a request with a body must send it as JSON (Content-Type: application/json), found Content-Type {found}"),
+    ))
+}
 
 const ACCEPTABLE: [&str; 6] = [
     "application/json",
@@ -17,17 +213,6 @@ const ACCEPTABLE: [&str; 6] = [
     "*/*",
     "*",
 ];
-
-pub fn check(req: &HttpRequest, api_tokens: &[Secret]) -> Result<(), ApiError> {
-    if !req.path().starts_with("/api/") {
-        return Ok(());
-    }
-    check_accept(req)?;
-    if !api_tokens.is_empty() && !is_callback(req) {
-        check_token(req, api_tokens)?;
-    }
-    Ok(())
-}
 
 fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
     let Some(accept) = req.headers().get(ACCEPT).and_then(|a| a.to_str().ok()) else {
@@ -54,57 +239,12 @@ fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// A pipeline's callback carries its own token in the callbackRef, not an API token.
-fn is_callback(req: &HttpRequest) -> bool {
-    req.path().starts_with("/api/v1/pp/devops/tasks/")
-        && req.path().ends_with("/status")
-        && req
-            .query_string()
-            .split('&')
-            .any(|p| p.eq_ignore_ascii_case("action=STOP"))
-}
-
-fn check_token(req: &HttpRequest, api_tokens: &[Secret]) -> Result<(), ApiError> {
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::unauthorized("an API token is required: Authorization: Bearer <token>")
-        })?;
-    // Compare every byte of every token so the time taken says nothing about the right one.
-    let matched = api_tokens.iter().fold(false, |found, t| {
-        constant_time_eq(t.expose().as_bytes(), given.as_bytes()) | found
-    });
-    if matched {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized("the API token is not valid"))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Gives an `ApiError` response ODM's envelope, with the request path.
-pub fn with_envelope(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
-    let Some(error) = res
-        .response()
-        .error()
-        .and_then(|e| e.as_error::<ApiError>())
-        .cloned()
-    else {
-        return res;
-    };
-    let (req, _) = res.into_parts();
-    let response = HttpResponse::build(error.status).json(error.envelope(req.path()));
-    ServiceResponse::new(req, response)
-}
+/// Marks a request no route took, so the perimeter does not compare its decision with a
+/// route that never ran.
+pub struct Unrouted;
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    req.extensions_mut().insert(Unrouted);
     Err(ApiError::new(
         404,
         "40400",

@@ -13,7 +13,7 @@ pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     match state.lifecycle.db().ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "UP"})),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check: database unreachable");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "readiness check: database unreachable");
             HttpResponse::ServiceUnavailable()
                 .json(json!({"status": "DOWN", "reason": "database unreachable"}))
         }

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
-use super::request::path_text;
+use super::request::{path_text, Query};
 use super::resources::LifecycleResource;
 use super::ApiState;
 use crate::db::LifecycleFilter;
@@ -17,8 +17,12 @@ async fn rows(state: &ApiState, filter: LifecycleFilter) -> Result<HttpResponse,
     ))
 }
 
-pub async fn all(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    rows(&state, LifecycleFilter::default()).await
+pub async fn all(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let filter = LifecycleFilter {
+        page: Query::of(&req)?.page()?,
+        ..LifecycleFilter::default()
+    };
+    rows(&state, filter).await
 }
 
 pub async fn of_product(
@@ -28,6 +32,7 @@ pub async fn of_product(
     let filter = LifecycleFilter {
         data_product_id: Some(path_text(&req, "product")?),
         data_product_version: None,
+        page: Query::of(&req)?.page()?,
     };
     rows(&state, filter).await
 }
@@ -39,6 +44,7 @@ pub async fn of_version(
     let filter = LifecycleFilter {
         data_product_id: Some(path_text(&req, "product")?),
         data_product_version: Some(path_text(&req, "version")?),
+        page: Query::of(&req)?.page()?,
     };
     rows(&state, filter).await
 }

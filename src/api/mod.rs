@@ -3,10 +3,11 @@
 mod activities;
 mod body;
 pub mod error;
-mod guard;
+pub mod guard;
 mod health;
 mod lifecycles;
 mod metrics;
+pub mod origin;
 mod registry;
 mod request;
 pub mod resources;
@@ -17,23 +18,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::BoxBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::web;
-use futures_util::future::{Either, LocalBoxFuture};
-use futures_util::FutureExt;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
 use tracing::Instrument;
+
+use self::error::ApiError;
+pub use self::guard::Perimeter;
+pub use self::metrics::StoredWork;
 
 use crate::lifecycle::LifecycleService;
 use crate::metrics::Metrics;
-use crate::secret::Secret;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub lifecycle: LifecycleService,
     pub body_limit: usize,
-    pub api_tokens: Arc<Vec<Secret>>,
     pub metrics: Arc<Metrics>,
+    pub stored_work: Arc<StoredWork>,
 }
 
 /// Every route (DESIGN §5, §8).
@@ -98,63 +101,82 @@ async fn openapi() -> actix_web::HttpResponse {
         .body(OPENAPI)
 }
 
-/// Wraps every request: Accept and API token checks, ODM's error envelope, a request id, one
-/// log line (the path only: query strings carry callback tokens), and its count and duration
-/// under its route's pattern (never the path: ids and tokens are no labels).
-pub fn around<S>(
-    api_tokens: Arc<Vec<Secret>>,
-    metrics: Arc<Metrics>,
-) -> impl Fn(
-    ServiceRequest,
-    &S,
-) -> LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>>
-       + Clone
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
-    S::Future: 'static,
-{
-    move |req, srv| {
-        let started = Instant::now();
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 64)
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
-        let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.path());
+/// What wraps every request: the perimeter and the metrics it counts into.
+pub struct Edge {
+    pub perimeter: Perimeter,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Wraps every request (as `from_fn` middleware): the perimeter's checks, ODM's error envelope,
+/// a request id, one log line (the path only: query strings carry callback tokens), and its
+/// count and duration under its route's pattern (never the path: ids and tokens are no labels).
+pub async fn around(
+    edge: Arc<Edge>,
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.path());
+    async move {
         // Reads are many and uninteresting; what changed something belongs in the log.
-        let changes_state = req.method() != actix_web::http::Method::GET;
-        let outcome = match guard::check(req.request(), &api_tokens) {
-            Err(refused) => Either::Left(req.error_response(refused)),
-            Ok(()) => Either::Right(span.in_scope(|| srv.call(req))),
+        let changes_state = guard::changes_state(req.method());
+        let route = guard::route_of(&req);
+        let (res, called) = match edge.perimeter.check(req.request(), route.as_deref()) {
+            Err(refused) => (req.error_response(refused), false),
+            Ok(()) => (next.call(req).await?, true),
         };
-        let metrics = metrics.clone();
-        async move {
-            let res = match outcome {
-                Either::Left(refused) => refused,
-                Either::Right(call) => call.await?,
-            };
-            let mut res = guard::with_envelope(res);
-            if let Ok(value) = HeaderValue::from_str(&request_id) {
-                res.headers_mut()
-                    .insert(HeaderName::from_static("x-request-id"), value);
+        // The route that answered, when one did: it must be the one the perimeter judged.
+        let routed = called && res.request().extensions().get::<guard::Unrouted>().is_none();
+        let route = if routed {
+            let matched = res.request().match_pattern();
+            if matched != route {
+                tracing::error!(decided = ?route, matched = ?matched, "the perimeter judged another route than the router took: check guard::route_of against this actix-web version");
             }
-            let status = res.status().as_u16();
-            let took = started.elapsed();
-            let route = res.request().match_pattern();
-            metrics.http_request(res.request().method().as_str(), route, status, took);
-            let ms = took.as_secs_f64() * 1000.0;
-            if status >= 500 {
-                tracing::error!(status, ms, "request answered");
-            } else if changes_state {
-                tracing::info!(status, ms, "request answered");
-            } else {
-                tracing::debug!(status, ms, "request answered");
-            }
-            Ok(res)
+            matched
+        } else {
+            route
+        };
+        let mut res = with_envelope(res);
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            res.headers_mut()
+                .insert(HeaderName::from_static("x-request-id"), value);
         }
-        .instrument(span)
-        .boxed_local()
+        let status = res.status().as_u16();
+        let took = started.elapsed();
+        let method = res.request().method().as_str();
+        edge.metrics.http_request(method, route, status, took);
+        let ms = took.as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::error!(status, ms, "request answered");
+        } else if changes_state {
+            tracing::info!(status, ms, "request answered");
+        } else {
+            tracing::debug!(status, ms, "request answered");
+        }
+        Ok(res)
     }
+    .instrument(span)
+    .await
+}
+
+/// Gives an `ApiError` response ODM's envelope, with the request path.
+fn with_envelope(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
+    let Some(error) = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>())
+        .cloned()
+    else {
+        return res;
+    };
+    let (req, _) = res.into_parts();
+    let response = error.response(req.path());
+    ServiceResponse::new(req, response)
 }

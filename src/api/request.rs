@@ -5,20 +5,37 @@ use std::collections::HashMap;
 use actix_web::HttpRequest;
 
 use super::error::ApiError;
+use crate::db::Page;
 use crate::keys::ActivitySecrets;
 use crate::secret::Secret;
 
 pub struct Query(HashMap<String, String>);
 
+/// The longest page a list answers (`?limit`): a client wanting more asks again with `?after`.
+pub const MAX_LIMIT: i64 = 1000;
+
 impl Query {
+    /// The query string's parameters, decoded. A parameter given twice is refused (400 40001)
+    /// rather than read one way here and another way elsewhere.
     pub fn of(req: &HttpRequest) -> Result<Query, ApiError> {
-        let query =
-            actix_web::web::Query::<HashMap<String, String>>::from_query(req.query_string())
-                .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?
-                .into_inner();
-        for (name, value) in &query {
-            no_nul(value, &format!("query parameter {name:?}"))?;
-            no_nul(name, "a query parameter name")?;
+        Query::parse(req.query_string())
+    }
+
+    pub fn parse(text: &str) -> Result<Query, ApiError> {
+        let pairs = actix_web::web::Query::<Vec<(String, String)>>::from_query(text)
+            .map_err(|e| ApiError::bad_query(format!("the query string is malformed: {e}")))?
+            .into_inner();
+        let mut query = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            no_nul(&name, "a query parameter name").map_err(ApiError::into_bad_query)?;
+            no_nul(&value, &format!("query parameter {name:?}"))
+                .map_err(ApiError::into_bad_query)?;
+            if query.contains_key(&name) {
+                return Err(ApiError::bad_query(format!(
+                    "query parameter {name:?} is given more than once: give it once"
+                )));
+            }
+            query.insert(name, value);
         }
         Ok(Query(query))
     }
@@ -31,11 +48,17 @@ impl Query {
             .filter(|v| !v.is_empty())
     }
 
+    /// `?action=…` as the status routes read it (upper case). The perimeter decides with it
+    /// whether a request is a callback, so both read it the same way.
+    pub fn action(&self) -> Option<String> {
+        self.get("action").map(|a| a.to_ascii_uppercase())
+    }
+
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!(
+            Some(other) => Err(ApiError::bad_query(format!(
                 "{name} must be true or false, found {other:?}"
             ))),
         }
@@ -45,10 +68,32 @@ impl Query {
         self.get(name)
             .map(|v| {
                 v.parse().map_err(|_| {
-                    ApiError::bad_request(format!("{name} must be a number, found {v:?}"))
+                    ApiError::bad_query(format!("{name} must be a whole number, found {v:?}"))
                 })
             })
             .transpose()
+    }
+
+    /// `?after=<id>&limit=<n>` of a list ordered by id; both optional (none: the whole list).
+    pub fn page(&self) -> Result<Page, ApiError> {
+        let in_range = |name: &str, min: i64, max: i64, expected: &str| {
+            let value = self.number(name)?;
+            match value {
+                Some(n) if !(min..=max).contains(&n) => Err(ApiError::bad_query(format!(
+                    "{name} must be {expected}, found {n}"
+                ))),
+                _ => Ok(value),
+            }
+        };
+        Ok(Page {
+            after: in_range("after", 0, i64::MAX, "an id (a whole number, 0 or more)")?,
+            limit: in_range(
+                "limit",
+                1,
+                MAX_LIMIT,
+                &format!("a whole number from 1 to {MAX_LIMIT}"),
+            )?,
+        })
     }
 
     /// A status filter, checked against the accepted names.
@@ -60,7 +105,7 @@ impl Query {
         self.get("status")
             .map(|v| {
                 parse(&v.to_ascii_uppercase()).ok_or_else(|| {
-                    ApiError::bad_request(format!("status must be one of {}, found {v:?}", names()))
+                    ApiError::bad_query(format!("status must be one of {}, found {v:?}", names()))
                 })
             })
             .transpose()
@@ -123,6 +168,44 @@ mod tests {
     use actix_web::test::TestRequest;
 
     use super::*;
+
+    #[test]
+    fn a_parameter_given_twice_is_refused_however_it_is_spelled() {
+        for query in [
+            "action=STOP&action=ABORT",
+            "action=STOP&%61ction=ABORT",
+            "a=1&b=2&a=1",
+            "token=&token=x",
+        ] {
+            let Err(err) = Query::parse(query) else {
+                panic!("{query} accepted")
+            };
+            assert_eq!((err.status.as_u16(), err.code), (400, "40001"), "{query}");
+        }
+        let query = Query::parse("action=stop&Action=ABORT&x=1").unwrap();
+        assert_eq!(query.action().as_deref(), Some("STOP"));
+    }
+
+    #[test]
+    fn pages_are_bounded_and_refusals_name_the_parameter() {
+        let page = Query::parse("after=7&limit=1000").unwrap().page().unwrap();
+        assert_eq!((page.after, page.limit), (Some(7), Some(1000)));
+        let all = Query::parse("").unwrap().page().unwrap();
+        assert_eq!((all.after, all.limit), (None, None));
+        for (query, named) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=-1", "limit"),
+            ("limit=ten", "limit"),
+            ("after=-1", "after"),
+            ("after=1.5", "after"),
+            ("after=99999999999999999999", "after"),
+        ] {
+            let err = Query::parse(query).unwrap().page().unwrap_err();
+            assert_eq!(err.code, "40001", "{query}");
+            assert!(err.message.starts_with(named), "{query}: {}", err.message);
+        }
+    }
 
     #[test]
     fn secret_headers_are_grouped_by_executor_and_type() {

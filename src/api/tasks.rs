@@ -18,6 +18,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         activity_id: query.number("activityId")?.map(ActivityId),
         executor: query.get("executor"),
         status: query.status(TaskStatus::parse, TaskStatus::names)?,
+        page: query.page()?,
     };
     let tasks = state.lifecycle.tasks(filter).await?;
     Ok(HttpResponse::Ok().json(
@@ -49,7 +50,7 @@ pub async fn change_status(
 ) -> Result<HttpResponse, ApiError> {
     let id = TaskId(path_id(&req, "task")?);
     let query = Query::of(&req)?;
-    let status = match query.get("action").map(|a| a.to_ascii_uppercase()).as_deref() {
+    let status = match query.action().as_deref() {
         Some("STOP") => {
             let rules = BodyRules { optional: true, any_content_type: true };
             let report = read_json(&req, payload, state.body_limit, rules)

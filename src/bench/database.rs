@@ -3,9 +3,8 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use diesel::{Connection, PgConnection, RunQueryDsl};
-
-use super::BenchError;
 
 pub(crate) enum BenchDb {
     Sqlite {
@@ -26,13 +25,13 @@ impl BenchDb {
     }
 
     /// Creates `odm_bench_<random>` on the server of `admin` (connected to as given).
-    pub fn postgres(admin: &str) -> Result<BenchDb, BenchError> {
+    pub fn postgres(admin: &str) -> anyhow::Result<BenchDb> {
         let name = format!("odm_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::establish(admin)
-            .map_err(|e| BenchError(format!("cannot connect to PostgreSQL (--database): {e}")))?;
+        let mut conn =
+            PgConnection::establish(admin).context("cannot connect to PostgreSQL (--database)")?;
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
-            .map_err(|e| BenchError(format!("cannot create database {name}: {e}")))?;
+            .with_context(|| format!("cannot create database {name}"))?;
         let url = with_database(admin, &name);
         Ok(BenchDb::Postgres {
             admin: admin.to_owned(),

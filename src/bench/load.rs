@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context};
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
@@ -15,7 +16,7 @@ use serde_json::json;
 use super::args::Load;
 use super::latency::SimRun;
 use super::report::Errors;
-use super::{workload, BenchError};
+use super::workload;
 
 /// An activity still running after this long counts as an error and stops being waited for.
 const ACTIVITY_DEADLINE: Duration = Duration::from_secs(60);
@@ -55,12 +56,12 @@ struct Flight {
     since: Instant,
 }
 
-type Created = (u32, Result<i64, String>);
-type Listed = (Instant, Result<HashSet<i64>, String>);
-type Watched = Result<Vec<SimRun>, String>;
+type Created = (u32, anyhow::Result<i64>);
+type Listed = (Instant, anyhow::Result<HashSet<i64>>);
+type Watched = anyhow::Result<Vec<SimRun>>;
 
 impl Driver<'_> {
-    pub async fn run(&self) -> Result<Outcome, BenchError> {
+    pub async fn run(&self) -> anyhow::Result<Outcome> {
         let start_every = match self.load {
             Load::Closed { .. } => Duration::ZERO,
             Load::Open { rate } => Duration::from_secs_f64(f64::from(self.tasks) / rate),
@@ -141,7 +142,7 @@ impl Driver<'_> {
                     Err(e) => {
                         out.errors.create += 1;
                         ended += 1;
-                        first_error.get_or_insert(format!("creating activity {index}: {e}"));
+                        first_error.get_or_insert(format!("creating activity {index}: {e:#}"));
                     }
                 },
                 watched = async { watching.as_mut().expect("guarded").await }, if watching.is_some() => {
@@ -161,7 +162,7 @@ impl Driver<'_> {
                         }
                         Err(e) => {
                             out.errors.poll += 1;
-                            first_error.get_or_insert(format!("following the simulator's runs: {e}"));
+                            first_error.get_or_insert(format!("following the simulator's runs: {e:#}"));
                         }
                     }
                 },
@@ -181,12 +182,12 @@ impl Driver<'_> {
                         }),
                         Err(e) => {
                             out.errors.poll += 1;
-                            first_error.get_or_insert(format!("listing PROCESSING activities: {e}"));
+                            first_error.get_or_insert(format!("listing PROCESSING activities: {e:#}"));
                         }
                     }
                 },
                 _ = actix_web::rt::time::sleep_until(wake.into()) => {}
-                _ = &mut interrupted => return Err(BenchError("interrupted".into())),
+                _ = &mut interrupted => bail!("interrupted"),
             }
 
             let now = Instant::now();
@@ -245,16 +246,12 @@ impl Driver<'_> {
                 .post(url)
                 .send_json(&body)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| anyhow!("{e}"))?;
             if !response.status().is_success() {
                 let text = response.body().await.unwrap_or_default();
-                return Err(format!(
-                    "{}: {}",
-                    response.status(),
-                    String::from_utf8_lossy(&text)
-                ));
+                bail!("{}: {}", response.status(), String::from_utf8_lossy(&text));
             }
-            let activity: ActivityId = response.json().await.map_err(|e| e.to_string())?;
+            let activity: ActivityId = response.json().await.context("the answer")?;
             Ok(activity.id)
         };
         (index, created.await)
@@ -283,14 +280,19 @@ impl Driver<'_> {
 pub(crate) async fn list<T: serde::de::DeserializeOwned>(
     client: &awc::Client,
     url: &str,
-) -> Result<Vec<T>, String> {
-    let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
+) -> anyhow::Result<Vec<T>> {
+    // awc's send error is not `Send`: keep its text.
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow!("{url}: {e}"))?;
     if !response.status().is_success() {
-        return Err(format!("{url}: {}", response.status()));
+        bail!("{url}: {}", response.status());
     }
     response
         .json::<Vec<T>>()
         .limit(512 * 1024 * 1024)
         .await
-        .map_err(|e| format!("{url}: {e}"))
+        .with_context(|| format!("{url}: not the JSON list expected"))
 }

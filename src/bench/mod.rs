@@ -47,6 +47,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 
@@ -54,32 +55,16 @@ pub use self::args::{BenchArgs, Load};
 pub use self::report::{Errors, Report};
 use self::rig::Rig;
 
-/// Why a run could not be carried out (errors *during* the load are counted instead).
-#[derive(Debug)]
-pub struct BenchError(pub String);
-
-impl std::fmt::Display for BenchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BenchError {}
-
-impl From<std::io::Error> for BenchError {
-    fn from(e: std::io::Error) -> Self {
-        BenchError(e.to_string())
-    }
-}
-
 /// How long the server idles after ready before its idle RSS is read.
 const SETTLE: Duration = Duration::from_millis(500);
 /// How long activities seen ended may take to show it in the final check.
 const SETTLE_END: Duration = Duration::from_secs(10);
 
 /// The command: runs the benchmark on this binary and prints the summary and the last line.
-pub fn run_cli(args: &BenchArgs, config: Option<&Path>) -> Result<(), BenchError> {
-    let exe = std::env::current_exe()?;
+/// An error says why the run could not be carried out (errors *during* the load are counted
+/// in the report instead).
+pub fn run_cli(args: &BenchArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this binary to start it")?;
     let report = run(args, &exe, config)?;
     println!("{}", report.summary());
     println!("{}", report.last_line());
@@ -87,7 +72,7 @@ pub fn run_cli(args: &BenchArgs, config: Option<&Path>) -> Result<(), BenchError
 }
 
 /// Runs the benchmark with `exe` as the server and simulator binary (in its own actix System).
-pub fn run(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> Result<Report, BenchError> {
+pub fn run(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::Result<Report> {
     actix_web::rt::System::new().block_on(run_in_system(args, exe, config))
 }
 
@@ -95,7 +80,7 @@ async fn run_in_system(
     args: &BenchArgs,
     exe: &Path,
     config: Option<&Path>,
-) -> Result<Report, BenchError> {
+) -> anyhow::Result<Report> {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish();
@@ -145,7 +130,7 @@ async fn run_in_system(
     let runs: Vec<latency::SimRun> =
         load::list(&client, &format!("{}/_sim/runs", rig.simulator_url))
             .await
-            .map_err(BenchError)?;
+            .context("reading the simulator's runs")?;
     errors.callbacks = latency::failed_callbacks(&runs);
     let ready_ms = rig.ready_ms;
     drop(rig);
@@ -175,7 +160,7 @@ async fn store_descriptors(
     client: &awc::Client,
     base: &str,
     args: &BenchArgs,
-) -> Result<(), BenchError> {
+) -> anyhow::Result<()> {
     let puts = (0..args.activities).map(|index| async move {
         let url = format!(
             "{base}/api/v1/pp/registry/products/{}/versions/{}",
@@ -186,15 +171,12 @@ async fn store_descriptors(
             .put(&url)
             .send_json(&workload::descriptor(index, args.tasks))
             .await
-            .map_err(|e| BenchError(format!("storing a descriptor: {e}")))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(BenchError(format!(
-                "storing a descriptor: {url} answered {}",
-                response.status()
-            )))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("storing a descriptor at {url}"))?;
+        if !response.status().is_success() {
+            bail!("storing a descriptor: {url} answered {}", response.status());
         }
+        Ok(())
     });
     let mut puts = stream::iter(puts).buffer_unordered(16);
     while let Some(stored) = puts.next().await {
@@ -216,7 +198,7 @@ async fn count_processed(
     client: &awc::Client,
     base: &str,
     outcome: &load::Outcome,
-) -> Result<u64, BenchError> {
+) -> anyhow::Result<u64> {
     let url = format!(
         "{base}/api/v1/pp/devops/activities?dataProductId={}",
         workload::PRODUCT
@@ -229,7 +211,9 @@ async fn count_processed(
         .collect();
     let deadline = Instant::now() + SETTLE_END;
     loop {
-        let all: Vec<ActivityStatus> = load::list(client, &url).await.map_err(BenchError)?;
+        let all: Vec<ActivityStatus> = load::list(client, &url)
+            .await
+            .context("listing the activities after the load")?;
         let ours = || all.iter().filter(|a| created.contains(&a.id));
         let running = ours().any(|a| a.status == "PROCESSING" || a.status == "PLANNED");
         if !running || Instant::now() > deadline {

@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-use super::BenchError;
+use anyhow::{anyhow, Context};
 
 pub(crate) struct Proc {
     name: &'static str,
@@ -23,18 +23,15 @@ pub(crate) struct Memory {
 
 impl Proc {
     /// Starts `command` with stdout and stderr appended to `log`.
-    pub fn spawn(
-        name: &'static str,
-        mut command: Command,
-        log: PathBuf,
-    ) -> Result<Proc, BenchError> {
-        let out = File::create(&log)?;
+    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        let out = File::create(&log)
+            .with_context(|| format!("cannot create the {name}'s log {}", log.display()))?;
         let child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .map_err(|e| BenchError(format!("cannot start the {name}: {e}")))?;
+            .with_context(|| format!("cannot start the {name}"))?;
         Ok(Proc { name, child, log })
     }
 
@@ -43,32 +40,32 @@ impl Proc {
     }
 
     /// An error naming the process and quoting the end of its log when it has exited.
-    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(self.died(status)),
-            Err(e) => Err(BenchError(format!("cannot watch the {}: {e}", self.name))),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("cannot watch the {}", self.name))),
         }
     }
 
-    fn died(&self, status: ExitStatus) -> BenchError {
-        BenchError(format!(
+    fn died(&self, status: ExitStatus) -> anyhow::Error {
+        anyhow!(
             "the {} exited ({status}); the end of its output:\n{}",
             self.name,
             tail(&self.log, 4096)
-        ))
+        )
     }
 
-    pub fn memory(&self) -> Result<Memory, BenchError> {
+    pub fn memory(&self) -> anyhow::Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .map_err(|e| BenchError(format!("cannot read the {}'s memory: {e}", self.name)))?;
-        let field = |name: &str| -> Result<f64, BenchError> {
+            .with_context(|| format!("cannot read the {}'s memory", self.name))?;
+        let field = |name: &str| -> anyhow::Result<f64> {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
                 .map(|kib| kib / 1024.0)
-                .ok_or_else(|| BenchError(format!("no {name} in /proc/{}/status", self.pid())))
+                .with_context(|| format!("no {name} in /proc/{}/status", self.pid()))
         };
         Ok(Memory {
             rss_mib: field("VmRSS:")?,
@@ -98,22 +95,25 @@ pub(crate) fn tail(path: &Path, bytes: u64) -> String {
 }
 
 /// A port free right now on loopback (the child binds it a moment later).
-pub(crate) fn free_port() -> Result<u16, BenchError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .context("cannot find a free port on loopback")?
+        .port();
+    Ok(port)
 }
 
 /// A folder of our own under the system's temporary folder, removed when dropped.
 pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new() -> Result<TempDir, BenchError> {
+    pub fn new() -> anyhow::Result<TempDir> {
         let dir = std::env::temp_dir().join(format!(
             "odm-devops-bench-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the folder {}", dir.display()))?;
         Ok(TempDir(dir))
     }
 }

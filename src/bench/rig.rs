@@ -5,9 +5,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
+
 use super::database::BenchDb;
 use super::procs::{free_port, Proc, TempDir};
-use super::{workload, BenchArgs, BenchError};
+use super::{workload, BenchArgs};
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -28,7 +30,7 @@ impl Rig {
         exe: &Path,
         config: Option<&Path>,
         client: &awc::Client,
-    ) -> Result<Rig, BenchError> {
+    ) -> anyhow::Result<Rig> {
         let dir = TempDir::new()?;
         let database = match &args.database {
             Some(url) => BenchDb::postgres(url)?,
@@ -41,7 +43,8 @@ impl Rig {
         std::fs::write(
             &sim_config,
             workload::simulator_config(&secret, runs).to_string(),
-        )?;
+        )
+        .with_context(|| format!("cannot write {}", sim_config.display()))?;
         let sim_port = free_port()?;
         let simulator_url = format!("http://127.0.0.1:{sim_port}");
         let mut command = Command::new(exe);
@@ -108,7 +111,7 @@ impl Rig {
 }
 
 /// Polls `url` every millisecond until it answers 200 (or the process exits, or 30 s pass).
-async fn wait_ready(client: &awc::Client, url: &str, process: &mut Proc) -> Result<(), BenchError> {
+async fn wait_ready(client: &awc::Client, url: &str, process: &mut Proc) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_WITHIN;
     loop {
         if let Ok(response) = client.get(url).timeout(Duration::from_secs(2)).send().await {
@@ -118,9 +121,7 @@ async fn wait_ready(client: &awc::Client, url: &str, process: &mut Proc) -> Resu
         }
         process.check_alive()?;
         if Instant::now() > deadline {
-            return Err(BenchError(format!(
-                "{url} did not answer 200 within {READY_WITHIN:?}"
-            )));
+            bail!("{url} did not answer 200 within {READY_WITHIN:?}");
         }
         actix_web::rt::time::sleep(Duration::from_millis(1)).await;
     }

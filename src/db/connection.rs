@@ -41,13 +41,6 @@ impl Target {
         }
         Ok(Target::SqliteFile(path.to_owned()))
     }
-
-    pub(crate) fn backend(&self) -> Backend {
-        match self {
-            Target::SqliteFile(_) => Backend::Sqlite,
-            Target::Postgres(_) => Backend::Postgres,
-        }
-    }
 }
 
 /// r2d2 manager that also sets the SQLite pragmas on every new connection.

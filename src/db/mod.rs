@@ -1,22 +1,32 @@
 //! The one door to the database. Everything else calls `Db::read`/`Db::write` with a closure;
 //! the closure runs on the blocking pool (never on an actix worker), with a pooled connection
-//! taken inside it. Backend-specific SQL lives only under this module.
+//! taken inside it, or on the SQLite writer thread; either way inside the caller's tracing span.
+//! Backend-specific SQL lives only under this module.
+//!
+//! The database refuses work rather than queue it without end: a write queue that is full, or
+//! no pooled connection free within the pool's timeout, is `DbError::Overloaded` (503 50301
+//! with `Retry-After` at the API; a transient error for the engine).
 
 mod connection;
 pub mod models;
 mod queries;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 mod types;
 mod writer;
 
+use std::time::Duration;
+
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
-use diesel::r2d2::Pool;
+use diesel::r2d2::{Pool, PooledConnection};
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use connection::{Backend, DbConnection};
 pub use queries::*;
 
+use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
 use writer::Writer;
 
@@ -37,9 +47,46 @@ pub enum DbError {
     Canceled,
     #[error("commit failed: {0}")]
     Commit(String),
+    #[error(transparent)]
+    Overloaded(#[from] Overload),
+}
+
+/// The database cannot take more work right now; the same request may succeed a moment later.
+/// The message is for the client: it names the limit and its config key, nothing internal.
+#[derive(Debug, thiserror::Error)]
+pub enum Overload {
+    #[error(
+        "the service is overloaded: its database write queue is full \
+         ({limit} writes waiting, database.write_queue); retry later"
+    )]
+    WriteQueueFull { limit: usize },
+    #[error(
+        "the service is overloaded: no database connection became free within {} ms \
+         ({size} connections, database.pool_size; database.pool_timeout_ms); retry later",
+        waited.as_millis()
+    )]
+    NoConnection {
+        size: u32,
+        waited: Duration,
+        /// The pool's own error: it names a connection failure when there was one (log only).
+        #[source]
+        cause: diesel::r2d2::PoolError,
+    },
+}
+
+impl Overload {
+    /// When to try again: soon, the work under way finishes in milliseconds.
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_secs(1)
+    }
 }
 
 impl DbError {
+    /// Worth trying again later as it is (the engine reschedules the step; a client gets 503).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Overloaded(_))
+    }
+
     /// A unique or partial-unique index refused the write.
     pub fn is_unique_violation(&self) -> bool {
         matches!(
@@ -52,17 +99,54 @@ impl DbError {
     }
 }
 
+/// How much work the database takes on before refusing more (`database.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbLimits {
+    /// Pooled connections (`database.pool_size`).
+    pub pool_size: u32,
+    /// How long a caller waits for a pooled connection (`database.pool_timeout_ms`).
+    pub pool_timeout: Duration,
+    /// SQLite: writes waiting for the writer thread, the group being committed aside
+    /// (`database.write_queue`).
+    pub write_queue: usize,
+}
+
+impl DbLimits {
+    /// `pool_size` connections, the other limits at their defaults (config/default.yaml).
+    pub fn with_pool_size(pool_size: u32) -> DbLimits {
+        DbLimits {
+            pool_size,
+            pool_timeout: Duration::from_secs(10),
+            write_queue: 1024,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<Manager>,
-    backend: Backend,
-    /// SQLite only: writes go through one thread that commits them in groups.
-    writer: Option<Writer>,
+    writes: Writes,
+}
+
+/// How writes reach the database, fixed by the backend when the database is opened.
+#[derive(Clone)]
+enum Writes {
+    /// SQLite has one writer at a time: one thread owns the write connection and commits the
+    /// writes queued meanwhile together (group commit). No SQLite write takes another path.
+    GroupCommit(Writer),
+    /// PostgreSQL: each write in its own transaction on a pooled connection.
+    Pooled,
 }
 
 impl Db {
-    /// Opens the pool (creating the SQLite file and its folder if needed) and runs migrations.
+    /// Opens the pool (creating the SQLite file and its folder if needed) and runs migrations,
+    /// with `pool_size` connections and the default limits.
     pub fn connect(url: &str, pool_size: u32) -> Result<Db, DbError> {
+        Db::connect_with(url, DbLimits::with_pool_size(pool_size))
+    }
+
+    /// `connect` with every limit given.
+    pub fn connect_with(url: &str, limits: DbLimits) -> Result<Db, DbError> {
         let target = Target::parse(url).map_err(DbError::Config)?;
         if let Target::SqliteFile(path) = &target {
             if let Some(dir) = std::path::Path::new(path).parent() {
@@ -73,61 +157,64 @@ impl Db {
                 }
             }
         }
-        let backend = target.backend();
         let manager = Manager { target };
-        let writer_manager = (backend == Backend::Sqlite).then(|| manager.clone());
         let pool = Pool::builder()
-            .max_size(pool_size)
+            .max_size(limits.pool_size)
             .min_idle(Some(1))
-            .connection_timeout(std::time::Duration::from_secs(10))
-            .build(manager)?;
-        let mut db = Db {
-            pool,
-            backend,
-            writer: None,
+            .connection_timeout(limits.pool_timeout)
+            .build(manager.clone())?;
+        migrate(&pool)?;
+        let writes = match manager.target {
+            Target::SqliteFile(_) => {
+                Writes::GroupCommit(Writer::start(manager, limits.write_queue)?)
+            }
+            Target::Postgres(_) => Writes::Pooled,
         };
-        db.migrate()?;
-        db.writer = writer_manager.map(Writer::start).transpose()?;
-        Ok(db)
+        Ok(Db { pool, writes })
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    fn migrate(&self) -> Result<(), DbError> {
-        let mut conn = self.pool.get()?;
-        let applied = match &mut *conn {
-            DbConnection::Sqlite(c) => {
-                // Replicas starting together must not run the same migration twice: holding the
-                // write lock from before reading which migrations are applied makes them take
-                // turns.
-                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
-                let result = c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len());
-                if result.is_ok() {
-                    AnsiTransactionManager::commit_transaction(c)?;
-                } else {
-                    AnsiTransactionManager::rollback_transaction(c)?;
-                }
-                result
-            }
-            DbConnection::Pg(c) => {
-                // Replicas starting together must not run the same migration twice.
-                c.batch_execute("SELECT pg_advisory_lock(727274)")?;
-                let result = c
-                    .run_pending_migrations(POSTGRES_MIGRATIONS)
-                    .map(|v| v.len());
-                c.batch_execute("SELECT pg_advisory_unlock(727274)")?;
-                result
-            }
+        match self.writes {
+            Writes::GroupCommit(_) => Backend::Sqlite,
+            Writes::Pooled => Backend::Postgres,
         }
-        .map_err(|e| DbError::Migration(e.to_string()))?;
-        if applied > 0 {
-            tracing::info!(applied, "database migrations applied");
-        }
-        Ok(())
     }
+}
 
+fn migrate(pool: &Pool<Manager>) -> Result<(), DbError> {
+    let mut conn = pool.get()?;
+    let applied = match &mut *conn {
+        DbConnection::Sqlite(c) => {
+            // Replicas starting together must not run the same migration twice: holding the
+            // write lock from before reading which migrations are applied makes them take
+            // turns.
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+            let result = c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len());
+            if result.is_ok() {
+                AnsiTransactionManager::commit_transaction(c)?;
+            } else {
+                AnsiTransactionManager::rollback_transaction(c)?;
+            }
+            result
+        }
+        DbConnection::Pg(c) => {
+            // Replicas starting together must not run the same migration twice.
+            c.batch_execute("SELECT pg_advisory_lock(727274)")?;
+            let result = c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.len());
+            c.batch_execute("SELECT pg_advisory_unlock(727274)")?;
+            result
+        }
+    }
+    .map_err(|e| DbError::Migration(e.to_string()))?;
+    if applied > 0 {
+        tracing::info!(applied, "database migrations applied");
+    }
+    Ok(())
+}
+
+impl Db {
     /// Runs `f` on the blocking pool with a connection, outside any explicit transaction.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
@@ -136,9 +223,12 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let pool = self.pool.clone();
+        let caller = CallerSpan::capture();
         actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(DbError::from)?;
-            f(&mut conn)
+            caller.run(|| {
+                let mut conn = pooled(&pool)?;
+                f(&mut conn)
+            })
         })
         .await
         .map_err(|_| DbError::Canceled)?
@@ -152,16 +242,22 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        if let Some(writer) = &self.writer {
-            return writer.write(f).await;
+        let caller = CallerSpan::capture();
+        match &self.writes {
+            Writes::GroupCommit(writer) => writer.write(caller, f).await,
+            Writes::Pooled => {
+                let pool = self.pool.clone();
+                actix_web::web::block(move || {
+                    caller.run(|| {
+                        let mut pooled = pooled(&pool)?;
+                        let conn: &mut DbConnection = &mut pooled;
+                        conn.transaction(f)
+                    })
+                })
+                .await
+                .map_err(|_| DbError::Canceled)?
+            }
         }
-        let pool = self.pool.clone();
-        actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(DbError::from)?;
-            in_write_transaction(&mut conn, f)
-        })
-        .await
-        .map_err(|_| DbError::Canceled)?
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -170,35 +266,15 @@ impl Db {
     }
 }
 
-fn in_write_transaction<T, E>(
-    conn: &mut DbConnection,
-    f: impl FnOnce(&mut DbConnection) -> Result<T, E>,
-) -> Result<T, E>
-where
-    E: From<DbError>,
-{
-    let begun = match conn {
-        // Taking the write lock up front: a deferred transaction that reads then writes can
-        // fail with SQLITE_BUSY when another writer got there first, whatever busy_timeout says.
-        DbConnection::Sqlite(c) => {
-            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
-        }
-        DbConnection::Pg(c) => AnsiTransactionManager::begin_transaction(c),
-    };
-    begun.map_err(DbError::from)?;
-    match f(conn) {
-        Ok(value) => {
-            <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
-                .map_err(DbError::from)?;
-            Ok(value)
-        }
-        Err(e) => {
-            if let Err(rollback) =
-                <DbConnection as Connection>::TransactionManager::rollback_transaction(conn)
-            {
-                tracing::error!(error = %rollback, "rollback failed");
-            }
-            Err(e)
-        }
-    }
+/// A pooled connection, or `Overloaded` when none became free within the pool's timeout.
+fn pooled(pool: &Pool<Manager>) -> Result<PooledConnection<Manager>, DbError> {
+    pool.get().map_err(|cause| {
+        let overload = Overload::NoConnection {
+            size: pool.max_size(),
+            waited: pool.connection_timeout(),
+            cause,
+        };
+        tracing::warn!(error = %crate::telemetry::error_chain(&overload), "database overloaded");
+        DbError::Overloaded(overload)
+    })
 }

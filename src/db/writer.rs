@@ -4,6 +4,10 @@
 //! write queued while the previous commit was flushing, runs each in its own savepoint (a failed
 //! write rolls back alone) and commits them together. Callers hear back only after that COMMIT:
 //! an answered write is on disk, as before. An idle writer starts at once: no added latency.
+//!
+//! The queue is bounded (`database.write_queue`): a write that finds it full is refused at
+//! once with `Overload::WriteQueueFull`, before any of it runs, rather than wait behind a
+//! backlog that only grows. The write closure runs inside its caller's tracing span.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -15,7 +19,8 @@ use tokio::sync::oneshot;
 use diesel::r2d2::ManageConnection;
 
 use super::connection::Manager;
-use super::{DbConnection, DbError};
+use super::{DbConnection, DbError, Overload};
+use crate::telemetry::{error_chain, CallerSpan};
 
 /// Most writes committed together; bounds how long the first of them waits.
 const MAX_BATCH: usize = 256;
@@ -30,6 +35,7 @@ trait QueuedWrite: Send {
 }
 
 struct Write<T, E, F> {
+    caller: CallerSpan,
     work: Option<F>,
     outcome: Option<Result<T, E>>,
     reply: Option<oneshot::Sender<Result<T, E>>>,
@@ -43,7 +49,8 @@ where
 {
     fn run(&mut self, conn: &mut DbConnection) -> bool {
         let work = self.work.take().expect("a write runs once");
-        match catch_unwind(AssertUnwindSafe(|| conn.transaction(work))) {
+        let caller = &self.caller;
+        match catch_unwind(AssertUnwindSafe(|| caller.run(|| conn.transaction(work)))) {
             Ok(outcome) => {
                 self.outcome = Some(outcome);
                 true
@@ -56,7 +63,7 @@ where
         let outcome = match (commit, self.outcome.take()) {
             (Ok(()), Some(outcome)) => outcome,
             (Err(e), Some(Err(own))) => {
-                tracing::debug!(error = %e, "batch commit failed after this write had failed");
+                tracing::debug!(error = %error_chain(e), "batch commit failed after this write had failed");
                 Err(own)
             }
             (Err(e), _) => Err(E::from(DbError::Commit(e.to_string()))),
@@ -70,24 +77,28 @@ where
 
 #[derive(Clone)]
 pub(crate) struct Writer {
-    queue: mpsc::Sender<Box<dyn QueuedWrite>>,
+    queue: mpsc::SyncSender<Box<dyn QueuedWrite>>,
+    limit: usize,
 }
 
 impl Writer {
-    /// Starts the writer thread on a connection of its own.
-    pub(crate) fn start(manager: Manager) -> Result<Writer, DbError> {
+    /// Starts the writer thread on a connection of its own, taking at most `limit` writes
+    /// waiting (at least one).
+    pub(crate) fn start(manager: Manager, limit: usize) -> Result<Writer, DbError> {
         let conn = manager
             .connect()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        let (queue, incoming) = mpsc::channel::<Box<dyn QueuedWrite>>();
+        let limit = limit.max(1);
+        let (queue, incoming) = mpsc::sync_channel::<Box<dyn QueuedWrite>>(limit);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || write_loop(manager, conn, incoming))
             .expect("the writer thread starts");
-        Ok(Writer { queue })
+        Ok(Writer { queue, limit })
     }
 
-    pub(crate) async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    /// Queues `work` (never waiting for room) and waits for its group's commit.
+    pub(crate) async fn write<T, E, F>(&self, caller: CallerSpan, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -95,13 +106,20 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel();
         let write = Write {
+            caller,
             work: Some(work),
             outcome: None,
             reply: Some(reply),
         };
-        self.queue
-            .send(Box::new(write))
-            .map_err(|_| E::from(DbError::Canceled))?;
+        match self.queue.try_send(Box::new(write)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                let overload = Overload::WriteQueueFull { limit: self.limit };
+                tracing::warn!(error = %overload, "database overloaded");
+                return Err(E::from(DbError::Overloaded(overload)));
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(E::from(DbError::Canceled)),
+        }
         answer
             .await
             .unwrap_or_else(|_| Err(E::from(DbError::Canceled)))
@@ -123,11 +141,13 @@ fn write_loop(
         }
         let committed = run_batch(&mut conn, &mut batch);
         if let Err(e) = &committed {
-            tracing::error!(error = %e, writes = batch.len(), "group commit failed");
+            tracing::error!(error = %error_chain(e), writes = batch.len(), "group commit failed");
             // Whatever state the failure left the connection in, start the next batch clean.
             match manager.connect() {
                 Ok(fresh) => conn = fresh,
-                Err(e) => tracing::error!(error = %e, "reopening the write connection failed"),
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "reopening the write connection failed")
+                }
             }
         }
         for write in batch {
@@ -158,7 +178,7 @@ mod tests {
     use diesel::prelude::*;
 
     use crate::db::schema::service_meta;
-    use crate::db::{meta_get_or_insert, Db, DbError};
+    use crate::db::{meta_get_or_insert, Db, DbError, DbLimits, Overload};
 
     fn temp_db() -> (Db, std::path::PathBuf) {
         let dir =
@@ -208,6 +228,100 @@ mod tests {
             .write(|conn| meta_get_or_insert(conn, "k", "v").map_err(DbError::from))
             .await;
         assert_eq!(after.unwrap(), "v", "the writer still works");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Polls a future once: enough for a write to be queued (or refused).
+    async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) {
+        std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut *future).poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[actix_web::test]
+    async fn a_full_queue_refuses_a_write_before_it_runs_and_loses_none_queued() {
+        let dir =
+            std::env::temp_dir().join(format!("odm-writer-{}", uuid::Uuid::new_v4().simple()));
+        let limits = DbLimits {
+            write_queue: 2,
+            ..DbLimits::with_pool_size(2)
+        };
+        let db =
+            Db::connect_with(&format!("sqlite://{}", dir.join("w.db").display()), limits).unwrap();
+
+        // The writer thread busy with a write that waits to be released.
+        let (started, writer_busy) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let blocker = actix_web::rt::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |conn| {
+                    let _ = started.send(());
+                    released.recv().expect("released");
+                    meta_get_or_insert(conn, "blocker", "v").map_err(DbError::from)
+                })
+                .await
+            }
+        });
+        writer_busy.await.unwrap();
+
+        // Two writes fill the queue.
+        let mut queued: Vec<_> = (0..2)
+            .map(|i| {
+                Box::pin(db.write(move |conn| {
+                    meta_get_or_insert(conn, &format!("queued{i}"), "v").map_err(DbError::from)
+                }))
+            })
+            .collect();
+        for write in &mut queued {
+            poll_once(write).await;
+        }
+
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused = db
+            .write({
+                let ran = ran.clone();
+                move |conn| {
+                    ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                    meta_get_or_insert(conn, "refused", "v").map_err(DbError::from)
+                }
+            })
+            .await;
+        match &refused {
+            Err(DbError::Overloaded(overload @ Overload::WriteQueueFull { limit: 2 })) => {
+                assert!(
+                    overload.to_string().contains("database.write_queue"),
+                    "{overload}"
+                );
+                assert_eq!(overload.retry_after(), std::time::Duration::from_secs(1));
+            }
+            other => panic!("expected a full queue, got {other:?}"),
+        }
+
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        for write in queued {
+            write.await.unwrap();
+        }
+        assert!(
+            !ran.load(std::sync::atomic::Ordering::SeqCst),
+            "the refused write ran"
+        );
+        let stored: Vec<String> = db
+            .read(|conn| {
+                Ok::<_, DbError>(service_meta::table.select(service_meta::name).load(conn)?)
+            })
+            .await
+            .unwrap();
+        let mut ours: Vec<&str> = stored
+            .iter()
+            .map(String::as_str)
+            .filter(|name| ["blocker", "queued0", "queued1", "refused"].contains(name))
+            .collect();
+        ours.sort_unstable();
+        assert_eq!(ours, ["blocker", "queued0", "queued1"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
 use self::report::Report;
@@ -24,6 +25,8 @@ use crate::simulator::{RunRecord, Simulator, SimulatorHandle};
 
 const DEVOPS: &str = "/api/v1/pp/devops";
 const POLL: Duration = Duration::from_millis(50);
+/// What a failed write of the story means (a closed pipe, a full disk).
+const OUTPUT: &str = "cannot write the demo's output";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -45,17 +48,6 @@ impl Default for DemoOptions {
     }
 }
 
-/// Why the demo did not get to the end, in words for the person who ran it.
-#[derive(Debug, thiserror::Error)]
-#[error("the demo failed: {0}")]
-pub struct DemoError(String);
-
-impl From<std::io::Error> for DemoError {
-    fn from(e: std::io::Error) -> Self {
-        DemoError(format!("cannot write the demo's output: {e}"))
-    }
-}
-
 /// Warnings only: the demo's own lines tell the story (the subscriber is global).
 pub fn quiet_logs() -> LogSettings {
     LogSettings {
@@ -66,15 +58,18 @@ pub fn quiet_logs() -> LogSettings {
 
 /// Plays the demo, writing to `out`. Runs inside an actix System (the service's engine lives
 /// on the calling thread). Everything it started is stopped and its folder removed, whatever
-/// the outcome.
-pub async fn run(out: &mut dyn Write, options: &DemoOptions) -> Result<(), DemoError> {
-    let folder = TempFolder::create(&options.temp_dir)?;
-    let sim = Simulator::start(scenario::simulator_config(options.run_delay))
-        .await
-        .map_err(|e| DemoError(format!("the Azure DevOps simulator did not start: {e}")))?;
-    let result = serve_and_play(out, options, &folder.0, &sim).await;
-    sim.stop().await;
-    result
+/// the outcome. An error says where the demo stopped, in words for the person who ran it.
+pub async fn run(out: &mut dyn Write, options: &DemoOptions) -> anyhow::Result<()> {
+    let played = async {
+        let folder = TempFolder::create(&options.temp_dir)?;
+        let sim = Simulator::start(scenario::simulator_config(options.run_delay))
+            .await
+            .context("the Azure DevOps simulator did not start")?;
+        let result = serve_and_play(out, options, &folder.0, &sim).await;
+        sim.stop().await;
+        result
+    };
+    played.await.context("the demo failed")
 }
 
 async fn serve_and_play(
@@ -82,11 +77,11 @@ async fn serve_and_play(
     options: &DemoOptions,
     folder: &Path,
     sim: &SimulatorHandle,
-) -> Result<(), DemoError> {
-    let settings = scenario::settings(folder, sim).map_err(DemoError)?;
+) -> anyhow::Result<()> {
+    let settings = scenario::settings(folder, sim)?;
     let app = Application::build(settings)
         .await
-        .map_err(|e| DemoError(format!("the service did not start: {e}")))?;
+        .context("the service did not start")?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let server = app.server_handle();
     let service = actix_web::rt::spawn(app.run_until_stopped());
@@ -122,20 +117,19 @@ struct Told {
 }
 
 impl Demo<'_> {
-    async fn play(&mut self, folder: &Path) -> Result<(), DemoError> {
+    async fn play(&mut self, folder: &Path) -> anyhow::Result<()> {
         let started = Instant::now();
         self.report
-            .opening(&self.base, &self.sim.base_url(), folder)?;
+            .opening(&self.base, &self.sim.base_url(), folder)
+            .context(OUTPUT)?;
         let path = format!("/api/v1/pp/registry/products/{PRODUCT}/versions/{VERSION}");
         let (status, _) = self
             .call("PUT", &path, Some(scenario::descriptor()))
             .await?;
         if status != 201 && status != 200 {
-            return Err(DemoError(format!(
-                "storing the descriptor answered HTTP {status}"
-            )));
+            bail!("storing the descriptor answered HTTP {status}");
         }
-        self.report.descriptor_stored(&path)?;
+        self.report.descriptor_stored(&path).context(OUTPUT)?;
         for stage in STAGES {
             self.run_stage(stage).await?;
         }
@@ -146,33 +140,32 @@ impl Demo<'_> {
                 None,
             )
             .await?;
-        self.report.lifecycle(&rows)?;
+        self.report.lifecycle(&rows).context(OUTPUT)?;
         let stats = self.sim.stats();
-        self.report.closing(
-            started.elapsed(),
-            stats.runs_created,
-            stats.callbacks_sent,
-            stats.tokens_issued,
-        )?;
-        Ok(())
+        self.report
+            .closing(
+                started.elapsed(),
+                stats.runs_created,
+                stats.callbacks_sent,
+                stats.tokens_issued,
+            )
+            .context(OUTPUT)
     }
 
     /// Creates and starts the stage's activity, then tells each task's story as it happens
     /// until the activity is PROCESSED.
-    async fn run_stage(&mut self, stage: &str) -> Result<(), DemoError> {
+    async fn run_stage(&mut self, stage: &str) -> anyhow::Result<()> {
         let started = Instant::now();
         let path = format!("{DEVOPS}/activities?startAfterCreation=true");
         let body = json!({"dataProductId": PRODUCT, "dataProductVersion": VERSION, "stage": stage});
         let (status, activity) = self.call("POST", &path, Some(body)).await?;
         let id = match (status, activity["id"].as_i64()) {
             (201, Some(id)) => id,
-            _ => {
-                return Err(DemoError(format!(
-                    "creating the {stage} activity answered HTTP {status}: {activity}"
-                )))
-            }
+            _ => bail!("creating the {stage} activity answered HTTP {status}: {activity}"),
         };
-        self.report.stage_started(stage, &path, id)?;
+        self.report
+            .stage_started(stage, &path, id)
+            .context(OUTPUT)?;
         let mut told: HashMap<i64, Told> = HashMap::new();
         loop {
             let (_, tasks) = self
@@ -188,36 +181,35 @@ impl Demo<'_> {
                 && told.values().all(|t| t.outcome);
             match activity["status"].as_str().unwrap_or_default() {
                 "PROCESSED" if all_told => {
-                    return Ok(self.report.stage_reached(stage, id, started.elapsed())?);
+                    let took = started.elapsed();
+                    return self.report.stage_reached(stage, id, took).context(OUTPUT);
                 }
-                status @ ("FAILED" | "ABORTED") => {
-                    return Err(DemoError(format!(
-                        "the {stage} activity {id} ended {status}: {}",
-                        activity["errors"].as_str().unwrap_or("no errors given")
-                    )))
-                }
-                status if started.elapsed() > self.options.stage_timeout => {
-                    return Err(DemoError(format!(
-                        "stage {stage} did not finish within {} s: activity {id} is still {status}; \
-                         its tasks: {}",
-                        self.options.stage_timeout.as_secs_f64(),
-                        task_statuses(&tasks)
-                    )));
-                }
+                status @ ("FAILED" | "ABORTED") => bail!(
+                    "the {stage} activity {id} ended {status}: {}",
+                    activity["errors"].as_str().unwrap_or("no errors given")
+                ),
+                status if started.elapsed() > self.options.stage_timeout => bail!(
+                    "stage {stage} did not finish within {} s: activity {id} is still {status}; \
+                     its tasks: {}",
+                    self.options.stage_timeout.as_secs_f64(),
+                    task_statuses(&tasks)
+                ),
                 _ => actix_web::rt::time::sleep(POLL).await,
             }
         }
     }
 
     /// Tells what is new about one task: its run, its callback, its outcome, in that order.
-    fn tell(&mut self, stage: &str, task: &Value, told: &mut Told) -> Result<(), DemoError> {
+    fn tell(&mut self, stage: &str, task: &Value, told: &mut Told) -> anyhow::Result<()> {
         let position = task["position"].as_u64().unwrap_or(0) as usize;
         if told.run.is_none() {
             let Some(run) = self.run_of_task(id_of(task)) else {
                 return Ok(());
             };
             let written = scenario::written_params(stage, position);
-            self.report.run_started(task, &run, &written)?;
+            self.report
+                .run_started(task, &run, &written)
+                .context(OUTPUT)?;
             told.run = Some(run.id);
         }
         // The run's record is complete (callback included) once the run has ended.
@@ -228,12 +220,12 @@ impl Demo<'_> {
             return Ok(());
         }
         if !told.callback {
-            self.report.callback(&run)?;
+            self.report.callback(&run).context(OUTPUT)?;
             told.callback = true;
         }
         let status = task["status"].as_str().unwrap_or_default();
         if !told.outcome && matches!(status, "PROCESSED" | "FAILED" | "ABORTED") {
-            self.report.task_finished(task)?;
+            self.report.task_finished(task).context(OUTPUT)?;
             told.outcome = true;
         }
         Ok(())
@@ -256,7 +248,7 @@ impl Demo<'_> {
         method: &str,
         path: &str,
         body: Option<Value>,
-    ) -> Result<(u16, Value), DemoError> {
+    ) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let method = method.parse().expect("a valid HTTP method");
         let request = self.http.request(method, &url);
@@ -264,17 +256,17 @@ impl Demo<'_> {
             Some(json) => request.send_json(json).await,
             None => request.send().await,
         };
-        let mut response = sent.map_err(|e| DemoError(format!("{url}: {e}")))?;
+        // awc's send error is not `Send`: keep its text.
+        let mut response = sent.map_err(|e| anyhow!("{url}: {e}"))?;
         let bytes = response
             .body()
             .limit(4 << 20)
             .await
-            .map_err(|e| DemoError(format!("{url}: {e}")))?;
+            .with_context(|| format!("{url}: the answer could not be read"))?;
         let json = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| DemoError(format!("{url} did not answer JSON: {e}")))?
+            serde_json::from_slice(&bytes).with_context(|| format!("{url} did not answer JSON"))?
         };
         Ok((response.status().as_u16(), json))
     }
@@ -301,11 +293,11 @@ fn task_statuses(tasks: &Value) -> String {
 struct TempFolder(PathBuf);
 
 impl TempFolder {
-    fn create(parent: &Path) -> Result<TempFolder, DemoError> {
+    fn create(parent: &Path) -> anyhow::Result<TempFolder> {
         let name = format!("odm-devops-demo-{}", uuid::Uuid::new_v4().simple());
         let path = parent.join(name);
         std::fs::create_dir_all(&path)
-            .map_err(|e| DemoError(format!("cannot create the folder {}: {e}", path.display())))?;
+            .with_context(|| format!("cannot create the folder {}", path.display()))?;
         Ok(TempFolder(path))
     }
 }

@@ -125,9 +125,8 @@ pub fn simulator_config(run_delay: Duration) -> SimulatorConfig {
 /// The built-in defaults (neither a config file nor the environment: the demo must run the
 /// same everywhere), on a SQLite file in `dir`, with the `azure-devops` executor on the
 /// simulator.
-pub fn settings(dir: &Path, sim: &SimulatorHandle) -> Result<Settings, String> {
-    let mut settings =
-        Settings::load_with_env(None, Vec::<(String, String)>::new()).map_err(|e| e.to_string())?;
+pub fn settings(dir: &Path, sim: &SimulatorHandle) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load_with_env(None, Vec::<(String, String)>::new())?;
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.public_url = String::new();
     settings.server.workers = 1;

@@ -128,7 +128,7 @@ async fn a_stage_that_does_not_finish_in_time_fails_the_demo_and_says_where() {
         temp_dir: parent.clone(),
     };
     let mut out = Vec::new();
-    let error = run(&mut out, &options).await.unwrap_err().to_string();
+    let error = format!("{:#}", run(&mut out, &options).await.unwrap_err());
     assert_eq!(
         error,
         "the demo failed: stage dev did not finish within 1 s: activity 1 is still PROCESSING; \

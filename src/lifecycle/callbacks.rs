@@ -3,10 +3,10 @@
 
 use super::error::CommandError;
 use super::plumbing::Applied;
-use super::service::{apply, snapshot, CallbackRules, LifecycleService};
+use super::service::{apply, CallbackRules, LifecycleService};
 use super::state::{self, CallbackDecision};
 use crate::clock::now_ms;
-use crate::db::SnapshotOf;
+use crate::db::{self, SnapshotOf};
 use crate::domain::{Report, TaskId, TaskState, TaskStatus};
 use crate::metrics::CallbackAnswer;
 
@@ -21,6 +21,13 @@ impl LifecycleService {
         token: Option<String>,
         report: Report,
     ) -> Result<TaskStatus, CommandError> {
+        // Measured here, refused after the token is checked: a caller without one learns nothing.
+        let too_large = report.results.as_ref().and_then(|results| {
+            self.limits
+                .check_results("the callback's", results)
+                .err()
+                .map(|e| CommandError::ResultsTooLarge(e.0))
+        });
         let rules = self.callbacks.clone();
         let timings = self.timings;
         let recorded = self
@@ -28,13 +35,17 @@ impl LifecycleService {
             .write(move |conn| -> Result<Recorded, CommandError> {
                 // The activity is locked before its tasks are read: the token is checked against
                 // the attempt as it is, not as it was before a concurrent change.
-                let snapshot = snapshot(conn, SnapshotOf::CallbackTask(task_id), || {
-                    CommandError::TaskNotFound(task_id)
-                })?;
-                let task = snapshot.task(task_id).expect("the snapshot of its task");
+                let snapshot = db::load_snapshot(conn, SnapshotOf::CallbackTask(task_id))?;
+                let task = snapshot.as_ref().and_then(|s| s.task(task_id));
                 if rules.require_token {
-                    rules.verify_token(task, token.as_deref())?;
+                    rules.verify_token(task_id, task, token.as_deref())?;
                 }
+                if let Some(refusal) = too_large {
+                    tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
+                    return Err(refusal);
+                }
+                let snapshot = snapshot.ok_or(CommandError::TaskNotFound(task_id))?;
+                let task = snapshot.task(task_id).expect("the snapshot of its task");
                 let confirm_first = rules.catalog.check_after_callback(task.executor.as_deref());
                 let timing = timings.at(now_ms());
                 match state::callback(&snapshot, task_id, report, confirm_first, &timing) {
@@ -63,12 +74,30 @@ impl LifecycleService {
 }
 
 impl CallbackRules {
-    fn verify_token(&self, task: &TaskState, token: Option<&str>) -> Result<(), CommandError> {
+    /// An unknown task is refused like a wrong token: a callback cannot probe which ids exist.
+    fn verify_token(
+        &self,
+        task_id: TaskId,
+        task: Option<&TaskState>,
+        token: Option<&str>,
+    ) -> Result<(), CommandError> {
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
             CommandError::Unauthorized(
                 "the callback has no token: use the callbackRef exactly as it was given".into(),
             )
         })?;
+        let invalid = || {
+            CommandError::Unauthorized(format!(
+                "the callback token is not valid for task {task_id} (wrong or from an earlier attempt)"
+            ))
+        };
+        let Some(task) = task else {
+            tracing::warn!(
+                task_id = task_id.get(),
+                "callback for an unknown task refused"
+            );
+            return Err(invalid());
+        };
         let id = task.id.get();
         if self.keys.verify_callback_token(id, task.attempt, token) {
             Ok(())
@@ -84,9 +113,7 @@ impl CallbackRules {
                 task_id = id,
                 "callback with an invalid or outdated token refused"
             );
-            Err(CommandError::Unauthorized(format!(
-                "the callback token is not valid for task {id} (wrong or from an earlier attempt)"
-            )))
+            Err(invalid())
         }
     }
 }
@@ -99,9 +126,11 @@ fn callback_answer(recorded: &Result<Recorded, CommandError>) -> CallbackAnswer 
         Err(CommandError::TaskConflict(_) | CommandError::ActivityConflict(_)) => {
             CallbackAnswer::Refused
         }
-        Err(CommandError::TaskNotFound(_) | CommandError::InvalidCallback(_)) => {
-            CallbackAnswer::Invalid
-        }
+        Err(
+            CommandError::TaskNotFound(_)
+            | CommandError::InvalidCallback(_)
+            | CommandError::ResultsTooLarge(_),
+        ) => CallbackAnswer::Invalid,
         Err(_) => CallbackAnswer::Error,
     }
 }

@@ -26,6 +26,14 @@ impl LifecycleService {
         start: bool,
         secrets: ActivitySecrets,
     ) -> Result<ActivityRow, CommandError> {
+        let over = |e: crate::limits::OverLimit| CommandError::OverLimit(e.0);
+        for (field, name) in [
+            ("dataProductId", &request.data_product_id),
+            ("dataProductVersion", &request.data_product_version),
+            ("stage", &request.stage),
+        ] {
+            self.limits.check_name(field, name).map_err(over)?;
+        }
         let descriptor = self
             .registry
             .descriptor(&request.data_product_id, &request.data_product_version)
@@ -36,14 +44,18 @@ impl LifecycleService {
                 request.data_product_version, request.data_product_id
             ))
         })?;
+        self.limits.check_lifecycle(&info).map_err(over)?;
         let definitions = stage_tasks(&info, &request)?;
         let definitions =
             super::task_templates::resolve(&self.registry, &request.stage, definitions).await?;
-        super::task_placeholders::check_new_activity(&request.stage, &definitions, &info)
-            .map_err(CommandError::InvalidActivity)?;
+        super::task_placeholders::check_new_activity(
+            &request.stage,
+            &definitions,
+            &info,
+            &self.limits,
+        )?;
         let settings = run_settings(&request.stage, &definitions)?;
-        let sealed = (!secrets.is_empty()).then(|| self.keys().seal(&secrets));
-        let timings = self.timings;
+        let (keys, timings) = (self.keys().clone(), self.timings);
         let activity = self
             .db
             .write(move |conn| -> Result<ActivityRow, CommandError> {
@@ -52,9 +64,13 @@ impl LifecycleService {
                     request: &request,
                     definitions: &definitions,
                     settings: &settings,
-                    sealed: sealed.as_deref(),
                 };
                 let activity = insert_planned(conn, new, now)?;
+                // Sealed once the id is known: it binds the secrets to this activity.
+                if !secrets.is_empty() {
+                    let sealed = keys.seal(activity.id.get(), &secrets);
+                    db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
+                }
                 if !start {
                     return Ok(activity);
                 }
@@ -189,7 +205,6 @@ struct Planned<'a> {
     definitions: &'a [TaskDefinition],
     /// One per definition.
     settings: &'a [RunSettings],
-    sealed: Option<&'a str>,
 }
 
 fn insert_planned(
@@ -241,7 +256,7 @@ fn insert_planned(
         data_product_version: version,
         stage,
         status: ActivityStatus::Planned,
-        sealed_secrets: new.sealed,
+        sealed_secrets: None,
         created_at: now,
     };
     db::insert_activity(conn, activity, tasks).map_err(|e| {
@@ -285,13 +300,15 @@ fn start_in(
     })?;
     if let Some((keys, fresh)) = fresh_secrets {
         let mut secrets = match &a.sealed_secrets {
-            Some(sealed) => keys.unseal(sealed).map_err(CommandError::InvalidActivity)?,
+            Some(sealed) => keys
+                .unseal(id.get(), sealed)
+                .map_err(CommandError::InvalidActivity)?,
             None => ActivitySecrets::new(),
         };
         for (executor, given) in fresh {
             secrets.entry(executor).or_default().extend(given);
         }
-        db::set_sealed_secrets(conn, id, Some(&keys.seal(&secrets)))?;
+        db::set_sealed_secrets(conn, id, Some(&keys.seal(id.get(), &secrets)))?;
     }
     Ok(())
 }

@@ -16,6 +16,12 @@ pub enum CommandError {
     /// 422 42203
     #[error("{0}")]
     InvalidCallback(String),
+    /// 422 42213: over a `limits.*` bound (the text names it, its value and its key).
+    #[error("{0}")]
+    OverLimit(String),
+    /// 413 41301: a callback's results over `limits.results_bytes`.
+    #[error("{0}")]
+    ResultsTooLarge(String),
     #[error("activity {0} not found")]
     ActivityNotFound(ActivityId),
     #[error("task {0} not found")]

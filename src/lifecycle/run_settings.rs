@@ -7,7 +7,8 @@
 
 use serde_json::Value;
 
-use crate::domain::{RetryPolicy, RunSettings};
+use crate::config::MAX_TASK_TIMEOUT_SECS;
+use crate::domain::{RetryPolicy, RunSettings, MAX_RETRY_DELAY_MS};
 
 /// Runs after the first one: enough for flaky pipelines, not a loop that hides a broken one.
 pub const MAX_RETRIES: u64 = 10;
@@ -21,7 +22,13 @@ pub fn check(configurations: &Value) -> Result<RunSettings, String> {
     };
     let timeout_ms = match map.get("timeout") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(seconds(v, "timeout", false)?),
+        Some(v) => Some(seconds(
+            v,
+            "timeout",
+            false,
+            MAX_TASK_TIMEOUT_SECS,
+            "30 days",
+        )?),
     };
     let retry = match map.get("retry") {
         None | Some(Value::Null) => None,
@@ -49,7 +56,7 @@ pub fn check(configurations: &Value) -> Result<RunSettings, String> {
             };
             let backoff_ms = match retry.get("backoff") {
                 None | Some(Value::Null) => (DEFAULT_BACKOFF_SECS * 1000.0) as i64,
-                Some(v) => seconds(v, "retry.backoff", true)?,
+                Some(v) => seconds(v, "retry.backoff", true, MAX_RETRY_DELAY_MS as u64 / 1000, "an hour")?,
             };
             Some(RetryPolicy { max, backoff_ms })
         }
@@ -62,10 +69,20 @@ pub fn check(configurations: &Value) -> Result<RunSettings, String> {
     Ok(RunSettings { timeout_ms, retry })
 }
 
-/// A duration in seconds, as milliseconds.
-fn seconds(value: &Value, field: &str, zero_allowed: bool) -> Result<i64, String> {
+/// A duration in seconds, as milliseconds; at most `max_secs` (`max_text` says it in words), so
+/// a huge number is refused, never wrapped or saturated into something else.
+fn seconds(
+    value: &Value,
+    field: &str,
+    zero_allowed: bool,
+    max_secs: u64,
+    max_text: &str,
+) -> Result<i64, String> {
     let secs = value.as_f64().filter(|s| s.is_finite());
     match secs {
+        Some(s) if s > max_secs as f64 => Err(format!(
+            "configurations.{field} must be at most {max_secs} seconds ({max_text}), found {value}"
+        )),
         Some(s) if s > 0.0 || (zero_allowed && s == 0.0) => Ok((s * 1000.0) as i64),
         _ => Err(format!(
             "configurations.{field} must be a {} number of seconds, found {value}",
@@ -141,10 +158,37 @@ mod tests {
                 json!({"retry": {"max": 1, "delay": 2}}),
                 "configurations.retry.delay is not a retry setting",
             ),
+            (
+                json!({"timeout": 1e300}),
+                "configurations.timeout must be at most 2592000 seconds (30 days), found 1e+300",
+            ),
+            (
+                json!({"timeout": 2_592_000.001}),
+                "configurations.timeout must be at most 2592000 seconds",
+            ),
+            (
+                json!({"timeout": u64::MAX}),
+                "configurations.timeout must be at most 2592000 seconds",
+            ),
+            (
+                json!({"retry": {"max": 1, "backoff": 1e300}}),
+                "configurations.retry.backoff must be at most 3600 seconds (an hour), found 1e+300",
+            ),
         ];
         for (configurations, expected) in cases {
             let error = check(&configurations).unwrap_err();
             assert!(error.contains(expected), "{configurations}: {error}");
         }
+    }
+
+    /// `1e300` once became a deadline in the past (the task timed out at once). A stored value
+    /// over the cap (written before it existed) is ignored by the upgrade that moved run
+    /// settings into columns: `tests/api/storage.rs`.
+    #[test]
+    fn the_longest_timeout_and_backoff_are_accepted_exactly() {
+        let settings =
+            check(&json!({"timeout": 2_592_000, "retry": {"max": 1, "backoff": 3600}})).unwrap();
+        assert_eq!(settings.timeout_ms, Some(2_592_000_000));
+        assert_eq!(settings.retry.unwrap().backoff_ms, 3_600_000);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::error::CommandError;
 use super::plumbing::{Applied, EngineTimings, Waker};
 use crate::clock::now_ms;
+use crate::config::LimitSettings;
 use crate::db::{self, Db, DbConnection, SnapshotOf};
 use crate::domain::{Plan, Snapshot};
 use crate::executor::ExecutorCatalog;
@@ -20,6 +21,7 @@ pub struct LifecycleService {
     pub(super) db: Db,
     pub(super) registry: Registry,
     pub(super) timings: EngineTimings,
+    pub(super) limits: LimitSettings,
     pub(super) waker: Waker,
     pub(super) metrics: Arc<Metrics>,
     /// Shared with the transactions that check callbacks (one reference moves there).
@@ -40,6 +42,7 @@ pub struct LifecycleParts {
     pub keys: Keys,
     pub catalog: ExecutorCatalog,
     pub timings: EngineTimings,
+    pub limits: LimitSettings,
     /// `callbacks.require_token`
     pub require_token: bool,
     pub waker: Waker,
@@ -52,6 +55,7 @@ impl LifecycleService {
             db: parts.db,
             registry: parts.registry,
             timings: parts.timings,
+            limits: parts.limits,
             waker: parts.waker,
             metrics: parts.metrics,
             callbacks: Arc::new(CallbackRules {

@@ -6,16 +6,21 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::context::TaskContext;
+use super::error::CommandError;
+use crate::config::LimitSettings;
 use crate::descriptor::{LifecycleInfo, TaskDefinition};
-use crate::placeholders::OnMissing;
-use crate::placeholders::{self, StageTaskNames, TaskToCheck};
+use crate::limits::{json_size_within, over, over_with};
+use crate::placeholders::{self, OnMissing, ResolveError, StageTaskNames, TaskToCheck};
 
-/// Every bad reference of the new activity's tasks, in one message.
+/// The new activity's placeholders: at most `limits.placeholders_per_task` per task (422 42213),
+/// then every bad reference in one message (422 42201), the first `limits.listed_errors` of
+/// them listed.
 pub fn check_new_activity(
     stage: &str,
     tasks: &[TaskDefinition],
     info: &LifecycleInfo,
-) -> Result<(), String> {
+    limits: &LimitSettings,
+) -> Result<(), CommandError> {
     let known: BTreeSet<String> = info.stages.keys().cloned().collect();
     let mut names = StageTaskNames::new();
     for (name, defs) in &info.stages {
@@ -31,31 +36,102 @@ pub fn check_new_activity(
             configurations: d.configurations.as_ref().unwrap_or(&empty),
         })
         .collect();
-    let bad = placeholders::check_activity(stage, &to_check, &known, &names);
-    if bad.is_empty() {
+    let checked =
+        placeholders::check_activity(stage, &to_check, &known, &names, limits.listed_errors);
+    let max = limits.placeholders_per_task;
+    if let Some(&(position, count)) = checked.placeholders.iter().find(|(_, n)| *n > max) {
+        let name = &tasks[position - 1].name;
+        return Err(CommandError::OverLimit(
+            over(
+                &format!("task {position} ({name}) of stage {stage}"),
+                count,
+                "placeholders",
+                max,
+                "limits.placeholders_per_task",
+            )
+            .0,
+        ));
+    }
+    if checked.bad == 0 {
         return Ok(());
     }
-    let list: Vec<String> = bad.iter().map(ToString::to_string).collect();
-    Err(format!(
-        "{} bad placeholder reference{}: {}",
-        bad.len(),
-        if bad.len() == 1 { "" } else { "s" },
-        list.join("; ")
-    ))
+    let list: Vec<String> = checked.listed.iter().map(ToString::to_string).collect();
+    let unlisted = match checked.bad - checked.listed.len() {
+        0 => String::new(),
+        n => format!(
+            "; and {n} more not listed (limits.listed_errors: {})",
+            limits.listed_errors
+        ),
+    };
+    Err(CommandError::InvalidActivity(format!(
+        "{} bad placeholder reference{}: {}{unlisted}",
+        checked.bad,
+        if checked.bad == 1 { "" } else { "s" },
+        list.join("; "),
+    )))
 }
 
+/// What a dispatched task carries: its template and its configurations with placeholders
+/// resolved, the context under `configurations.context`. Each is at most `max_bytes` of JSON
+/// (`limits.configurations_bytes`), else the task fails before anything is sent, naming the
+/// limit: a result referenced many times never multiplies into a huge row or request.
+pub fn resolve_task(
+    template: &Value,
+    configurations: &Value,
+    task_context: &TaskContext,
+    on_missing: OnMissing,
+    max_bytes: usize,
+) -> Result<(Value, Value), String> {
+    let template = resolve(template, task_context, on_missing, max_bytes)?;
+    let mut configurations = resolve(configurations, task_context, on_missing, max_bytes)?;
+    if let Value::Object(map) = &mut configurations {
+        map.insert("context".into(), task_context.context.clone());
+    }
+    for (what, value) in [
+        ("template is", &template),
+        ("configurations (context included) are", &configurations),
+    ] {
+        if json_size_within(value, max_bytes).is_none() {
+            return Err(over_with(
+                &format!("the task's resolved {what}"),
+                format!("more than {max_bytes}"),
+                "bytes",
+                max_bytes,
+                "limits.configurations_bytes",
+            )
+            .0);
+        }
+    }
+    Ok((template, configurations))
+}
+
+/// `value` with its placeholders resolved; what they insert may add up to `max_bytes`.
 pub fn resolve(
     value: &Value,
     task_context: &TaskContext,
     on_missing: OnMissing,
+    max_bytes: usize,
 ) -> Result<Value, String> {
     placeholders::resolve(
         value,
         &task_context.context,
         &task_context.names,
         on_missing,
+        max_bytes,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| match e {
+        ResolveError::Unresolved(unresolved) => unresolved.to_string(),
+        ResolveError::TooLarge { max } => {
+            over_with(
+                "the task's placeholders insert",
+                format!("more than {max}"),
+                "bytes",
+                max,
+                "limits.configurations_bytes",
+            )
+            .0
+        }
+    })
 }
 
 #[cfg(test)]
@@ -66,6 +142,12 @@ mod tests {
 
     use super::*;
     use crate::placeholders::tests::generated::{arbitrary_text, arbitrary_value, escape, Rng};
+
+    fn limits() -> LimitSettings {
+        crate::config::Settings::load_with_env(None, Vec::<(String, String)>::new())
+            .unwrap()
+            .limits
+    }
 
     /// A descriptor's lifecycle of arbitrary stages and tasks (names, templates, configurations).
     fn arbitrary_lifecycle(rng: &mut Rng) -> LifecycleInfo {
@@ -115,13 +197,14 @@ mod tests {
                 names: StageTaskNames::new(),
             };
             for (stage, tasks) in &info.stages {
-                let _ = check_new_activity(stage, tasks, &info);
+                let _ = check_new_activity(stage, tasks, &info, &limits());
                 for value in tasks.iter().flat_map(|t| [&t.template, &t.configurations]) {
                     for on_missing in [OnMissing::Fail, OnMissing::Keep] {
                         let _ = resolve(
                             value.as_ref().unwrap_or(&Value::Null),
                             &task_context,
                             on_missing,
+                            usize::MAX,
                         );
                     }
                 }
@@ -144,13 +227,14 @@ mod tests {
                 names: StageTaskNames::new(),
             };
             for (stage, tasks) in &escaped.stages {
-                let checked = check_new_activity(stage, tasks, &escaped);
-                assert_eq!(checked, Ok(()), "case {case}");
+                let checked = check_new_activity(stage, tasks, &escaped, &limits());
+                assert!(checked.is_ok(), "case {case}: {checked:?}");
                 for (task, original) in tasks.iter().zip(&written.stages[stage]) {
                     let Some(configurations) = &task.configurations else {
                         continue;
                     };
-                    let resolved = resolve(configurations, &task_context, OnMissing::Fail);
+                    let resolved =
+                        resolve(configurations, &task_context, OnMissing::Fail, usize::MAX);
                     assert_eq!(
                         resolved.as_ref(),
                         Ok(original.configurations.as_ref().unwrap()),
@@ -159,5 +243,93 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn blob_context() -> TaskContext {
+        let mut names = StageTaskNames::new();
+        names.add_stage("dev", ["make"]);
+        TaskContext {
+            context: serde_json::json!({"dev": {"status": "RUNNING", "finishedAt": null,
+                "results": {"task1": {"blob": "b".repeat(100)}}}}),
+            names,
+        }
+    }
+
+    /// What a task carries is at most `limits.configurations_bytes`, context included: exactly
+    /// the limit passes, one byte more fails, naming the limit.
+    #[test]
+    fn resolved_configurations_just_under_and_just_over_the_limit() {
+        let task_context = blob_context();
+        let configurations = serde_json::json!({"a": "${dev.results.task1.blob}"});
+        let template = serde_json::json!({"pipeline": "p"});
+        let (_, sent) = resolve_task(
+            &template,
+            &configurations,
+            &task_context,
+            OnMissing::Fail,
+            usize::MAX,
+        )
+        .unwrap();
+        let size = sent.to_string().len();
+        assert!(sent["context"]["dev"].is_object());
+        assert!(resolve_task(
+            &template,
+            &configurations,
+            &task_context,
+            OnMissing::Fail,
+            size
+        )
+        .is_ok());
+        let error = resolve_task(
+            &template,
+            &configurations,
+            &task_context,
+            OnMissing::Fail,
+            size - 1,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "the task's resolved configurations (context included) are more than {0} bytes; \
+                 at most {0} are allowed (limits.configurations_bytes)",
+                size - 1
+            )
+        );
+        let big_template = serde_json::json!({"x": "t".repeat(size)});
+        let error = resolve_task(
+            &big_template,
+            &configurations,
+            &task_context,
+            OnMissing::Fail,
+            size,
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with("the task's resolved template is more than"),
+            "{error}"
+        );
+    }
+
+    /// Resolution stops as soon as what placeholders insert passes the limit, before building
+    /// the rest: a result referenced many times never multiplies in memory.
+    #[test]
+    fn placeholders_stop_inserting_at_the_limit() {
+        let task_context = blob_context();
+        let many = serde_json::json!({"a": "${dev.results.task1.blob}".repeat(1000)});
+        let error = resolve(&many, &task_context, OnMissing::Fail, 1000).unwrap_err();
+        assert_eq!(
+            error,
+            "the task's placeholders insert more than 1000 bytes; at most 1000 are allowed \
+             (limits.configurations_bytes)"
+        );
+        let whole = Value::Array(vec![serde_json::json!("${dev.results.task1}"); 20]);
+        assert!(resolve(&whole, &task_context, OnMissing::Keep, 1000).is_err());
+        assert!(resolve(&whole, &task_context, OnMissing::Keep, 20 * 111).is_ok());
+        let ten = serde_json::json!({"a": "${dev.results.task1.blob}".repeat(10)});
+        assert_eq!(
+            resolve(&ten, &task_context, OnMissing::Fail, 1000).unwrap()["a"],
+            "b".repeat(1000)
+        );
     }
 }

@@ -60,10 +60,8 @@ async fn fetch(registry: &Registry, id: &str, at: &str) -> Result<Value, Command
 /// The registry's error, saying which task's template it was about.
 fn in_context(e: RegistryError, at: &str) -> CommandError {
     match e {
-        RegistryError::Unreachable(m) => {
-            RegistryError::Unreachable(format!("resolving {at}: {m}")).into()
-        }
-        RegistryError::Failed(m) => RegistryError::Failed(format!("resolving {at}: {m}")).into(),
+        RegistryError::Unreachable(f) => RegistryError::Unreachable(f.resolving(at)).into(),
+        RegistryError::Failed(f) => RegistryError::Failed(f.resolving(at)).into(),
         RegistryError::NoTemplates => {
             CommandError::InvalidActivity(format!("{at} cannot be resolved: {e}"))
         }

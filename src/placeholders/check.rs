@@ -7,7 +7,7 @@ use std::fmt;
 use serde_json::Value;
 
 use super::eval::locate_task;
-use super::parse::{push_key, split, Piece, Reference};
+use super::parse::{push_key, shown, split, Piece, Reference};
 use super::{StageTaskNames, TaskNames};
 
 /// One task of the activity being created.
@@ -35,13 +35,28 @@ impl fmt::Display for BadReference {
         write!(
             f,
             "placeholder {} at {}: {}",
-            self.placeholder, self.location, self.reason
+            shown(&self.placeholder),
+            self.location,
+            self.reason
         )
     }
 }
 
-/// Every bad reference in the `template` and `configurations` of `tasks` (position order), the
-/// tasks of a new activity of `stage`. `configurations.context` is skipped: the engine replaces it.
+/// What [`check_activity`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checked {
+    /// The first bad references, at most the number asked for.
+    pub listed: Vec<BadReference>,
+    /// How many bad references there are in all.
+    pub bad: usize,
+    /// (position, placeholders in its template and configurations) of each task.
+    pub placeholders: Vec<(usize, usize)>,
+}
+
+/// The bad references in the `template` and `configurations` of `tasks` (position order), the
+/// tasks of a new activity of `stage` (the first `max_listed` of them, and how many in all), and
+/// how many placeholders each task holds. `configurations.context` is skipped: the engine
+/// replaces it.
 ///
 /// Names in the activity's own stage are taken from `tasks` (the snapshot that will run); those
 /// of other stages from `names`, which must hold every stage of the descriptor.
@@ -50,7 +65,8 @@ pub fn check_activity(
     tasks: &[TaskToCheck<'_>],
     known_stages: &BTreeSet<String>,
     names: &StageTaskNames,
-) -> Vec<BadReference> {
+    max_listed: usize,
+) -> Checked {
     let own_names = TaskNames::new(tasks.iter().map(|t| (t.name, t.position)));
     let check = Check {
         stage,
@@ -58,8 +74,9 @@ pub fn check_activity(
         names,
         own_names: &own_names,
     };
-    let mut bad = Vec::new();
+    let mut checked = Checked::default();
     for task in tasks {
+        let mut count = 0;
         for (part, value) in [
             ("template", task.template),
             ("configurations", task.configurations),
@@ -70,19 +87,24 @@ pub fn check_activity(
             visit_strings(value, &mut location, skip_context, &mut |s, location| {
                 for piece in split(s) {
                     if let Piece::Placeholder { text, reference } = piece {
+                        count += 1;
                         if let Err(reason) = check.reference(text, &reference, task.position) {
-                            bad.push(BadReference {
-                                placeholder: text.to_owned(),
-                                location: location.to_owned(),
-                                reason,
-                            });
+                            checked.bad += 1;
+                            if checked.listed.len() < max_listed {
+                                checked.listed.push(BadReference {
+                                    placeholder: text.to_owned(),
+                                    location: location.to_owned(),
+                                    reason,
+                                });
+                            }
                         }
                     }
                 }
             });
         }
+        checked.placeholders.push((task.position, count));
     }
-    bad
+    checked
 }
 
 struct Check<'a> {

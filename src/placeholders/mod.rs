@@ -5,8 +5,9 @@
 //! # Public API
 //!
 //! * [`StageTaskNames`]: the task names of every stage, to translate `results.<name>` to a position.
-//! * [`resolve`]`(value, context, names, on_missing) -> Result<Value, Unresolved>`.
-//! * [`check_activity`]`(stage, tasks, known_stages, names) -> Vec<BadReference>`.
+//! * [`resolve`]`(value, context, names, on_missing, max_inserted) -> Result<Value, ResolveError>`.
+//! * [`check_activity`]`(stage, tasks, known_stages, names, max_listed) -> Checked` (the first
+//!   bad references, how many in all, and how many placeholders each task holds).
 //!
 //! # Syntax
 //!
@@ -35,6 +36,8 @@
 //!   This means shell `${VAR}` or Azure `${{ … }}` in a value must be written `$${VAR}`.
 //! * `$<` opens a placeholder only when a well-formed reference and `>` follow; otherwise it
 //!   is literal text (`$<` is common in shell snippets and makefiles).
+//! * A malformed `${…}` ends after its first `}`, or before the next `${`, or at the end.
+//! * Scanning costs time linear in the text, whatever it holds (`parse::scan` counts it).
 //!
 //! # Values
 //!
@@ -69,7 +72,7 @@ pub(crate) mod tests;
 
 use std::collections::HashMap;
 
-pub use check::{check_activity, BadReference, TaskToCheck};
+pub use check::{check_activity, BadReference, Checked, TaskToCheck};
 pub use resolve::resolve;
 
 /// What resolving does with a placeholder that does not resolve (`placeholders.on_missing`).
@@ -80,6 +83,16 @@ pub enum OnMissing {
     Fail,
     /// It stays as written; the rest is still resolved.
     Keep,
+}
+
+/// Why [`resolve`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Unresolved(#[from] Unresolved),
+    /// What the placeholders insert is larger than `max` bytes.
+    #[error("the placeholders insert more than {max} bytes")]
+    TooLarge { max: usize },
 }
 
 /// The names of the tasks of every stage, to translate `results.<name>` into `taskN`.
@@ -153,7 +166,7 @@ pub(crate) enum NameLookup {
 
 /// A placeholder that could not be resolved, with why. Its text is meant for the task's `errors`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("placeholder {placeholder} did not resolve: {reason}")]
+#[error("placeholder {} did not resolve: {reason}", parse::shown(.placeholder))]
 pub struct Unresolved {
     /// The placeholder exactly as written.
     pub placeholder: String,

@@ -65,11 +65,23 @@ pub(crate) enum Piece<'s> {
 
 /// Splits `s` into text and placeholders, escapes already turned into their literal text.
 pub(crate) fn split(s: &str) -> Vec<Piece<'_>> {
+    scan(s).0
+}
+
+/// [`split`], with how many bytes it examined on the way: at most a small multiple of the
+/// text's length whatever the text (tests hold it to that). Parsing a placeholder looks at most
+/// as far as its end; a malformed `${…}` ends at its first `}` or the next `${`, and what a
+/// failed parse looked at beyond that can only be re-read inside a quoted key of another
+/// candidate (a quote closes at its first unescaped twin, so regions of one quote kind never
+/// nest).
+pub(crate) fn scan(s: &str) -> (Vec<Piece<'_>>, usize) {
     let bytes = s.as_bytes();
     let mut pieces = Vec::new();
+    let mut examined = 0;
     let mut text_start = 0;
     let mut i = 0;
     while let Some(offset) = bytes[i..].iter().position(|&b| b == b'$') {
+        examined += offset + 1;
         let dollar = i + offset;
         match (bytes.get(dollar + 1), bytes.get(dollar + 2)) {
             (Some(b'$'), Some(b'{' | b'<')) => {
@@ -81,9 +93,15 @@ pub(crate) fn split(s: &str) -> Vec<Piece<'_>> {
             }
             (Some(b'{'), _) => {
                 push_text(&mut pieces, &s[text_start..dollar]);
-                let (reference, end) = match parse_reference(s, dollar + 2, '}') {
+                let (parsed, looked_at) = parse_reference(s, dollar + 2, '}');
+                examined += looked_at - dollar;
+                let (reference, end) = match parsed {
                     Ok((reference, end)) => (Ok(reference), end),
-                    Err(e) => (Err(e), broken_end(s, dollar)),
+                    Err(e) => {
+                        let end = broken_end(bytes, dollar);
+                        examined += end - dollar;
+                        (Err(e), end)
+                    }
                 };
                 pieces.push(Piece::Placeholder {
                     text: &s[dollar..end],
@@ -92,34 +110,53 @@ pub(crate) fn split(s: &str) -> Vec<Piece<'_>> {
                 i = end;
                 text_start = i;
             }
-            (Some(b'<'), _) => match parse_reference(s, dollar + 2, '>') {
-                Ok((reference, end)) => {
-                    push_text(&mut pieces, &s[text_start..dollar]);
-                    pieces.push(Piece::Placeholder {
-                        text: &s[dollar..end],
-                        reference: Ok(reference),
-                    });
-                    i = end;
-                    text_start = i;
+            (Some(b'<'), _) => {
+                let (parsed, looked_at) = parse_reference(s, dollar + 2, '>');
+                examined += looked_at - dollar;
+                match parsed {
+                    Ok((reference, end)) => {
+                        push_text(&mut pieces, &s[text_start..dollar]);
+                        pieces.push(Piece::Placeholder {
+                            text: &s[dollar..end],
+                            reference: Ok(reference),
+                        });
+                        i = end;
+                        text_start = i;
+                    }
+                    Err(_) => i = dollar + 1,
                 }
-                Err(_) => i = dollar + 1,
-            },
+            }
             _ => i = dollar + 1,
         }
     }
+    examined += bytes.len() - i;
     push_text(&mut pieces, &s[text_start..]);
-    pieces
+    (pieces, examined)
 }
 
-/// Where a malformed `${…}` ends: at its `}`, or before the next `${` so one typo does not
-/// swallow the placeholder after it. `keep` leaves exactly this text and errors quote it.
-fn broken_end(s: &str, dollar: usize) -> usize {
-    let after_open = dollar + 2;
-    let close = s[after_open..].find('}').map(|k| after_open + k + 1);
-    let next_open = s[after_open..].find("${").map(|k| after_open + k);
-    match (close, next_open) {
-        (Some(close), Some(next)) => close.min(next),
-        (close, next) => close.or(next).unwrap_or(s.len()),
+/// Where a malformed `${…}` ends: after its first `}`, or before the next `${` so one typo does
+/// not swallow the placeholder after it, or at the end. `keep` leaves exactly this text and
+/// errors quote it. One scan that stops at whichever comes first: searching for each of them
+/// to the end of the text made a text of many `${` cost its length squared.
+fn broken_end(bytes: &[u8], dollar: usize) -> usize {
+    let mut i = dollar + 2;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'}' => return i + 1,
+            b'$' if bytes.get(i + 1) == Some(&b'{') => return i,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// At most 60 characters of a placeholder or of text around an error, for messages: a
+/// malformed placeholder may run to the end of a long text.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}… ({} more bytes)", &text[..cut], text.len() - cut).into(),
     }
 }
 
@@ -134,71 +171,86 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// Parses the reference starting at byte `start` (just after `${` or `$<`) up to `close`.
-/// Returns it with the byte offset just after `close`.
-fn parse_reference(s: &str, start: usize, close: char) -> Result<(Reference, usize), String> {
+/// Returns it with the byte offset just after `close`, and, either way, how far it looked.
+pub(crate) fn parse_reference(
+    s: &str,
+    start: usize,
+    close: char,
+) -> (Result<(Reference, usize), String>, usize) {
     let open = if close == '}' { "${" } else { "$<" };
     let mut p = Parser {
         s,
         pos: start,
         start,
         open,
+        looked_at: std::cell::Cell::new(start),
     };
-    let stage = match p.peek() {
-        Some('[') => {
-            p.bump('[');
-            match p.peek() {
-                Some(q @ ('\'' | '"')) => {
-                    let stage = p.quoted(q)?;
-                    p.expect(']')?;
-                    stage
-                }
-                _ => return Err(p.unexpected("a quoted stage name")),
-            }
-        }
-        _ => p.name().ok_or_else(|| p.unexpected("a stage name"))?,
-    };
-    let mut path = Vec::new();
-    loop {
-        match p.peek() {
-            Some(c) if c == close => {
-                if path.is_empty() {
-                    return Err(format!(
-                        "expected a path after the stage, e.g. `{open}{stage}.status{close}`"
-                    ));
-                }
-                return Ok((Reference { stage, path }, p.pos + c.len_utf8()));
-            }
-            Some('.') => {
-                p.bump('.');
-                match p.peek() {
-                    Some('*') => {
-                        p.bump('*');
-                        path.push(Segment::Wildcard);
-                    }
-                    Some('.') => return Err("`..` (descendant search) is not supported".into()),
-                    _ => match p.name() {
-                        Some(key) => path.push(Segment::Key(key)),
-                        None => return Err(p.unexpected("a key or `*`")),
-                    },
-                }
-            }
+    let parsed = p.reference(close);
+    (parsed, p.looked_at.get().min(s.len()))
+}
+
+impl Parser<'_> {
+    fn reference(&mut self, close: char) -> Result<(Reference, usize), String> {
+        let open = self.open;
+        let p = self;
+        let stage = match p.peek() {
             Some('[') => {
                 p.bump('[');
                 match p.peek() {
-                    Some('*') => {
-                        p.bump('*');
-                        path.push(Segment::Wildcard);
+                    Some(q @ ('\'' | '"')) => {
+                        let stage = p.quoted(q)?;
+                        p.expect(']')?;
+                        stage
                     }
-                    Some(q @ ('\'' | '"')) => path.push(Segment::Key(p.quoted(q)?)),
-                    Some(c) if c == '-' || c.is_ascii_digit() => {
-                        path.push(Segment::Index(p.index()?))
-                    }
-                    _ => return Err(p.unexpected("an index, `*` or a quoted key")),
+                    _ => return Err(p.unexpected("a quoted stage name")),
                 }
-                p.expect(']')?;
             }
-            None => return Err(format!("missing closing `{close}`")),
-            Some(_) => return Err(p.unexpected(&format!("`.`, `[` or `{close}`"))),
+            _ => p.name().ok_or_else(|| p.unexpected("a stage name"))?,
+        };
+        let mut path = Vec::new();
+        loop {
+            match p.peek() {
+                Some(c) if c == close => {
+                    if path.is_empty() {
+                        return Err(format!(
+                            "expected a path after the stage, e.g. `{open}{}.status{close}`",
+                            shown(&stage)
+                        ));
+                    }
+                    return Ok((Reference { stage, path }, p.pos + c.len_utf8()));
+                }
+                Some('.') => {
+                    p.bump('.');
+                    match p.peek() {
+                        Some('*') => {
+                            p.bump('*');
+                            path.push(Segment::Wildcard);
+                        }
+                        Some('.') => return Err("`..` (descendant search) is not supported".into()),
+                        _ => match p.name() {
+                            Some(key) => path.push(Segment::Key(key)),
+                            None => return Err(p.unexpected("a key or `*`")),
+                        },
+                    }
+                }
+                Some('[') => {
+                    p.bump('[');
+                    match p.peek() {
+                        Some('*') => {
+                            p.bump('*');
+                            path.push(Segment::Wildcard);
+                        }
+                        Some(q @ ('\'' | '"')) => path.push(Segment::Key(p.quoted(q)?)),
+                        Some(c) if c == '-' || c.is_ascii_digit() => {
+                            path.push(Segment::Index(p.index()?))
+                        }
+                        _ => return Err(p.unexpected("an index, `*` or a quoted key")),
+                    }
+                    p.expect(']')?;
+                }
+                None => return Err(format!("missing closing `{close}`")),
+                Some(_) => return Err(p.unexpected(&format!("`.`, `[` or `{close}`"))),
+            }
         }
     }
 }
@@ -208,11 +260,19 @@ struct Parser<'s> {
     pos: usize,
     start: usize,
     open: &'static str,
+    /// The furthest byte examined (exclusive), for [`scan`]'s count of work.
+    looked_at: std::cell::Cell<usize>,
 }
 
 impl Parser<'_> {
+    fn saw(&self, up_to: usize) {
+        self.looked_at.set(self.looked_at.get().max(up_to));
+    }
+
     fn peek(&self) -> Option<char> {
-        self.s[self.pos..].chars().next()
+        let c = self.s[self.pos..].chars().next();
+        self.saw(self.pos + c.map_or(0, char::len_utf8));
+        c
     }
 
     fn bump(&mut self, c: char) {
@@ -220,7 +280,7 @@ impl Parser<'_> {
     }
 
     fn unexpected(&self, wanted: &str) -> String {
-        let after = format!("{}{}", self.open, &self.s[self.start..self.pos]);
+        let after = format!("{}{}", self.open, shown(&self.s[self.start..self.pos]));
         match self.peek() {
             Some(c) => format!("expected {wanted} after `{after}`, found `{c}`"),
             None => format!("expected {wanted} after `{after}`, found the end of the text"),
@@ -239,6 +299,7 @@ impl Parser<'_> {
     fn name(&mut self) -> Option<String> {
         let rest = &self.s[self.pos..];
         let len = rest.find(|c: char| !is_name_char(c)).unwrap_or(rest.len());
+        self.saw(self.pos + len + 1);
         if len == 0 {
             return None;
         }
@@ -252,6 +313,7 @@ impl Parser<'_> {
         let len = rest[digits_from..]
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len() - digits_from);
+        self.saw(self.pos + digits_from + len + 1);
         if len == 0 {
             self.pos += digits_from;
             return Err(self.unexpected("digits"));
@@ -274,6 +336,7 @@ impl Parser<'_> {
         let mut key = String::new();
         let mut chars = self.s[self.pos..].char_indices();
         while let Some((i, c)) = chars.next() {
+            self.saw(self.pos + i + 2);
             match c {
                 '\\' => match chars.next() {
                     Some((_, e @ ('\\' | '\'' | '"'))) => key.push(e),
@@ -291,6 +354,7 @@ impl Parser<'_> {
                 c => key.push(c),
             }
         }
+        self.saw(self.s.len());
         Err(format!("unterminated quoted key (missing closing {quote})"))
     }
 }

@@ -1,27 +1,36 @@
 //! Replacing the placeholders of a JSON value with what they reference.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use serde_json::{Map, Value};
 
 use super::eval::evaluate;
 use super::parse::{split, Piece, Reference};
-use super::{OnMissing, StageTaskNames, Unresolved};
+use super::{OnMissing, ResolveError, StageTaskNames, Unresolved};
+use crate::limits::json_size_within;
 
 /// A copy of `value` with every placeholder in its string values resolved against `context`.
 ///
 /// The engine resolves a task's `template` and `configurations` *before* putting the context
 /// under `configurations.context`: the context itself is never resolved.
+///
+/// What the placeholders insert (a value's compact JSON, a string's text) may add up to
+/// `max_inserted` bytes: beyond that resolution stops with [`ResolveError::TooLarge`], before
+/// building more, so a large result referenced many times never multiplies in memory.
 pub fn resolve(
     value: &Value,
     context: &Value,
     names: &StageTaskNames,
     on_missing: OnMissing,
-) -> Result<Value, Unresolved> {
+    max_inserted: usize,
+) -> Result<Value, ResolveError> {
     Resolver {
         context,
         names,
         on_missing,
+        budget: Cell::new(max_inserted),
+        max_inserted,
     }
     .value(value)
 }
@@ -30,10 +39,31 @@ struct Resolver<'a> {
     context: &'a Value,
     names: &'a StageTaskNames,
     on_missing: OnMissing,
+    /// Bytes placeholders may still insert.
+    budget: Cell<usize>,
+    max_inserted: usize,
 }
 
 impl Resolver<'_> {
-    fn value(&self, value: &Value) -> Result<Value, Unresolved> {
+    /// Takes `value`'s size (a string inserted in a longer one: its text) from the budget.
+    fn spend(&self, value: &Value, as_text: bool) -> Result<(), ResolveError> {
+        let left = self.budget.get();
+        let size = match value {
+            Value::String(s) if as_text => (s.len() <= left).then_some(s.len()),
+            other => json_size_within(other, left),
+        };
+        match size {
+            Some(size) => {
+                self.budget.set(left - size);
+                Ok(())
+            }
+            None => Err(ResolveError::TooLarge {
+                max: self.max_inserted,
+            }),
+        }
+    }
+
+    fn value(&self, value: &Value) -> Result<Value, ResolveError> {
         Ok(match value {
             Value::String(s) => self.string(s)?,
             Value::Array(items) => Value::Array(
@@ -53,7 +83,7 @@ impl Resolver<'_> {
         })
     }
 
-    fn string(&self, s: &str) -> Result<Value, Unresolved> {
+    fn string(&self, s: &str) -> Result<Value, ResolveError> {
         // The engine resolves every task it dispatches: most strings have no `$` at all.
         if !s.contains('$') {
             return Ok(Value::String(s.to_owned()));
@@ -61,7 +91,10 @@ impl Resolver<'_> {
         let pieces = split(s);
         if let [Piece::Placeholder { text, reference }] = pieces.as_slice() {
             return Ok(match self.lookup(text, reference)? {
-                Some(value) => value.into_owned(),
+                Some(value) => {
+                    self.spend(&value, false)?;
+                    value.into_owned()
+                }
                 None => Value::String(s.to_owned()),
             });
         }
@@ -70,10 +103,13 @@ impl Resolver<'_> {
             match piece {
                 Piece::Text(text) => out.push_str(text),
                 Piece::Placeholder { text, reference } => match self.lookup(text, reference)? {
-                    Some(value) => match value.as_ref() {
-                        Value::String(v) => out.push_str(v),
-                        other => out.push_str(&other.to_string()),
-                    },
+                    Some(value) => {
+                        self.spend(&value, true)?;
+                        match value.as_ref() {
+                            Value::String(v) => out.push_str(v),
+                            other => out.push_str(&other.to_string()),
+                        }
+                    }
                     None => out.push_str(text),
                 },
             }

@@ -127,16 +127,7 @@ async fn lists_are_filtered_and_ordered_by_id(db: TestDb) {
         .create_activity("p2", "2.0.0", "dev", false)
         .await
         .json();
-    let ids = |answer: Answer| -> Vec<i64> {
-        assert_eq!(answer.status, 200, "{answer:?}");
-        answer
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["id"].as_i64().unwrap())
-            .collect()
-    };
+    let ids = |answer: Answer| answer.ids();
     let all = ids(app.get(&format!("{DEVOPS}/activities")).await);
     assert_eq!(
         all,
@@ -182,8 +173,9 @@ async fn lists_are_filtered_and_ordered_by_id(db: TestDb) {
     let bad = app
         .get(&format!("{DEVOPS}/activities?status=RUNNING"))
         .await;
+    // A malformed query parameter (DESIGN §5: 40001).
     assert!(bad
-        .assert_error(400, "40000")
+        .assert_error(400, "40001")
         .contains("PLANNED, PROCESSING"));
 
     let tasks = |answer: Answer| -> Vec<(i64, String)> {

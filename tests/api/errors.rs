@@ -33,19 +33,20 @@ async fn malformed_requests_are_400(db: TestDb) {
         )
         .await;
     empty.assert_error(400, "40000");
+    // A malformed query parameter is 40001 (DESIGN §5), a malformed path id 40000.
     app.call(
         "POST",
         &format!("{path}?startAfterCreation=maybe"),
         Some(&json!({})),
     )
     .await
-    .assert_error(400, "40000");
+    .assert_error(400, "40001");
     app.get(&format!("{DEVOPS}/tasks/abc"))
         .await
         .assert_error(400, "40000");
     app.get(&format!("{DEVOPS}/tasks?activityId=x"))
         .await
-        .assert_error(400, "40000");
+        .assert_error(400, "40001");
     app.stop().await;
 }
 
@@ -88,13 +89,14 @@ async fn missing_things_are_404(db: TestDb) {
             .await
             .assert_error(404, "40411");
     }
+    // A callback for an unknown task is refused like a bad token: no existence oracle (§5).
     app.call(
         "PATCH",
         &format!("{DEVOPS}/tasks/999/status?action=STOP&token=x"),
         None,
     )
     .await
-    .assert_error(404, "40411");
+    .assert_error(401, "40101");
     app.task_action(999, "ABORT")
         .await
         .assert_error(404, "40411");
@@ -370,15 +372,21 @@ async fn nul_characters_are_refused_before_the_database(db: TestDb) {
     // Found with hostile inputs: PostgreSQL cannot store NUL in text, so these were 500s there
     // (reads too) while SQLite took them. Both backends now answer alike.
     let (app, _executor) = app(&db).await;
-    for path in [
-        format!("{DEVOPS}/activities?dataProductId=a%00b"),
-        format!("{DEVOPS}/tasks?executor=%00"),
-        format!("{DEVOPS}/lifecycles/a%00b"),
-        format!("{DEVOPS}/lifecycles/p1/1.0%00/current"),
-        "/api/v1/pp/registry/products/a%00b/versions".to_owned(),
-        "/api/v1/pp/registry/products/p1/versions/1%00".to_owned(),
+    for (path, code) in [
+        (format!("{DEVOPS}/activities?dataProductId=a%00b"), "40001"),
+        (format!("{DEVOPS}/tasks?executor=%00"), "40001"),
+        (format!("{DEVOPS}/lifecycles/a%00b"), "40000"),
+        (format!("{DEVOPS}/lifecycles/p1/1.0%00/current"), "40000"),
+        (
+            "/api/v1/pp/registry/products/a%00b/versions".to_owned(),
+            "40000",
+        ),
+        (
+            "/api/v1/pp/registry/products/p1/versions/1%00".to_owned(),
+            "40000",
+        ),
     ] {
-        let message = app.get(&path).await.assert_error(400, "40000");
+        let message = app.get(&path).await.assert_error(400, code);
         assert!(message.contains("NUL"), "{path}: {message}");
     }
     let put = app

@@ -116,7 +116,9 @@ async fn a_finished_activity_shows_on_the_metrics_page(db: TestDb) {
     let forged = app.call_back(&format!("{path}&token=x{token}"), None).await;
     assert_eq!(forged.status, 401, "{forged:?}");
 
-    let after = scrape_until(&app, dispatched, 2.0).await;
+    scrape_until(&app, dispatched, 2.0).await;
+    // The stored-work gauges are read at most every 5 s: they catch up within that.
+    let after = scrape_until(&app, r#"odm_devops_activities{status="PROCESSED"}"#, 1.0).await;
     for (sample, expected) in [
         (r#"odm_devops_activities{status="PROCESSED"}"#, 1.0),
         (r#"odm_devops_activities{status="PROCESSING"}"#, 0.0),
@@ -181,7 +183,8 @@ async fn the_metrics_page_needs_no_api_token(db: TestDb) {
     app.get(&format!("{DEVOPS}/activities/42"))
         .await
         .assert_error(401, "40101");
-    app.get("/no/such/route/7").await;
+    // A path no route matches needs the token too (deny by default).
+    assert_eq!(app.get("/no/such/route/7").await.status, 401);
     let page = scrape(&app).await;
     assert_eq!(
         page.value(r#"odm_devops_http_requests_total{method="GET",route="/api/v1/pp/devops/activities/{id}",status="401"}"#),
@@ -190,11 +193,92 @@ async fn the_metrics_page_needs_no_api_token(db: TestDb) {
     );
     assert_eq!(
         page.value(
-            r#"odm_devops_http_requests_total{method="GET",route="unmatched",status="404"}"#
+            r#"odm_devops_http_requests_total{method="GET",route="unmatched",status="401"}"#
         ),
         1.0
     );
     assert!(!page.page.contains("team-token"));
     assert!(!page.page.contains("/7") && !page.page.contains("/42"));
+    app.stop().await;
+}
+
+on_both_backends!(stored_work_is_read_at_most_every_five_seconds);
+async fn stored_work_is_read_at_most_every_five_seconds(db: TestDb) {
+    let app = spawn_app(test_settings(&db, None)).await;
+    let lifecycle = json!({"dev": [{"template": {"name": "a", "definition": {}}}]});
+    app.put_descriptor(PRODUCT, "1.0.0", &descriptor(lifecycle))
+        .await;
+    app.put_descriptor("other", "1.0.0", &descriptor(json!({"dev": [{}]})))
+        .await;
+    assert_eq!(
+        app.create_activity(PRODUCT, "1.0.0", "dev", false)
+            .await
+            .status,
+        201
+    );
+    let planned = r#"odm_devops_activities{status="PLANNED"}"#;
+    let first = scrape(&app).await;
+    assert_eq!(first.value(planned), 1.0);
+    assert_eq!(
+        app.create_activity("other", "1.0.0", "dev", false)
+            .await
+            .status,
+        201
+    );
+    // Scrapes right after, several at once: one cached read, the in-memory counters current.
+    let scrapes = futures_util::future::join_all((0..4).map(|_| scrape(&app))).await;
+    let created = r#"odm_devops_http_requests_total{method="POST",route="/api/v1/pp/devops/activities",status="201"}"#;
+    for again in &scrapes {
+        assert_eq!(
+            again.value(planned),
+            1.0,
+            "the stored work is not read again"
+        );
+        assert_eq!(again.value(created), 2.0, "the rest of the page is current");
+    }
+    scrape_until(&app, planned, 2.0).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_metrics_token_guards_the_page() {
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let mut settings = test_settings(&db, None);
+    settings.auth.api_tokens = vec!["team-token".into()];
+    settings.metrics.token = Some("scraper-token".into());
+    let app = spawn_app(settings).await;
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer team-token")],
+        vec![("Authorization", "Bearer scraper-token-not")],
+        vec![("Authorization", "Basic scraper-token")],
+    ] {
+        let answer = app.send("GET", "/metrics", None, &headers).await;
+        assert_eq!(answer.status, 401, "{headers:?}: {answer:?}");
+        let body = answer.json();
+        assert_eq!(body["code"], "40101");
+        assert!(body["message"].as_str().unwrap().contains("metrics token"));
+    }
+    let page = app
+        .send(
+            "GET",
+            "/metrics",
+            None,
+            &[("Authorization", "Bearer scraper-token")],
+        )
+        .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.text.contains("odm_devops_database_up 1"));
+    assert!(!page.text.contains("scraper-token"));
+    // The metrics token opens nothing else.
+    let api = app
+        .send(
+            "GET",
+            &format!("{DEVOPS}/activities"),
+            None,
+            &[("Authorization", "Bearer scraper-token")],
+        )
+        .await;
+    api.assert_error(401, "40101");
     app.stop().await;
 }

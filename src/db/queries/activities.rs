@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
-use super::Conn;
+use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::{activities, tasks};
 use crate::domain::{ActivityId, ActivityStatus};
@@ -14,6 +14,7 @@ pub struct ActivityFilter {
     pub data_product_version: Option<String>,
     pub stage: Option<String>,
     pub status: Option<ActivityStatus>,
+    pub page: Page,
 }
 
 pub fn insert_activity(
@@ -58,6 +59,12 @@ pub fn list_activities(conn: &mut Conn, filter: &ActivityFilter) -> QueryResult<
     }
     if let Some(v) = filter.status {
         query = query.filter(activities::status.eq(v));
+    }
+    if let Some(after) = filter.page.after {
+        query = query.filter(activities::id.gt(after));
+    }
+    if let Some(limit) = filter.page.limit {
+        query = query.limit(limit);
     }
     query
         .order(activities::id)

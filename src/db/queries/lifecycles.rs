@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::Conn;
+use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::lifecycles;
 
@@ -10,6 +10,7 @@ use crate::db::schema::lifecycles;
 pub struct LifecycleFilter {
     pub data_product_id: Option<String>,
     pub data_product_version: Option<String>,
+    pub page: Page,
 }
 
 pub fn list_lifecycles(
@@ -22,6 +23,12 @@ pub fn list_lifecycles(
     }
     if let Some(v) = &filter.data_product_version {
         query = query.filter(lifecycles::data_product_version.eq(v.clone()));
+    }
+    if let Some(after) = filter.page.after {
+        query = query.filter(lifecycles::id.gt(after));
+    }
+    if let Some(limit) = filter.page.limit {
+        query = query.limit(limit);
     }
     query
         .order(lifecycles::id)

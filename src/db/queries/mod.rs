@@ -18,3 +18,11 @@ pub use tasks::*;
 pub use work::*;
 
 type Conn = super::DbConnection;
+
+/// One page of a list ordered by id: the rows after `after`, at most `limit` of them (`None`:
+/// no bound, the whole list as ODM answers it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<i64>,
+    pub limit: Option<i64>,
+}

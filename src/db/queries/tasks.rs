@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::Conn;
+use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::tasks;
 use crate::domain::{ActivityId, TaskId, TaskStatus};
@@ -12,6 +12,7 @@ pub struct TaskFilter {
     pub activity_id: Option<ActivityId>,
     pub executor: Option<String>,
     pub status: Option<TaskStatus>,
+    pub page: Page,
 }
 
 pub fn find_task(conn: &mut Conn, id: TaskId) -> QueryResult<Option<TaskRow>> {
@@ -32,6 +33,12 @@ pub fn list_tasks(conn: &mut Conn, filter: &TaskFilter) -> QueryResult<Vec<TaskR
     }
     if let Some(v) = filter.status {
         query = query.filter(tasks::status.eq(v));
+    }
+    if let Some(after) = filter.page.after {
+        query = query.filter(tasks::id.gt(after));
+    }
+    if let Some(limit) = filter.page.limit {
+        query = query.limit(limit);
     }
     query
         .order(tasks::id)

@@ -16,6 +16,9 @@ use super::http::{HttpClient, Payload, Replay};
 use crate::executor::{ExecutorError, Secrets};
 use crate::secret::Secret;
 
+/// The longest a token is kept, whatever `expires_in` says (Entra's tokens live about an hour).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Tokens are renewed this long before they expire (at most), so a token never runs out
 /// between being read from the cache and reaching Azure.
 const MAX_RENEW_MARGIN: Duration = Duration::from_secs(300);
@@ -185,14 +188,9 @@ impl TokenSource {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| malformed("an access_token"))?;
-        // Entra v2 sends a number; v1 sent a string.
-        let expires_in = match json.get("expires_in") {
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| malformed("expires_in"))?;
-        let lifetime = Duration::from_secs(expires_in);
+        let lifetime =
+            token_lifetime(json.get("expires_in")).ok_or_else(|| malformed("expires_in"))?;
+        let expires_in = lifetime.as_secs();
         let margin = (lifetime / 4).min(MAX_RENEW_MARGIN);
         tracing::info!(
             expires_in,
@@ -204,6 +202,23 @@ impl TokenSource {
             renew_at: started + lifetime - margin,
         })
     }
+}
+
+/// `expires_in` in seconds: a number (Entra v2) or a numeric string (v1), at most
+/// [`MAX_TOKEN_LIFETIME`] (a larger one, `u64::MAX` or `1e300`, saturates there: it cannot
+/// overflow the renewal time). Negative or not a number: `None`.
+fn token_lifetime(expires_in: Option<&Value>) -> Option<Duration> {
+    let secs = match expires_in? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Some(
+        Duration::try_from_secs_f64(secs).map_or(MAX_TOKEN_LIFETIME, |d| d.min(MAX_TOKEN_LIFETIME)),
+    )
 }
 
 fn basic(pat: &str) -> Result<HeaderValue, ()> {
@@ -230,6 +245,35 @@ mod tests {
         let header = basic("my-pat").unwrap();
         assert_eq!(header.to_str().unwrap(), "Basic Om15LXBhdA==");
         assert!(!format!("{header:?}").contains("Om15"));
+    }
+
+    /// `expires_in: u64::MAX` once overflowed the renewal `Instant` and panicked the engine.
+    #[test]
+    fn expires_in_saturates_at_a_day_and_refuses_nonsense() {
+        use serde_json::json;
+        let day = MAX_TOKEN_LIFETIME;
+        for (given, want) in [
+            (json!(3599), Some(Duration::from_secs(3599))),
+            (json!("3599"), Some(Duration::from_secs(3599))),
+            (json!(0), Some(Duration::ZERO)),
+            (json!(u64::MAX), Some(day)),
+            (json!(u64::MAX.to_string()), Some(day)),
+            (json!(1e300), Some(day)),
+            (json!("1e300"), Some(day)),
+            (json!("inf"), Some(day)),
+            (json!(-1), None),
+            (json!("-3600"), None),
+            (json!(i64::MIN), None),
+            (json!("NaN"), None),
+            (json!("an hour"), None),
+            (json!(null), None),
+            (json!([3600]), None),
+        ] {
+            assert_eq!(token_lifetime(Some(&given)), want, "{given}");
+        }
+        assert_eq!(token_lifetime(None), None);
+        let renew_at = Instant::now() + day - (day / 4).min(MAX_RENEW_MARGIN);
+        assert!(renew_at > Instant::now());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use serde_json::Value;
 
-use super::http::Reply;
+use super::http::{Reply, MAX_WAIT};
 use crate::executor::ExecutorError;
 
 /// What a request was for, so messages say "the run request", "the status request", ….
@@ -186,7 +186,27 @@ pub(crate) fn entra_error(reply: &Reply) -> ExecutorError {
     }
 }
 
-/// Seconds only: Azure DevOps and Entra send delta-seconds, never an HTTP date.
+/// Seconds only: Azure DevOps and Entra send delta-seconds, never an HTTP date. Anything else
+/// (negative, fractional, `1e300`, text) is ignored and the usual backoff applies. A longer
+/// one than [`MAX_WAIT`] (an hour) is taken as that: no answer can park a task for years or
+/// overflow a deadline.
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let secs = value.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_WAIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_capped_at_an_hour() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("3600"), Some(MAX_WAIT));
+        assert_eq!(parse_retry_after("3601"), Some(MAX_WAIT));
+        assert_eq!(parse_retry_after(&u64::MAX.to_string()), Some(MAX_WAIT));
+        for absurd in ["-5", "1e300", "1.5", "soon", "", "99999999999999999999999"] {
+            assert_eq!(parse_retry_after(absurd), None, "{absurd:?}");
+        }
+    }
 }

@@ -79,7 +79,23 @@ pub(crate) struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+/// The longest single wait, whatever the configuration or an answer says: backoff, pause,
+/// `Retry-After` (larger ones are taken as this), so no wait can overflow an `Instant`.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 impl RetryPolicy {
+    /// From the configured milliseconds, each capped at [`MAX_WAIT`].
+    pub fn new(max_retries: u32, base_delay_ms: u64, max_delay_ms: u64) -> RetryPolicy {
+        let base_delay = Duration::from_millis(base_delay_ms).min(MAX_WAIT);
+        RetryPolicy {
+            max_retries,
+            base_delay,
+            max_delay: Duration::from_millis(max_delay_ms)
+                .max(base_delay)
+                .min(MAX_WAIT),
+        }
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let full = self
             .base_delay
@@ -241,11 +257,14 @@ impl HttpClient {
 
     fn note_budget(&self, reply: &Reply) {
         let pause = if reply.status.is_success() {
-            reply.retry_after().or_else(|| self.budget_pause(reply))
+            reply
+                .retry_after()
+                .or_else(|| budget_pause(reply, unix_now(), self.policy.max_delay))
         } else {
-            self.budget_pause(reply)
+            budget_pause(reply, unix_now(), self.policy.max_delay)
         };
         if let Some(pause) = pause.map(|p| p.min(self.policy.max_delay)) {
+            // At most MAX_WAIT: this cannot overflow.
             let until = Instant::now() + pause;
             if self.not_before.get().is_none_or(|at| at < until) {
                 tracing::info!(
@@ -256,27 +275,40 @@ impl HttpClient {
             }
         }
     }
+}
 
-    fn budget_pause(&self, reply: &Reply) -> Option<Duration> {
-        let number = |name: &str| reply.header(name)?.trim().parse::<f64>().ok();
-        let remaining = number("x-ratelimit-remaining")?;
-        let low = match number("x-ratelimit-limit") {
-            Some(limit) if limit > 0.0 => remaining <= limit * 0.1,
-            _ => remaining <= 10.0,
-        };
-        if !low {
-            return None;
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()?
-            .as_secs_f64();
-        let window = number("x-ratelimit-reset")
-            .map(|reset| reset - now)
-            .filter(|w| *w > 0.0)
-            .unwrap_or(1.0);
-        Some(Duration::from_secs_f64(window / (remaining.max(0.0) + 1.0)))
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// When the budget is low, the pause that makes the rest last until `X-RateLimit-Reset`
+/// (epoch seconds; `now` likewise), at most `cap`. Headers that are not finite numbers are
+/// ignored, and a reset years away is `cap`: no answer can overflow a duration.
+fn budget_pause(reply: &Reply, now: f64, cap: Duration) -> Option<Duration> {
+    let number = |name: &str| {
+        reply
+            .header(name)?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+    };
+    let remaining = number("x-ratelimit-remaining")?;
+    let low = match number("x-ratelimit-limit") {
+        Some(limit) if limit > 0.0 => remaining <= limit * 0.1,
+        _ => remaining <= 10.0,
+    };
+    if !low {
+        return None;
     }
+    let window = number("x-ratelimit-reset")
+        .map(|reset| reset - now)
+        .filter(|w| *w > 0.0)
+        .unwrap_or(1.0);
+    let pause = Duration::try_from_secs_f64(window / (remaining.max(0.0) + 1.0)).unwrap_or(cap);
+    Some(pause.min(cap))
 }
 
 fn classify(error: SendRequestError) -> Failure {
@@ -288,5 +320,113 @@ fn classify(error: SendRequestError) -> Failure {
             Failure::MaybeSent("no answer within the request timeout".to_owned())
         }
         other => Failure::MaybeSent(format!("the exchange failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    use super::*;
+
+    fn reply(headers: &[(&str, &str)]) -> Reply {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        Reply {
+            status: StatusCode::OK,
+            headers: map,
+            body: Bytes::new(),
+        }
+    }
+
+    const CAP: Duration = Duration::from_secs(30);
+    const NOW: f64 = 1_700_000_000.0;
+
+    #[test]
+    fn a_low_budget_spreads_the_rest_until_the_reset() {
+        let low = reply(&[
+            ("x-ratelimit-limit", "200"),
+            ("x-ratelimit-remaining", "9"),
+            ("x-ratelimit-reset", "1700000010"),
+        ]);
+        assert_eq!(budget_pause(&low, NOW, CAP), Some(Duration::from_secs(1)));
+        let plenty = reply(&[
+            ("x-ratelimit-limit", "200"),
+            ("x-ratelimit-remaining", "150"),
+        ]);
+        assert_eq!(budget_pause(&plenty, NOW, CAP), None);
+    }
+
+    /// A reset of 1e300 or u64::MAX once panicked the engine (`Duration::from_secs_f64`).
+    #[test]
+    fn absurd_rate_limit_headers_saturate_at_the_cap() {
+        for reset in [
+            "1e300",
+            "18446744073709551615",
+            "1e19",
+            "inf",
+            "-inf",
+            "NaN",
+            "-5",
+            "soon",
+        ] {
+            let pause = budget_pause(
+                &reply(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", reset)]),
+                NOW,
+                CAP,
+            );
+            assert!(pause.is_some_and(|p| p <= CAP), "reset {reset}: {pause:?}");
+        }
+        for remaining in [
+            "-1e300",
+            "-18446744073709551615",
+            "1e300",
+            "NaN",
+            "inf",
+            "x",
+        ] {
+            let pause = budget_pause(
+                &reply(&[
+                    ("x-ratelimit-remaining", remaining),
+                    ("x-ratelimit-reset", "1e300"),
+                ]),
+                NOW,
+                CAP,
+            );
+            assert!(
+                pause.is_none_or(|p| p <= CAP),
+                "remaining {remaining}: {pause:?}"
+            );
+        }
+        let tiny_remaining = reply(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1700000000.5"),
+        ]);
+        assert_eq!(
+            budget_pause(&tiny_remaining, NOW, CAP),
+            Some(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn configured_waits_are_capped_at_an_hour() {
+        let policy = RetryPolicy::new(3, u64::MAX, u64::MAX);
+        assert_eq!((policy.base_delay, policy.max_delay), (MAX_WAIT, MAX_WAIT));
+        assert!(policy.backoff(u32::MAX) <= MAX_WAIT);
+        let policy = RetryPolicy::new(3, 500, 100);
+        assert_eq!(policy.max_delay, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_an_hour() {
+        let answer = reply(&[("retry-after", "18446744073709551615")]);
+        assert_eq!(answer.retry_after(), Some(MAX_WAIT));
+        assert_eq!(reply(&[("retry-after", "-1")]).retry_after(), None);
+        assert_eq!(reply(&[("retry-after", "1e300")]).retry_after(), None);
     }
 }

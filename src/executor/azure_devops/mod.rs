@@ -93,15 +93,11 @@ impl AzureDevOpsExecutor {
                 return Err(format!("{} must be positive", key(field)));
             }
         }
-        let policy = RetryPolicy {
-            max_retries: settings.max_retries,
-            base_delay: Duration::from_millis(settings.retry_base_delay_ms),
-            max_delay: Duration::from_millis(
-                settings
-                    .retry_max_delay_ms
-                    .max(settings.retry_base_delay_ms),
-            ),
-        };
+        let policy = RetryPolicy::new(
+            settings.max_retries,
+            settings.retry_base_delay_ms,
+            settings.retry_max_delay_ms,
+        );
         Ok(AzureDevOpsExecutor {
             name: name.to_owned(),
             base_url,

@@ -66,10 +66,7 @@ impl Engine {
                     run_ref: Some(submitted.run.0.to_string()),
                     run_url: submitted.web_url,
                     configurations: stored_configurations,
-                    immediate: submitted.outcome.map(|o| match o {
-                        RunOutcome::Succeeded { results } => Outcome::Processed { results },
-                        RunOutcome::Failed { errors } => Outcome::RunFailed { errors },
-                    }),
+                    immediate: submitted.outcome.map(|o| self.outcome_of(o)),
                 };
                 let (task_id, lease) = (task.id, claimed.claim.clone());
                 self.decide(task.activity_id, move |s, t| {
@@ -111,11 +108,31 @@ impl Engine {
                     ExecutorError::RateLimited { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let due =
-                    now_ms() + super::backoff_ms(task.step_attempts, RETRY_CAP_MS, retry_after);
+                let due = now_ms().saturating_add(super::backoff_ms(
+                    task.step_attempts,
+                    RETRY_CAP_MS,
+                    retry_after,
+                ));
                 tracing::warn!(task_id = task.id.get(), error = %e, attempts, "dispatch will be tried again");
                 self.retry(&claimed, Step::Dispatch, due).await
             }
+        }
+    }
+
+    /// What an executor's immediate answer means; results over `limits.results_bytes` fail the
+    /// task, naming the limit, as a callback carrying them is refused.
+    fn outcome_of(&self, outcome: RunOutcome) -> Outcome {
+        match outcome {
+            RunOutcome::Succeeded { results } => {
+                match results
+                    .as_ref()
+                    .map(|r| self.config.limits.check_results("the executor's", r))
+                {
+                    Some(Err(over)) => Outcome::Failed { errors: over.0 },
+                    _ => Outcome::Processed { results },
+                }
+            }
+            RunOutcome::Failed { errors } => Outcome::RunFailed { errors },
         }
     }
 
@@ -175,20 +192,13 @@ impl Engine {
             text.and_then(|t| serde_json::from_str(t).ok())
                 .unwrap_or_else(|| Value::Object(Default::default()))
         };
-        let template = crate::lifecycle::task_placeholders::resolve(
+        crate::lifecycle::task_placeholders::resolve_task(
             &parse(task.template.as_deref()),
-            task_context,
-            self.config.on_missing,
-        )?;
-        let mut configurations = crate::lifecycle::task_placeholders::resolve(
             &parse(task.planned_configurations.as_deref()),
             task_context,
             self.config.on_missing,
-        )?;
-        if let Value::Object(map) = &mut configurations {
-            map.insert("context".into(), task_context.context.clone());
-        }
-        Ok((template, configurations))
+            self.config.limits.configurations_bytes,
+        )
     }
 
     /// The activity's secrets for `executor`, unsealed.
@@ -201,7 +211,7 @@ impl Engine {
             None => Ok(Secrets::new()),
             Some(sealed) => Ok(self
                 .keys
-                .unseal(sealed)?
+                .unseal(activity.id.get(), sealed)?
                 .remove(executor)
                 .unwrap_or_default()),
         }

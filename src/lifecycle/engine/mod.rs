@@ -22,6 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use super::plumbing::{Applied, EngineTimings, Waker};
 use super::state::{self, Timing};
 use crate::clock::now_ms;
+use crate::config::LimitSettings;
 use crate::db::{self, ApplyError, Db, DbConnection, DbError, SnapshotOf};
 use crate::domain::{ActivityId, ClaimedStep, Plan, Snapshot, Step, TaskId};
 use crate::executor::Executors;
@@ -45,6 +46,8 @@ pub struct EngineConfig {
     pub lease_ms: i64,
     pub max_dispatch_attempts: u32,
     pub on_missing: OnMissing,
+    /// `configurations_bytes` and `results_bytes` bound what a task carries.
+    pub limits: LimitSettings,
     pub public_url: String,
     /// Steps claimed per database round trip.
     pub batch: usize,
@@ -250,7 +253,7 @@ impl Engine {
                     conn,
                     &claim,
                     now,
-                    now + lease_ms,
+                    now.saturating_add(lease_ms),
                     limit as i64,
                 )?)
             })
@@ -346,7 +349,7 @@ fn backoff_ms(attempts: i32, cap_ms: i64, retry_after: Option<Duration>) -> i64 
         .saturating_mul(1 << attempts.clamp(0, 20))
         .min(cap_ms);
     let jittered = exp / 2 + rand::thread_rng().gen_range(0..=exp / 2);
-    let asked = retry_after.map(|d| d.as_millis() as i64).unwrap_or(0);
+    let asked = retry_after.map(crate::clock::duration_ms).unwrap_or(0);
     jittered.max(asked)
 }
 
@@ -362,5 +365,10 @@ mod tests {
             assert!(b >= exp / 2 && b <= exp, "attempt {attempts}: {b}");
         }
         assert!(backoff_ms(0, 60_000, Some(Duration::from_secs(7))) >= 7_000);
+        // A Retry-After of u64::MAX seconds once wrapped into a negative wait.
+        assert_eq!(
+            backoff_ms(0, 60_000, Some(Duration::from_secs(u64::MAX))),
+            i64::MAX
+        );
     }
 }

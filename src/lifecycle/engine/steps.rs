@@ -82,7 +82,10 @@ impl Engine {
             return self.retry(&claimed, Step::Await, deadline).await;
         };
         let poll_cap = self.timings.poll_after_ms.max(1000);
-        let poll_again = || (now + backoff_ms(task.step_attempts, poll_cap, None)).min(deadline);
+        let poll_again = || {
+            now.saturating_add(backoff_ms(task.step_attempts, poll_cap, None))
+                .min(deadline)
+        };
         match executor.status(&run, &self.secrets_of(&claimed)).await {
             Ok(RunStatus::Running) => self.retry(&claimed, Step::Await, poll_again()).await,
             Ok(RunStatus::Succeeded) => {
@@ -142,7 +145,7 @@ impl Engine {
                         .finish(&claimed, Step::Confirm, Outcome::Failed { errors }, true)
                         .await;
                 }
-                let due = now + backoff_ms(task.step_attempts, CONFIRM_CAP_MS, None);
+                let due = now.saturating_add(backoff_ms(task.step_attempts, CONFIRM_CAP_MS, None));
                 self.retry(&claimed, Step::Confirm, due).await
             }
         }
@@ -156,7 +159,8 @@ impl Engine {
                 Ok(()) => tracing::info!(task_id = task_id.get(), "run cancelled at the provider"),
                 Err(e) if !e.is_permanent() && task.step_attempts + 1 < MAX_CANCEL_ATTEMPTS => {
                     tracing::warn!(task_id = task_id.get(), error = %e, "cancelling the run failed; will try again");
-                    let due = now_ms() + backoff_ms(task.step_attempts, RETRY_CAP_MS, None);
+                    let due =
+                        now_ms().saturating_add(backoff_ms(task.step_attempts, RETRY_CAP_MS, None));
                     return self.retry(&claimed, Step::Cancel, due).await;
                 }
                 Err(e) => {

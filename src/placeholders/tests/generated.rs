@@ -205,7 +205,7 @@ fn resolving_and_checking_arbitrary_values_never_panics() {
     for case in 0..CASES {
         let value = arbitrary_value(&mut rng, 4);
         for on_missing in [OnMissing::Fail, OnMissing::Keep] {
-            if let Ok(resolved) = resolve(&value, &context, &names, on_missing) {
+            if let Ok(resolved) = resolve(&value, &context, &names, on_missing, usize::MAX) {
                 let text = serde_json::to_string(&resolved).unwrap();
                 let back: Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(back, resolved, "case {case}: {value}");
@@ -222,7 +222,8 @@ fn resolving_and_checking_arbitrary_values_never_panics() {
             template: &value,
             configurations: &value,
         }];
-        let _ = check_activity(rng.pick(&["dev", "test", "qa"]), &tasks, &known, &names);
+        let stage = rng.pick(&["dev", "test", "qa"]);
+        let _ = check_activity(stage, &tasks, &known, &names, usize::MAX);
     }
 }
 
@@ -234,7 +235,7 @@ fn escaped_text_is_always_literal() {
     for _ in 0..CASES * 2 {
         let s = arbitrary_text(&mut rng);
         let escaped = Value::String(escape(&s));
-        let resolved = resolve(&escaped, &context, &names, OnMissing::Fail);
+        let resolved = resolve(&escaped, &context, &names, OnMissing::Fail, usize::MAX);
         assert_eq!(
             resolved,
             Ok(Value::String(s.clone())),
@@ -247,8 +248,8 @@ fn escaped_text_is_always_literal() {
             configurations: &escaped,
         }];
         assert_eq!(
-            check_activity("dev", &tasks, &known, &names),
-            vec![],
+            check_activity("dev", &tasks, &known, &names, usize::MAX).bad,
+            0,
             "{s:?}"
         );
     }
@@ -494,7 +495,7 @@ fn literal_text_is_unchanged_and_references_become_their_values() {
     for case in 0..CASES {
         let g = generated_context(&mut rng);
         let (written, expected) = template_value(&mut rng, &g, 3);
-        let resolved = resolve(&written, &g.context, &g.names, OnMissing::Fail)
+        let resolved = resolve(&written, &g.context, &g.names, OnMissing::Fail, usize::MAX)
             .unwrap_or_else(|e| panic!("case {case}: {written}\ncontext {}\n{e}", g.context));
         assert_eq!(
             resolved, expected,
@@ -521,7 +522,13 @@ fn references_into_generated_contexts_never_panic() {
         }
         s.push('}');
         for on_missing in [OnMissing::Fail, OnMissing::Keep] {
-            let _ = resolve(&Value::String(s.clone()), &g.context, &g.names, on_missing);
+            let _ = resolve(
+                &Value::String(s.clone()),
+                &g.context,
+                &g.names,
+                on_missing,
+                usize::MAX,
+            );
         }
     }
 }
@@ -556,7 +563,7 @@ fn hand_picked_edge_cases_never_panic() {
         let value = json!({"a": s, "b": [s, format!("x{s}x")]});
         assert_covers(s, &split(s));
         for on_missing in [OnMissing::Fail, OnMissing::Keep] {
-            let _ = resolve(&value, &context, &names, on_missing);
+            let _ = resolve(&value, &context, &names, on_missing, usize::MAX);
         }
         let tasks = [TaskToCheck {
             position: 2,
@@ -564,6 +571,6 @@ fn hand_picked_edge_cases_never_panic() {
             template: &value,
             configurations: &value,
         }];
-        let _ = check_activity("test", &tasks, &known, &names);
+        let _ = check_activity("test", &tasks, &known, &names, usize::MAX);
     }
 }

@@ -3,6 +3,7 @@
 mod check;
 pub(crate) mod generated;
 mod resolve;
+mod scanner;
 
 use serde_json::{json, Value};
 

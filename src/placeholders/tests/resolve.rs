@@ -2,7 +2,7 @@ use serde_json::{json, Value};
 
 use super::{context, names};
 use crate::placeholders::OnMissing;
-use crate::placeholders::{resolve, Unresolved};
+use crate::placeholders::{resolve, ResolveError, Unresolved};
 
 enum Want {
     Value(Value),
@@ -13,7 +13,7 @@ enum Want {
 fn run(cases: &[(&str, Value, Want)], on_missing: OnMissing) {
     let (context, names) = (context(), names());
     for (what, input, want) in cases {
-        let got = resolve(input, &context, &names, on_missing);
+        let got = resolve(input, &context, &names, on_missing, usize::MAX);
         match (want, got) {
             (Want::Value(want), Ok(got)) => assert_eq!(&got, want, "{what}"),
             (Want::Error(want), Err(got)) => assert_eq!(got.to_string(), *want, "{what}"),
@@ -198,7 +198,7 @@ fn paths_names_and_stages() {
 fn text_in_values_cannot_break_json() {
     let input = json!({"cmd": "echo '${dev.results.task1.quote}' ${dev.results.task1.backslash} ${dev.results.task1.multiline}",
                        "whole": "${dev.results.task1.quote}"});
-    let got = resolve(&input, &context(), &names(), OnMissing::Fail).unwrap();
+    let got = resolve(&input, &context(), &names(), OnMissing::Fail, usize::MAX).unwrap();
     assert_eq!(
         got,
         json!({"cmd": "echo 'say \"hi\"' C:\\temp\\new line1\nline2", "whole": "say \"hi\""})
@@ -330,13 +330,14 @@ fn unresolved_display_and_fields() {
         &context(),
         &names(),
         OnMissing::Fail,
+        usize::MAX,
     )
     .unwrap_err();
     assert_eq!(
         err,
-        Unresolved {
+        ResolveError::Unresolved(Unresolved {
             placeholder: "${dev.results.task3.url}".into(),
             reason: "url not found in the results of task3 of stage dev (no key \"url\")".into(),
-        }
+        })
     );
 }

@@ -120,6 +120,18 @@ impl Answer {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
 
+    /// The ids of a 200 list answer, in order (a task's id is a number like the others).
+    #[track_caller]
+    pub fn ids(&self) -> Vec<i64> {
+        assert_eq!(self.status, 200, "{self:?}");
+        let rows = self.json();
+        rows.as_array()
+            .unwrap_or_else(|| panic!("not a list: {rows}"))
+            .iter()
+            .map(|row| row["id"].as_i64().unwrap())
+            .collect()
+    }
+
     /// Asserts ODM's error envelope with this status and code; returns the message.
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) -> String {
