@@ -36,7 +36,8 @@ INSERT INTO tasks (id, activity_id, position, name, configurations, planned_conf
     (3, 1, 3, 'no settings', '{\"params\":{\"timeout\":9}}', NULL, 'PLANNED', 0),
     (4, 1, 4, 'none at all', NULL, NULL, 'PLANNED', 0),
     (5, 1, 5, 'unreadable', '{\"timeout\":-5,\"retry\":{\"max\":1.5}}', NULL, 'PLANNED', 0),
-    (6, 1, 6, 'not an object', '[1]', NULL, 'PLANNED', 0);
+    (6, 1, 6, 'not an object', '[1]', NULL, 'PLANNED', 0),
+    (7, 1, 7, 'over the caps', '{\"timeout\":1e300,\"retry\":{\"max\":1,\"backoff\":7200}}', NULL, 'PLANNED', 0);
 ";
 
 fn run_legacy<C>(conn: &mut C, backend: &str)
@@ -107,6 +108,14 @@ async fn unfinished_tasks_keep_their_run_settings_across_the_upgrade(db: TestDb)
             // Stored values that do not read as settings are ignored, as they were before.
             settings(5, None, None, Some(r#"{"timeout":-5,"retry":{"max":1.5}}"#)),
             settings(6, None, None, Some("[1]")),
+            // Over the caps (30 days, an hour): creation refuses them, and the engine read them
+            // as the defaults.
+            settings(
+                7,
+                None,
+                None,
+                Some(r#"{"timeout":1e300,"retry":{"max":1,"backoff":7200}}"#)
+            ),
         ]
     );
 }
