@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::eval::evaluate;
 use super::parse::{split, Piece, Reference};
 use super::{OnMissing, ResolveError, StageTaskNames, Unresolved};
-use crate::limits::json_size_within;
+use crate::json_size_within;
 
 /// A copy of `value` with every placeholder in its string values resolved against `context`.
 ///
