@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::tests::{for_callback, processed, snapshot, task, timing, update_of, NOW};
+use super::tests::{callback_of_10, processed, snapshot, task, timing, update_of, NOW};
 use super::*;
 use crate::domain::{
     ActivityStatus, ClaimCandidate, ClaimDecision, Outcome, Step, TaskId, TaskState, TaskStatus,
@@ -118,13 +118,9 @@ fn a_timed_out_task_fails_and_its_run_is_cancelled() {
 #[test]
 fn a_callback_that_beats_the_run_answer_is_confirmed_once_the_run_is_known() {
     let sending = claimed(task(10, 1, TaskStatus::Processing), Step::Dispatch, "me");
-    let s = for_callback(
-        snapshot(ActivityStatus::Processing, vec![sending.clone()]),
-        10,
-    );
     let report = processed(json!({"a": 1}));
     let Ok(CallbackDecision::Apply(plan)) =
-        callback(&s, TaskId(10), report.clone(), true, &timing())
+        callback_of_10(vec![sending.clone()], report.clone(), true)
     else {
         panic!("expected a plan");
     };

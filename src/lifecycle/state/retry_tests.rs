@@ -1,7 +1,7 @@
 //! `configurations.retry`: a failed run is followed by another while the policy allows it.
 
 use super::claimed_tests::{claimed, submittal};
-use super::tests::{for_callback, snapshot, task, timing, update_of, NOW};
+use super::tests::{callback_of_10, snapshot, task, timing, update_of, NOW};
 use super::*;
 use crate::domain::{
     ActivityStatus, Outcome, Plan, Report, ReportedStatus, RetryPolicy, Step, TaskId, TaskState,
@@ -41,19 +41,10 @@ fn applied(decision: Result<CallbackDecision, Refusal>) -> Plan {
 
 #[test]
 fn a_failed_run_is_followed_by_a_new_one_after_the_backoff() {
-    let s = for_callback(
-        snapshot(
-            ActivityStatus::Processing,
-            vec![retrying_task(0), task(11, 2, TaskStatus::Planned)],
-        ),
-        10,
-    );
-    let plan = applied(callback(
-        &s,
-        TaskId(10),
+    let plan = applied(callback_of_10(
+        vec![retrying_task(0), task(11, 2, TaskStatus::Planned)],
         failed("disk full"),
         false,
-        &timing(),
     ));
     assert!(plan.activity.is_none(), "the activity goes on: {plan:?}");
     assert_eq!(plan.tasks.len(), 1, "the next task stays PLANNED");
@@ -104,19 +95,10 @@ fn the_wait_doubles_with_each_failed_run() {
 
 #[test]
 fn when_every_run_failed_the_task_and_activity_fail() {
-    let s = for_callback(
-        snapshot(
-            ActivityStatus::Processing,
-            vec![retrying_task(2), task(11, 2, TaskStatus::Planned)],
-        ),
-        10,
-    );
-    let plan = applied(callback(
-        &s,
-        TaskId(10),
+    let plan = applied(callback_of_10(
+        vec![retrying_task(2), task(11, 2, TaskStatus::Planned)],
         failed("disk full"),
         false,
-        &timing(),
     ));
     assert_eq!(
         update_of(&plan, 10).changes.status,
@@ -165,8 +147,7 @@ fn failures_that_are_not_run_failures_are_never_retried() {
 fn no_new_run_when_it_could_not_start_before_the_deadline() {
     let mut t = retrying_task(0);
     t.deadline_at = Some(NOW + 5_000);
-    let s = for_callback(snapshot(ActivityStatus::Processing, vec![t]), 10);
-    let plan = applied(callback(&s, TaskId(10), failed("boom"), false, &timing()));
+    let plan = applied(callback_of_10(vec![t], failed("boom"), false));
     assert_eq!(
         update_of(&plan, 10).changes.status,
         Some(TaskStatus::Failed)
@@ -177,8 +158,7 @@ fn no_new_run_when_it_could_not_start_before_the_deadline() {
 fn without_a_retry_policy_a_failed_run_fails_the_task() {
     let mut t = retrying_task(0);
     t.settings.retry = None;
-    let s = for_callback(snapshot(ActivityStatus::Processing, vec![t]), 10);
-    let plan = applied(callback(&s, TaskId(10), failed("boom"), false, &timing()));
+    let plan = applied(callback_of_10(vec![t], failed("boom"), false));
     assert_eq!(
         update_of(&plan, 10).changes.status,
         Some(TaskStatus::Failed)

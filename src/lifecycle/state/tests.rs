@@ -62,6 +62,17 @@ pub(super) fn recorded(s: &mut Snapshot, id: i64) -> &mut Recorded {
     })
 }
 
+/// The decision on a callback of task 10 of a PROCESSING activity of `tasks`, nothing
+/// recorded yet.
+pub(super) fn callback_of_10(
+    tasks: Vec<TaskState>,
+    report: Report,
+    confirm_first: bool,
+) -> Result<CallbackDecision, Refusal> {
+    let s = for_callback(snapshot(ActivityStatus::Processing, tasks), 10);
+    callback(&s, TaskId(10), report, confirm_first, &timing())
+}
+
 /// The snapshot a callback of `id` reads, with nothing recorded yet.
 pub(super) fn for_callback(mut s: Snapshot, id: i64) -> Snapshot {
     recorded(&mut s, id);
@@ -415,17 +426,12 @@ fn callbacks_for_aborted_or_planned_tasks_are_refused() {
 
 #[test]
 fn with_confirmation_a_callback_is_held_until_the_provider_agrees() {
-    let s = for_callback(
-        snapshot(
-            ActivityStatus::Processing,
-            vec![task(10, 1, TaskStatus::Processing)],
-        ),
-        10,
-    );
     let report = processed(json!({"a": 1}));
-    let Ok(CallbackDecision::Apply(plan)) =
-        callback(&s, TaskId(10), report.clone(), true, &timing())
-    else {
+    let Ok(CallbackDecision::Apply(plan)) = callback_of_10(
+        vec![task(10, 1, TaskStatus::Processing)],
+        report.clone(),
+        true,
+    ) else {
         panic!("expected a plan");
     };
     let held = update_of(&plan, 10);
