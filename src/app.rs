@@ -1,6 +1,7 @@
 //! Building and running the service: the database, the engine and the HTTP server.
 
 use std::net::TcpListener;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::db::{self, Db, DbError};
 use crate::executor::{ExecutorCatalog, Executors};
 use crate::keys::Keys;
 use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle};
-use crate::lifecycle::{EngineTimings, Lifecycle, Waker};
+use crate::lifecycle::{EngineTimings, LifecycleParts, LifecycleService, Waker};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::secret::Secret;
@@ -44,14 +45,36 @@ pub struct Application {
     port: u16,
     public_url: String,
     server: Server,
-    engine: EngineHandle,
-    lifecycle: Lifecycle,
+    engine: RunningEngine,
+    lifecycle: LifecycleService,
+}
+
+/// How the engine runs: on its own (the service), or ticked by its caller (tests that step it
+/// instead of waiting for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineMode {
+    Background,
+    Stepped,
+}
+
+enum RunningEngine {
+    Background(EngineHandle),
+    Stepped(Rc<Engine>),
 }
 
 impl Application {
     /// Opens the database (migrating it), starts the engine and binds the server (port 0 picks
     /// a free port). Must run inside an actix System: the engine lives on this thread.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        Application::build_with(settings, EngineMode::Background).await
+    }
+
+    /// `build`, with the engine running on its own or left to its caller to tick
+    /// (`stepped_engine`).
+    pub async fn build_with(
+        settings: Settings,
+        mode: EngineMode,
+    ) -> Result<Application, StartupError> {
         let bind = settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
             bind: bind.clone(),
@@ -105,7 +128,7 @@ impl Application {
             poll_after_ms: secs_to_ms(settings.engine.poll_after_secs),
             default_timeout_ms: secs_to_ms(settings.engine.task_timeout_secs),
         };
-        let lifecycle = Lifecycle {
+        let lifecycle = LifecycleService::new(LifecycleParts {
             db: db.clone(),
             registry,
             keys: keys.clone(),
@@ -115,7 +138,7 @@ impl Application {
             require_token: settings.callbacks.require_token,
             waker: waker.clone(),
             metrics: metrics.clone(),
-        };
+        });
         let engine = Engine::new(
             db,
             Executors::build(&settings.executors, &metrics),
@@ -133,8 +156,11 @@ impl Application {
             },
             waker,
             metrics.clone(),
-        )
-        .spawn();
+        );
+        let engine = match mode {
+            EngineMode::Background => RunningEngine::Background(engine.spawn()),
+            EngineMode::Stepped => RunningEngine::Stepped(Rc::new(engine)),
+        };
 
         let loopback_url = ["//127.0.0.1", "//localhost", "//[::1]"]
             .iter()
@@ -199,14 +225,24 @@ impl Application {
         self.server.handle()
     }
 
-    pub fn lifecycle(&self) -> &Lifecycle {
+    pub fn lifecycle(&self) -> &LifecycleService {
         &self.lifecycle
+    }
+
+    /// The engine, for its caller to tick, when built with `EngineMode::Stepped`.
+    pub fn stepped_engine(&self) -> Option<Rc<Engine>> {
+        match &self.engine {
+            RunningEngine::Stepped(engine) => Some(engine.clone()),
+            RunningEngine::Background(_) => None,
+        }
     }
 
     /// Serves until the server is stopped (a signal, or `ServerHandle::stop`), then stops the engine.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
-        self.engine.stop().await;
+        if let RunningEngine::Background(engine) = self.engine {
+            engine.stop().await;
+        }
         served
     }
 }

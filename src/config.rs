@@ -73,12 +73,7 @@ pub struct CallbackSettings {
     pub secret: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnMissing {
-    Fail,
-    Keep,
-}
+pub use crate::placeholders::OnMissing;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

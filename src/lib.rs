@@ -34,3 +34,33 @@ pub fn json_kind(value: &serde_json::Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+/// The size of `value`'s compact JSON (what is stored and sent), or `None` when it is larger
+/// than `max` (measured up to `max + 1` bytes only, never built). Here, beside `json_kind`,
+/// because both the pure placeholder language and the limits (which read the configuration)
+/// measure with it.
+pub fn json_size_within(value: &serde_json::Value, max: usize) -> Option<usize> {
+    let mut counter = JsonSizeCounter { count: 0, max };
+    serde_json::to_writer(&mut counter, value).ok()?;
+    Some(counter.count)
+}
+
+/// Counts bytes written, failing past `max`.
+struct JsonSizeCounter {
+    count: usize,
+    max: usize,
+}
+
+impl std::io::Write for JsonSizeCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.count = self.count.saturating_add(buf.len());
+        if self.count > self.max {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -7,12 +7,12 @@
 //! without building it and without reading further than the limit.
 
 use std::fmt;
-use std::io;
 
 use serde_json::Value;
 
 use crate::config::LimitSettings;
 use crate::descriptor::LifecycleInfo;
+pub use crate::json_size_within;
 
 /// Something over a limit; the text is meant for the caller (422 42213, 413 41301) or a task's
 /// `errors`.
@@ -106,33 +106,6 @@ impl LimitSettings {
                 "limits.results_bytes",
             )),
         }
-    }
-}
-
-/// The size of `value`'s compact JSON, or `None` when it is larger than `max` (measured up to
-/// `max + 1` bytes only).
-pub fn json_size_within(value: &Value, max: usize) -> Option<usize> {
-    let mut counter = Counter { count: 0, max };
-    serde_json::to_writer(&mut counter, value).ok()?;
-    Some(counter.count)
-}
-
-struct Counter {
-    count: usize,
-    max: usize,
-}
-
-impl io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.count = self.count.saturating_add(buf.len());
-        if self.count > self.max {
-            return Err(io::Error::other("over the limit"));
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

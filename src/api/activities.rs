@@ -9,7 +9,7 @@ use super::request::{executor_secrets, path_id, Query};
 use super::resources::{ActivityResource, StatusResource};
 use super::ApiState;
 use crate::db::ActivityFilter;
-use crate::domain::ActivityStatus;
+use crate::domain::{ActivityId, ActivityStatus};
 use crate::lifecycle::NewActivityRequest;
 
 pub async fn create(
@@ -91,7 +91,10 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
 }
 
 pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let activity = state.lifecycle.activity(path_id(&req, "activity")?).await?;
+    let activity = state
+        .lifecycle
+        .activity(ActivityId(path_id(&req, "activity")?))
+        .await?;
     Ok(HttpResponse::Ok().json(ActivityResource::from(activity)))
 }
 
@@ -99,7 +102,10 @@ pub async fn status(
     req: HttpRequest,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let activity = state.lifecycle.activity(path_id(&req, "activity")?).await?;
+    let activity = state
+        .lifecycle
+        .activity(ActivityId(path_id(&req, "activity")?))
+        .await?;
     Ok(HttpResponse::Ok().json(StatusResource::of(activity.status)))
 }
 
@@ -107,7 +113,7 @@ pub async fn change_status(
     req: HttpRequest,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_id(&req, "activity")?;
+    let id = ActivityId(path_id(&req, "activity")?);
     let action = Query::of(&req)?.action();
     let status = match action.as_deref() {
         Some("START") => {
@@ -138,7 +144,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let activity = state
         .lifecycle
-        .delete_activity(path_id(&req, "activity")?)
+        .delete_activity(ActivityId(path_id(&req, "activity")?))
         .await?;
     Ok(HttpResponse::Ok().json(ActivityResource::from(activity)))
 }

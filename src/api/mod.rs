@@ -28,12 +28,12 @@ use self::error::ApiError;
 pub use self::guard::Perimeter;
 pub use self::metrics::StoredWork;
 
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::LifecycleService;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub lifecycle: Lifecycle,
+    pub lifecycle: LifecycleService,
     pub body_limit: usize,
     pub metrics: Arc<Metrics>,
     pub stored_work: Arc<StoredWork>,

@@ -23,11 +23,11 @@ pub struct ActivityResource {
 impl From<ActivityRow> for ActivityResource {
     fn from(a: ActivityRow) -> Self {
         ActivityResource {
-            id: a.id,
+            id: a.id.get(),
             data_product_id: a.data_product_id,
             data_product_version: a.data_product_version,
             stage: a.stage,
-            status: a.status,
+            status: a.status.to_string(),
             results: a.results,
             errors: a.errors,
             created_at: Some(format_ms(a.created_at)),
@@ -63,7 +63,7 @@ pub struct TaskResource {
 impl From<TaskRow> for TaskResource {
     fn from(t: TaskRow) -> Self {
         TaskResource {
-            id: t.id,
+            id: t.id.get(),
             activity_id: t.activity_id.to_string(),
             position: t.position,
             name: t.name,
@@ -72,7 +72,7 @@ impl From<TaskRow> for TaskResource {
             callback_ref: None,
             template: t.template,
             configurations: t.configurations,
-            status: t.status,
+            status: t.status.to_string(),
             results: t.results,
             errors: t.errors,
             run_url: t.run_url,

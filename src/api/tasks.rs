@@ -9,18 +9,15 @@ use super::request::{path_id, Query};
 use super::resources::{StatusResource, TaskResource};
 use super::ApiState;
 use crate::db::TaskFilter;
-use crate::domain::TaskStatus;
-use crate::lifecycle::state::{Report, ReportedStatus};
+use crate::domain::{ActivityId, Report, ReportedStatus, TaskId, TaskStatus};
 use crate::metrics::CallbackAnswer;
 
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&req)?;
     let filter = TaskFilter {
-        activity_id: query.number("activityId")?,
+        activity_id: query.number("activityId")?.map(ActivityId),
         executor: query.get("executor"),
-        status: query
-            .status(TaskStatus::parse, TaskStatus::names)?
-            .map(TaskStatus::as_str),
+        status: query.status(TaskStatus::parse, TaskStatus::names)?,
         page: query.page()?,
     };
     let tasks = state.lifecycle.tasks(filter).await?;
@@ -33,7 +30,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
 }
 
 pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let task = state.lifecycle.task(path_id(&req, "task")?).await?;
+    let task = state.lifecycle.task(TaskId(path_id(&req, "task")?)).await?;
     Ok(HttpResponse::Ok().json(TaskResource::from(task)))
 }
 
@@ -41,7 +38,7 @@ pub async fn status(
     req: HttpRequest,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = state.lifecycle.task(path_id(&req, "task")?).await?;
+    let task = state.lifecycle.task(TaskId(path_id(&req, "task")?)).await?;
     Ok(HttpResponse::Ok().json(StatusResource::of(task.status)))
 }
 
@@ -51,7 +48,7 @@ pub async fn change_status(
     payload: web::Payload,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_id(&req, "task")?;
+    let id = TaskId(path_id(&req, "task")?);
     let query = Query::of(&req)?;
     let status = match query.action().as_deref() {
         Some("STOP") => {

@@ -13,6 +13,7 @@ mod queries;
 pub mod schema;
 #[cfg(test)]
 mod tests;
+mod types;
 mod writer;
 
 use std::time::Duration;

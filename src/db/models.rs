@@ -1,17 +1,20 @@
-//! Rows as stored. JSON columns are kept as text: the API returns them as JSON-in-string (ODM).
+//! Rows as stored, for the API's reads and for creating activities. JSON columns are kept as
+//! text: the API returns them as JSON-in-string (ODM). The engine and the state machine never
+//! see these rows: they get domain types (`crate::domain`), mapped in `queries/`.
 
 use diesel::prelude::*;
 
 use super::schema::{activities, lifecycles, tasks};
+use crate::domain::{ActivityId, ActivityStatus, Step, TaskId, TaskStatus};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = activities)]
 pub struct ActivityRow {
-    pub id: i64,
+    pub id: ActivityId,
     pub data_product_id: String,
     pub data_product_version: String,
     pub stage: String,
-    pub status: String,
+    pub status: ActivityStatus,
     pub results: Option<String>,
     pub errors: Option<String>,
     pub sealed_secrets: Option<String>,
@@ -26,66 +29,52 @@ pub struct NewActivity<'a> {
     pub data_product_id: &'a str,
     pub data_product_version: &'a str,
     pub stage: &'a str,
-    pub status: &'a str,
+    pub status: ActivityStatus,
     pub sealed_secrets: Option<&'a str>,
     pub created_at: i64,
 }
 
+/// A task as the API shows it (the engine's own columns are left out).
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = tasks)]
 pub struct TaskRow {
-    pub id: i64,
-    pub activity_id: i64,
+    pub id: TaskId,
+    pub activity_id: ActivityId,
     pub position: i32,
     pub name: String,
     pub description: Option<String>,
     pub executor_ref: Option<String>,
     pub template: Option<String>,
+    /// As planned until the first dispatch, then as resolved for the last run.
     pub configurations: Option<String>,
-    pub status: String,
+    pub status: TaskStatus,
     pub results: Option<String>,
     pub errors: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub attempt: i32,
-    pub run_ref: Option<String>,
     pub run_url: Option<String>,
-    pub step: Option<String>,
-    pub due_at: Option<i64>,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
-    pub deadline_at: Option<i64>,
-    pub step_attempts: i32,
-    pub reported_outcome: Option<String>,
-    /// Runs of this task that failed and were followed by another (`configurations.retry`).
-    pub runs_failed: i32,
-    /// The configurations as created, set once the stored ones are the resolved ones: each new
-    /// run resolves these again.
-    pub planned_configurations: Option<String>,
-}
-
-impl TaskRow {
-    /// The configurations as created: each run resolves these, not the resolved ones stored.
-    pub fn configurations_as_planned(&self) -> Option<&str> {
-        self.planned_configurations
-            .as_deref()
-            .or(self.configurations.as_deref())
-    }
+    pub step: Option<Step>,
 }
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = tasks)]
 pub struct NewTask<'a> {
-    pub activity_id: i64,
+    pub activity_id: ActivityId,
     pub position: i32,
     pub name: &'a str,
     pub description: Option<&'a str>,
     pub executor_ref: Option<&'a str>,
     pub template: Option<String>,
     pub configurations: Option<String>,
-    pub status: &'a str,
+    /// The same as `configurations`: kept when a run stores its resolved ones there.
+    pub planned_configurations: Option<String>,
+    pub status: TaskStatus,
     pub created_at: i64,
+    pub timeout_ms: Option<i64>,
+    pub retry_max: Option<i32>,
+    pub retry_backoff_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -95,54 +84,18 @@ pub struct LifecycleRow {
     pub data_product_id: String,
     pub data_product_version: String,
     pub stage: String,
-    pub activity_id: Option<i64>,
+    pub activity_id: Option<ActivityId>,
     pub results: Option<String>,
     pub started_at: i64,
     pub finished_at: Option<i64>,
 }
 
-/// A partial update of an activity: `None` leaves a column alone, `Some(None)` sets NULL.
-#[derive(Debug, Clone, Default, PartialEq, AsChangeset)]
-#[diesel(table_name = activities)]
-pub struct ActivityChanges {
-    pub status: Option<&'static str>,
-    pub results: Option<Option<String>>,
-    pub errors: Option<Option<String>>,
-    pub sealed_secrets: Option<Option<String>>,
-    pub started_at: Option<Option<i64>>,
-    pub finished_at: Option<Option<i64>>,
-}
-
-/// A partial update of a task: `None` leaves a column alone, `Some(None)` sets NULL.
-#[derive(Debug, Clone, Default, PartialEq, AsChangeset)]
-#[diesel(table_name = tasks)]
-pub struct TaskChanges {
-    pub status: Option<&'static str>,
-    pub results: Option<Option<String>>,
-    pub errors: Option<Option<String>>,
-    pub configurations: Option<Option<String>>,
-    pub started_at: Option<Option<i64>>,
-    pub finished_at: Option<Option<i64>>,
-    pub run_ref: Option<Option<String>>,
-    pub run_url: Option<Option<String>>,
-    pub step: Option<Option<&'static str>>,
-    pub due_at: Option<Option<i64>>,
-    pub lease_owner: Option<Option<String>>,
-    pub lease_until: Option<Option<i64>>,
-    pub deadline_at: Option<Option<i64>>,
-    pub step_attempts: Option<i32>,
-    pub reported_outcome: Option<Option<String>>,
-    pub attempt: Option<i32>,
-    pub runs_failed: Option<i32>,
-    pub planned_configurations: Option<Option<String>>,
-}
-
 /// What the Context needs of an activity.
 #[derive(Debug, Clone, Queryable)]
 pub struct StageActivity {
-    pub id: i64,
+    pub id: ActivityId,
     pub stage: String,
-    pub status: String,
+    pub status: ActivityStatus,
     pub finished_at: Option<i64>,
     pub results: Option<String>,
 }

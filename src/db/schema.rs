@@ -44,6 +44,9 @@ diesel::table! {
         reported_outcome -> Nullable<Text>,
         runs_failed -> Integer,
         planned_configurations -> Nullable<Text>,
+        timeout_ms -> Nullable<BigInt>,
+        retry_max -> Nullable<Integer>,
+        retry_backoff_ms -> Nullable<BigInt>,
     }
 }
 

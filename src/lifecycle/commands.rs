@@ -1,36 +1,15 @@
-//! What the REST API asks of the lifecycle. Each command is one short transaction: it reads a
-//! snapshot, asks the state machine for a plan, applies it, and wakes the engine when work is due.
-
-use std::sync::Arc;
-
-use tokio::sync::Notify;
+//! The commands on activities and tasks (see `service.rs`); a pipeline's callback is in
+//! `callbacks.rs`.
 
 use super::error::CommandError;
-use super::state::{self, CallbackDecision, Plan, Report, Snapshot, Timing};
+use super::service::{apply, snapshot, LifecycleService};
+use super::state::{self, Timing};
 use crate::clock::now_ms;
-use crate::config::LimitSettings;
-use crate::db::models::{ActivityRow, NewActivity, NewTask, TaskRow};
-use crate::db::{self, Db, DbConnection};
+use crate::db::models::{ActivityRow, NewActivity, NewTask};
+use crate::db::{self, DbConnection, SnapshotOf};
 use crate::descriptor::{self, LifecycleInfo, TaskDefinition};
-use crate::domain::{ActivityStatus, TaskStatus};
-use crate::executor::ExecutorCatalog;
+use crate::domain::{ActivityId, ActivityStatus, RunSettings, TaskId, TaskStatus};
 use crate::keys::{ActivitySecrets, Keys};
-use crate::metrics::{CallbackAnswer, Metrics, TaskOutcomes};
-use crate::registry::Registry;
-
-/// Wakes the engine at once instead of at its next tick. Shared by every thread.
-#[derive(Clone, Default)]
-pub struct Waker(Arc<Notify>);
-
-impl Waker {
-    pub fn wake(&self) {
-        self.0.notify_one()
-    }
-
-    pub async fn woken(&self) {
-        self.0.notified().await
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct NewActivityRequest {
@@ -39,71 +18,7 @@ pub struct NewActivityRequest {
     pub stage: String,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct EngineTimings {
-    pub poll_after_ms: i64,
-    pub default_timeout_ms: i64,
-}
-
-impl EngineTimings {
-    pub fn at(&self, now: i64) -> Timing {
-        Timing {
-            now,
-            poll_after_ms: self.poll_after_ms,
-            default_timeout_ms: self.default_timeout_ms,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Lifecycle {
-    pub(crate) db: Db,
-    pub(crate) registry: Registry,
-    pub(crate) keys: Keys,
-    pub(crate) catalog: ExecutorCatalog,
-    pub(crate) timings: EngineTimings,
-    pub(crate) limits: LimitSettings,
-    pub(crate) require_token: bool,
-    pub(crate) waker: Waker,
-    pub(crate) metrics: Arc<Metrics>,
-}
-
-/// A callback's task status after it, and what it changed (`None`: a replay, nothing).
-type Recorded = (TaskStatus, Option<Applied>);
-
-/// What applying a plan did: work left due for the engine, tasks ended.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Applied {
-    scheduled: bool,
-    outcomes: TaskOutcomes,
-}
-
-impl Applied {
-    pub(super) fn of(plan: &Plan) -> Applied {
-        Applied {
-            scheduled: plan.schedules_work(),
-            outcomes: plan.task_outcomes(),
-        }
-    }
-
-    /// Once committed: count the tasks it ended, wake the engine for the work it left.
-    pub(super) fn committed(self, metrics: &Metrics, waker: &Waker) {
-        metrics.tasks_ended(self.outcomes);
-        if self.scheduled {
-            waker.wake();
-        }
-    }
-}
-
-impl Lifecycle {
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
+impl LifecycleService {
     /// Creates the activity and its tasks from the descriptor (and starts it when asked).
     pub async fn create_activity(
         &self,
@@ -139,16 +54,21 @@ impl Lifecycle {
             &info,
             &self.limits,
         )?;
-        check_run_settings(&request.stage, &definitions)?;
-        let (keys, timings) = (self.keys.clone(), self.timings);
+        let settings = run_settings(&request.stage, &definitions)?;
+        let (keys, timings) = (self.keys().clone(), self.timings);
         let activity = self
             .db
             .write(move |conn| -> Result<ActivityRow, CommandError> {
                 let now = now_ms();
-                let activity = insert_planned(conn, &request, &definitions, now)?;
+                let new = Planned {
+                    request: &request,
+                    definitions: &definitions,
+                    settings: &settings,
+                };
+                let activity = insert_planned(conn, new, now)?;
                 // Sealed once the id is known: it binds the secrets to this activity.
                 if !secrets.is_empty() {
-                    let sealed = keys.seal(activity.id, &secrets);
+                    let sealed = keys.seal(activity.id.get(), &secrets);
                     db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
                 }
                 if !start {
@@ -166,10 +86,10 @@ impl Lifecycle {
 
     pub async fn start_activity(
         &self,
-        id: i64,
+        id: ActivityId,
         secrets: ActivitySecrets,
     ) -> Result<ActivityStatus, CommandError> {
-        let keys = self.keys.clone();
+        let keys = self.keys().clone();
         let timings = self.timings;
         self.db
             .write(move |conn| {
@@ -181,12 +101,14 @@ impl Lifecycle {
         Ok(ActivityStatus::Processing)
     }
 
-    pub async fn abort_activity(&self, id: i64) -> Result<ActivityStatus, CommandError> {
+    pub async fn abort_activity(&self, id: ActivityId) -> Result<ActivityStatus, CommandError> {
         let timings = self.timings;
         let applied = self
             .db
             .write(move |conn| {
-                let snapshot = snapshot(conn, id)?;
+                let snapshot = snapshot(conn, SnapshotOf::Activity(id), || {
+                    CommandError::ActivityNotFound(id)
+                })?;
                 let plan = state::abort(&snapshot, &timings.at(now_ms()))?;
                 apply(conn, &plan)
             })
@@ -196,7 +118,7 @@ impl Lifecycle {
     }
 
     /// Deletes a PLANNED activity; returns it as it was.
-    pub async fn delete_activity(&self, id: i64) -> Result<ActivityRow, CommandError> {
+    pub async fn delete_activity(&self, id: ActivityId) -> Result<ActivityRow, CommandError> {
         self.db
             .write(move |conn| {
                 let activity =
@@ -212,136 +134,20 @@ impl Lifecycle {
             .await
     }
 
-    /// A pipeline's callback: records the outcome in one transaction and wakes the engine.
-    pub async fn callback(
-        &self,
-        task_id: i64,
-        token: Option<String>,
-        report: Report,
-    ) -> Result<TaskStatus, CommandError> {
-        // Measured here, refused after the token is checked: a caller without one learns nothing.
-        let too_large = report.results.as_ref().and_then(|results| {
-            self.limits
-                .check_results("the callback's", results)
-                .err()
-                .map(|e| CommandError::ResultsTooLarge(e.0))
-        });
-        let this = self.clone();
-        let recorded = self
-            .db
-            .write(move |conn| -> Result<Recorded, CommandError> {
-                let task = db::find_task(conn, task_id)?;
-                if this.require_token {
-                    this.verify_token(task_id, task.as_ref(), token.as_deref())?;
-                }
-                if let Some(refusal) = too_large {
-                    tracing::warn!(task_id, reason = %refusal, "callback refused");
-                    return Err(refusal);
-                }
-                let task = task.ok_or(CommandError::TaskNotFound(task_id))?;
-                let snapshot = snapshot(conn, task.activity_id)?;
-                let confirm_first = this
-                    .catalog
-                    .check_after_callback(task.executor_ref.as_deref());
-                let timing = this.timings.at(now_ms());
-                match state::callback(&snapshot, task_id, report.clone(), confirm_first, &timing) {
-                    Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),
-                    Ok(CallbackDecision::Apply(plan)) => {
-                        let applied = apply(conn, &plan)?;
-                        Ok((
-                            plan.task_status_after(task_id, TaskStatus::Processing),
-                            Some(applied),
-                        ))
-                    }
-                    Err(refusal) => {
-                        tracing::warn!(task_id, reason = %refusal, "callback refused");
-                        Err(refusal.into())
-                    }
-                }
-            })
-            .await;
-        self.metrics.callback(callback_answer(&recorded));
-        let (status, applied) = recorded?;
-        applied
-            .unwrap_or_default()
-            .committed(&self.metrics, &self.waker);
-        Ok(status)
-    }
-
-    /// An unknown task is refused like a wrong token: a callback cannot probe which ids exist.
-    fn verify_token(
-        &self,
-        task_id: i64,
-        task: Option<&TaskRow>,
-        token: Option<&str>,
-    ) -> Result<(), CommandError> {
-        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
-            CommandError::Unauthorized(
-                "the callback has no token: use the callbackRef exactly as it was given".into(),
-            )
-        })?;
-        let invalid = || {
-            CommandError::Unauthorized(format!(
-                "the callback token is not valid for task {task_id} (wrong or from an earlier attempt)"
-            ))
-        };
-        let Some(task) = task else {
-            tracing::warn!(task_id, "callback for an unknown task refused");
-            return Err(invalid());
-        };
-        if self
-            .keys
-            .verify_callback_token(task.id, task.attempt, token)
-        {
-            Ok(())
-        } else if (1..task.attempt)
-            .any(|earlier| self.keys.verify_callback_token(task.id, earlier, token))
-        {
-            tracing::warn!(task_id = task.id, "callback of an earlier run refused");
-            Err(CommandError::TaskConflict(format!(
-                "this callback belongs to an earlier run of task {}, which was dispatched again since: it changes nothing",
-                task.id
-            )))
-        } else {
-            tracing::warn!(
-                task_id = task.id,
-                "callback with an invalid or outdated token refused"
-            );
-            Err(invalid())
-        }
-    }
-
-    pub async fn abort_task(&self, task_id: i64) -> Result<TaskStatus, CommandError> {
+    pub async fn abort_task(&self, task_id: TaskId) -> Result<TaskStatus, CommandError> {
         let timings = self.timings;
         let applied = self
             .db
             .write(move |conn| {
-                let task =
-                    db::find_task(conn, task_id)?.ok_or(CommandError::TaskNotFound(task_id))?;
-                let snapshot = snapshot(conn, task.activity_id)?;
+                let snapshot = snapshot(conn, SnapshotOf::TaskActivity(task_id), || {
+                    CommandError::TaskNotFound(task_id)
+                })?;
                 let plan = state::abort_task(&snapshot, task_id, &timings.at(now_ms()))?;
                 apply(conn, &plan)
             })
             .await?;
         applied.committed(&self.metrics, &self.waker);
         Ok(TaskStatus::Aborted)
-    }
-}
-
-fn callback_answer(recorded: &Result<Recorded, CommandError>) -> CallbackAnswer {
-    match recorded {
-        Ok((_, Some(_))) => CallbackAnswer::Accepted,
-        Ok((_, None)) => CallbackAnswer::Replay,
-        Err(CommandError::Unauthorized(_)) => CallbackAnswer::Unauthorized,
-        Err(CommandError::TaskConflict(_) | CommandError::ActivityConflict(_)) => {
-            CallbackAnswer::Refused
-        }
-        Err(
-            CommandError::TaskNotFound(_)
-            | CommandError::InvalidCallback(_)
-            | CommandError::ResultsTooLarge(_),
-        ) => CallbackAnswer::Invalid,
-        Err(_) => CallbackAnswer::Error,
     }
 }
 
@@ -368,30 +174,45 @@ fn stage_tasks(
 }
 
 /// Every task's `timeout` and `retry`, so a mistake is a 422 now rather than a surprise later.
-fn check_run_settings(stage: &str, definitions: &[TaskDefinition]) -> Result<(), CommandError> {
-    let problems: Vec<String> = definitions
-        .iter()
-        .filter_map(|d| {
-            let configurations = d.configurations.as_ref()?;
-            let problem = super::run_settings::check(configurations).err()?;
-            Some(format!(
+fn run_settings(
+    stage: &str,
+    definitions: &[TaskDefinition],
+) -> Result<Vec<RunSettings>, CommandError> {
+    let mut settings = Vec::with_capacity(definitions.len());
+    let mut problems = Vec::new();
+    for d in definitions {
+        let checked = match &d.configurations {
+            Some(configurations) => super::run_settings::check(configurations),
+            None => Ok(RunSettings::default()),
+        };
+        match checked {
+            Ok(s) => settings.push(s),
+            Err(problem) => problems.push(format!(
                 "task {} ({}) of stage {stage}: {problem}",
                 d.position, d.name
-            ))
-        })
-        .collect();
+            )),
+        }
+    }
     match problems.is_empty() {
-        true => Ok(()),
+        true => Ok(settings),
         false => Err(CommandError::InvalidActivity(problems.join("; "))),
     }
 }
 
+/// A new activity, as checked.
+struct Planned<'a> {
+    request: &'a NewActivityRequest,
+    definitions: &'a [TaskDefinition],
+    /// One per definition.
+    settings: &'a [RunSettings],
+}
+
 fn insert_planned(
     conn: &mut DbConnection,
-    request: &NewActivityRequest,
-    definitions: &[TaskDefinition],
+    new: Planned<'_>,
     now: i64,
 ) -> Result<ActivityRow, CommandError> {
+    let request = new.request;
     let (product, version, stage) = (
         &request.data_product_id,
         &request.data_product_version,
@@ -407,25 +228,34 @@ fn insert_planned(
             "activity {existing} is already PLANNED for product {product}, version {version}, stage {stage}: start or delete it"
         )));
     }
-    let tasks = definitions
+    let tasks = new
+        .definitions
         .iter()
-        .map(|d| NewTask {
-            activity_id: 0,
-            position: d.position as i32,
-            name: &d.name,
-            description: d.description.as_deref(),
-            executor_ref: d.executor_ref.as_deref(),
-            template: d.template.as_ref().map(|v| v.to_string()),
-            configurations: d.configurations.as_ref().map(|v| v.to_string()),
-            status: TaskStatus::Planned.as_str(),
-            created_at: now,
+        .zip(new.settings)
+        .map(|(d, settings)| {
+            let configurations = d.configurations.as_ref().map(|v| v.to_string());
+            NewTask {
+                activity_id: ActivityId(0),
+                position: d.position as i32,
+                name: &d.name,
+                description: d.description.as_deref(),
+                executor_ref: d.executor_ref.as_deref(),
+                template: d.template.as_ref().map(|v| v.to_string()),
+                planned_configurations: configurations.clone(),
+                configurations,
+                status: TaskStatus::Planned,
+                created_at: now,
+                timeout_ms: settings.timeout_ms,
+                retry_max: settings.retry.map(|r| r.max as i32),
+                retry_backoff_ms: settings.retry.map(|r| r.backoff_ms),
+            }
         })
         .collect();
     let activity = NewActivity {
         data_product_id: product,
         data_product_version: version,
         stage,
-        status: ActivityStatus::Planned.as_str(),
+        status: ActivityStatus::Planned,
         sealed_secrets: None,
         created_at: now,
     };
@@ -442,13 +272,15 @@ fn insert_planned(
 /// Starts an activity inside the caller's transaction, adding freshly given secrets.
 fn start_in(
     conn: &mut DbConnection,
-    id: i64,
+    id: ActivityId,
     fresh_secrets: Option<(Keys, ActivitySecrets)>,
     timing: Timing,
 ) -> Result<(), CommandError> {
-    let snapshot = snapshot(conn, id)?;
+    let missing = || CommandError::ActivityNotFound(id);
+    let snapshot = snapshot(conn, SnapshotOf::Activity(id), missing)?;
     let plan = state::start(&snapshot, &timing)?;
-    let a = &snapshot.activity;
+    // Read after the snapshot, which locked it: its keys and secrets for what follows.
+    let a = db::find_activity(conn, id)?.ok_or_else(missing)?;
     if let Some(other) = db::processing_activity(conn, &a.data_product_id, &a.data_product_version)?
     {
         return Err(CommandError::ActivityConflict(format!(
@@ -469,23 +301,14 @@ fn start_in(
     if let Some((keys, fresh)) = fresh_secrets {
         let mut secrets = match &a.sealed_secrets {
             Some(sealed) => keys
-                .unseal(id, sealed)
+                .unseal(id.get(), sealed)
                 .map_err(CommandError::InvalidActivity)?,
             None => ActivitySecrets::new(),
         };
         for (executor, given) in fresh {
             secrets.entry(executor).or_default().extend(given);
         }
-        db::set_sealed_secrets(conn, id, Some(&keys.seal(id, &secrets)))?;
+        db::set_sealed_secrets(conn, id, Some(&keys.seal(id.get(), &secrets)))?;
     }
     Ok(())
-}
-
-fn snapshot(conn: &mut DbConnection, activity_id: i64) -> Result<Snapshot, CommandError> {
-    db::load_snapshot(conn, activity_id)?.ok_or(CommandError::ActivityNotFound(activity_id))
-}
-
-fn apply(conn: &mut DbConnection, plan: &Plan) -> Result<Applied, CommandError> {
-    db::apply_plan(conn, plan, now_ms())?;
-    Ok(Applied::of(plan))
 }

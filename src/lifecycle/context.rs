@@ -7,8 +7,8 @@ use diesel::QueryResult;
 use serde_json::{json, Map, Value};
 
 use crate::clock::format_ms;
-use crate::db::models::ActivityRow;
 use crate::db::{self, DbConnection};
+use crate::domain::{ActivityId, ActivityKeys};
 use crate::placeholders::StageTaskNames;
 
 pub struct TaskContext {
@@ -16,7 +16,7 @@ pub struct TaskContext {
     pub names: StageTaskNames,
 }
 
-pub fn load(conn: &mut DbConnection, current: &ActivityRow) -> QueryResult<TaskContext> {
+pub fn load(conn: &mut DbConnection, current: &ActivityKeys) -> QueryResult<TaskContext> {
     let rows = db::context_activities(
         conn,
         &current.data_product_id,
@@ -25,13 +25,13 @@ pub fn load(conn: &mut DbConnection, current: &ActivityRow) -> QueryResult<TaskC
     )?;
     // Rows come oldest first, so a later PROCESSED activity of a stage replaces an earlier one;
     // the running activity is written last and wins over any of its stage.
-    let mut stages: BTreeMap<String, (i64, Value)> = BTreeMap::new();
+    let mut stages: BTreeMap<String, (ActivityId, Value)> = BTreeMap::new();
     let (running, processed): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.id == current.id);
     for row in processed.into_iter().chain(running) {
         let status = if row.id == current.id {
             "RUNNING".to_owned()
         } else {
-            row.status
+            row.status.to_string()
         };
         let entry = json!({
             "status": status,
@@ -40,7 +40,7 @@ pub fn load(conn: &mut DbConnection, current: &ActivityRow) -> QueryResult<TaskC
         });
         stages.insert(row.stage, (row.id, entry));
     }
-    let stage_of: BTreeMap<i64, String> =
+    let stage_of: BTreeMap<ActivityId, String> =
         stages.iter().map(|(s, (id, _))| (*id, s.clone())).collect();
     let rows = db::context_task_names(
         conn,
@@ -59,8 +59,11 @@ pub fn load(conn: &mut DbConnection, current: &ActivityRow) -> QueryResult<TaskC
 }
 
 /// The task names of each stage's activity in the context, in position order.
-fn stage_names(rows: Vec<(i64, i32, String)>, stage_of: &BTreeMap<i64, String>) -> StageTaskNames {
-    let mut by_activity: BTreeMap<i64, Vec<(i32, String)>> = BTreeMap::new();
+fn stage_names(
+    rows: Vec<(ActivityId, i32, String)>,
+    stage_of: &BTreeMap<ActivityId, String>,
+) -> StageTaskNames {
+    let mut by_activity: BTreeMap<ActivityId, Vec<(i32, String)>> = BTreeMap::new();
     for (activity_id, position, name) in rows {
         by_activity
             .entry(activity_id)

@@ -1,6 +1,7 @@
 //! What a command can answer besides success. The API maps each variant to one ODM error code.
 
 use crate::db::{ApplyError, DbError};
+use crate::domain::{ActivityId, TaskId};
 use crate::lifecycle::state::Refusal;
 use crate::registry::RegistryError;
 
@@ -22,9 +23,9 @@ pub enum CommandError {
     #[error("{0}")]
     ResultsTooLarge(String),
     #[error("activity {0} not found")]
-    ActivityNotFound(i64),
+    ActivityNotFound(ActivityId),
     #[error("task {0} not found")]
-    TaskNotFound(i64),
+    TaskNotFound(TaskId),
     /// 409 40901
     #[error("{0}")]
     ActivityConflict(String),

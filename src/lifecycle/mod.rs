@@ -1,14 +1,21 @@
-//! Commands on activities and tasks, and the engine that carries them out.
+//! The lifecycle of activities and tasks: the command service the API calls
+//! (`LifecycleService`), the state machine that decides every transition (`state`), and the
+//! engine that carries out the steps it leaves due (`engine`).
 
+mod callbacks;
 mod commands;
 mod context;
 pub mod engine;
 mod error;
+mod plumbing;
 mod queries;
 pub mod run_settings;
+mod service;
 pub mod state;
 mod task_placeholders;
 mod task_templates;
 
-pub use commands::{Applied, EngineTimings, Lifecycle, NewActivityRequest, Waker};
+pub use commands::NewActivityRequest;
 pub use error::CommandError;
+pub use plumbing::{Applied, EngineTimings, Waker};
+pub use service::{LifecycleParts, LifecycleService};

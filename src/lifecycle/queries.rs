@@ -1,12 +1,13 @@
 //! Reads for the REST API.
 
-use super::commands::Lifecycle;
 use super::error::CommandError;
+use super::service::LifecycleService;
 use crate::db::models::{ActivityRow, LifecycleRow, TaskRow};
 use crate::db::{self, ActivityFilter, LifecycleFilter, TaskFilter};
+use crate::domain::{ActivityId, TaskId};
 
-impl Lifecycle {
-    pub async fn activity(&self, id: i64) -> Result<ActivityRow, CommandError> {
+impl LifecycleService {
+    pub async fn activity(&self, id: ActivityId) -> Result<ActivityRow, CommandError> {
         self.db
             .read(move |conn| {
                 db::find_activity(conn, id)?.ok_or(CommandError::ActivityNotFound(id))
@@ -23,7 +24,7 @@ impl Lifecycle {
             .await
     }
 
-    pub async fn task(&self, id: i64) -> Result<TaskRow, CommandError> {
+    pub async fn task(&self, id: TaskId) -> Result<TaskRow, CommandError> {
         self.db
             .read(move |conn| db::find_task(conn, id)?.ok_or(CommandError::TaskNotFound(id)))
             .await

@@ -2,50 +2,17 @@
 //! `retry: {max, backoff}` (runs after a failed one; seconds before the first of them, doubling).
 //!
 //! Checked strictly when an activity is created, so a typo is a 422 and not a surprise hours
-//! later; read leniently by the state machine, which only sees checked values.
+//! later, and stored with the task as `RunSettings` (its own columns): the state machine never
+//! reads configurations.
 
 use serde_json::Value;
 
 use crate::config::MAX_TASK_TIMEOUT_SECS;
+use crate::domain::{RetryPolicy, RunSettings, MAX_RETRY_DELAY_MS};
 
 /// Runs after the first one: enough for flaky pipelines, not a loop that hides a broken one.
 pub const MAX_RETRIES: u64 = 10;
 const DEFAULT_BACKOFF_SECS: f64 = 30.0;
-/// No single wait between runs is longer than an hour.
-const MAX_DELAY_MS: i64 = 3_600_000;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
-    /// Runs allowed after the first one fails.
-    pub max: u32,
-    pub backoff_ms: i64,
-}
-
-impl RetryPolicy {
-    /// The wait before the run that follows `failed_runs` failed ones.
-    pub fn delay_ms(&self, failed_runs: i32) -> i64 {
-        let doublings = failed_runs.saturating_sub(1).clamp(0, 20) as u32;
-        self.backoff_ms
-            .saturating_mul(1i64 << doublings)
-            .min(MAX_DELAY_MS)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct RunSettings {
-    pub timeout_ms: Option<i64>,
-    pub retry: Option<RetryPolicy>,
-}
-
-impl RunSettings {
-    /// Reads stored configurations (JSON text); values that do not check are ignored.
-    pub fn of(configurations: Option<&str>) -> RunSettings {
-        configurations
-            .and_then(|text| serde_json::from_str::<Value>(text).ok())
-            .and_then(|c| check(&c).ok())
-            .unwrap_or_default()
-    }
-}
 
 /// The run settings of a task's configurations, or what is wrong with them (the field, what
 /// was expected and what was found).
@@ -89,7 +56,7 @@ pub fn check(configurations: &Value) -> Result<RunSettings, String> {
             };
             let backoff_ms = match retry.get("backoff") {
                 None | Some(Value::Null) => (DEFAULT_BACKOFF_SECS * 1000.0) as i64,
-                Some(v) => seconds(v, "retry.backoff", true, MAX_DELAY_MS as u64 / 1000, "an hour")?,
+                Some(v) => seconds(v, "retry.backoff", true, MAX_RETRY_DELAY_MS as u64 / 1000, "an hour")?,
             };
             Some(RetryPolicy { max, backoff_ms })
         }
@@ -159,17 +126,6 @@ mod tests {
     }
 
     #[test]
-    fn the_wait_doubles_from_the_backoff_and_is_capped() {
-        let policy = RetryPolicy {
-            max: 10,
-            backoff_ms: 1000,
-        };
-        let waits: Vec<i64> = (1..=4).map(|n| policy.delay_ms(n)).collect();
-        assert_eq!(waits, vec![1000, 2000, 4000, 8000]);
-        assert_eq!(policy.delay_ms(40), MAX_DELAY_MS);
-    }
-
-    #[test]
     fn bad_values_name_the_field_and_what_was_expected() {
         let cases = [
             (
@@ -225,27 +181,14 @@ mod tests {
         }
     }
 
-    /// `1e300` once became a deadline in the past (the task timed out at once).
+    /// `1e300` once became a deadline in the past (the task timed out at once). A stored value
+    /// over the cap (written before it existed) is ignored by the upgrade that moved run
+    /// settings into columns: `tests/api/storage.rs`.
     #[test]
     fn the_longest_timeout_and_backoff_are_accepted_exactly() {
         let settings =
             check(&json!({"timeout": 2_592_000, "retry": {"max": 1, "backoff": 3600}})).unwrap();
         assert_eq!(settings.timeout_ms, Some(2_592_000_000));
         assert_eq!(settings.retry.unwrap().backoff_ms, 3_600_000);
-        assert_eq!(
-            RunSettings::of(Some("{\"timeout\": 1e300}")),
-            RunSettings::default(),
-            "a stored value over the cap falls back to the default"
-        );
-    }
-
-    #[test]
-    fn stored_values_that_do_not_check_are_ignored() {
-        assert_eq!(
-            RunSettings::of(Some("{\"timeout\": -5}")),
-            RunSettings::default()
-        );
-        assert_eq!(RunSettings::of(Some("not json")), RunSettings::default());
-        assert_eq!(RunSettings::of(None), RunSettings::default());
     }
 }

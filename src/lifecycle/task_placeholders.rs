@@ -7,10 +7,10 @@ use serde_json::Value;
 
 use super::context::TaskContext;
 use super::error::CommandError;
-use crate::config::{LimitSettings, OnMissing};
+use crate::config::LimitSettings;
 use crate::descriptor::{LifecycleInfo, TaskDefinition};
 use crate::limits::{json_size_within, over, over_with};
-use crate::placeholders::{self, ResolveError, StageTaskNames, TaskToCheck};
+use crate::placeholders::{self, OnMissing, ResolveError, StageTaskNames, TaskToCheck};
 
 /// The new activity's placeholders: at most `limits.placeholders_per_task` per task (422 42213),
 /// then every bad reference in one message (422 42201), the first `limits.listed_errors` of

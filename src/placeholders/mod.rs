@@ -75,6 +75,16 @@ use std::collections::HashMap;
 pub use check::{check_activity, BadReference, Checked, TaskToCheck};
 pub use resolve::resolve;
 
+/// What resolving does with a placeholder that does not resolve (`placeholders.on_missing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    /// The first one fails the resolution.
+    Fail,
+    /// It stays as written; the rest is still resolved.
+    Keep,
+}
+
 /// Why [`resolve`] gave up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
@@ -84,9 +94,6 @@ pub enum ResolveError {
     #[error("the placeholders insert more than {max} bytes")]
     TooLarge { max: usize },
 }
-
-#[cfg(doc)]
-use crate::config::OnMissing;
 
 /// The names of the tasks of every stage, to translate `results.<name>` into `taskN`.
 ///

@@ -7,9 +7,8 @@ use serde_json::{Map, Value};
 
 use super::eval::evaluate;
 use super::parse::{split, Piece, Reference};
-use super::{ResolveError, StageTaskNames, Unresolved};
-use crate::config::OnMissing;
-use crate::limits::json_size_within;
+use super::{OnMissing, ResolveError, StageTaskNames, Unresolved};
+use crate::json_size_within;
 
 /// A copy of `value` with every placeholder in its string values resolved against `context`.
 ///

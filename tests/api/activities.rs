@@ -7,15 +7,11 @@ use crate::helpers::*;
 use crate::on_both_backends;
 
 async fn app_with_two_tasks(db: &TestDb) -> (TestApp, FakeExecutor) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(db, Some(&executor.address))).await;
     let lifecycle = json!({
         "dev": [fake_task("provision", json!({"params": {"size": "S"}})), fake_task("deploy", json!({}))],
         "test": [fake_task("smoke", json!({}))]
     });
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
-        .await;
-    (app, executor)
+    stepped_app_with_stages(db, lifecycle).await
 }
 
 on_both_backends!(created_activity_is_planned_in_odm_wire_format);
@@ -81,14 +77,14 @@ async fn start_after_creation_dispatches_the_first_task(db: TestDb) {
     let activity = answer.json();
     assert_eq!(activity["status"], "PROCESSING");
     assert!(activity["startedAt"].is_string());
-    let received = executor.wait_for(1).await;
-    assert_eq!(received[0].activity_id, activity["id"].to_string());
-    assert_eq!(received[0].template, json!({"pipeline": "provision"}));
-    assert_eq!(received[0].configurations["params"], json!({"size": "S"}));
+    let received = app.dispatched(&executor, 1).await;
+    assert_eq!(received.activity_id, activity["id"].to_string());
+    assert_eq!(received.template, json!({"pipeline": "provision"}));
+    assert_eq!(received.configurations["params"], json!({"size": "S"}));
     assert!(
-        received[0].callback_ref.contains("action=STOP&token="),
+        received.callback_ref.contains("action=STOP&token="),
         "{}",
-        received[0].callback_ref
+        received.callback_ref
     );
     let tasks = app.tasks_of(activity["id"].as_i64().unwrap()).await;
     assert_eq!(tasks[0]["status"], "PROCESSING");
@@ -102,31 +98,14 @@ async fn start_after_creation_dispatches_the_first_task(db: TestDb) {
 on_both_backends!(start_moves_a_planned_activity_to_processing);
 async fn start_moves_a_planned_activity_to_processing(db: TestDb) {
     let (app, executor) = app_with_two_tasks(&db).await;
-    let id = app
-        .create_activity("p1", "1.0.0", "dev", false)
-        .await
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let answer = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/activities/{id}/status?action=START"),
-            None,
-        )
-        .await;
+    let id = app.planned_activity("p1", "1.0.0", "dev").await;
+    let answer = app.activity_action(id, "START").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json(), json!({"status": "PROCESSING"}));
-    executor.wait_for(1).await;
+    app.dispatched(&executor, 1).await;
     let status = app.get(&format!("{DEVOPS}/activities/{id}/status")).await;
     assert_eq!(status.json(), json!({"status": "PROCESSING"}));
-    let again = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/activities/{id}/status?action=START"),
-            None,
-        )
-        .await;
+    let again = app.activity_action(id, "START").await;
     again.assert_error(409, "40901");
     app.stop().await;
 }
@@ -134,12 +113,8 @@ async fn start_moves_a_planned_activity_to_processing(db: TestDb) {
 on_both_backends!(lists_are_filtered_and_ordered_by_id);
 async fn lists_are_filtered_and_ordered_by_id(db: TestDb) {
     let (app, _executor) = app_with_two_tasks(&db).await;
-    app.put_descriptor(
-        "p2",
-        "2.0.0",
-        &descriptor(json!({"dev": [fake_task("a", json!({}))]})),
-    )
-    .await;
+    app.put_descriptor("p2", "2.0.0", &descriptor(fake_stage(&["a"])))
+        .await;
     let first = app
         .create_activity("p1", "1.0.0", "dev", false)
         .await

@@ -6,24 +6,14 @@ use crate::fakes::FakeExecutor;
 use crate::helpers::*;
 use crate::on_both_backends;
 
-async fn running_dev(db: &TestDb, executor: &FakeExecutor, lifecycle: Value) -> (TestApp, i64) {
-    let app = spawn_app(test_settings(db, Some(&executor.address))).await;
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
-        .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
-    (app, id)
-}
-
 fn two_tasks() -> Value {
-    json!({"dev": [fake_task("first", json!({})), fake_task("second", json!({}))]})
+    fake_stage(&["first", "second"])
 }
 
 on_both_backends!(a_two_task_stage_runs_in_order_through_callbacks);
 async fn a_two_task_stage_runs_in_order_through_callbacks(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
-    let first = executor.wait_for(1).await.remove(0);
-    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
+    let first = app.dispatched(&executor, 1).await;
     assert_eq!(
         executor.received().len(),
         1,
@@ -38,7 +28,7 @@ async fn a_two_task_stage_runs_in_order_through_callbacks(db: TestDb) {
         .await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json(), json!({"status": "PROCESSED"}));
-    let second = executor.wait_for(2).await.remove(1);
+    let second = app.dispatched(&executor, 2).await;
     assert_ne!(second.id, first.id);
     assert_eq!(app.activity(id).await["status"], "PROCESSING");
 
@@ -70,9 +60,8 @@ async fn a_two_task_stage_runs_in_order_through_callbacks(db: TestDb) {
 
 on_both_backends!(a_failed_task_fails_the_activity_and_aborts_the_rest);
 async fn a_failed_task_fails_the_activity_and_aborts_the_rest(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
-    let first = executor.wait_for(1).await.remove(0);
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
+    let first = app.dispatched(&executor, 1).await;
     let answer = app
         .call_back(
             &first.callback_ref,
@@ -90,7 +79,7 @@ async fn a_failed_task_fails_the_activity_and_aborts_the_rest(db: TestDb) {
     assert_eq!(tasks[0]["status"], "FAILED");
     assert_eq!(tasks[0]["errors"], "terraform apply failed");
     assert_eq!(tasks[1]["status"], "ABORTED");
-    actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.drive_until_idle().await;
     assert_eq!(
         executor.received().len(),
         1,
@@ -109,14 +98,13 @@ async fn a_failed_task_fails_the_activity_and_aborts_the_rest(db: TestDb) {
 
 on_both_backends!(tasks_without_executor_succeed_and_unknown_executors_fail);
 async fn tasks_without_executor_succeed_and_unknown_executors_fail(db: TestDb) {
-    let executor = FakeExecutor::start().await;
     let lifecycle = json!({
         "dev": [{"template": {"name": "manual-check"}}, {"configurations": {"note": "no service either"}}, fake_task("after", json!({}))],
         "prod": [{"service": {"$href": "{gitlab}"}, "template": {"name": "deploy"}}]
     });
-    let (app, id) = running_dev(&db, &executor, lifecycle).await;
+    let (app, executor, id) = started_activity(&db, lifecycle).await;
     // Both executor-less tasks complete at once and the activity goes on to the third.
-    let third = executor.wait_for(1).await.remove(0);
+    let third = app.dispatched(&executor, 1).await;
     let tasks = app.tasks_of(id).await;
     assert_eq!(
         (tasks[0]["status"].as_str(), tasks[1]["status"].as_str()),
@@ -143,9 +131,8 @@ async fn tasks_without_executor_succeed_and_unknown_executors_fail(db: TestDb) {
 
 on_both_backends!(replayed_callbacks_are_idempotent_and_others_refused);
 async fn replayed_callbacks_are_idempotent_and_others_refused(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
-    let first = executor.wait_for(1).await.remove(0);
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
+    let first = app.dispatched(&executor, 1).await;
     let body = json!({"status": "PROCESSED", "results": {"n": 1}});
     assert_eq!(
         app.call_back(&first.callback_ref, Some(body.clone()))
@@ -153,7 +140,7 @@ async fn replayed_callbacks_are_idempotent_and_others_refused(db: TestDb) {
             .status,
         200
     );
-    executor.wait_for(2).await;
+    app.dispatched(&executor, 2).await;
     let replay = app.call_back(&first.callback_ref, Some(body)).await;
     assert_eq!(
         (replay.status, replay.json()),
@@ -173,10 +160,7 @@ async fn replayed_callbacks_are_idempotent_and_others_refused(db: TestDb) {
         )
         .await;
     failed.assert_error(409, "40911");
-    let task = app
-        .get(&format!("{DEVOPS}/tasks/{}", first.id))
-        .await
-        .json();
+    let task = app.task(first.id).await;
     assert_eq!(
         (task["status"].as_str(), task["results"].as_str()),
         (Some("PROCESSED"), Some(r#"{"n":1}"#)),
@@ -188,9 +172,8 @@ async fn replayed_callbacks_are_idempotent_and_others_refused(db: TestDb) {
 
 on_both_backends!(callbacks_need_their_token_and_a_valid_body);
 async fn callbacks_need_their_token_and_a_valid_body(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
-    let first = executor.wait_for(1).await.remove(0);
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
+    let first = app.dispatched(&executor, 1).await;
     let path = format!("{DEVOPS}/tasks/{}/status?action=STOP", first.id);
     let ok = json!({"status": "PROCESSED"});
     app.call("PATCH", &path, Some(&ok))
@@ -262,9 +245,8 @@ async fn callbacks_need_their_token_and_a_valid_body(db: TestDb) {
 on_both_backends!(a_nul_in_the_callback_errors_is_stored_as_a_replacement_character);
 async fn a_nul_in_the_callback_errors_is_stored_as_a_replacement_character(db: TestDb) {
     // PostgreSQL cannot store NUL in text: the callback was a 500 there and the task hung.
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
-    let first = executor.wait_for(1).await.remove(0);
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
+    let first = app.dispatched(&executor, 1).await;
     let body = json!({"status": "FAILED", "errors": "exit\u{0}1"});
     let answer = app.call_back(&first.callback_ref, Some(body.clone())).await;
     assert_eq!(answer.status, 200, "{answer:?}");
@@ -282,13 +264,12 @@ on_both_backends!(the_deepest_results_a_callback_may_carry_reach_the_lifecycle);
 async fn the_deepest_results_a_callback_may_carry_reach_the_lifecycle(db: TestDb) {
     // serde_json refuses a body nested 128 deep (400), so results may be 126 deep. The service
     // wraps them (`{"task1": …}`, the Context) and reads some of that back: nothing may break.
-    let executor = FakeExecutor::start().await;
     let lifecycle = json!({"dev": [
         fake_task("first", json!({})),
         {"template": {"name": "second"}}
     ]});
-    let (app, id) = running_dev(&db, &executor, lifecycle).await;
-    let first = executor.wait_for(1).await.remove(0);
+    let (app, executor, id) = started_activity(&db, lifecycle).await;
+    let first = app.dispatched(&executor, 1).await;
     let deepest = |depth: usize| {
         format!(
             "{}{{}}{}",
@@ -344,22 +325,10 @@ async fn callbacks_without_token_are_accepted_when_tokens_are_off(db: TestDb) {
     let executor = FakeExecutor::start().await;
     let mut settings = test_settings(&db, Some(&executor.address));
     settings.callbacks.require_token = false;
-    let app = spawn_app(settings).await;
-    app.put_descriptor(
-        "p1",
-        "1.0.0",
-        &descriptor(json!({"dev": [fake_task("only", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
-    let task = executor.wait_for(1).await.remove(0);
-    let answer = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/tasks/{}/status?action=STOP", task.id),
-            None,
-        )
-        .await;
+    let app = spawn_stepped_app(settings).await;
+    let id = app.start_dev(fake_stage(&["only"])).await;
+    let task = app.dispatched(&executor, 1).await;
+    let answer = app.task_action(task.id, "STOP").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     app.wait_for_activity(id, "PROCESSED").await;
     app.stop().await;
@@ -367,16 +336,9 @@ async fn callbacks_without_token_are_accepted_when_tokens_are_off(db: TestDb) {
 
 on_both_backends!(abort_stops_the_activity_and_refuses_its_late_callback);
 async fn abort_stops_the_activity_and_refuses_its_late_callback(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
-    let first = executor.wait_for(1).await.remove(0);
-    let answer = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/activities/{id}/status?action=ABORT"),
-            None,
-        )
-        .await;
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
+    let first = app.dispatched(&executor, 1).await;
+    let answer = app.activity_action(id, "ABORT").await;
     assert_eq!(answer.json(), json!({"status": "ABORTED"}));
     let tasks = app.tasks_of(id).await;
     assert!(tasks.iter().all(|t| t["status"] == "ABORTED"), "{tasks:?}");
@@ -392,57 +354,31 @@ async fn abort_stops_the_activity_and_refuses_its_late_callback(db: TestDb) {
         "ABORTED",
         "a late callback never flips ABORTED"
     );
-    let again = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/activities/{id}/status?action=ABORT"),
-            None,
-        )
-        .await;
+    let again = app.activity_action(id, "ABORT").await;
     again.assert_error(409, "40901");
-    let start = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/activities/{id}/status?action=START"),
-            None,
-        )
-        .await;
+    let start = app.activity_action(id, "START").await;
     start.assert_error(422, "42201");
     app.stop().await;
 }
 
 on_both_backends!(aborting_a_task_aborts_its_activity);
 async fn aborting_a_task_aborts_its_activity(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
-    let first = executor.wait_for(1).await.remove(0);
-    let answer = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/tasks/{}/status?action=ABORT", first.id),
-            None,
-        )
-        .await;
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
+    let first = app.dispatched(&executor, 1).await;
+    let answer = app.task_action(first.id, "ABORT").await;
     assert_eq!(answer.json(), json!({"status": "ABORTED"}));
     let activity = app.activity(id).await;
     assert_eq!(activity["status"], "ABORTED");
     assert!(activity["errors"].as_str().unwrap().contains("aborted"));
-    let again = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/tasks/{}/status?action=ABORT", first.id),
-            None,
-        )
-        .await;
+    let again = app.task_action(first.id, "ABORT").await;
     again.assert_error(409, "40911");
     app.stop().await;
 }
 
 on_both_backends!(executor_answers_with_an_outcome_at_once);
 async fn executor_answers_with_an_outcome_at_once(db: TestDb) {
-    let executor = FakeExecutor::start().await;
+    let (app, executor, id) = started_activity(&db, two_tasks()).await;
     executor.reply_with("PROCESSED", Some(json!({"done": true})));
-    let (app, id) = running_dev(&db, &executor, two_tasks()).await;
     let activity = app.wait_for_activity(id, "PROCESSED").await;
     let results: Value = serde_json::from_str(activity["results"].as_str().unwrap()).unwrap();
     assert_eq!(
@@ -455,8 +391,7 @@ async fn executor_answers_with_an_outcome_at_once(db: TestDb) {
 
 on_both_backends!(secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear);
 async fn secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let (app, executor) = stepped_app_with_fake(&db).await;
     app.put_descriptor("p1", "1.0.0", &descriptor(two_tasks()))
         .await;
     let body = json!({"dataProductId": "p1", "dataProductVersion": "1.0.0", "stage": "dev"});
@@ -472,7 +407,7 @@ async fn secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear(db: T
         )
         .await;
     assert_eq!(created.status, 201, "{created:?}");
-    let received = executor.wait_for(1).await.remove(0);
+    let received = app.dispatched(&executor, 1).await;
     assert_eq!(
         received.headers.get("x-odm-token").map(String::as_str),
         Some("s3cr3t-value")
@@ -491,7 +426,10 @@ async fn secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear(db: T
     let stored = odm_devops::db::Db::connect(&db.url, 1).unwrap();
     let row = stored
         .read(move |conn| {
-            Ok::<_, odm_devops::db::DbError>(odm_devops::db::find_activity(conn, id)?)
+            Ok::<_, odm_devops::db::DbError>(odm_devops::db::find_activity(
+                conn,
+                odm_devops::domain::ActivityId(id),
+            )?)
         })
         .await
         .unwrap()
@@ -502,7 +440,7 @@ async fn secrets_reach_the_executor_and_are_never_shown_or_stored_in_clear(db: T
     assert!(!sealed.contains("s3cr3t"));
     // The second task gets them too, from the sealed copy.
     app.call_back(&received.callback_ref, None).await;
-    let second = executor.wait_for(2).await.remove(1);
+    let second = app.dispatched(&executor, 2).await;
     assert_eq!(
         second.headers.get("x-odm-token").map(String::as_str),
         Some("s3cr3t-value")

@@ -30,22 +30,20 @@ fn results(json_text: &str) -> Value {
 /// Runs dev then test, restarting the service between steps when `restarts` is set, and checks
 /// the exact context and parameters each task received.
 async fn seed_flow(db: TestDb, restarts: bool) {
-    let executor = FakeExecutor::start().await;
-    let settings = || test_settings(&db, Some(&executor.address));
-    let mut app = spawn_app(settings()).await;
+    let (mut app, executor) = stepped_app_with_fake(&db).await;
     app.put_descriptor("vm-product", "1.0.0", &descriptor(seed_lifecycle()))
         .await;
     let restart = |app: TestApp| async {
         if restarts {
             app.stop().await;
-            spawn_app(settings()).await
+            spawn_stepped_app(test_settings(&db, Some(&executor.address))).await
         } else {
             app
         }
     };
 
     let dev = app.start_activity("vm-product", "1.0.0", "dev").await;
-    let provision = executor.wait_for(1).await.remove(0);
+    let provision = app.dispatched(&executor, 1).await;
     assert_eq!(
         provision.configurations["context"],
         json!({"dev": {"status": "RUNNING", "finishedAt": null, "results": null}})
@@ -62,7 +60,7 @@ async fn seed_flow(db: TestDb, restarts: bool) {
         200
     );
 
-    let deploy = executor.wait_for(2).await.remove(1);
+    let deploy = app.dispatched(&executor, 2).await;
     assert_eq!(
         deploy.configurations["context"],
         json!({"dev": {"status": "RUNNING", "finishedAt": null, "results": {"task1": serde_json::from_str::<Value>(VM).unwrap()}}})
@@ -84,7 +82,7 @@ async fn seed_flow(db: TestDb, restarts: bool) {
     app = restart(app).await;
 
     app.start_activity("vm-product", "1.0.0", "test").await;
-    let tests = executor.wait_for(3).await.remove(2);
+    let tests = app.dispatched(&executor, 3).await;
     assert_eq!(
         tests.configurations["context"],
         json!({
@@ -104,14 +102,15 @@ async fn seed_flow(db: TestDb, restarts: bool) {
 }
 
 /// The task row keeps the configurations as they were sent: resolved, with the context. The
-/// engine records them just after the executor accepted the task, so wait for that.
+/// engine records them once the executor accepted the task.
 async fn assert_stored_as_sent(app: &TestApp, sent: &Received) {
-    eventually("the sent configurations to be stored", || async {
-        let task = app.get(&format!("{DEVOPS}/tasks/{}", sent.id)).await.json();
-        let stored: Value = serde_json::from_str(task["configurations"].as_str()?).ok()?;
-        (stored == sent.configurations).then_some(())
-    })
-    .await;
+    app.drive_until_idle().await;
+    let task = app.task(sent.id).await;
+    let stored: Value = serde_json::from_str(task["configurations"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        stored, sent.configurations,
+        "the sent configurations are stored"
+    );
 }
 
 on_both_backends!(results_flow_from_task_to_task_and_stage_to_stage);
@@ -126,8 +125,7 @@ async fn results_flow_across_restarts(db: TestDb) {
 
 on_both_backends!(typed_values_and_quotes_survive_substitution);
 async fn typed_values_and_quotes_survive_substitution(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let (app, executor) = stepped_app_with_fake(&db).await;
     let lifecycle = json!({"dev": [
         fake_task("make", json!({})),
         fake_task("use", json!({
@@ -140,7 +138,7 @@ async fn typed_values_and_quotes_survive_substitution(db: TestDb) {
     ]});
     app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
     app.start_activity("p", "1", "dev").await;
-    let make = executor.wait_for(1).await.remove(0);
+    let make = app.dispatched(&executor, 1).await;
     let produced = json!({"port": 8080, "flags": [true, false], "hosts": ["a.example", "b.example"],
                           "quote": "he said \"hi\" \\ bye", "nested": {"k": null}});
     app.call_back(
@@ -148,7 +146,7 @@ async fn typed_values_and_quotes_survive_substitution(db: TestDb) {
         Some(json!({"status": "PROCESSED", "results": produced})),
     )
     .await;
-    let used = executor.wait_for(2).await.remove(1);
+    let used = app.dispatched(&executor, 2).await;
     let c = &used.configurations;
     assert_eq!(
         c["port"],
@@ -167,15 +165,14 @@ async fn typed_values_and_quotes_survive_substitution(db: TestDb) {
 
 on_both_backends!(an_unresolvable_placeholder_fails_the_task_before_dispatch);
 async fn an_unresolvable_placeholder_fails_the_task_before_dispatch(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let (app, executor) = stepped_app_with_fake(&db).await;
     let lifecycle = json!({
         "dev": [fake_task("a", json!({}))],
         "test": [fake_task("b", json!({"params": {"ip": "${dev.results.task1.vm.ip}"}})), fake_task("c", json!({}))]
     });
     app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
     let dev = app.start_activity("p", "1", "dev").await;
-    let a = executor.wait_for(1).await.remove(0);
+    let a = app.dispatched(&executor, 1).await;
     app.call_back(
         &a.callback_ref,
         Some(json!({"status": "PROCESSED", "results": {"vm": {"name": "x"}}})),
@@ -201,42 +198,38 @@ async fn on_missing_keep_leaves_the_placeholder_as_written(db: TestDb) {
     let executor = FakeExecutor::start().await;
     let mut settings = test_settings(&db, Some(&executor.address));
     settings.placeholders.on_missing = odm_devops::config::OnMissing::Keep;
-    let app = spawn_app(settings).await;
+    let app = spawn_stepped_app(settings).await;
     let lifecycle =
         json!({"dev": [fake_task("a", json!({"later": "${prod.results.task1.url}"}))], "prod": []});
     app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
     app.start_activity("p", "1", "dev").await;
-    let a = executor.wait_for(1).await.remove(0);
+    let a = app.dispatched(&executor, 1).await;
     assert_eq!(a.configurations["later"], "${prod.results.task1.url}");
     app.stop().await;
 }
 
 on_both_backends!(failed_activities_stay_out_of_the_context);
 async fn failed_activities_stay_out_of_the_context(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let (app, executor) = stepped_app_with_fake(&db).await;
     let lifecycle =
         json!({"dev": [fake_task("a", json!({}))], "test": [fake_task("b", json!({}))]});
     app.put_descriptor("p", "1", &descriptor(lifecycle)).await;
-    for (stage, outcome) in [
+    for (n, (stage, outcome)) in [
         ("dev", json!({"status": "PROCESSED", "results": {"v": 1}})),
         ("dev", json!({"status": "PROCESSED", "results": {"v": 2}})),
         ("test", json!({"status": "FAILED", "errors": "red"})),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let id = app.start_activity("p", "1", stage).await;
-        let task = executor
-            .wait_for(executor.received().len() + 1)
-            .await
-            .pop()
-            .unwrap();
+        let task = app.dispatched(&executor, n + 1).await;
         app.call_back(&task.callback_ref, Some(outcome)).await;
-        eventually("the activity to end", || async {
-            (app.activity(id).await["finishedAt"].is_string()).then_some(())
-        })
-        .await;
+        app.drive_until_idle().await;
+        assert!(app.activity(id).await["finishedAt"].is_string(), "ended");
     }
     app.start_activity("p", "1", "test").await;
-    let last = executor.wait_for(4).await.pop().unwrap();
+    let last = app.dispatched(&executor, 4).await;
     let context = &last.configurations["context"];
     assert_eq!(
         context["dev"]["results"],

@@ -18,15 +18,11 @@ fn lifecycle() -> Value {
 
 on_both_backends!(a_restart_between_dispatch_and_callback_loses_nothing);
 async fn a_restart_between_dispatch_and_callback_loses_nothing(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
-        .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
-    let first = executor.wait_for(1).await.remove(0);
+    let (app, executor, id) = started_activity(&db, lifecycle()).await;
+    let first = app.dispatched(&executor, 1).await;
     app.stop().await;
 
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let app = spawn_stepped_app(test_settings(&db, Some(&executor.address))).await;
     let answer = app
         .call_back(
             &first.callback_ref,
@@ -37,7 +33,7 @@ async fn a_restart_between_dispatch_and_callback_loses_nothing(db: TestDb) {
         answer.status, 200,
         "the token survives the restart: {answer:?}"
     );
-    let second = executor.wait_for(2).await.remove(1);
+    let second = app.dispatched(&executor, 2).await;
     app.call_back(&second.callback_ref, None).await;
     app.wait_for_activity(id, "PROCESSED").await;
     app.stop().await;
@@ -45,32 +41,12 @@ async fn a_restart_between_dispatch_and_callback_loses_nothing(db: TestDb) {
 
 on_both_backends!(one_activity_per_product_version_runs_at_a_time);
 async fn one_activity_per_product_version_runs_at_a_time(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
-        .await;
-    let dev = app
-        .create_activity("p1", "1.0.0", "dev", false)
-        .await
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let test = app
-        .create_activity("p1", "1.0.0", "test", false)
-        .await
-        .json()["id"]
-        .as_i64()
-        .unwrap();
+    let (app, _executor) = stepped_app_with_stages(&db, lifecycle()).await;
+    let dev = app.planned_activity("p1", "1.0.0", "dev").await;
+    let test = app.planned_activity("p1", "1.0.0", "test").await;
     let start = |id: i64| {
         let app = &app;
-        async move {
-            app.call(
-                "PATCH",
-                &format!("{DEVOPS}/activities/{id}/status?action=START"),
-                None,
-            )
-            .await
-        }
+        async move { app.activity_action(id, "START").await }
     };
     let (a, b) = futures_util::future::join(start(dev), start(test)).await;
     let mut statuses = [a.status, b.status];
@@ -79,20 +55,16 @@ async fn one_activity_per_product_version_runs_at_a_time(db: TestDb) {
     let refused = if a.status == 409 { a } else { b };
     assert!(refused.assert_error(409, "40901").contains("PROCESSING"));
     let processing = app
-        .get(&format!("{DEVOPS}/activities?status=PROCESSING"))
-        .await
-        .json();
+        .get_json(&format!("{DEVOPS}/activities?status=PROCESSING"))
+        .await;
     assert_eq!(processing.as_array().unwrap().len(), 1);
     app.stop().await;
 }
 
 on_both_backends!(the_lifecycle_records_each_stage_reached_once);
 async fn the_lifecycle_records_each_stage_reached_once(db: TestDb) {
-    let executor = FakeExecutor::start().await;
+    let (app, executor) = stepped_app_with_stages(&db, lifecycle()).await;
     executor.reply_with("PROCESSED", Some(json!({"ok": true})));
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
-        .await;
     app.put_descriptor("p1", "2.0.0", &descriptor(lifecycle()))
         .await;
     let none = app
@@ -100,18 +72,13 @@ async fn the_lifecycle_records_each_stage_reached_once(db: TestDb) {
         .await;
     assert_eq!((none.status, none.text.as_str()), (200, ""));
     for stage in ["dev", "test"] {
-        let id = app.create_activity("p1", "1.0.0", stage, true).await.json()["id"]
-            .as_i64()
-            .unwrap();
+        let id = app.start_activity("p1", "1.0.0", stage).await;
         app.wait_for_activity(id, "PROCESSED").await;
     }
     let id = app.start_activity("p1", "2.0.0", "dev").await;
     app.wait_for_activity(id, "PROCESSED").await;
 
-    let history = app
-        .get(&format!("{DEVOPS}/lifecycles/p1/1.0.0"))
-        .await
-        .json();
+    let history = app.get_json(&format!("{DEVOPS}/lifecycles/p1/1.0.0")).await;
     let history = history.as_array().unwrap();
     assert_eq!(history.len(), 2, "{history:?}");
     assert_eq!(history[0]["stage"], "dev");
@@ -124,28 +91,13 @@ async fn the_lifecycle_records_each_stage_reached_once(db: TestDb) {
     let results: Value = serde_json::from_str(history[1]["results"].as_str().unwrap()).unwrap();
     assert_eq!(results, json!({"task1": {"ok": true}}));
     let current = app
-        .get(&format!("{DEVOPS}/lifecycles/p1/1.0.0/current"))
-        .await
-        .json();
+        .get_json(&format!("{DEVOPS}/lifecycles/p1/1.0.0/current"))
+        .await;
     assert_eq!(current["stage"], "test");
-    assert_eq!(
-        app.get(&format!("{DEVOPS}/lifecycles/p1"))
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
-    assert_eq!(
-        app.get(&format!("{DEVOPS}/lifecycles"))
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    for all_of in ["/lifecycles/p1", "/lifecycles"] {
+        let rows = app.get_json(&format!("{DEVOPS}{all_of}")).await;
+        assert_eq!(rows.as_array().unwrap().len(), 3, "{all_of}");
+    }
     app.stop().await;
 }
 
@@ -155,13 +107,7 @@ async fn a_run_that_never_calls_back_is_polled(db: TestDb) {
     let mut settings = test_settings(&db, Some(&executor.address));
     settings.engine.poll_after_secs = 1;
     let app = spawn_app(settings).await;
-    app.put_descriptor(
-        "p1",
-        "1.0.0",
-        &descriptor(json!({"dev": [fake_task("silent", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    let id = app.start_dev(fake_stage(&["silent"])).await;
     executor.wait_for(1).await;
     eventually("a status poll", || async {
         (executor.status_requests() > 0).then_some(())
@@ -183,9 +129,7 @@ async fn a_task_past_its_timeout_fails(db: TestDb) {
     let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
     let lifecycle =
         json!({"dev": [fake_task("slow", json!({"timeout": 1})), fake_task("never", json!({}))]});
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
-        .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    let id = app.start_dev(lifecycle).await;
     let activity = app.wait_for_activity(id, "FAILED").await;
     let tasks = app.tasks_of(id).await;
     assert!(
@@ -202,13 +146,7 @@ async fn a_transient_executor_failure_is_retried(db: TestDb) {
     let executor = FakeExecutor::start().await;
     executor.fail_next(&[503]);
     let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    app.put_descriptor(
-        "p1",
-        "1.0.0",
-        &descriptor(json!({"dev": [fake_task("flaky", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    let id = app.start_dev(fake_stage(&["flaky"])).await;
     let received = executor.wait_for(1).await;
     assert_eq!(app.tasks_of(id).await[0]["status"], "PROCESSING");
     let answer = app.call_back(&received[0].callback_ref, None).await;
@@ -222,16 +160,8 @@ async fn a_transient_executor_failure_is_retried(db: TestDb) {
 
 on_both_backends!(a_rejected_task_fails_with_the_executors_message);
 async fn a_rejected_task_fails_with_the_executors_message(db: TestDb) {
-    let executor = FakeExecutor::start().await;
+    let (app, executor, id) = started_activity(&db, fake_stage(&["bad"])).await;
     executor.fail_next(&[400]);
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    app.put_descriptor(
-        "p1",
-        "1.0.0",
-        &descriptor(json!({"dev": [fake_task("bad", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
     app.wait_for_activity(id, "FAILED").await;
     let errors = app.tasks_of(id).await[0]["errors"]
         .as_str()
@@ -246,13 +176,7 @@ async fn an_unreachable_executor_is_retried_then_fails(db: TestDb) {
     let mut settings = test_settings(&db, Some(&format!("http://127.0.0.1:{}", unused_port())));
     settings.engine.max_dispatch_attempts = 2;
     let app = spawn_app(settings).await;
-    app.put_descriptor(
-        "p1",
-        "1.0.0",
-        &descriptor(json!({"dev": [fake_task("gone", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
+    let id = app.start_dev(fake_stage(&["gone"])).await;
     app.wait_for_activity(id, "FAILED").await;
     let errors = app.tasks_of(id).await[0]["errors"]
         .as_str()
@@ -269,20 +193,10 @@ on_both_backends!(the_activity_waits_while_a_callback_is_being_confirmed);
 async fn the_activity_waits_while_a_callback_is_being_confirmed(db: TestDb) {
     let executor = FakeExecutor::start().await;
     let mut settings = test_settings(&db, Some(&executor.address));
-    if let Some(odm_devops::config::ExecutorSettings::OdmHttp(fake)) =
-        settings.executors.get_mut("fake")
-    {
-        fake.check_after_callback = true;
-    }
+    fake_executor(&mut settings).check_after_callback = true;
     let app = spawn_app(settings).await;
-    app.put_descriptor(
-        "p1",
-        "1.0.0",
-        &descriptor(json!({"dev": [fake_task("checked", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
-    let task = executor.wait_for(1).await.remove(0);
+    let id = app.start_dev(fake_stage(&["checked"])).await;
+    let task = app.dispatched(&executor, 1).await;
     let answer = app
         .call_back(
             &task.callback_ref,
@@ -318,18 +232,13 @@ async fn stopping_lets_a_dispatch_under_way_finish(db: TestDb) {
     let executor = FakeExecutor::start().await;
     executor.delay_replies(700);
     let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
-        .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
-    let first = executor.wait_for(1).await.remove(0);
+    let id = app.start_dev(lifecycle()).await;
+    let first = app.dispatched(&executor, 1).await;
     // The executor holds its answer: the service is asked to stop in the middle of the dispatch.
     app.stop().await;
 
     let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    let task = app
-        .get(&format!("{DEVOPS}/tasks/{}", first.id))
-        .await
-        .json();
+    let task = app.task(first.id).await;
     let stored: Value = serde_json::from_str(task["configurations"].as_str().unwrap()).unwrap();
     assert_eq!(
         stored, first.configurations,
@@ -347,21 +256,10 @@ async fn a_dispatch_that_times_out_is_not_sent_again(db: TestDb) {
     let executor = FakeExecutor::start().await;
     executor.delay_replies(1_500);
     let mut settings = test_settings(&db, Some(&executor.address));
-    if let Some(odm_devops::config::ExecutorSettings::OdmHttp(fake)) =
-        settings.executors.get_mut("fake")
-    {
-        fake.request_timeout_ms = 200;
-    }
-    let app = spawn_app(settings).await;
-    app.put_descriptor(
-        "p1",
-        "1.0.0",
-        &descriptor(json!({"dev": [fake_task("slow", json!({}))]})),
-    )
-    .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
-    let sent = executor.wait_for(1).await.remove(0);
-    actix_web::rt::time::sleep(Duration::from_millis(2_000)).await;
+    fake_executor(&mut settings).request_timeout_ms = 200;
+    let app = spawn_stepped_app(settings).await;
+    let id = app.start_dev(fake_stage(&["slow"])).await;
+    let sent = app.dispatched(&executor, 1).await;
     assert_eq!(
         executor.received().len(),
         1,
@@ -385,18 +283,16 @@ async fn a_dispatch_that_times_out_is_not_sent_again(db: TestDb) {
 // leave nothing behind: the engine once committed the first half and reported "superseded".
 on_both_backends!(a_superseded_engine_decision_changes_nothing);
 async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
-    use odm_devops::db::models::{ActivityChanges, TaskChanges};
     use odm_devops::db::{self as store, Db};
-    use odm_devops::domain::{ActivityStatus, TaskStatus};
+    use odm_devops::domain::{
+        ActivityChanges, ActivityId, ActivityStatus, ActivityUpdate, Plan, TaskChanges, TaskStatus,
+        TaskUpdate,
+    };
     use odm_devops::lifecycle::engine::{apply_decision, EngineError};
-    use odm_devops::lifecycle::state::{ActivityUpdate, Plan, TaskUpdate};
     use odm_devops::lifecycle::EngineTimings;
 
-    let app = spawn_app(test_settings(&db, None)).await;
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle()))
-        .await;
-    let created = app.create_activity("p1", "1.0.0", "dev", false).await;
-    let id = created.json()["id"].as_i64().unwrap();
+    let (app, _executor) = stepped_app_with_stages(&db, lifecycle()).await;
+    let id = ActivityId(app.planned_activity("p1", "1.0.0", "dev").await);
     app.stop().await;
 
     let url = db.url.clone();
@@ -415,7 +311,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
                     id: s.activity.id,
                     expected: ActivityStatus::Planned,
                     changes: ActivityChanges {
-                        status: Some(ActivityStatus::Aborted.as_str()),
+                        status: Some(ActivityStatus::Aborted),
                         ..ActivityChanges::default()
                     },
                 }),
@@ -425,7 +321,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
                     expected: TaskStatus::Processing,
                     expected_lease: None,
                     changes: TaskChanges {
-                        status: Some(TaskStatus::Aborted.as_str()),
+                        status: Some(TaskStatus::Aborted),
                         ..TaskChanges::default()
                     },
                 }],
@@ -439,7 +335,9 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
     );
     let status = db
         .read(move |conn| {
-            Ok::<_, odm_devops::db::DbError>(store::find_activity(conn, id)?.unwrap().status)
+            Ok::<_, odm_devops::db::DbError>(
+                store::find_activity(conn, id)?.unwrap().status.as_str(),
+            )
         })
         .await
         .unwrap();
@@ -447,4 +345,34 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
         status, "PLANNED",
         "the half applied before the conflict is rolled back"
     );
+}
+
+on_both_backends!(driving_the_engine_reports_each_step_it_carried_out);
+async fn driving_the_engine_reports_each_step_it_carried_out(db: TestDb) {
+    use odm_devops::domain::{Step, TaskId};
+    use odm_devops::lifecycle::engine::StepReport;
+    use odm_devops::metrics::StepResult;
+
+    // An executor-less task finishes in its dispatch step, which makes the next one due.
+    let lifecycle =
+        json!({"dev": [{"template": {"name": "manual"}}, fake_task("sent", json!({}))]});
+    let (app, executor, id) = started_activity(&db, lifecycle).await;
+    let tasks: Vec<i64> = app
+        .tasks_of(id)
+        .await
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    let done = |task: i64| StepReport {
+        task: TaskId(task),
+        step: Step::Dispatch,
+        result: StepResult::Done,
+    };
+    assert_eq!(
+        app.drive_until_idle().await,
+        [done(tasks[0]), done(tasks[1])]
+    );
+    assert_eq!(executor.received().len(), 1);
+    assert!(app.drive_until_idle().await.is_empty(), "nothing else due");
+    app.stop().await;
 }

@@ -7,12 +7,8 @@ use crate::helpers::*;
 use crate::on_both_backends;
 
 async fn app(db: &TestDb) -> (TestApp, FakeExecutor) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(db, Some(&executor.address))).await;
     let lifecycle = json!({"dev": [fake_task("a", json!({}))], "empty": []});
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
-        .await;
-    (app, executor)
+    stepped_app_with_stages(db, lifecycle).await
 }
 
 on_both_backends!(malformed_requests_are_400);
@@ -57,41 +53,20 @@ async fn malformed_requests_are_400(db: TestDb) {
 on_both_backends!(unknown_actions_are_400_with_their_code);
 async fn unknown_actions_are_400_with_their_code(db: TestDb) {
     let (app, _executor) = app(&db).await;
-    let id = app
-        .create_activity("p1", "1.0.0", "dev", false)
-        .await
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let bad = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/activities/{id}/status?action=PAUSE"),
-            None,
-        )
-        .await;
+    let id = app.planned_activity("p1", "1.0.0", "dev").await;
+    let bad = app.activity_action(id, "PAUSE").await;
     assert!(bad.assert_error(400, "40055").contains("START or ABORT"));
     app.call("PATCH", &format!("{DEVOPS}/activities/{id}/status"), None)
         .await
         .assert_error(400, "40055");
     let task = app.tasks_of(id).await[0]["id"].as_i64().unwrap();
-    let start = app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/tasks/{task}/status?action=START"),
-            None,
-        )
-        .await;
+    let start = app.task_action(task, "START").await;
     assert!(start
         .assert_error(400, "40065")
         .contains("through their activity"));
-    app.call(
-        "PATCH",
-        &format!("{DEVOPS}/tasks/{task}/status?action=RESUME"),
-        None,
-    )
-    .await
-    .assert_error(400, "40065");
+    app.task_action(task, "RESUME")
+        .await
+        .assert_error(400, "40065");
     app.stop().await;
 }
 
@@ -103,13 +78,9 @@ async fn missing_things_are_404(db: TestDb) {
             .await
             .assert_error(404, "40401");
     }
-    app.call(
-        "PATCH",
-        &format!("{DEVOPS}/activities/999/status?action=START"),
-        None,
-    )
-    .await
-    .assert_error(404, "40401");
+    app.activity_action(999, "START")
+        .await
+        .assert_error(404, "40401");
     app.call("DELETE", &format!("{DEVOPS}/activities/999"), None)
         .await
         .assert_error(404, "40401");
@@ -126,13 +97,9 @@ async fn missing_things_are_404(db: TestDb) {
     )
     .await
     .assert_error(401, "40101");
-    app.call(
-        "PATCH",
-        &format!("{DEVOPS}/tasks/999/status?action=ABORT"),
-        None,
-    )
-    .await
-    .assert_error(404, "40411");
+    app.task_action(999, "ABORT")
+        .await
+        .assert_error(404, "40411");
     app.stop().await;
 }
 
@@ -290,7 +257,7 @@ async fn api_tokens_guard_the_api_but_not_callbacks(db: TestDb) {
         .assert_error(401, "40101");
     let auth = [("Authorization", "Bearer team-token")];
     assert_eq!(app.send("GET", &path, None, &auth).await.status, 200);
-    let descriptor = descriptor(json!({"dev": [fake_task("a", json!({}))]})).to_string();
+    let descriptor = descriptor(fake_stage(&["a"])).to_string();
     let put = app
         .send(
             "PUT",
@@ -311,7 +278,7 @@ async fn api_tokens_guard_the_api_but_not_callbacks(db: TestDb) {
         )
         .await;
     assert_eq!(created.status, 201, "{created:?}");
-    let task = executor.wait_for(1).await.remove(0);
+    let task = app.dispatched(&executor, 1).await;
     assert_eq!(
         app.call_back(&task.callback_ref, None).await.status,
         200,
@@ -339,11 +306,7 @@ on_both_backends!(remote_registry_errors_map_to_odm_codes);
 async fn remote_registry_errors_map_to_odm_codes(db: TestDb) {
     let registry = FakeRegistry::start().await;
     let executor = FakeExecutor::start().await;
-    registry.insert(
-        "p1",
-        "1.0.0",
-        descriptor(json!({"dev": [fake_task("a", json!({}))]})),
-    );
+    registry.insert("p1", "1.0.0", descriptor(fake_stage(&["a"])));
     let mut settings = test_settings(&db, Some(&executor.address));
     settings.registry.mode = odm_devops::config::RegistryMode::Remote;
     settings.registry.address = Some(registry.address.clone());

@@ -22,6 +22,7 @@ mod replicas;
 mod retries;
 mod sealing;
 mod security;
+mod storage;
 mod templates;
 mod ui;
 mod walkthrough;

@@ -69,13 +69,13 @@ on_both_backends!(a_finished_activity_shows_on_the_metrics_page);
 async fn a_finished_activity_shows_on_the_metrics_page(db: TestDb) {
     let executor = FakeExecutor::start().await;
     let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
-    let lifecycle = json!({"dev": [fake_task("first", json!({})), fake_task("second", json!({}))]});
+    let lifecycle = fake_stage(&["first", "second"]);
     app.put_descriptor(PRODUCT, "1.0.0", &descriptor(lifecycle))
         .await;
     // The first run request is answered late: meanwhile its dispatch is due and under way.
     executor.delay_replies(1000);
     let id = app.start_activity(PRODUCT, "1.0.0", "dev").await;
-    let first = executor.wait_for(1).await.remove(0);
+    let first = app.dispatched(&executor, 1).await;
     let during = scrape(&app).await;
     assert_eq!(during.value(r#"odm_devops_database_up"#), 1.0);
     assert_eq!(
@@ -107,7 +107,7 @@ async fn a_finished_activity_shows_on_the_metrics_page(db: TestDb) {
     let results = json!({"status": "PROCESSED", "results": {"url": "https://x"}});
     let answer = app.call_back(&first.callback_ref, Some(results)).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    let second = executor.wait_for(2).await.remove(1);
+    let second = app.dispatched(&executor, 2).await;
     assert_eq!(app.call_back(&second.callback_ref, None).await.status, 200);
     app.wait_for_activity(id, "PROCESSED").await;
     let replay = app.call_back(&second.callback_ref, None).await;

@@ -58,20 +58,14 @@ async fn the_embedded_registry_stores_validated_descriptors(db: TestDb) {
 
 on_both_backends!(a_planned_activity_keeps_its_snapshot_of_the_descriptor);
 async fn a_planned_activity_keeps_its_snapshot_of_the_descriptor(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let app = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let (app, executor) = stepped_app_with_fake(&db).await;
     app.put_descriptor(
         "p1",
         "1.0.0",
         &descriptor(json!({"dev": [fake_task("before", json!({"v": 1}))]})),
     )
     .await;
-    let id = app
-        .create_activity("p1", "1.0.0", "dev", false)
-        .await
-        .json()["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.planned_activity("p1", "1.0.0", "dev").await;
     app.put_descriptor(
         "p1",
         "1.0.0",
@@ -82,7 +76,7 @@ async fn a_planned_activity_keeps_its_snapshot_of_the_descriptor(db: TestDb) {
     .await;
     let started = app.start_planned(id).await;
     assert_eq!(started.status, 200, "{started:?}");
-    let received = executor.wait_for(1).await.remove(0);
+    let received = app.dispatched(&executor, 1).await;
     assert_eq!(received.template, json!({"pipeline": "before"}));
     assert_eq!(received.configurations["v"], 1);
     assert_eq!(app.tasks_of(id).await.len(), 1);
@@ -93,7 +87,7 @@ on_both_backends!(numbers_are_stored_exactly_as_sent);
 async fn numbers_are_stored_exactly_as_sent(db: TestDb) {
     // Found by the generated placeholder tests: serde_json's default float parsing may land one
     // step away from the number written, so 1171.4285714285713 came back as 1171.428571428571.
-    let app = spawn_app(test_settings(&db, None)).await;
+    let app = spawn_stepped_app(test_settings(&db, None)).await;
     let numbers = r#"{"x":1171.4285714285713,"y":0.30000000000000004,"z":2.2250738585072014e-308}"#;
     let body = format!(
         r#"{{"internalComponents":{{"lifecycleInfo":{{"dev":[{{"template":{{"name":"a","definition":{numbers}}},"configurations":{numbers}}}]}}}}}}"#
@@ -136,7 +130,7 @@ async fn normalized_descriptors_from_an_odm_registry_are_understood(db: TestDb) 
     let mut settings = test_settings(&db, Some(&executor.address));
     settings.registry.mode = odm_devops::config::RegistryMode::Remote;
     settings.registry.address = Some(registry.address.clone());
-    let app = spawn_app(settings).await;
+    let app = spawn_stepped_app(settings).await;
 
     let prod = app.create_activity("dpd", "1.0.0", "prod", true).await;
     assert_eq!(prod.status, 201, "{prod:?}");
@@ -149,19 +143,14 @@ async fn normalized_descriptors_from_an_odm_registry_are_understood(db: TestDb) 
             .collect::<Vec<_>>(),
         ["testPipeline", "testPipeline2"]
     );
-    let received = executor.wait_for(1).await.remove(0);
+    let received = app.dispatched(&executor, 1).await;
     assert_eq!(
         received.template,
         json!({"organization": "andreagioia", "project": "opendatamesh", "pipelineId": "3", "branch": "main"}),
         "the definition comes from rawContent"
     );
     assert_eq!(received.configurations["stagesToSkip"], json!([]));
-    app.call(
-        "PATCH",
-        &format!("{DEVOPS}/activities/{prod_id}/status?action=ABORT"),
-        None,
-    )
-    .await;
+    app.activity_action(prod_id, "ABORT").await;
 
     let wrong = app
         .create_activity("dpd", "1.0.0", "stage-wrong-executor", true)

@@ -8,8 +8,9 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use futures_util::future::{join, join_all};
 use odm_devops::db::schema::{activities, tasks};
-use odm_devops::db::{self, Db, DbError};
+use odm_devops::db::{Db, DbError};
 use odm_devops::domain::Step;
+use odm_devops::lifecycle::engine::claim_due_steps;
 use odm_devops::secret::Secret;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -87,7 +88,7 @@ async fn replicas_started_together_on_a_fresh_database_agree(db: TestDb) {
     let backend = db.backend;
     let mut dbs = vec![db];
     dbs.extend((1..FRESH_DATABASES).map(|_| TestDb::new(backend).unwrap()));
-    let one_task = descriptor(json!({"dev": [fake_task("build", json!({}))]}));
+    let one_task = descriptor(fake_stage(&["build"]));
     join_all(dbs.iter().map(|db| {
         let one_task = &one_task;
         async move {
@@ -366,7 +367,7 @@ async fn a_claim_skips_a_step_another_replica_is_changing(db: TestDb) {
         actix_web::rt::spawn(async move {
             store
                 .write(move |conn| {
-                    db::claim_due_steps(conn, "replica-a-1", now, now + 60_000, 10)
+                    claim_due_steps(conn, "replica-a-1", now, now + 60_000, 10)
                         .map_err(DbError::from)
                 })
                 .await

@@ -6,23 +6,19 @@ use crate::fakes::FakeExecutor;
 use crate::helpers::*;
 use crate::on_both_backends;
 
-async fn running(db: &TestDb, executor: &FakeExecutor, configurations: Value) -> (TestApp, i64) {
-    let app = spawn_app(test_settings(db, Some(&executor.address))).await;
+/// A started activity whose first task has these configurations.
+async fn running(db: &TestDb, configurations: Value) -> (TestApp, FakeExecutor, i64) {
     let lifecycle =
         json!({"dev": [fake_task("deploy", configurations), fake_task("smoke", json!({}))]});
-    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
-        .await;
-    let id = app.start_activity("p1", "1.0.0", "dev").await;
-    (app, id)
+    started_activity(db, lifecycle).await
 }
 
 on_both_backends!(a_failed_run_is_run_again_when_the_task_asks_for_it);
 async fn a_failed_run_is_run_again_when_the_task_asks_for_it(db: TestDb) {
-    let executor = FakeExecutor::start().await;
     let configurations =
         json!({"retry": {"max": 1, "backoff": 0}, "params": {"literal": "$${kept}"}});
-    let (app, id) = running(&db, &executor, configurations).await;
-    let first = executor.wait_for(1).await.remove(0);
+    let (app, executor, id) = running(&db, configurations).await;
+    let first = app.dispatched(&executor, 1).await;
     let failed = json!({"status": "FAILED", "errors": "cluster busy"});
     let answer = app
         .call_back(&first.callback_ref, Some(failed.clone()))
@@ -33,7 +29,7 @@ async fn a_failed_run_is_run_again_when_the_task_asks_for_it(db: TestDb) {
         "the task goes on"
     );
 
-    let second = executor.wait_for(2).await.remove(1);
+    let second = app.dispatched(&executor, 2).await;
     assert_eq!(second.id, first.id, "the same task, run again");
     assert_ne!(
         second.callback_ref, first.callback_ref,
@@ -43,10 +39,7 @@ async fn a_failed_run_is_run_again_when_the_task_asks_for_it(db: TestDb) {
         second.configurations["params"]["literal"], "${kept}",
         "each run resolves the configurations as planned, not the resolved ones"
     );
-    let task = app
-        .get(&format!("{DEVOPS}/tasks/{}", first.id))
-        .await
-        .json();
+    let task = app.task(first.id).await;
     assert_eq!(task["status"], "PROCESSING");
     let errors = task["errors"].as_str().unwrap();
     assert!(
@@ -62,7 +55,7 @@ async fn a_failed_run_is_run_again_when_the_task_asks_for_it(db: TestDb) {
     let done = json!({"status": "PROCESSED", "results": {"ok": true}});
     let answer = app.call_back(&second.callback_ref, Some(done)).await;
     assert_eq!(answer.json(), json!({"status": "PROCESSED"}));
-    let third = executor.wait_for(3).await.remove(2);
+    let third = app.dispatched(&executor, 3).await;
     app.call_back(&third.callback_ref, None).await;
     let activity = app.wait_for_activity(id, "PROCESSED").await;
     assert_eq!(activity["results"], json!(r#"{"task1":{"ok":true}}"#));
@@ -76,10 +69,9 @@ async fn a_failed_run_is_run_again_when_the_task_asks_for_it(db: TestDb) {
 
 on_both_backends!(when_every_run_fails_the_task_fails);
 async fn when_every_run_fails_the_task_fails(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = running(&db, &executor, json!({"retry": {"max": 1, "backoff": 0}})).await;
+    let (app, executor, id) = running(&db, json!({"retry": {"max": 1, "backoff": 0}})).await;
     for n in 1..=2 {
-        let run = executor.wait_for(n).await.remove(n - 1);
+        let run = app.dispatched(&executor, n).await;
         let failed = json!({"status": "FAILED", "errors": format!("attempt {n} broke")});
         app.call_back(&run.callback_ref, Some(failed)).await;
     }
@@ -98,10 +90,9 @@ async fn when_every_run_fails_the_task_fails(db: TestDb) {
 
 on_both_backends!(a_run_that_fails_at_once_is_retried);
 async fn a_run_that_fails_at_once_is_retried(db: TestDb) {
-    let executor = FakeExecutor::start().await;
+    let (app, executor, id) = running(&db, json!({"retry": {"max": 2, "backoff": 0}})).await;
     // The executor answers the run request with FAILED at once.
     executor.reply_with("FAILED", None);
-    let (app, id) = running(&db, &executor, json!({"retry": {"max": 2, "backoff": 0}})).await;
     let activity = app.wait_for_activity(id, "FAILED").await;
     assert_eq!(executor.received().len(), 3, "the first run and two more");
     assert!(activity["errors"]

@@ -2,6 +2,7 @@
 //! given; what happens to sealed secrets when the key changes or was sealed by an earlier version.
 
 use odm_devops::db::{self, Db, DbError};
+use odm_devops::domain::ActivityId;
 use odm_devops::secret::Secret;
 use serde_json::json;
 
@@ -61,7 +62,7 @@ async fn put_two_stages(app: &TestApp) {
 async fn sealed_of(db: &TestDb, id: i64) -> Option<String> {
     let direct = Db::connect(&db.url, 1).unwrap();
     direct
-        .read(move |conn| Ok::<_, DbError>(db::find_activity(conn, id)?))
+        .read(move |conn| Ok::<_, DbError>(db::find_activity(conn, ActivityId(id))?))
         .await
         .unwrap()
         .unwrap()
@@ -71,7 +72,13 @@ async fn sealed_of(db: &TestDb, id: i64) -> Option<String> {
 async fn set_sealed(db: &TestDb, id: i64, sealed: Option<String>) {
     let direct = Db::connect(&db.url, 1).unwrap();
     direct
-        .write(move |conn| Ok::<_, DbError>(db::set_sealed_secrets(conn, id, sealed.as_deref())?))
+        .write(move |conn| {
+            Ok::<_, DbError>(db::set_sealed_secrets(
+                conn,
+                ActivityId(id),
+                sealed.as_deref(),
+            )?)
+        })
         .await
         .unwrap();
 }

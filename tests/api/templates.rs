@@ -62,7 +62,7 @@ async fn a_template_by_reference_is_resolved_once_and_kept(db: TestDb) {
         "tpl-1",
         template_answer("tpl-1", json!({"pipeline": "deploy", "v": 1})),
     );
-    let app = spawn_app(remote_settings(&db, &registry, &executor)).await;
+    let app = spawn_stepped_app(remote_settings(&db, &registry, &executor)).await;
 
     let created = app.create_activity("p1", "1.0.0", "dev", false).await;
     assert_eq!(created.status, 201, "{created:?}");
@@ -86,7 +86,7 @@ async fn a_template_by_reference_is_resolved_once_and_kept(db: TestDb) {
     );
     let started = app.start_planned(id).await;
     assert_eq!(started.status, 200, "{started:?}");
-    let received = executor.wait_for(1).await.remove(0);
+    let received = app.dispatched(&executor, 1).await;
     assert_eq!(received.template, json!({"pipeline": "deploy", "v": 1}));
     assert_eq!(registry.template_requests().len(), 1);
     app.stop().await;

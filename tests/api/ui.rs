@@ -52,7 +52,7 @@ async fn the_dashboard_is_served_without_a_token_but_its_data_needs_one() {
 async fn the_dashboard_shows_activities_tasks_and_current_stages_as_text() {
     let Some(chromium) = chromium() else { return };
     let db = TestDb::new(Backend::Sqlite).unwrap();
-    let app = spawn_app(test_settings(&db, None)).await;
+    let app = spawn_stepped_app(test_settings(&db, None)).await;
     // Executor-less tasks finish at once; a hostile name must show as text, never as markup.
     let lifecycle = json!({
         "dev": [{"template": {"name": "<img src=x onerror=alert(1)>", "definition": {}}}],
@@ -62,12 +62,7 @@ async fn the_dashboard_shows_activities_tasks_and_current_stages_as_text() {
         .await;
     let dev = app.start_activity("sales", "1.0.0", "dev").await;
     app.wait_for_activity(dev, "PROCESSED").await;
-    let test = app
-        .create_activity("sales", "1.0.0", "test", false)
-        .await
-        .json()["id"]
-        .as_i64()
-        .unwrap();
+    let test = app.planned_activity("sales", "1.0.0", "test").await;
 
     let url = format!("{}/ui#activity={dev}", app.address);
     let dom = actix_web::rt::task::spawn_blocking(move || render(&chromium, &url))

@@ -6,7 +6,7 @@ use diesel::result::Error as DieselError;
 use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::{activities, tasks};
-use crate::domain::ActivityStatus;
+use crate::domain::{ActivityId, ActivityStatus};
 
 #[derive(Debug, Default, Clone)]
 pub struct ActivityFilter {
@@ -23,7 +23,7 @@ pub fn insert_activity(
     new_tasks: Vec<NewTask<'_>>,
 ) -> QueryResult<ActivityRow> {
     // MultiConnection supports neither `as_returning` nor batch inserts: one row at a time.
-    let id: i64 = diesel::insert_into(activities::table)
+    let id: ActivityId = diesel::insert_into(activities::table)
         .values(&activity)
         .returning(activities::id)
         .get_result(conn)?;
@@ -38,7 +38,7 @@ pub fn insert_activity(
     find_activity(conn, id)?.ok_or(DieselError::NotFound)
 }
 
-pub fn find_activity(conn: &mut Conn, id: i64) -> QueryResult<Option<ActivityRow>> {
+pub fn find_activity(conn: &mut Conn, id: ActivityId) -> QueryResult<Option<ActivityRow>> {
     activities::table
         .find(id)
         .select(ActivityRow::as_select())
@@ -58,7 +58,7 @@ pub fn list_activities(conn: &mut Conn, filter: &ActivityFilter) -> QueryResult<
         query = query.filter(activities::stage.eq(v.clone()));
     }
     if let Some(v) = filter.status {
-        query = query.filter(activities::status.eq(v.as_str()));
+        query = query.filter(activities::status.eq(v));
     }
     if let Some(after) = filter.page.after {
         query = query.filter(activities::id.gt(after));
@@ -73,16 +73,20 @@ pub fn list_activities(conn: &mut Conn, filter: &ActivityFilter) -> QueryResult<
 }
 
 /// Deletes a PLANNED activity (its tasks go with it); `None` when it is not PLANNED anymore.
-pub fn delete_planned_activity(conn: &mut Conn, id: i64) -> QueryResult<usize> {
+pub fn delete_planned_activity(conn: &mut Conn, id: ActivityId) -> QueryResult<usize> {
     diesel::delete(
         activities::table
             .filter(activities::id.eq(id))
-            .filter(activities::status.eq(ActivityStatus::Planned.as_str())),
+            .filter(activities::status.eq(ActivityStatus::Planned)),
     )
     .execute(conn)
 }
 
-pub fn set_sealed_secrets(conn: &mut Conn, id: i64, sealed: Option<&str>) -> QueryResult<usize> {
+pub fn set_sealed_secrets(
+    conn: &mut Conn,
+    id: ActivityId,
+    sealed: Option<&str>,
+) -> QueryResult<usize> {
     diesel::update(activities::table.find(id))
         .set(activities::sealed_secrets.eq(sealed))
         .execute(conn)
@@ -93,11 +97,11 @@ pub fn processing_activity(
     conn: &mut Conn,
     product: &str,
     version: &str,
-) -> QueryResult<Option<i64>> {
+) -> QueryResult<Option<ActivityId>> {
     activities::table
         .filter(activities::data_product_id.eq(product))
         .filter(activities::data_product_version.eq(version))
-        .filter(activities::status.eq(ActivityStatus::Processing.as_str()))
+        .filter(activities::status.eq(ActivityStatus::Processing))
         .select(activities::id)
         .first(conn)
         .optional()
@@ -109,12 +113,12 @@ pub fn planned_activity(
     product: &str,
     version: &str,
     stage: &str,
-) -> QueryResult<Option<i64>> {
+) -> QueryResult<Option<ActivityId>> {
     activities::table
         .filter(activities::data_product_id.eq(product))
         .filter(activities::data_product_version.eq(version))
         .filter(activities::stage.eq(stage))
-        .filter(activities::status.eq(ActivityStatus::Planned.as_str()))
+        .filter(activities::status.eq(ActivityStatus::Planned))
         .select(activities::id)
         .first(conn)
         .optional()

@@ -1,33 +1,26 @@
-//! Tasks: find and list.
+//! Tasks: find and list, for the API.
 
 use diesel::prelude::*;
 
 use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::tasks;
+use crate::domain::{ActivityId, TaskId, TaskStatus};
 
 #[derive(Debug, Default, Clone)]
 pub struct TaskFilter {
-    pub activity_id: Option<i64>,
+    pub activity_id: Option<ActivityId>,
     pub executor: Option<String>,
-    pub status: Option<&'static str>,
+    pub status: Option<TaskStatus>,
     pub page: Page,
 }
 
-pub fn find_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
+pub fn find_task(conn: &mut Conn, id: TaskId) -> QueryResult<Option<TaskRow>> {
     tasks::table
         .find(id)
         .select(TaskRow::as_select())
         .first(conn)
         .optional()
-}
-
-pub fn tasks_of(conn: &mut Conn, activity_id: i64) -> QueryResult<Vec<TaskRow>> {
-    tasks::table
-        .filter(tasks::activity_id.eq(activity_id))
-        .order(tasks::position)
-        .select(TaskRow::as_select())
-        .load(conn)
 }
 
 pub fn list_tasks(conn: &mut Conn, filter: &TaskFilter) -> QueryResult<Vec<TaskRow>> {

@@ -29,7 +29,7 @@ pub struct StepCounts {
 
 #[derive(Queryable)]
 struct StepGroup {
-    step: Option<String>,
+    step: Option<Step>,
     count: i64,
     /// SUM of nothing is NULL.
     overdue: Option<i64>,
@@ -86,7 +86,7 @@ pub fn work_counts(conn: &mut Conn, now: i64) -> QueryResult<WorkCounts> {
         ))
         .load(conn)?;
     for group in steps {
-        if let Some(step) = group.step.as_deref().and_then(Step::parse) {
+        if let Some(step) = group.step {
             counts.steps[step as usize] = StepCounts {
                 scheduled: group.count,
                 overdue: group.overdue.unwrap_or(0),

@@ -2,9 +2,13 @@
 //! Nothing it needs lives only in memory: a step is a row (`tasks.step`, `due_at`), so a restart
 //! or another replica picks up where this one stopped.
 //!
+//! One `tick` claims what is due and starts carrying it out; the loop (`spawn`) ticks when woken
+//! and every `engine.tick_ms`, and tests tick it themselves (`tick().await?.finished()`).
+//!
 //! It runs on one actix System thread (executors use awc, which is `!Send`); the database work
 //! goes through `Db`, on the blocking pool.
 
+mod dispatch;
 mod steps;
 
 use std::cell::Cell;
@@ -15,20 +19,26 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::{watch, Semaphore};
 
-use super::commands::{Applied, EngineTimings, Waker};
-use super::state::{Plan, Snapshot, Timing};
+use super::plumbing::{Applied, EngineTimings, Waker};
+use super::state::{self, Timing};
 use crate::clock::now_ms;
-use crate::config::{LimitSettings, OnMissing};
-use crate::db::{self, ApplyError, ClaimedStep, Db, DbConnection, DbError};
-use crate::domain::Step;
+use crate::config::LimitSettings;
+use crate::db::{self, ApplyError, Db, DbConnection, DbError, SnapshotOf};
+use crate::domain::{ActivityId, ClaimedStep, Plan, Snapshot, Step, TaskId};
 use crate::executor::Executors;
 use crate::keys::Keys;
 use crate::metrics::{Metrics, StepResult};
+use crate::placeholders::OnMissing;
 use crate::telemetry::error_chain as chain;
 
 /// How long a stopping engine waits for the steps under way (an executor call is bounded by
 /// its own timeouts).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait before a dispatch or a cancel is tried again.
+const RETRY_CAP_MS: i64 = 60_000;
+/// Longest wait before the provider is asked again to confirm a callback.
+const CONFIRM_CAP_MS: i64 = 30_000;
+const MAX_CANCEL_ATTEMPTS: i32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -50,7 +60,7 @@ pub enum EngineError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("activity {0} disappeared")]
-    Gone(i64),
+    Gone(ActivityId),
     /// Someone else changed the task first; their word stands.
     #[error("superseded: {0}")]
     Superseded(String),
@@ -81,9 +91,11 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     replica: String,
     claims: Cell<u64>,
+    /// One permit per step under way: bounds the steps this replica carries out at once.
+    in_flight: Arc<Semaphore>,
 }
 
-/// Stops the engine; steps already under way finish (or their leases expire).
+/// Stops the engine's loop; steps already under way finish (or their leases expire).
 pub struct EngineHandle {
     stop: watch::Sender<bool>,
     join: tokio::task::JoinHandle<()>,
@@ -93,6 +105,39 @@ impl EngineHandle {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.join.await;
+    }
+}
+
+/// What one tick did: the steps it claimed, carried out in the background.
+pub struct Tick {
+    /// Claimed as many as there was room for: more may be due already.
+    saturated: bool,
+    under_way: Vec<tokio::task::JoinHandle<StepReport>>,
+}
+
+/// What carrying out one claimed step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    pub task: TaskId,
+    pub step: Step,
+    pub result: StepResult,
+}
+
+impl Tick {
+    /// How many steps the tick claimed.
+    pub fn claimed(&self) -> usize {
+        self.under_way.len()
+    }
+
+    /// Waits until the tick's steps are carried out; what each did.
+    pub async fn finished(self) -> Vec<StepReport> {
+        let mut reports = Vec::with_capacity(self.under_way.len());
+        for step in self.under_way {
+            if let Ok(report) = step.await {
+                reports.push(report);
+            }
+        }
+        reports
     }
 }
 
@@ -111,6 +156,7 @@ impl Engine {
             executors,
             keys,
             timings,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
             waker,
             metrics,
@@ -126,34 +172,54 @@ impl Engine {
         EngineHandle { stop, join }
     }
 
+    /// Claims what is due, as much as the steps under way leave room for, and starts carrying
+    /// it out on the current actix System thread.
+    pub async fn tick(self: &Rc<Self>) -> Result<Tick, DbError> {
+        let room = self.in_flight.available_permits().min(self.config.batch);
+        if room == 0 {
+            return Ok(Tick {
+                saturated: false,
+                under_way: Vec::new(),
+            });
+        }
+        let steps = self.claim(room).await?;
+        let saturated = steps.len() == room;
+        let under_way = steps
+            .into_iter()
+            .map(|step| {
+                let permit = self
+                    .in_flight
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("room was counted");
+                let engine = self.clone();
+                actix_web::rt::spawn(async move {
+                    let report = engine.carry_out(step).await;
+                    drop(permit);
+                    report
+                })
+            })
+            .collect();
+        Ok(Tick {
+            saturated,
+            under_way,
+        })
+    }
+
     async fn run(self: Rc<Self>, mut stopped: watch::Receiver<bool>) {
         tracing::info!(replica = %self.replica, "engine started");
-        let permits = std::sync::Arc::new(Semaphore::new(self.config.max_in_flight));
         loop {
             if *stopped.borrow() {
                 break;
             }
-            let room = permits.available_permits().min(self.config.batch);
-            let mut saturated = false;
-            if room > 0 {
-                match self.claim(room).await {
-                    Ok(steps) => {
-                        saturated = steps.len() == room;
-                        for step in steps {
-                            let permit = permits
-                                .clone()
-                                .try_acquire_owned()
-                                .expect("room was counted");
-                            let engine = self.clone();
-                            actix_web::rt::spawn(async move {
-                                engine.carry_out(step).await;
-                                drop(permit);
-                            });
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %chain(&e), "claiming due steps failed"),
+            let saturated = match self.tick().await {
+                // The steps go on in the background; the loop does not wait for them.
+                Ok(tick) => tick.saturated,
+                Err(e) => {
+                    tracing::error!(error = %chain(&e), "claiming due steps failed");
+                    false
                 }
-            }
+            };
             if saturated {
                 // More may be due right now: claim again before sleeping.
                 actix_web::rt::task::yield_now().await;
@@ -168,7 +234,7 @@ impl Engine {
         // A step cut between its claim and its send would leave its task waiting for a callback
         // that never comes (it is not sent again blindly): let the steps under way finish.
         let all = self.config.max_in_flight as u32;
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all)).await;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.in_flight.acquire_many(all)).await;
         if drained.is_err() {
             tracing::warn!(replica = %self.replica, "engine stopped with steps still under way; their leases will expire");
         }
@@ -183,7 +249,7 @@ impl Engine {
         self.db
             .write(move |conn| {
                 let now = now_ms();
-                Ok(db::claim_due_steps(
+                Ok(claim_due_steps(
                     conn,
                     &claim,
                     now,
@@ -194,24 +260,22 @@ impl Engine {
             .await
     }
 
-    async fn carry_out(&self, claimed: ClaimedStep) {
-        let task_id = claimed.task.id;
-        let Some(step) = claimed.task.step.as_deref().and_then(Step::parse) else {
-            return;
-        };
+    async fn carry_out(&self, claimed: ClaimedStep) -> StepReport {
+        let (task, step) = (claimed.task.id, claimed.step);
         let started = Instant::now();
-        let result = self.run_step(step, claimed).await.unwrap_or_else(|e| {
+        let result = self.run_step(claimed).await.unwrap_or_else(|e| {
             // The lease runs out and the step is claimed again (a dispatch then waits for its
             // callback rather than risk starting a second run).
-            tracing::error!(task_id, error = %chain(&e), "engine step failed");
+            tracing::error!(task_id = task.get(), error = %chain(&e), "engine step failed");
             StepResult::Error
         });
         self.metrics.step_run(step, result, started.elapsed());
+        StepReport { task, step, result }
     }
 
     /// Applies the plan `decide` makes from a fresh snapshot, in one transaction; wakes the
     /// loop when the plan leaves more work due. `Done`, for the step that decided.
-    async fn decide<F>(&self, activity_id: i64, decide: F) -> Result<StepResult, EngineError>
+    async fn decide<F>(&self, activity_id: ActivityId, decide: F) -> Result<StepResult, EngineError>
     where
         F: FnOnce(&Snapshot, &Timing) -> Plan + Send + 'static,
     {
@@ -224,20 +288,35 @@ impl Engine {
             Ok(applied) => applied.committed(&self.metrics, &self.waker),
             // Someone else (a callback, an abort, a claim) moved the task first: their word stands.
             Err(EngineError::Superseded(reason)) => {
-                tracing::debug!(activity_id, %reason, "engine decision superseded")
+                tracing::debug!(activity_id = activity_id.get(), %reason, "engine decision superseded")
             }
             Err(e) => return Err(e),
         }
         Ok(StepResult::Done)
     }
 
-    fn callback_ref(&self, task_id: i64, attempt: i32) -> String {
+    fn callback_ref(&self, task_id: TaskId, attempt: i32) -> String {
         format!(
             "{}/api/v1/pp/devops/tasks/{task_id}/status?action=STOP&token={}",
             self.config.public_url.trim_end_matches('/'),
-            self.keys.callback_token(task_id, attempt)
+            self.keys.callback_token(task_id.get(), attempt)
         )
     }
+}
+
+/// The claim's transaction: up to `limit` due steps, what the state machine decides a claim does
+/// to them (`state::claim`) applied for `claim` until `lease_until`, and what carrying them out
+/// needs.
+pub fn claim_due_steps(
+    conn: &mut DbConnection,
+    claim: &str,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> diesel::QueryResult<Vec<ClaimedStep>> {
+    let candidates = db::due_steps(conn, now, limit)?;
+    let decision = state::claim(&candidates);
+    db::take_claimed(conn, claim, &candidates, &decision, now, lease_until)
 }
 
 /// The engine's transaction: the plan `decide` makes from the activity's snapshot, applied in
@@ -246,14 +325,15 @@ impl Engine {
 /// before the conflict must not stay without the rest.
 pub fn apply_decision<F>(
     conn: &mut DbConnection,
-    activity_id: i64,
+    activity_id: ActivityId,
     timings: EngineTimings,
     decide: F,
 ) -> Result<Applied, EngineError>
 where
     F: FnOnce(&Snapshot, &Timing) -> Plan,
 {
-    let snapshot = db::load_snapshot(conn, activity_id)?.ok_or(EngineError::Gone(activity_id))?;
+    let snapshot = db::load_snapshot(conn, SnapshotOf::Activity(activity_id))?
+        .ok_or(EngineError::Gone(activity_id))?;
     let now = now_ms();
     let plan = decide(&snapshot, &timings.at(now));
     if plan.is_empty() {

@@ -3,12 +3,13 @@
 use serde_json::Value;
 
 use super::*;
-use crate::db::models::{ActivityChanges, ActivityRow, TaskChanges, TaskRow};
-use crate::domain::{ActivityStatus, Step, TaskStatus};
+use crate::domain::{
+    ActivityChanges, ActivityStatus, ActivityUpdate, Outcome, Snapshot, TaskId, TaskState,
+};
 
 /// PLANNED → PROCESSING, and the first task is due for dispatch.
 pub fn start(s: &Snapshot, t: &Timing) -> Result<Plan, Refusal> {
-    match activity_status(s) {
+    match s.activity.status {
         ActivityStatus::Planned => {}
         ActivityStatus::Processing => {
             return Err(Refusal::ActivityConflict(format!(
@@ -34,7 +35,7 @@ pub fn start(s: &Snapshot, t: &Timing) -> Result<Plan, Refusal> {
             id: s.activity.id,
             expected: ActivityStatus::Planned,
             changes: ActivityChanges {
-                status: Some(ActivityStatus::Processing.as_str()),
+                status: Some(ActivityStatus::Processing),
                 started_at: Some(Some(t.now)),
                 ..Default::default()
             },
@@ -45,27 +46,22 @@ pub fn start(s: &Snapshot, t: &Timing) -> Result<Plan, Refusal> {
 }
 
 /// Ends the activity and every unfinished task; runs already started are cancelled.
-pub(super) fn end_activity(
-    s: &Snapshot,
-    status: ActivityStatus,
-    errors: Option<String>,
-    t: &Timing,
-) -> Plan {
+fn end_activity(s: &Snapshot, status: ActivityStatus, errors: Option<String>, t: &Timing) -> Plan {
     let tasks = s
         .tasks
         .iter()
-        .filter(|task| !task_status(task).is_terminal())
+        .filter(|task| !task.status.is_terminal())
         .map(|task| abort_one(task, t))
         .collect();
     Plan {
         activity: Some(ActivityUpdate {
             id: s.activity.id,
-            expected: activity_status(s),
+            expected: s.activity.status,
             changes: ActivityChanges {
-                status: Some(status.as_str()),
+                status: Some(status),
                 errors: errors.map(Some),
                 finished_at: Some(Some(t.now)),
-                sealed_secrets: secrets_after_end(cancel_needs_secrets(s)),
+                drop_secrets: !cancel_needs_secrets(s),
                 ..Default::default()
             },
         }),
@@ -76,28 +72,20 @@ pub(super) fn end_activity(
 
 /// A run to cancel exists for a task with a run reference. A dispatch still in flight has none
 /// yet: `submitted` cancels its run when it finds the task aborted meanwhile.
-pub(super) fn run_may_exist(task: &TaskRow) -> bool {
-    task.run_ref.is_some()
+fn run_may_exist(task: &TaskState) -> bool {
+    task.has_run
 }
 
 /// Secrets are dropped when the activity ends, unless a cancel still has to authenticate.
-pub(super) fn secrets_after_end(cancel_pending: bool) -> Option<Option<String>> {
-    if cancel_pending {
-        None
-    } else {
-        Some(None)
-    }
-}
-
-pub(super) fn cancel_needs_secrets(s: &Snapshot) -> bool {
+fn cancel_needs_secrets(s: &Snapshot) -> bool {
     s.tasks
         .iter()
-        .any(|task| !task_status(task).is_terminal() && run_may_exist(task))
+        .any(|task| !task.status.is_terminal() && run_may_exist(task))
 }
 
-pub(super) fn abort_one(task: &TaskRow, t: &Timing) -> TaskUpdate {
+fn abort_one(task: &TaskState, t: &Timing) -> TaskUpdate {
     let changes = TaskChanges {
-        status: Some(TaskStatus::Aborted.as_str()),
+        status: Some(TaskStatus::Aborted),
         finished_at: Some(Some(t.now)),
         ..TaskChanges::default()
     };
@@ -111,7 +99,7 @@ pub(super) fn abort_one(task: &TaskRow, t: &Timing) -> TaskUpdate {
     };
     TaskUpdate {
         id: task.id,
-        expected: task_status(task),
+        expected: task.status,
         expected_lease: None,
         changes,
     }
@@ -119,7 +107,7 @@ pub(super) fn abort_one(task: &TaskRow, t: &Timing) -> TaskUpdate {
 
 /// PLANNED or PROCESSING → ABORTED.
 pub fn abort(s: &Snapshot, t: &Timing) -> Result<Plan, Refusal> {
-    let status = activity_status(s);
+    let status = s.activity.status;
     if status.is_terminal() {
         return Err(Refusal::ActivityConflict(format!(
             "activity {} is {status} and cannot be aborted",
@@ -130,9 +118,9 @@ pub fn abort(s: &Snapshot, t: &Timing) -> Result<Plan, Refusal> {
 }
 
 /// Aborting one task aborts its activity: the remaining tasks could never run in order.
-pub fn abort_task(s: &Snapshot, task_id: i64, t: &Timing) -> Result<Plan, Refusal> {
+pub fn abort_task(s: &Snapshot, task_id: TaskId, t: &Timing) -> Result<Plan, Refusal> {
     let task = s.task(task_id).expect("snapshot holds the task");
-    let status = task_status(task);
+    let status = task.status;
     if status.is_terminal() {
         return Err(Refusal::TaskConflict(format!(
             "task {task_id} is {status} and cannot be aborted"
@@ -150,7 +138,7 @@ pub fn abort_task(s: &Snapshot, task_id: i64, t: &Timing) -> Result<Plan, Refusa
 /// `lease` is the engine's claim when the engine decided it; `None` for callbacks.
 pub fn finish_task(
     s: &Snapshot,
-    task_id: i64,
+    task_id: TaskId,
     outcome: Outcome,
     cancel_run: bool,
     lease: Option<&str>,
@@ -174,9 +162,13 @@ pub fn finish_task(
     let mut plan = Plan::default();
     match &outcome {
         Outcome::Processed { results } => {
-            changes.status = Some(TaskStatus::Processed.as_str());
+            changes.status = Some(TaskStatus::Processed);
             changes.results = Some(results.as_ref().map(Value::to_string));
-            let activity_results = merge_results(&s.activity, task.position, results.as_ref());
+            let activity_results = merge_results(
+                s.activity.results.as_deref(),
+                task.position,
+                results.as_ref(),
+            );
             match s.tasks.iter().find(|next| next.position > task.position) {
                 Some(next) => {
                     plan.tasks.push(begin(next, t));
@@ -194,10 +186,10 @@ pub fn finish_task(
                         id: s.activity.id,
                         expected: ActivityStatus::Processing,
                         changes: ActivityChanges {
-                            status: Some(ActivityStatus::Processed.as_str()),
+                            status: Some(ActivityStatus::Processed),
                             results: Some(activity_results),
                             finished_at: Some(Some(t.now)),
-                            sealed_secrets: Some(None),
+                            drop_secrets: true,
                             ..Default::default()
                         },
                     });
@@ -206,13 +198,13 @@ pub fn finish_task(
             }
         }
         Outcome::Failed { errors } | Outcome::RunFailed { errors } => {
-            changes.status = Some(TaskStatus::Failed.as_str());
+            changes.status = Some(TaskStatus::Failed);
             changes.errors = Some(Some(errors.clone()));
             let why = format!("Task {} ({}) failed: {errors}", task.id, task.name);
             plan = rest_ended(s, task, ActivityStatus::Failed, why, cancel_run, t);
         }
         Outcome::Aborted { reason } => {
-            changes.status = Some(TaskStatus::Aborted.as_str());
+            changes.status = Some(TaskStatus::Aborted);
             changes.errors = Some(Some(reason.clone()));
             let why = format!("Task {} ({}) was aborted: {reason}", task.id, task.name);
             plan = rest_ended(s, task, ActivityStatus::Aborted, why, cancel_run, t);
@@ -241,8 +233,8 @@ pub fn finish_task(
 /// The run failed and `configurations.retry` allows another: the task stays PROCESSING and is
 /// dispatched again after the backoff, as a new attempt (the failed run's callback token is
 /// no longer valid). No retry when the next run could not start before the task's deadline.
-fn retry_run(task: &TaskRow, errors: &str, lease: Option<&str>, t: &Timing) -> Option<Plan> {
-    let policy = run_settings(task).retry?;
+fn retry_run(task: &TaskState, errors: &str, lease: Option<&str>, t: &Timing) -> Option<Plan> {
+    let policy = task.settings.retry?;
     let failed_runs = task.runs_failed + 1;
     if failed_runs > policy.max as i32 {
         return None;
@@ -266,11 +258,11 @@ fn retry_run(task: &TaskRow, errors: &str, lease: Option<&str>, t: &Timing) -> O
         step_attempts: Some(0),
         ..reschedule(TaskChanges::default(), Step::Dispatch, due)
     };
-    Some(steps::single(task, TaskStatus::Processing, lease, changes))
+    Some(single(task, TaskStatus::Processing, lease, changes))
 }
 
 /// A run failure's text, saying how many runs there were when the task was retried.
-fn with_run_count(task: &TaskRow, errors: String) -> String {
+fn with_run_count(task: &TaskState, errors: String) -> String {
     match task.runs_failed {
         0 => errors,
         earlier => format!("{errors} (all {} runs failed)", earlier + 1),
@@ -278,9 +270,9 @@ fn with_run_count(task: &TaskRow, errors: String) -> String {
 }
 
 /// The activity ends because `task` did; the tasks after it will never run.
-pub(super) fn rest_ended(
+fn rest_ended(
     s: &Snapshot,
-    task: &TaskRow,
+    task: &TaskState,
     status: ActivityStatus,
     errors: String,
     cancel_run: bool,
@@ -291,10 +283,10 @@ pub(super) fn rest_ended(
             id: s.activity.id,
             expected: ActivityStatus::Processing,
             changes: ActivityChanges {
-                status: Some(status.as_str()),
+                status: Some(status),
                 errors: Some(Some(errors)),
                 finished_at: Some(Some(t.now)),
-                sealed_secrets: secrets_after_end(cancel_run && run_may_exist(task)),
+                drop_secrets: !(cancel_run && run_may_exist(task)),
                 ..Default::default()
             },
         }),
@@ -303,21 +295,19 @@ pub(super) fn rest_ended(
     plan.tasks = s
         .tasks
         .iter()
-        .filter(|other| other.id != task.id && task_status(other) == TaskStatus::Planned)
+        .filter(|other| other.id != task.id && other.status == TaskStatus::Planned)
         .map(|other| abort_one(other, t))
         .collect();
     plan
 }
 
 /// The activity's `results`: `{"task1": …, "task2": …}`, the tasks that returned results.
-pub(super) fn merge_results(
-    activity: &ActivityRow,
+fn merge_results(
+    activity_results: Option<&str>,
     position: i32,
     results: Option<&Value>,
 ) -> Option<String> {
-    let mut merged = activity
-        .results
-        .as_deref()
+    let mut merged = activity_results
         .and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok())
         .unwrap_or_default();
     if let Some(results) = results {

@@ -3,20 +3,25 @@
 use serde_json::Value;
 
 use super::*;
-use crate::db::models::{TaskChanges, TaskRow};
-use crate::domain::{Step, TaskStatus};
+use crate::domain::{Recorded, Report, ReportedStatus, Snapshot, TaskId};
 
 /// A pipeline called back. With `confirm_first` the outcome is held until the provider agrees.
+/// The snapshot was read for this callback (`recorded` is its task's).
 pub fn callback(
     s: &Snapshot,
-    task_id: i64,
+    task_id: TaskId,
     report: Report,
     confirm_first: bool,
     t: &Timing,
 ) -> Result<CallbackDecision, Refusal> {
     let task = s.task(task_id).expect("snapshot holds the task");
+    let recorded = s
+        .recorded
+        .as_ref()
+        .filter(|r| r.task == task_id)
+        .expect("a callback's snapshot holds what its task recorded");
     let report = report.without_nul();
-    match task_status(task) {
+    match task.status {
         TaskStatus::Planned => Err(Refusal::TaskConflict(format!(
             "task {task_id} is not running (PLANNED): no callback is expected yet"
         ))),
@@ -24,7 +29,7 @@ pub fn callback(
             "task {task_id} was aborted; its callback is refused"
         ))),
         finished @ (TaskStatus::Processed | TaskStatus::Failed) => {
-            if same_as_recorded(task, &report) {
+            if same_as_recorded(finished, recorded, &report) {
                 Ok(CallbackDecision::AlreadyRecorded(finished))
             } else {
                 Err(Refusal::TaskConflict(format!(
@@ -32,83 +37,63 @@ pub fn callback(
                 )))
             }
         }
-        TaskStatus::Processing => {
-            let pending = task
-                .reported_outcome
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Report>(r).ok());
-            match pending {
-                Some(previous) if previous == report => {
-                    Ok(CallbackDecision::AlreadyRecorded(TaskStatus::Processing))
-                }
-                Some(_) => Err(Refusal::TaskConflict(format!(
-                    "task {task_id} already received a different callback, still being confirmed"
-                ))),
-                None if confirm_first => {
-                    let held = TaskChanges {
-                        reported_outcome: Some(Some(
-                            serde_json::to_string(&report).expect("report serializes"),
-                        )),
-                        ..TaskChanges::default()
-                    };
-                    // A callback can beat the answer to the run request: then there is no run to
-                    // ask about yet, and the dispatch's claim stays; `submitted` schedules the
-                    // confirmation once the run is known.
-                    let dispatching = task.step.as_deref() == Some(Step::Dispatch.as_str());
-                    let changes = if dispatching {
-                        held
-                    } else {
-                        TaskChanges {
-                            step_attempts: Some(0),
-                            ..reschedule(held, Step::Confirm, t.now)
-                        }
-                    };
-                    Ok(CallbackDecision::Apply(Plan {
-                        tasks: vec![TaskUpdate {
-                            id: task.id,
-                            expected: TaskStatus::Processing,
-                            expected_lease: None,
-                            changes,
-                        }],
-                        ..Plan::default()
-                    }))
-                }
-                None => Ok(CallbackDecision::Apply(finish_task(
-                    s,
-                    task_id,
-                    report.outcome(),
-                    false,
-                    None,
-                    t,
-                ))),
+        TaskStatus::Processing => match &recorded.held {
+            Some(previous) if *previous == report => {
+                Ok(CallbackDecision::AlreadyRecorded(TaskStatus::Processing))
             }
-        }
-    }
-}
-
-fn same_as_recorded(task: &TaskRow, report: &Report) -> bool {
-    if task_status(task) != report.task_status() {
-        return false;
-    }
-    match report.status {
-        ReportedStatus::Processed => {
-            let recorded = task
-                .results
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Value>(r).ok());
-            recorded == report.results
-        }
-        ReportedStatus::Failed => match &report.errors {
-            Some(errors) => task.errors.as_deref() == Some(errors.as_str()),
-            None => true,
+            Some(_) => Err(Refusal::TaskConflict(format!(
+                "task {task_id} already received a different callback, still being confirmed"
+            ))),
+            None if confirm_first => {
+                let held = TaskChanges {
+                    reported_outcome: Some(Some(report)),
+                    ..TaskChanges::default()
+                };
+                // A callback can beat the answer to the run request: then there is no run to
+                // ask about yet, and the dispatch's claim stays; `submitted` schedules the
+                // confirmation once the run is known.
+                let changes = if task.step == Some(Step::Dispatch) {
+                    held
+                } else {
+                    TaskChanges {
+                        step_attempts: Some(0),
+                        ..reschedule(held, Step::Confirm, t.now)
+                    }
+                };
+                Ok(CallbackDecision::Apply(single(
+                    task,
+                    TaskStatus::Processing,
+                    None,
+                    changes,
+                )))
+            }
+            None => Ok(CallbackDecision::Apply(finish_task(
+                s,
+                task_id,
+                report.outcome(),
+                false,
+                None,
+                t,
+            ))),
         },
     }
 }
 
-/// The held callback is confirmed by the provider: apply it.
-pub fn reported_outcome(task: &TaskRow) -> Option<Outcome> {
-    task.reported_outcome
-        .as_deref()
-        .and_then(|r| serde_json::from_str::<Report>(r).ok())
-        .map(|r| r.outcome())
+fn same_as_recorded(status: TaskStatus, recorded: &Recorded, report: &Report) -> bool {
+    if status != report.task_status() {
+        return false;
+    }
+    match report.status {
+        ReportedStatus::Processed => {
+            let stored = recorded
+                .results
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<Value>(r).ok());
+            stored == report.results
+        }
+        ReportedStatus::Failed => match &report.errors {
+            Some(errors) => recorded.errors.as_deref() == Some(errors.as_str()),
+            None => true,
+        },
+    }
 }

@@ -1,9 +1,14 @@
 //! `configurations.retry`: a failed run is followed by another while the policy allows it.
 
-use serde_json::json;
-
-use super::tests::{claimed, snapshot, submittal, task, timing, update_of, NOW};
+use super::claimed_tests::{claimed, submittal};
+use super::tests::{callback_of_10, snapshot, task, timing, update_of, NOW};
 use super::*;
+use crate::domain::{
+    ActivityStatus, Outcome, Plan, Report, ReportedStatus, RetryPolicy, Step, TaskId, TaskState,
+    TaskStatus,
+};
+use crate::lifecycle::Applied;
+use crate::metrics::{TaskOutcome, TaskOutcomes};
 
 fn failed(errors: &str) -> Report {
     Report {
@@ -13,13 +18,16 @@ fn failed(errors: &str) -> Report {
     }
 }
 
-fn retrying_task(runs_failed: i32) -> TaskRow {
+/// A task whose configurations said `"retry": {"max": 2, "backoff": 10}`.
+fn retrying_task(runs_failed: i32) -> TaskState {
     let mut t = task(10, 1, TaskStatus::Processing);
-    t.configurations = Some(json!({"retry": {"max": 2, "backoff": 10}}).to_string());
+    t.settings.retry = Some(RetryPolicy {
+        max: 2,
+        backoff_ms: 10_000,
+    });
     t.runs_failed = runs_failed;
     t.attempt = 3;
-    t.run_ref = Some(r#"{"runId":7}"#.into());
-    t.run_url = Some("https://run/7".into());
+    t.has_run = true;
     t.deadline_at = Some(NOW + 3_600_000);
     t
 }
@@ -33,17 +41,17 @@ fn applied(decision: Result<CallbackDecision, Refusal>) -> Plan {
 
 #[test]
 fn a_failed_run_is_followed_by_a_new_one_after_the_backoff() {
-    let s = snapshot(
-        ActivityStatus::Processing,
+    let plan = applied(callback_of_10(
         vec![retrying_task(0), task(11, 2, TaskStatus::Planned)],
-    );
-    let plan = applied(callback(&s, 10, failed("disk full"), false, &timing()));
+        failed("disk full"),
+        false,
+    ));
     assert!(plan.activity.is_none(), "the activity goes on: {plan:?}");
     assert_eq!(plan.tasks.len(), 1, "the next task stays PLANNED");
     let retry = update_of(&plan, 10);
     assert_eq!(retry.expected, TaskStatus::Processing);
     assert_eq!(retry.changes.status, None, "still PROCESSING");
-    assert_eq!(retry.changes.step, Some(Some("dispatch")));
+    assert_eq!(retry.changes.step, Some(Some(Step::Dispatch)));
     assert_eq!(retry.changes.due_at, Some(Some(NOW + 10_000)));
     assert_eq!(retry.changes.runs_failed, Some(1));
     assert_eq!(
@@ -61,7 +69,7 @@ fn a_failed_run_is_followed_by_a_new_one_after_the_backoff() {
     let mut retried = TaskOutcomes::default();
     retried.add(TaskOutcome::Retried);
     assert_eq!(
-        plan.task_outcomes(),
+        Applied::of(&plan).outcomes(),
         retried,
         "counted as retried, not ended"
     );
@@ -72,7 +80,7 @@ fn the_wait_doubles_with_each_failed_run() {
     let s = snapshot(ActivityStatus::Processing, vec![retrying_task(1)]);
     let plan = finish_task(
         &s,
-        10,
+        TaskId(10),
         Outcome::RunFailed { errors: "x".into() },
         false,
         None,
@@ -87,23 +95,29 @@ fn the_wait_doubles_with_each_failed_run() {
 
 #[test]
 fn when_every_run_failed_the_task_and_activity_fail() {
-    let s = snapshot(
-        ActivityStatus::Processing,
+    let plan = applied(callback_of_10(
         vec![retrying_task(2), task(11, 2, TaskStatus::Planned)],
+        failed("disk full"),
+        false,
+    ));
+    assert_eq!(
+        update_of(&plan, 10).changes.status,
+        Some(TaskStatus::Failed)
     );
-    let plan = applied(callback(&s, 10, failed("disk full"), false, &timing()));
-    assert_eq!(update_of(&plan, 10).changes.status, Some("FAILED"));
     assert_eq!(
         update_of(&plan, 10).changes.errors,
         Some(Some("disk full (all 3 runs failed)".into()))
     );
-    assert_eq!(update_of(&plan, 11).changes.status, Some("ABORTED"));
+    assert_eq!(
+        update_of(&plan, 11).changes.status,
+        Some(TaskStatus::Aborted)
+    );
     let mut ended = TaskOutcomes::default();
     ended.add(TaskOutcome::Failed);
     ended.add(TaskOutcome::Aborted);
-    assert_eq!(plan.task_outcomes(), ended);
+    assert_eq!(Applied::of(&plan).outcomes(), ended);
     let activity = plan.activity.unwrap();
-    assert_eq!(activity.changes.status, Some("FAILED"));
+    assert_eq!(activity.changes.status, Some(ActivityStatus::Failed));
 }
 
 #[test]
@@ -111,7 +125,7 @@ fn failures_that_are_not_run_failures_are_never_retried() {
     let s = snapshot(ActivityStatus::Processing, vec![retrying_task(0)]);
     let plan = finish_task(
         &s,
-        10,
+        TaskId(10),
         Outcome::Failed {
             errors: "timed out".into(),
         },
@@ -119,7 +133,10 @@ fn failures_that_are_not_run_failures_are_never_retried() {
         None,
         &timing(),
     );
-    assert_eq!(update_of(&plan, 10).changes.status, Some("FAILED"));
+    assert_eq!(
+        update_of(&plan, 10).changes.status,
+        Some(TaskStatus::Failed)
+    );
     assert_eq!(
         update_of(&plan, 10).changes.errors,
         Some(Some("timed out".into()))
@@ -130,18 +147,22 @@ fn failures_that_are_not_run_failures_are_never_retried() {
 fn no_new_run_when_it_could_not_start_before_the_deadline() {
     let mut t = retrying_task(0);
     t.deadline_at = Some(NOW + 5_000);
-    let s = snapshot(ActivityStatus::Processing, vec![t]);
-    let plan = applied(callback(&s, 10, failed("boom"), false, &timing()));
-    assert_eq!(update_of(&plan, 10).changes.status, Some("FAILED"));
+    let plan = applied(callback_of_10(vec![t], failed("boom"), false));
+    assert_eq!(
+        update_of(&plan, 10).changes.status,
+        Some(TaskStatus::Failed)
+    );
 }
 
 #[test]
 fn without_a_retry_policy_a_failed_run_fails_the_task() {
     let mut t = retrying_task(0);
-    t.configurations = Some(json!({"params": {}}).to_string());
-    let s = snapshot(ActivityStatus::Processing, vec![t]);
-    let plan = applied(callback(&s, 10, failed("boom"), false, &timing()));
-    assert_eq!(update_of(&plan, 10).changes.status, Some("FAILED"));
+    t.settings.retry = None;
+    let plan = applied(callback_of_10(vec![t], failed("boom"), false));
+    assert_eq!(
+        update_of(&plan, 10).changes.status,
+        Some(TaskStatus::Failed)
+    );
     assert_eq!(
         update_of(&plan, 10).changes.errors,
         Some(Some("boom".into()))
@@ -149,35 +170,28 @@ fn without_a_retry_policy_a_failed_run_fails_the_task() {
 }
 
 #[test]
-fn the_policy_is_read_from_the_planned_configurations() {
-    let mut t = retrying_task(0);
-    t.planned_configurations = t.configurations.take();
-    t.configurations = Some(json!({"context": {}}).to_string());
-    let s = snapshot(ActivityStatus::Processing, vec![t]);
-    let plan = applied(callback(&s, 10, failed("boom"), false, &timing()));
-    assert_eq!(update_of(&plan, 10).changes.step, Some(Some("dispatch")));
-}
-
-#[test]
 fn a_run_that_failed_at_once_is_retried_and_forgotten() {
     let mut t = claimed(retrying_task(0), Step::Dispatch, "me");
     t.attempt = 1;
-    t.run_ref = None;
+    t.has_run = false;
     let s = snapshot(ActivityStatus::Processing, vec![t]);
     let mut run = submittal();
     run.immediate = Some(Outcome::RunFailed {
         errors: "rejected".into(),
     });
-    let plan = submitted(&s, 10, "me", run, &timing());
+    let plan = submitted(&s, TaskId(10), "me", run, &timing());
     let own = &update_of(&plan, 10).changes;
-    assert_eq!(own.step, Some(Some("dispatch")));
+    assert_eq!(own.step, Some(Some(Step::Dispatch)));
     assert_eq!(
         own.run_ref,
         Some(None),
         "the failed run is not the task's run"
     );
-    let planned = json!({"retry": {"max": 2, "backoff": 10}}).to_string();
-    assert_eq!(own.planned_configurations, Some(Some(planned)));
+    assert_eq!(
+        own.configurations,
+        Some(Some(r#"{"context":{}}"#.into())),
+        "the run's resolved configurations are recorded"
+    );
 }
 
 #[test]
@@ -186,21 +200,6 @@ fn the_answer_of_an_earlier_run_records_nothing() {
     let mut t = claimed(retrying_task(1), Step::Dispatch, "me");
     t.attempt = 2;
     let s = snapshot(ActivityStatus::Processing, vec![t]);
-    assert!(submitted(&s, 10, "me", submittal(), &timing()).is_empty());
-    assert!(await_unknown_dispatch(&s, 10, "me", 1, None, &timing()).is_empty());
-}
-
-#[test]
-fn the_planned_configurations_are_kept_once() {
-    let mut t = task(10, 1, TaskStatus::Processing);
-    t.configurations = Some("{\"a\":1}".into());
-    let first = resolved_configurations(&t, Some("{\"a\":1,\"context\":{}}".into()));
-    assert_eq!(first.planned_configurations, Some(Some("{\"a\":1}".into())));
-    t.planned_configurations = Some("{\"a\":1}".into());
-    let second = resolved_configurations(&t, Some("{\"a\":1,\"context\":{}}".into()));
-    assert_eq!(second.planned_configurations, None, "left alone");
-    t.planned_configurations = None;
-    t.configurations = None;
-    let none = resolved_configurations(&t, Some("{\"context\":{}}".into()));
-    assert_eq!(none.planned_configurations, Some(Some("{}".into())));
+    assert!(submitted(&s, TaskId(10), "me", submittal(), &timing()).is_empty());
+    assert!(await_unknown_dispatch(&s, TaskId(10), "me", 1, None, &timing()).is_empty());
 }

@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use super::{context, names};
-use crate::config::OnMissing;
 use crate::placeholders::parse::{split, Piece};
+use crate::placeholders::OnMissing;
 use crate::placeholders::{check_activity, resolve, StageTaskNames, TaskToCheck};
 
 /// Cases per property; each is cheap (microseconds).

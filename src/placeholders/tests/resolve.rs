@@ -1,7 +1,7 @@
 use serde_json::{json, Value};
 
 use super::{context, names};
-use crate::config::OnMissing;
+use crate::placeholders::OnMissing;
 use crate::placeholders::{resolve, ResolveError, Unresolved};
 
 enum Want {

@@ -53,14 +53,7 @@ fn id_of(task: &Value) -> i64 {
 }
 
 async fn abort(azure: &Azure, activity_id: i64) {
-    let answer = azure
-        .app
-        .call(
-            "PATCH",
-            &format!("{DEVOPS}/activities/{activity_id}/status?action=ABORT"),
-            None,
-        )
-        .await;
+    let answer = azure.app.activity_action(activity_id, "ABORT").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json(), json!({"status": "ABORTED"}));
 }

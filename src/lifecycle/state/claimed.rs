@@ -1,19 +1,36 @@
-//! Transitions the engine's own steps decide, each only while the step's claim still holds.
+//! The engine's steps: what a claim does to the due steps it takes, and the transitions a
+//! claimed step decides, each only while the step's claim still holds.
 
 use super::*;
-use crate::db::models::{ActivityChanges, TaskChanges, TaskRow};
-use crate::domain::{Step, TaskStatus};
+use crate::domain::{
+    ActivityChanges, ActivityUpdate, ClaimCandidate, ClaimDecision, Outcome, Snapshot, TaskId,
+};
+
+/// Every candidate is leased. A dispatch nobody held starts a new attempt (and with it a new
+/// callback token); one taken over from a holder whose lease ran out keeps its attempt: that
+/// dispatch may have reached the provider, whose callback carries the attempt's token.
+pub fn claim(candidates: &[ClaimCandidate]) -> ClaimDecision {
+    let mut decision = ClaimDecision::default();
+    for candidate in candidates {
+        decision.leased.push(candidate.task);
+        match (&candidate.held_by, candidate.step) {
+            (Some(_), _) => decision.abandoned.push(candidate.task),
+            (None, Step::Dispatch) => decision.new_attempts.push(candidate.task),
+            (None, Step::Await | Step::Confirm | Step::Cancel) => {}
+        }
+    }
+    decision
+}
 
 /// Is the engine's claim on this task for this step still valid?
-pub fn still_owned(s: &Snapshot, task_id: i64, step: Step, lease: &str) -> bool {
-    s.task(task_id).is_some_and(|task| {
-        task.step.as_deref() == Some(step.as_str()) && task.lease_owner.as_deref() == Some(lease)
-    })
+pub fn still_owned(s: &Snapshot, task_id: TaskId, step: Step, lease: &str) -> bool {
+    s.task(task_id)
+        .is_some_and(|task| task.step == Some(step) && task.lease_owner.as_deref() == Some(lease))
 }
 
 /// After a successful submit. The task may meanwhile have been finished by a fast callback or
 /// aborted; the run reference and resolved configurations are recorded in every case.
-pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Timing) -> Plan {
+pub fn submitted(s: &Snapshot, task_id: TaskId, lease: &str, run: Submittal, t: &Timing) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
     if task.attempt != run.attempt {
         // A callback failed this run meanwhile and a new run is planned: nothing to record.
@@ -22,9 +39,10 @@ pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Ti
     let recorded = TaskChanges {
         run_ref: Some(run.run_ref.clone()),
         run_url: Some(run.run_url.clone()),
-        ..resolved_configurations(task, Some(run.configurations.clone()))
+        configurations: Some(Some(run.configurations.clone())),
+        ..TaskChanges::default()
     };
-    let status = task_status(task);
+    let status = task.status;
     if status == TaskStatus::Aborted && task.step.is_none() && run.run_ref.is_some() {
         // Aborted while we were sending: the run we just started must be cancelled.
         return single(
@@ -41,22 +59,22 @@ pub fn submitted(s: &Snapshot, task_id: i64, lease: &str, run: Submittal, t: &Ti
         let mut plan = finish_task(s, task_id, outcome, false, Some(lease), t);
         let own = &mut plan.tasks[0].changes;
         // A retry forgets the failed run; an ended task keeps it for the record.
-        if own.step != Some(Some(Step::Dispatch.as_str())) {
+        if own.step != Some(Some(Step::Dispatch)) {
             own.run_ref = recorded.run_ref;
             own.run_url = recorded.run_url;
         }
         own.configurations = recorded.configurations;
-        own.planned_configurations = recorded.planned_configurations;
         return plan;
     }
     let deadline = task.deadline_at.unwrap_or(i64::MAX);
-    let (step, due) = match task.reported_outcome {
+    let (step, due) = if task.holds_callback {
         // Its callback came while we were sending: confirm it now that the run is known.
-        Some(_) => (Step::Confirm, t.now),
-        None => (
+        (Step::Confirm, t.now)
+    } else {
+        (
             Step::Await,
             t.now.saturating_add(t.poll_after_ms).min(deadline),
-        ),
+        )
     };
     let changes = TaskChanges {
         step_attempts: Some(0),
@@ -72,29 +90,13 @@ pub struct Submittal {
     pub attempt: i32,
     pub run_ref: Option<String>,
     pub run_url: Option<String>,
+    /// As sent: placeholders resolved, Context included.
     pub configurations: String,
     pub immediate: Option<Outcome>,
 }
 
-pub(super) fn single(
-    task: &TaskRow,
-    expected: TaskStatus,
-    lease: Option<&str>,
-    changes: TaskChanges,
-) -> Plan {
-    Plan {
-        tasks: vec![TaskUpdate {
-            id: task.id,
-            expected,
-            expected_lease: lease.map(str::to_owned),
-            changes,
-        }],
-        ..Plan::default()
-    }
-}
-
 /// The engine will try the same step again at `due` (a transient failure, a run still going).
-pub fn retry_step(s: &Snapshot, task_id: i64, lease: &str, step: Step, due: i64) -> Plan {
+pub fn retry_step(s: &Snapshot, task_id: TaskId, lease: &str, step: Step, due: i64) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
     if !still_owned(s, task_id, step, lease) {
         return Plan::default();
@@ -103,56 +105,65 @@ pub fn retry_step(s: &Snapshot, task_id: i64, lease: &str, step: Step, due: i64)
         step_attempts: Some(task.step_attempts + 1),
         ..reschedule(TaskChanges::default(), step, due)
     };
-    single(task, task_status(task), Some(lease), changes)
+    single(task, task.status, Some(lease), changes)
 }
 
 /// The dispatch may have reached the provider but we cannot know: wait for the callback (the
 /// attempt's token stays valid) until the task's deadline instead of sending it twice.
 pub fn await_unknown_dispatch(
     s: &Snapshot,
-    task_id: i64,
+    task_id: TaskId,
     lease: &str,
     attempt: i32,
     configurations: Option<String>,
     t: &Timing,
 ) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
-    if task_status(task) != TaskStatus::Processing || task.attempt != attempt {
+    if task.status != TaskStatus::Processing || task.attempt != attempt {
         return Plan::default();
     }
-    let (step, due) = match task.reported_outcome {
+    let (step, due) = if task.holds_callback {
         // A held callback is all we will learn: there is no run to confirm it with.
-        Some(_) => (Step::Confirm, t.now),
-        None => (Step::Await, task.deadline_at.unwrap_or(i64::MAX)),
+        (Step::Confirm, t.now)
+    } else {
+        (Step::Await, task.deadline_at.unwrap_or(i64::MAX))
     };
-    let changes = reschedule(resolved_configurations(task, configurations), step, due);
-    single(task, TaskStatus::Processing, Some(lease), changes)
+    let recorded = TaskChanges {
+        configurations: configurations.map(Some),
+        ..TaskChanges::default()
+    };
+    single(
+        task,
+        TaskStatus::Processing,
+        Some(lease),
+        reschedule(recorded, step, due),
+    )
 }
 
 /// The engine's step on a task is done and nothing more is owed (a cancel went through).
-pub fn step_done(s: &Snapshot, task_id: i64, lease: &str, step: Step) -> Plan {
+pub fn step_done(s: &Snapshot, task_id: TaskId, lease: &str, step: Step) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
     if !still_owned(s, task_id, step, lease) {
         return Plan::default();
     }
     let mut plan = single(
         task,
-        task_status(task),
+        task.status,
         Some(lease),
         released(TaskChanges::default()),
     );
     // An ended activity kept its secrets only for cancels: the last one done, they go.
-    let status = activity_status(s);
+    let status = s.activity.status;
     let cancels_left = s
         .tasks
         .iter()
-        .any(|t| t.id != task_id && t.step.as_deref() == Some(Step::Cancel.as_str()));
-    if status.is_terminal() && !cancels_left && s.activity.sealed_secrets.is_some() {
+        .any(|t| t.id != task_id && t.step == Some(Step::Cancel));
+    if status.is_terminal() && !cancels_left && s.activity.holds_secrets {
         plan.activity = Some(ActivityUpdate {
             id: s.activity.id,
             expected: status,
             changes: ActivityChanges {
-                sealed_secrets: Some(None),
+                drop_secrets: true,
                 ..ActivityChanges::default()
             },
         });
@@ -163,7 +174,7 @@ pub fn step_done(s: &Snapshot, task_id: i64, lease: &str, step: Step) -> Plan {
 /// `finish_task` for an engine step, only while the step's claim still holds.
 pub fn finish_step(
     s: &Snapshot,
-    task_id: i64,
+    task_id: TaskId,
     lease: &str,
     step: Step,
     outcome: Outcome,
@@ -174,7 +185,7 @@ pub fn finish_step(
         return Plan::default();
     }
     let task = s.task(task_id).expect("snapshot holds the task");
-    if task_status(task) != TaskStatus::Processing {
+    if task.status != TaskStatus::Processing {
         // A cancel or confirm step outliving its task's end: only release it.
         return step_done(s, task_id, lease, step);
     }

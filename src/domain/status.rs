@@ -1,4 +1,5 @@
-//! Statuses and the engine's owed steps, with their stored spellings (ODM's names).
+//! Statuses and the engine's owed steps, with their stored spellings (ODM's names). The
+//! database stores them as text (`db/types.rs`); a spelling it does not know is an error there.
 
 /// An enum with a fixed text per variant (stored values here; label values in `metrics`).
 macro_rules! stored_enum {

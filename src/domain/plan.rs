@@ -1,0 +1,86 @@
+//! What a decision of the state machine returns: the changes to make, each with what the row
+//! must still be for the change to apply (compare-and-set; the database applies a plan in one
+//! transaction, `db::apply_plan`, and a broken expectation is a conflict that changes nothing).
+
+use super::{ActivityId, ActivityStatus, Report, Step, TaskId, TaskStatus};
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub activity: Option<ActivityUpdate>,
+    pub tasks: Vec<TaskUpdate>,
+    /// Close the current lifecycle row of the product version and open one for this activity.
+    pub promote_lifecycle: bool,
+}
+
+#[derive(Debug)]
+pub struct ActivityUpdate {
+    pub id: ActivityId,
+    pub expected: ActivityStatus,
+    pub changes: ActivityChanges,
+}
+
+#[derive(Debug)]
+pub struct TaskUpdate {
+    pub id: TaskId,
+    pub expected: TaskStatus,
+    /// Set for engine steps: the update only applies while this claim still owns the task.
+    pub expected_lease: Option<String>,
+    pub changes: TaskChanges,
+}
+
+/// A partial update of an activity: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivityChanges {
+    pub status: Option<ActivityStatus>,
+    pub results: Option<Option<String>>,
+    pub errors: Option<Option<String>>,
+    /// The sealed executor secrets are no longer needed: erase them.
+    pub drop_secrets: bool,
+    pub started_at: Option<Option<i64>>,
+    pub finished_at: Option<Option<i64>>,
+}
+
+/// A partial update of a task: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskChanges {
+    pub status: Option<TaskStatus>,
+    pub results: Option<Option<String>>,
+    pub errors: Option<Option<String>>,
+    /// The configurations a run was sent with (resolved, with its Context).
+    pub configurations: Option<Option<String>>,
+    pub started_at: Option<Option<i64>>,
+    pub finished_at: Option<Option<i64>>,
+    pub run_ref: Option<Option<String>>,
+    pub run_url: Option<Option<String>>,
+    pub step: Option<Option<Step>>,
+    pub due_at: Option<Option<i64>>,
+    pub lease_owner: Option<Option<String>>,
+    pub lease_until: Option<Option<i64>>,
+    pub deadline_at: Option<Option<i64>>,
+    pub step_attempts: Option<i32>,
+    pub reported_outcome: Option<Option<Report>>,
+    pub attempt: Option<i32>,
+    pub runs_failed: Option<i32>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.activity.is_none() && self.tasks.is_empty() && !self.promote_lifecycle
+    }
+
+    /// The status `task_id` has once the plan is applied (`current` when the plan leaves it).
+    pub fn task_status_after(&self, task_id: TaskId, current: TaskStatus) -> TaskStatus {
+        self.tasks
+            .iter()
+            .find(|t| t.id == task_id)
+            .and_then(|t| t.changes.status)
+            .unwrap_or(current)
+    }
+
+    /// True when the plan leaves a step for the engine to do.
+    pub fn schedules_work(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| matches!(t.changes.step, Some(Some(_))))
+    }
+}

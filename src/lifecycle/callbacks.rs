@@ -1,0 +1,136 @@
+//! A pipeline's callback (DESIGN §7): its token checked against the task as read in the
+//! transaction that records it, and the outcome recorded there.
+
+use super::error::CommandError;
+use super::plumbing::Applied;
+use super::service::{apply, CallbackRules, LifecycleService};
+use super::state::{self, CallbackDecision};
+use crate::clock::now_ms;
+use crate::db::{self, SnapshotOf};
+use crate::domain::{Report, TaskId, TaskState, TaskStatus};
+use crate::metrics::CallbackAnswer;
+
+/// A callback's task status after it, and what it changed (`None`: a replay, nothing).
+type Recorded = (TaskStatus, Option<Applied>);
+
+impl LifecycleService {
+    /// Records the outcome in one transaction and wakes the engine.
+    pub async fn callback(
+        &self,
+        task_id: TaskId,
+        token: Option<String>,
+        report: Report,
+    ) -> Result<TaskStatus, CommandError> {
+        // Measured here, refused after the token is checked: a caller without one learns nothing.
+        let too_large = report.results.as_ref().and_then(|results| {
+            self.limits
+                .check_results("the callback's", results)
+                .err()
+                .map(|e| CommandError::ResultsTooLarge(e.0))
+        });
+        let rules = self.callbacks.clone();
+        let timings = self.timings;
+        let recorded = self
+            .db
+            .write(move |conn| -> Result<Recorded, CommandError> {
+                // The activity is locked before its tasks are read: the token is checked against
+                // the attempt as it is, not as it was before a concurrent change.
+                let snapshot = db::load_snapshot(conn, SnapshotOf::CallbackTask(task_id))?;
+                let task = snapshot.as_ref().and_then(|s| s.task(task_id));
+                if rules.require_token {
+                    rules.verify_token(task_id, task, token.as_deref())?;
+                }
+                if let Some(refusal) = too_large {
+                    tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
+                    return Err(refusal);
+                }
+                let snapshot = snapshot.ok_or(CommandError::TaskNotFound(task_id))?;
+                let task = snapshot.task(task_id).expect("the snapshot of its task");
+                let confirm_first = rules.catalog.check_after_callback(task.executor.as_deref());
+                let timing = timings.at(now_ms());
+                match state::callback(&snapshot, task_id, report, confirm_first, &timing) {
+                    Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),
+                    Ok(CallbackDecision::Apply(plan)) => {
+                        let applied = apply(conn, &plan)?;
+                        Ok((
+                            plan.task_status_after(task_id, TaskStatus::Processing),
+                            Some(applied),
+                        ))
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
+                        Err(refusal.into())
+                    }
+                }
+            })
+            .await;
+        self.metrics.callback(callback_answer(&recorded));
+        let (status, applied) = recorded?;
+        applied
+            .unwrap_or_default()
+            .committed(&self.metrics, &self.waker);
+        Ok(status)
+    }
+}
+
+impl CallbackRules {
+    /// An unknown task is refused like a wrong token: a callback cannot probe which ids exist.
+    fn verify_token(
+        &self,
+        task_id: TaskId,
+        task: Option<&TaskState>,
+        token: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            CommandError::Unauthorized(
+                "the callback has no token: use the callbackRef exactly as it was given".into(),
+            )
+        })?;
+        let invalid = || {
+            CommandError::Unauthorized(format!(
+                "the callback token is not valid for task {task_id} (wrong or from an earlier attempt)"
+            ))
+        };
+        let Some(task) = task else {
+            tracing::warn!(
+                task_id = task_id.get(),
+                "callback for an unknown task refused"
+            );
+            return Err(invalid());
+        };
+        let id = task.id.get();
+        if self.keys.verify_callback_token(id, task.attempt, token) {
+            Ok(())
+        } else if (1..task.attempt)
+            .any(|earlier| self.keys.verify_callback_token(id, earlier, token))
+        {
+            tracing::warn!(task_id = id, "callback of an earlier run refused");
+            Err(CommandError::TaskConflict(format!(
+                "this callback belongs to an earlier run of task {id}, which was dispatched again since: it changes nothing"
+            )))
+        } else {
+            tracing::warn!(
+                task_id = id,
+                "callback with an invalid or outdated token refused"
+            );
+            Err(invalid())
+        }
+    }
+}
+
+fn callback_answer(recorded: &Result<Recorded, CommandError>) -> CallbackAnswer {
+    match recorded {
+        Ok((_, Some(_))) => CallbackAnswer::Accepted,
+        Ok((_, None)) => CallbackAnswer::Replay,
+        Err(CommandError::Unauthorized(_)) => CallbackAnswer::Unauthorized,
+        Err(CommandError::TaskConflict(_) | CommandError::ActivityConflict(_)) => {
+            CallbackAnswer::Refused
+        }
+        Err(
+            CommandError::TaskNotFound(_)
+            | CommandError::InvalidCallback(_)
+            | CommandError::ResultsTooLarge(_),
+        ) => CallbackAnswer::Invalid,
+        Err(_) => CallbackAnswer::Error,
+    }
+}

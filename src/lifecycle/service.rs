@@ -1,0 +1,94 @@
+//! The lifecycle service: what the REST API asks of activities, tasks and lifecycles. Each
+//! command is one short transaction: it reads a snapshot, asks the state machine for a plan,
+//! applies it, and wakes the engine when work is due (`commands.rs`, `callbacks.rs`); reads
+//! are in `queries.rs`.
+
+use std::sync::Arc;
+
+use super::error::CommandError;
+use super::plumbing::{Applied, EngineTimings, Waker};
+use crate::clock::now_ms;
+use crate::config::LimitSettings;
+use crate::db::{self, Db, DbConnection, SnapshotOf};
+use crate::domain::{Plan, Snapshot};
+use crate::executor::ExecutorCatalog;
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+#[derive(Clone)]
+pub struct LifecycleService {
+    pub(super) db: Db,
+    pub(super) registry: Registry,
+    pub(super) timings: EngineTimings,
+    pub(super) limits: LimitSettings,
+    pub(super) waker: Waker,
+    pub(super) metrics: Arc<Metrics>,
+    /// Shared with the transactions that check callbacks (one reference moves there).
+    pub(super) callbacks: Arc<CallbackRules>,
+}
+
+/// What checking a callback needs inside its transaction.
+pub(super) struct CallbackRules {
+    pub(super) keys: Keys,
+    pub(super) require_token: bool,
+    pub(super) catalog: ExecutorCatalog,
+}
+
+/// What the service is built from (`app.rs`).
+pub struct LifecycleParts {
+    pub db: Db,
+    pub registry: Registry,
+    pub keys: Keys,
+    pub catalog: ExecutorCatalog,
+    pub timings: EngineTimings,
+    pub limits: LimitSettings,
+    /// `callbacks.require_token`
+    pub require_token: bool,
+    pub waker: Waker,
+    pub metrics: Arc<Metrics>,
+}
+
+impl LifecycleService {
+    pub fn new(parts: LifecycleParts) -> LifecycleService {
+        LifecycleService {
+            db: parts.db,
+            registry: parts.registry,
+            timings: parts.timings,
+            limits: parts.limits,
+            waker: parts.waker,
+            metrics: parts.metrics,
+            callbacks: Arc::new(CallbackRules {
+                keys: parts.keys,
+                require_token: parts.require_token,
+                catalog: parts.catalog,
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub(super) fn keys(&self) -> &Keys {
+        &self.callbacks.keys
+    }
+}
+
+/// The snapshot a command decides on; `missing` when there is no such activity or task.
+pub(super) fn snapshot(
+    conn: &mut DbConnection,
+    of: SnapshotOf,
+    missing: impl FnOnce() -> CommandError,
+) -> Result<Snapshot, CommandError> {
+    db::load_snapshot(conn, of)?.ok_or_else(missing)
+}
+
+pub(super) fn apply(conn: &mut DbConnection, plan: &Plan) -> Result<Applied, CommandError> {
+    db::apply_plan(conn, plan, now_ms())?;
+    Ok(Applied::of(plan))
+}

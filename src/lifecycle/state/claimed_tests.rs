@@ -1,0 +1,193 @@
+//! The engine's steps: what a claim does, and what a claimed step decides while its claim holds.
+
+use serde_json::json;
+
+use super::tests::{callback_of_10, processed, snapshot, task, timing, update_of, NOW};
+use super::*;
+use crate::domain::{
+    ActivityStatus, ClaimCandidate, ClaimDecision, Outcome, Step, TaskId, TaskState, TaskStatus,
+};
+
+pub(super) fn claimed(mut t: TaskState, step: Step, lease: &str) -> TaskState {
+    t.step = Some(step);
+    t.lease_owner = Some(lease.into());
+    t
+}
+
+pub(super) fn submittal() -> Submittal {
+    Submittal {
+        attempt: 1,
+        run_ref: Some(r#"{"runId":7}"#.into()),
+        run_url: Some("https://run/7".into()),
+        configurations: r#"{"context":{}}"#.into(),
+        immediate: None,
+    }
+}
+
+#[test]
+fn a_submitted_task_awaits_its_callback_until_the_poll_time() {
+    let mut t = claimed(task(10, 1, TaskStatus::Processing), Step::Dispatch, "me");
+    t.deadline_at = Some(NOW + 60_000);
+    let s = snapshot(ActivityStatus::Processing, vec![t]);
+    let plan = submitted(&s, TaskId(10), "me", submittal(), &timing());
+    let u = update_of(&plan, 10);
+    assert_eq!(u.expected_lease.as_deref(), Some("me"));
+    assert_eq!(u.changes.step, Some(Some(Step::Await)));
+    assert_eq!(
+        u.changes.due_at,
+        Some(Some(NOW + 60_000)),
+        "the deadline comes before the poll time"
+    );
+    assert_eq!(u.changes.run_ref, Some(Some(r#"{"runId":7}"#.into())));
+    assert_eq!(u.changes.lease_owner, Some(None));
+}
+
+#[test]
+fn a_run_started_for_a_task_aborted_meanwhile_is_cancelled() {
+    let mut t = task(10, 1, TaskStatus::Aborted);
+    t.step = None;
+    let s = snapshot(ActivityStatus::Aborted, vec![t]);
+    let plan = submitted(&s, TaskId(10), "me", submittal(), &timing());
+    let u = update_of(&plan, 10);
+    assert_eq!(u.expected, TaskStatus::Aborted);
+    assert_eq!(u.changes.step, Some(Some(Step::Cancel)));
+    assert_eq!(u.changes.run_ref, Some(Some(r#"{"runId":7}"#.into())));
+}
+
+#[test]
+fn a_task_finished_by_a_fast_callback_only_records_its_run() {
+    let s = snapshot(
+        ActivityStatus::Processed,
+        vec![task(10, 1, TaskStatus::Processed)],
+    );
+    let plan = submitted(&s, TaskId(10), "me", submittal(), &timing());
+    let u = update_of(&plan, 10);
+    assert_eq!(u.expected, TaskStatus::Processed);
+    assert_eq!(u.changes.status, None);
+    assert_eq!(u.changes.step, None, "no step touched");
+    assert!(plan.activity.is_none());
+}
+
+#[test]
+fn engine_steps_do_nothing_once_their_claim_is_lost() {
+    let t = claimed(
+        task(10, 1, TaskStatus::Processing),
+        Step::Await,
+        "someone-else",
+    );
+    let s = snapshot(ActivityStatus::Processing, vec![t]);
+    assert!(retry_step(&s, TaskId(10), "me", Step::Await, NOW).is_empty());
+    assert!(finish_step(
+        &s,
+        TaskId(10),
+        "me",
+        Step::Await,
+        Outcome::Processed { results: None },
+        false,
+        &timing()
+    )
+    .is_empty());
+    assert!(step_done(&s, TaskId(10), "me", Step::Await).is_empty());
+}
+
+#[test]
+fn a_timed_out_task_fails_and_its_run_is_cancelled() {
+    let mut t = claimed(task(10, 1, TaskStatus::Processing), Step::Await, "me");
+    t.has_run = true;
+    let s = snapshot(ActivityStatus::Processing, vec![t]);
+    let plan = finish_step(
+        &s,
+        TaskId(10),
+        "me",
+        Step::Await,
+        Outcome::Failed {
+            errors: "timed out".into(),
+        },
+        true,
+        &timing(),
+    );
+    let u = update_of(&plan, 10);
+    assert_eq!(u.changes.status, Some(TaskStatus::Failed));
+    assert_eq!(u.changes.step, Some(Some(Step::Cancel)));
+    assert!(
+        !plan.activity.as_ref().unwrap().changes.drop_secrets,
+        "kept for the cancel"
+    );
+}
+
+#[test]
+fn a_callback_that_beats_the_run_answer_is_confirmed_once_the_run_is_known() {
+    let sending = claimed(task(10, 1, TaskStatus::Processing), Step::Dispatch, "me");
+    let report = processed(json!({"a": 1}));
+    let Ok(CallbackDecision::Apply(plan)) =
+        callback_of_10(vec![sending.clone()], report.clone(), true)
+    else {
+        panic!("expected a plan");
+    };
+    let held = update_of(&plan, 10);
+    assert_eq!(
+        held.changes.step, None,
+        "the dispatch keeps its step and claim"
+    );
+    assert_eq!(held.changes.lease_owner, None);
+    assert!(held.changes.reported_outcome.is_some());
+
+    let mut answered = sending;
+    answered.holds_callback = true;
+    let s = snapshot(ActivityStatus::Processing, vec![answered.clone()]);
+    let plan = submitted(&s, TaskId(10), "me", submittal(), &timing());
+    assert_eq!(update_of(&plan, 10).changes.step, Some(Some(Step::Confirm)));
+    assert_eq!(update_of(&plan, 10).changes.due_at, Some(Some(NOW)));
+
+    let plan = await_unknown_dispatch(&s, TaskId(10), "me", 1, None, &timing());
+    assert_eq!(
+        update_of(&plan, 10).changes.step,
+        Some(Some(Step::Confirm)),
+        "with no run to ask, the held callback is taken as is"
+    );
+}
+
+#[test]
+fn the_last_cancel_of_an_ended_activity_drops_its_secrets() {
+    let mut first = claimed(task(10, 1, TaskStatus::Aborted), Step::Cancel, "me");
+    first.has_run = true;
+    let mut second = task(11, 2, TaskStatus::Aborted);
+    second.step = Some(Step::Cancel);
+    let s = snapshot(ActivityStatus::Aborted, vec![first.clone(), second]);
+    let plan = step_done(&s, TaskId(10), "me", Step::Cancel);
+    assert!(plan.activity.is_none(), "another cancel still needs them");
+
+    let s = snapshot(
+        ActivityStatus::Aborted,
+        vec![first, task(11, 2, TaskStatus::Aborted)],
+    );
+    let plan = step_done(&s, TaskId(10), "me", Step::Cancel);
+    let activity = plan.activity.expect("secrets cleared");
+    assert_eq!(activity.expected, ActivityStatus::Aborted);
+    assert!(activity.changes.drop_secrets);
+}
+
+#[test]
+fn a_claim_leases_every_candidate_and_starts_an_attempt_for_fresh_dispatches_only() {
+    let candidate = |task: i64, step: Step, held_by: Option<&str>| ClaimCandidate {
+        task: TaskId(task),
+        step,
+        held_by: held_by.map(str::to_owned),
+    };
+    let decision = claim(&[
+        candidate(1, Step::Dispatch, None),
+        candidate(2, Step::Dispatch, Some("crashed-replica-7")),
+        candidate(3, Step::Await, None),
+        candidate(4, Step::Cancel, Some("crashed-replica-7")),
+    ]);
+    assert_eq!(
+        decision,
+        ClaimDecision {
+            leased: vec![TaskId(1), TaskId(2), TaskId(3), TaskId(4)],
+            new_attempts: vec![TaskId(1)],
+            abandoned: vec![TaskId(2), TaskId(4)],
+        },
+        "an abandoned dispatch keeps its attempt: the run it may have started calls back with it"
+    );
+    assert_eq!(claim(&[]), ClaimDecision::default());
+}

@@ -1,0 +1,56 @@
+//! The service under test, started for real on a random port, on SQLite or PostgreSQL
+//! (`database.rs`), spoken to over HTTP (`app.rs`), with what tests share (`builders.rs`).
+
+mod app;
+mod builders;
+mod database;
+
+use std::future::Future;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub use app::*;
+pub use builders::*;
+pub use database::*;
+
+pub const DEVOPS: &str = "/api/v1/pp/devops";
+
+pub fn init_test_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Retries `check` until it gives a value, failing the test after 10 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port nothing listens on.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,170 @@
+//! What the database holds: upgraded from an earlier version without losing what a task still
+//! has to do (migrations run at start, DESIGN §13), and read strictly.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel_migrations::{FileBasedMigrations, MigrationHarness};
+use odm_devops::db::Db;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+/// Migrations of the version before task run settings became columns.
+const BEFORE_RUN_SETTINGS: usize = 2;
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct Settings {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    timeout_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    retry_max: Option<i32>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    retry_backoff_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    planned_configurations: Option<String>,
+}
+
+const LEGACY_ROWS: &str = "
+INSERT INTO activities (id, data_product_id, data_product_version, stage, status, created_at)
+    VALUES (1, 'p1', '1.0.0', 'dev', 'PROCESSING', 0);
+INSERT INTO tasks (id, activity_id, position, name, configurations, planned_configurations,
+                   status, created_at) VALUES
+    (1, 1, 1, 'resolved', '{\"timeout\":90,\"context\":{}}', '{\"timeout\":90,\"retry\":{\"max\":2,\"backoff\":1.5}}', 'PROCESSING', 0),
+    (2, 1, 2, 'planned', '{\"timeout\":0.5,\"retry\":{\"max\":1}}', NULL, 'PLANNED', 0),
+    (3, 1, 3, 'no settings', '{\"params\":{\"timeout\":9}}', NULL, 'PLANNED', 0),
+    (4, 1, 4, 'none at all', NULL, NULL, 'PLANNED', 0),
+    (5, 1, 5, 'unreadable', '{\"timeout\":-5,\"retry\":{\"max\":1.5}}', NULL, 'PLANNED', 0),
+    (6, 1, 6, 'not an object', '[1]', NULL, 'PLANNED', 0),
+    (7, 1, 7, 'over the caps', '{\"timeout\":1e300,\"retry\":{\"max\":1,\"backoff\":7200}}', NULL, 'PLANNED', 0);
+";
+
+fn run_legacy<C>(conn: &mut C, backend: &str)
+where
+    C: MigrationHarness<C::Backend> + diesel::connection::SimpleConnection + Connection,
+{
+    let dir = format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"));
+    let migrations = FileBasedMigrations::from_path(dir).unwrap();
+    for _ in 0..BEFORE_RUN_SETTINGS {
+        conn.run_next_migration(migrations.clone()).unwrap();
+    }
+    conn.batch_execute(LEGACY_ROWS).unwrap();
+}
+
+on_both_backends!(unfinished_tasks_keep_their_run_settings_across_the_upgrade);
+async fn unfinished_tasks_keep_their_run_settings_across_the_upgrade(db: TestDb) {
+    let url = db.url.clone();
+    let backend = db.backend;
+    actix_web::web::block(move || match backend {
+        Backend::Sqlite => {
+            let path = url.strip_prefix("sqlite://").unwrap();
+            run_legacy(&mut SqliteConnection::establish(path).unwrap(), "sqlite");
+        }
+        Backend::Postgres => run_legacy(&mut PgConnection::establish(&url).unwrap(), "postgres"),
+    })
+    .await
+    .unwrap();
+    let url = db.url.clone();
+    let upgraded = actix_web::web::block(move || Db::connect(&url, 1))
+        .await
+        .unwrap()
+        .expect("the upgrade migrates");
+    let rows = upgraded
+        .read(|conn| {
+            diesel::sql_query(
+                "SELECT id, timeout_ms, retry_max, retry_backoff_ms, planned_configurations \
+                 FROM tasks ORDER BY id",
+            )
+            .load::<Settings>(conn)
+            .map_err(odm_devops::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    let settings = |id, timeout_ms, retry: Option<(i32, i64)>, planned: Option<&str>| Settings {
+        id,
+        timeout_ms,
+        retry_max: retry.map(|r| r.0),
+        retry_backoff_ms: retry.map(|r| r.1),
+        planned_configurations: planned.map(str::to_owned),
+    };
+    assert_eq!(
+        rows,
+        vec![
+            settings(
+                1,
+                Some(90_000),
+                Some((2, 1_500)),
+                Some(r#"{"timeout":90,"retry":{"max":2,"backoff":1.5}}"#)
+            ),
+            settings(
+                2,
+                Some(500),
+                Some((1, 30_000)),
+                Some(r#"{"timeout":0.5,"retry":{"max":1}}"#)
+            ),
+            settings(3, None, None, Some(r#"{"params":{"timeout":9}}"#)),
+            settings(4, None, None, None),
+            // Stored values that do not read as settings are ignored, as they were before.
+            settings(5, None, None, Some(r#"{"timeout":-5,"retry":{"max":1.5}}"#)),
+            settings(6, None, None, Some("[1]")),
+            // Over the caps (30 days, an hour): creation refuses them, and the engine read them
+            // as the defaults.
+            settings(
+                7,
+                None,
+                None,
+                Some(r#"{"timeout":1e300,"retry":{"max":1,"backoff":7200}}"#)
+            ),
+        ]
+    );
+}
+
+on_both_backends!(a_status_the_service_does_not_know_is_an_error_never_a_guess);
+async fn a_status_the_service_does_not_know_is_an_error_never_a_guess(db: TestDb) {
+    // Statuses were parsed with a fallback to FAILED: a corrupt row read as a failed activity.
+    let app = spawn_app(test_settings(&db, None)).await;
+    app.put_descriptor(
+        "p1",
+        "1.0.0",
+        &descriptor(serde_json::json!({"dev": [{"template": {"name": "manual"}}]})),
+    )
+    .await;
+    let id = app.planned_activity("p1", "1.0.0", "dev").await;
+    let url = db.url.clone();
+    let store = actix_web::web::block(move || Db::connect(&url, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let set = format!("UPDATE activities SET status = 'RUNNING' WHERE id = {id}");
+    store
+        .write(move |conn| {
+            diesel::sql_query(set)
+                .execute(conn)
+                .map_err(odm_devops::db::DbError::from)
+        })
+        .await
+        .unwrap();
+
+    let read = app.get(&format!("{DEVOPS}/activities/{id}")).await;
+    let message = read.assert_error(500, "50001");
+    assert!(!message.contains("RUNNING"), "nothing internal: {message}");
+    app.get(&format!("{DEVOPS}/activities"))
+        .await
+        .assert_error(500, "50001");
+    app.activity_action(id, "ABORT")
+        .await
+        .assert_error(500, "50001");
+    let stored: Vec<String> = store
+        .read(move |conn| {
+            use odm_devops::db::schema::activities;
+            activities::table
+                .select(activities::status)
+                .load(conn)
+                .map_err(odm_devops::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, ["RUNNING"], "left as it was");
+    app.stop().await;
+}
