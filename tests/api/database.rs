@@ -239,3 +239,72 @@ async fn what_database_work_logs_carries_the_request_span(db: TestDb) {
         );
     }
 }
+
+on_both_backends!(a_dispatch_whose_database_work_fails_for_a_moment_is_still_sent_once);
+/// A dispatch's database work failing for a moment before the send (no pooled connection free)
+/// once left the step under its lease; claimed again as abandoned, the task was never sent and
+/// failed at its timeout. Now the step tries its database work again and sends the task once.
+async fn a_dispatch_whose_database_work_fails_for_a_moment_is_still_sent_once(db: TestDb) {
+    use odm_devops::app::EngineMode;
+
+    let executor = crate::fakes::FakeExecutor::start().await;
+    let mut settings = test_settings(&db, Some(&executor.address));
+    settings.database.pool_size = 1;
+    settings.database.pool_timeout_ms = 100;
+    let app = Application::build_with(settings, EngineMode::Stepped)
+        .await
+        .expect("the service starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let store: Db = app.lifecycle().db().clone();
+    let engine = app.stepped_engine().expect("a stepped engine");
+    let server = app.server_handle();
+    let running = actix_web::rt::spawn(app.run_until_stopped());
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let lifecycle = json!({"dev": [crate::helpers::fake_task("only", json!({}))]});
+    let (stored, _) = send(
+        &client,
+        "PUT",
+        &format!("{base}/api/v1/pp/registry/products/p/versions/1.0.0"),
+        Some(descriptor(lifecycle)),
+    )
+    .await;
+    assert!(stored.status == 201 || stored.status == 200, "{stored:?}");
+    let (created, _) = send(
+        &client,
+        "POST",
+        &format!("{base}{DEVOPS}/activities?startAfterCreation=true"),
+        Some(json!({"dataProductId": "p", "dataProductVersion": "1.0.0", "stage": "dev"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+
+    // The only pooled connection is busy for 400 ms, four times database.pool_timeout_ms.
+    let (release, held) = hold(&store, Held::PooledConnection).await;
+    actix_web::rt::spawn(async move {
+        actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+        release.send(()).unwrap();
+    });
+    let mut reports = Vec::new();
+    for _ in 0..100 {
+        // On PostgreSQL the claim itself needs the pool: it fails until the connection is free.
+        if let Ok(tick) = engine.tick().await {
+            reports.extend(tick.finished().await);
+        }
+        if !reports.is_empty() {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(
+        reports[0].result,
+        odm_devops::metrics::StepResult::Done,
+        "{reports:?}"
+    );
+    assert_eq!(executor.received().len(), 1, "the task was sent once");
+    server.stop(true).await;
+    let _ = running.await;
+}

@@ -176,10 +176,12 @@ impl Engine {
     }
 
     async fn load_context(&self, activity: &ActivityKeys) -> Result<TaskContext, EngineError> {
-        let activity = activity.clone();
-        self.db
-            .read(move |conn| Ok(context::load(conn, &activity)?))
-            .await
+        self.while_database_fails(|| {
+            let activity = activity.clone();
+            self.db
+                .read(move |conn| Ok(context::load(conn, &activity)?))
+        })
+        .await
     }
 
     /// The task's template and configurations with placeholders resolved and the context added.

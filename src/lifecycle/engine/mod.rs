@@ -39,6 +39,8 @@ const RETRY_CAP_MS: i64 = 60_000;
 /// Longest wait before the provider is asked again to confirm a callback.
 const CONFIRM_CAP_MS: i64 = 30_000;
 const MAX_CANCEL_ATTEMPTS: i32 = 10;
+/// Longest a step keeps trying its database work (bounded by half its lease as well).
+const DATABASE_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -277,12 +279,15 @@ impl Engine {
     /// loop when the plan leaves more work due. `Done`, for the step that decided.
     async fn decide<F>(&self, activity_id: ActivityId, decide: F) -> Result<StepResult, EngineError>
     where
-        F: FnOnce(&Snapshot, &Timing) -> Plan + Send + 'static,
+        F: FnOnce(&Snapshot, &Timing) -> Plan + Clone + Send + 'static,
     {
         let timings = self.timings;
         let decided = self
-            .db
-            .write(move |conn| apply_decision(conn, activity_id, timings, decide))
+            .while_database_fails(|| {
+                let decide = decide.clone();
+                self.db
+                    .write(move |conn| apply_decision(conn, activity_id, timings, decide))
+            })
             .await;
         match decided {
             Ok(applied) => applied.committed(&self.metrics, &self.waker),
@@ -293,6 +298,31 @@ impl Engine {
             Err(e) => return Err(e),
         }
         Ok(StepResult::Done)
+    }
+
+    /// Database work of a step, tried again while the database fails and the step's lease has
+    /// time left. A failed transaction rolled back whole and every decision is taken again on a
+    /// fresh snapshot, so trying again is safe; giving up at once would leave the step to expire
+    /// under its lease, and a dispatch that expires is never sent again (it might have been).
+    async fn while_database_fails<T, Work, Fut>(&self, mut work: Work) -> Result<T, EngineError>
+    where
+        Work: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
+    {
+        let budget = Duration::from_millis(u64::try_from(self.config.lease_ms / 2).unwrap_or(0))
+            .min(DATABASE_RETRY_BUDGET);
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match work().await {
+                Err(EngineError::Db(e)) if started.elapsed() + wait < budget => {
+                    tracing::warn!(error = %chain(&e), retry_in_ms = wait.as_millis() as u64, "engine step's database work failed; trying again");
+                    actix_web::rt::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn callback_ref(&self, task_id: TaskId, attempt: i32) -> String {

@@ -43,9 +43,20 @@ impl Engine {
         step: Step,
         due: i64,
     ) -> Result<StepResult, EngineError> {
+        self.requeue(claimed, step, step, due).await
+    }
+
+    /// The claimed `owned` step gives way to `next` at `due`.
+    pub(super) async fn requeue(
+        &self,
+        claimed: &ClaimedStep,
+        owned: Step,
+        next: Step,
+        due: i64,
+    ) -> Result<StepResult, EngineError> {
         let (task_id, lease) = (claimed.task.id, claimed.claim.clone());
         self.decide(claimed.task.activity_id, move |s, _| {
-            state::retry_step(s, task_id, &lease, step, due)
+            state::requeue_step(s, task_id, &lease, owned, next, due)
         })
         .await?;
         Ok(StepResult::Rescheduled)
@@ -113,7 +124,13 @@ impl Engine {
     async fn confirm(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
         let task = &claimed.task;
         let Some(reported) = task.held.as_ref().map(|report| report.outcome()) else {
-            return self.retry(&claimed, Step::Await, now_ms()).await;
+            // Nothing to confirm: wait for a callback as if none had come.
+            let due = now_ms()
+                .saturating_add(self.timings.poll_after_ms)
+                .min(task.deadline_at.unwrap_or(i64::MAX));
+            return self
+                .requeue(&claimed, Step::Confirm, Step::Await, due)
+                .await;
         };
         let Some((executor, run)) = self.run_of(task) else {
             // No run to ask about (dispatch outcome unknown): the callback is all we have.

@@ -97,13 +97,31 @@ pub struct Submittal {
 
 /// The engine will try the same step again at `due` (a transient failure, a run still going).
 pub fn retry_step(s: &Snapshot, task_id: TaskId, lease: &str, step: Step, due: i64) -> Plan {
+    requeue_step(s, task_id, lease, step, step, due)
+}
+
+/// The claimed `owned` step gives way to `next` at `due`, while the claim still holds (a
+/// confirm step that finds no held callback goes back to awaiting one).
+pub fn requeue_step(
+    s: &Snapshot,
+    task_id: TaskId,
+    lease: &str,
+    owned: Step,
+    next: Step,
+    due: i64,
+) -> Plan {
     let task = s.task(task_id).expect("snapshot holds the task");
-    if !still_owned(s, task_id, step, lease) {
+    if !still_owned(s, task_id, owned, lease) {
         return Plan::default();
     }
+    let attempts = if owned == next {
+        task.step_attempts.saturating_add(1)
+    } else {
+        0
+    };
     let changes = TaskChanges {
-        step_attempts: Some(task.step_attempts + 1),
-        ..reschedule(TaskChanges::default(), step, due)
+        step_attempts: Some(attempts),
+        ..reschedule(TaskChanges::default(), next, due)
     };
     single(task, task.status, Some(lease), changes)
 }

@@ -191,3 +191,18 @@ fn a_claim_leases_every_candidate_and_starts_an_attempt_for_fresh_dispatches_onl
     );
     assert_eq!(claim(&[]), ClaimDecision::default());
 }
+
+#[test]
+fn a_confirm_step_without_a_held_callback_goes_back_to_awaiting_one() {
+    // It once stayed a confirm step under its claim (the retry was asked for the await step the
+    // task was not in), so nothing happened until the lease ran out.
+    let t = claimed(task(10, 1, TaskStatus::Processing), Step::Confirm, "me");
+    let s = snapshot(ActivityStatus::Processing, vec![t]);
+    let plan = requeue_step(&s, TaskId(10), "me", Step::Confirm, Step::Await, NOW + 5);
+    let u = update_of(&plan, 10);
+    assert_eq!(u.expected_lease.as_deref(), Some("me"));
+    assert_eq!(u.changes.step, Some(Some(Step::Await)));
+    assert_eq!(u.changes.due_at, Some(Some(NOW + 5)));
+    assert_eq!(u.changes.step_attempts, Some(0));
+    assert_eq!(u.changes.lease_owner, Some(None));
+}

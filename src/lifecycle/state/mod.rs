@@ -20,8 +20,8 @@ use crate::domain::{Plan, Step, TaskChanges, TaskState, TaskStatus, TaskUpdate};
 pub use activity::{abort, abort_task, finish_task, start};
 pub use callback::callback;
 pub use claimed::{
-    await_unknown_dispatch, claim, finish_step, retry_step, step_done, still_owned, submitted,
-    Submittal,
+    await_unknown_dispatch, claim, finish_step, requeue_step, retry_step, step_done, still_owned,
+    submitted, Submittal,
 };
 
 /// The clock and the engine timings a transition needs.
