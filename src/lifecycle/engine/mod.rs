@@ -218,7 +218,11 @@ impl Engine {
                 // The steps go on in the background; the loop does not wait for them.
                 Ok(tick) => tick.saturated,
                 Err(e) => {
-                    tracing::error!(error = %chain(&e), "claiming due steps failed");
+                    if e.is_transient() {
+                        tracing::warn!(error = %chain(&e), "claiming due steps refused: the database is overloaded; trying again at the next tick");
+                    } else {
+                        tracing::error!(error = %chain(&e), "claiming due steps failed");
+                    }
                     false
                 }
             };
