@@ -2,14 +2,16 @@
 //! `callbacks.rs`.
 
 use super::error::CommandError;
+use super::plumbing::Applied;
 use super::service::{apply, snapshot, LifecycleService};
 use super::state::{self, Timing};
 use crate::clock::now_ms;
 use crate::db::models::{ActivityRow, NewActivity, NewTask};
 use crate::db::{self, DbConnection, SnapshotOf};
 use crate::descriptor::{self, LifecycleInfo, TaskDefinition};
-use crate::domain::{ActivityId, ActivityStatus, RunSettings, TaskId, TaskStatus};
+use crate::domain::{ActivityId, ActivityStatus, Event, RunSettings, TaskId, TaskStatus};
 use crate::keys::{ActivitySecrets, Keys};
+use crate::notifications::{self, Listeners};
 
 #[derive(Debug, Clone)]
 pub struct NewActivityRequest {
@@ -56,6 +58,7 @@ impl LifecycleService {
         )?;
         let settings = run_settings(&request.stage, &definitions)?;
         let (keys, timings) = (self.keys().clone(), self.timings);
+        let listeners = self.listeners.clone();
         let activity = self
             .db
             .write(move |conn| -> Result<ActivityRow, CommandError> {
@@ -66,6 +69,11 @@ impl LifecycleService {
                     settings: &settings,
                 };
                 let activity = insert_planned(conn, new, now)?;
+                if !listeners.is_empty() {
+                    let tasks = db::task_ids_of(conn, activity.id)?;
+                    let created = Event::created(activity.id, &tasks);
+                    notifications::record(conn, &listeners, &created, now)?;
+                }
                 // Sealed once the id is known: it binds the secrets to this activity.
                 if !secrets.is_empty() {
                     let sealed = keys.seal(activity.id.get(), &secrets);
@@ -74,12 +82,15 @@ impl LifecycleService {
                 if !start {
                     return Ok(activity);
                 }
-                start_in(conn, activity.id, None, timings.at(now))?;
+                start_in(conn, activity.id, None, &listeners, timings.at(now))?;
                 Ok(db::find_activity(conn, activity.id)?.expect("just written"))
             })
             .await?;
         if start {
             self.waker.wake();
+        }
+        if !self.listeners.is_empty() {
+            self.waker.outbox_due();
         }
         Ok(activity)
     }
@@ -90,19 +101,20 @@ impl LifecycleService {
         secrets: ActivitySecrets,
     ) -> Result<ActivityStatus, CommandError> {
         let keys = self.keys().clone();
-        let timings = self.timings;
-        self.db
+        let (timings, listeners) = (self.timings, self.listeners.clone());
+        let applied = self
+            .db
             .write(move |conn| {
                 let fresh = (!secrets.is_empty()).then_some((keys, secrets));
-                start_in(conn, id, fresh, timings.at(now_ms()))
+                start_in(conn, id, fresh, &listeners, timings.at(now_ms()))
             })
             .await?;
-        self.waker.wake();
+        applied.committed(&self.metrics, &self.waker);
         Ok(ActivityStatus::Processing)
     }
 
     pub async fn abort_activity(&self, id: ActivityId) -> Result<ActivityStatus, CommandError> {
-        let timings = self.timings;
+        let (timings, listeners) = (self.timings, self.listeners.clone());
         let applied = self
             .db
             .write(move |conn| {
@@ -110,7 +122,7 @@ impl LifecycleService {
                     CommandError::ActivityNotFound(id)
                 })?;
                 let plan = state::abort(&snapshot, &timings.at(now_ms()))?;
-                apply(conn, &plan)
+                apply(conn, &plan, id, &listeners)
             })
             .await?;
         applied.committed(&self.metrics, &self.waker);
@@ -135,7 +147,7 @@ impl LifecycleService {
     }
 
     pub async fn abort_task(&self, task_id: TaskId) -> Result<TaskStatus, CommandError> {
-        let timings = self.timings;
+        let (timings, listeners) = (self.timings, self.listeners.clone());
         let applied = self
             .db
             .write(move |conn| {
@@ -143,7 +155,7 @@ impl LifecycleService {
                     CommandError::TaskNotFound(task_id)
                 })?;
                 let plan = state::abort_task(&snapshot, task_id, &timings.at(now_ms()))?;
-                apply(conn, &plan)
+                apply(conn, &plan, snapshot.activity.id, &listeners)
             })
             .await?;
         applied.committed(&self.metrics, &self.waker);
@@ -274,8 +286,9 @@ fn start_in(
     conn: &mut DbConnection,
     id: ActivityId,
     fresh_secrets: Option<(Keys, ActivitySecrets)>,
+    listeners: &Listeners,
     timing: Timing,
-) -> Result<(), CommandError> {
+) -> Result<Applied, CommandError> {
     let missing = || CommandError::ActivityNotFound(id);
     let snapshot = snapshot(conn, SnapshotOf::Activity(id), missing)?;
     let plan = state::start(&snapshot, &timing)?;
@@ -288,7 +301,7 @@ fn start_in(
             a.data_product_id, a.data_product_version
         )));
     }
-    apply(conn, &plan).map_err(|e| match e {
+    let applied = apply(conn, &plan, id, listeners).map_err(|e| match e {
         CommandError::Db(db) if db.is_unique_violation() => {
             CommandError::ActivityConflict(format!(
                 "another activity of product {}, version {} became PROCESSING at the same time: \
@@ -310,5 +323,5 @@ fn start_in(
         }
         db::set_sealed_secrets(conn, id, Some(&keys.seal(id.get(), &secrets)))?;
     }
-    Ok(())
+    Ok(applied)
 }

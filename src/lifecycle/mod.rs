@@ -7,6 +7,7 @@ mod commands;
 mod context;
 pub mod engine;
 mod error;
+mod observer;
 mod plumbing;
 mod queries;
 pub mod run_settings;
@@ -17,5 +18,6 @@ mod task_templates;
 
 pub use commands::NewActivityRequest;
 pub use error::CommandError;
+pub use observer::Forgotten;
 pub use plumbing::{Applied, EngineTimings, Waker};
 pub use service::{LifecycleParts, LifecycleService};
