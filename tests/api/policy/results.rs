@@ -248,3 +248,31 @@ async fn an_executors_immediate_success_waits_for_the_gates_too(db: TestDb) {
     );
     app.stop().await;
 }
+
+on_both_backends!(with_check_after_callback_the_provider_confirms_then_the_policy_decides);
+async fn with_check_after_callback_the_provider_confirms_then_the_policy_decides(db: TestDb) {
+    let policy = fake_policy().await;
+    let executor = FakeExecutor::start().await;
+    let mut settings = test_settings(&db, Some(&executor.address));
+    fake_executor(&mut settings).check_after_callback = true;
+    settings.policy.active = true;
+    settings.policy.address = Some(policy.address());
+    let app = spawn_stepped_app(settings).await;
+    policy.set_policies(TASK, vec![FakePolicy::blocking(2, "results-schema")]);
+    let id = app.start_dev(fake_stage(&["build"])).await;
+    let sent = app.dispatched(&executor, 1).await;
+    executor.set_run_status("PROCESSED");
+    let body = json!({"status": "PROCESSED", "results": {"x": 1}});
+    app.call_back(&sent.callback_ref, Some(body)).await;
+    app.wait_for_activity(id, "FAILED").await;
+    assert!(
+        executor.status_requests() >= 1,
+        "the provider was asked first"
+    );
+    let errors = app.task(sent.id).await["errors"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(errors.contains("results-schema (id 2)"), "{errors}");
+    app.stop().await;
+}
