@@ -15,10 +15,11 @@ use crate::config::Settings;
 use crate::db::{self, Db, DbError};
 use crate::executor::{ExecutorCatalog, Executors};
 use crate::keys::Keys;
-use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, Notifier};
+use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, Notifier, ResultGates};
 use crate::lifecycle::{EngineTimings, LifecycleParts, LifecycleService, Waker};
 use crate::metrics::Metrics;
 use crate::notifications::Listeners;
+use crate::policy::Policies;
 use crate::registry::Registry;
 use crate::secret::Secret;
 
@@ -148,6 +149,7 @@ impl Application {
             waker: waker.clone(),
             metrics: metrics.clone(),
             listeners,
+            policies: Policies::new(&settings.policy),
         });
         let engine = Engine::new(
             db,
@@ -167,6 +169,11 @@ impl Application {
             waker,
             metrics.clone(),
         )
+        .with_result_gates(ResultGates {
+            policies: Policies::new(&settings.policy),
+            registry: lifecycle.registry().clone(),
+            catalog: ExecutorCatalog::new(&settings.executors),
+        })
         .with_notifications(notifier);
         let engine = match mode {
             EngineMode::Background => RunningEngine::Background(engine.spawn()),

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notifications;
 pub mod placeholders;
+pub mod policy;
 pub mod registry;
 pub mod resources;
 pub mod secret;

@@ -278,19 +278,40 @@ mod tests {
         );
     }
 
-    /// Governance must not fail open: what is not built yet stops the start, naming the key.
+    /// Governance must not fail open: an active policy service needs its address; listeners
+    /// are checked (the checks themselves: `notifications::tests`).
     #[test]
-    fn policy_is_refused_until_it_exists() {
-        let error = load(&[
+    fn policy_without_an_address_is_refused_and_listeners_are_checked() {
+        let error = load(&[("ODM_DEVOPS__POLICY__ACTIVE", "true")]).unwrap_err();
+        assert!(error.contains("policy.address is not set"), "{error}");
+        let settings = load(&[
             ("ODM_DEVOPS__POLICY__ACTIVE", "true"),
             ("ODM_DEVOPS__POLICY__ADDRESS", "http://policy:8080"),
+            ("ODM_DEVOPS__POLICY__STAGE_ORDER", "dev,test,prod"),
         ])
-        .unwrap_err();
-        assert!(
-            error.contains("policy.active: true is not supported yet"),
-            "{error}"
-        );
+        .unwrap();
+        assert!(settings.policy.active);
+        assert_eq!(settings.policy.stage_order, ["dev", "test", "prod"]);
+        assert_eq!(settings.policy.timeout_ms, 10_000);
+        let error = load(&[("ODM_DEVOPS__POLICY__STAGE_ORDER", "dev,dev")]).unwrap_err();
+        assert!(error.contains("policy.stage_order"), "{error}");
+        let error = load(&[("ODM_DEVOPS__POLICY__TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(error.contains("policy.timeout_ms"), "{error}");
         assert!(load(&[("ODM_DEVOPS__POLICY__ACTIVE", "false")]).is_ok());
+        let listeners = |yaml: &str| {
+            let file = std::env::temp_dir().join(format!(
+                "odm-listeners-{}.yaml",
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::write(&file, format!("notifications:\n  listeners: [{yaml}]\n")).unwrap();
+            let loaded = Settings::load_with_env(Some(&file), Vec::<(String, String)>::new());
+            std::fs::remove_file(&file).unwrap();
+            loaded.map_err(|e| e.to_string())
+        };
+        let loaded = listeners("{name: audit, address: \"http://audit:8080\"}").unwrap();
+        assert_eq!(loaded.notifications.listeners[0].name, "audit");
+        let error = listeners("{name: audit, address: \"audit:8080\"}").unwrap_err();
+        assert!(error.contains("(audit)"), "{error}");
     }
 
     #[test]

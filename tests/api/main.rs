@@ -18,6 +18,7 @@ mod lists;
 mod metrics;
 mod notifications;
 mod openapi;
+mod policy;
 mod registry;
 mod replicas;
 mod retries;

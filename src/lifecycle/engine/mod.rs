@@ -9,6 +9,7 @@
 //! goes through `Db`, on the blocking pool.
 
 mod dispatch;
+mod gates;
 mod notify;
 mod steps;
 
@@ -34,6 +35,8 @@ use crate::metrics::{Metrics, StepResult};
 use crate::notifications::{self, Listeners};
 use crate::placeholders::OnMissing;
 use crate::telemetry::error_chain as chain;
+
+pub use gates::ResultGates;
 
 /// How long a stopping engine waits for the steps under way (an executor call is bounded by
 /// its own timeouts).
@@ -103,6 +106,8 @@ pub struct Engine {
     notifier: Option<Notifier>,
     /// Deletions asked by an ODM observer may wait (true at start: they are looked for once).
     deletions_pending: Cell<bool>,
+    /// ODM's policy service, asked before results are accepted (`gates.rs`).
+    gates: Option<ResultGates>,
 }
 
 /// Stops the engine's loop; steps already under way finish (or their leases expire).
@@ -179,7 +184,14 @@ impl Engine {
             claims: Cell::new(0),
             notifier: None,
             deletions_pending: Cell::new(true),
+            gates: None,
         }
+    }
+
+    /// Results are accepted only once ODM's policy service agrees (when it is active).
+    pub fn with_result_gates(mut self, gates: ResultGates) -> Engine {
+        self.gates = gates.policies.is_remote().then_some(gates);
+        self
     }
 
     /// Starts the loop on the current actix System thread.
