@@ -16,6 +16,7 @@ mod errors;
 mod limits;
 mod lists;
 mod metrics;
+mod notifications;
 mod openapi;
 mod policy;
 mod registry;

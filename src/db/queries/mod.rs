@@ -4,6 +4,7 @@
 mod activities;
 mod engine;
 mod lifecycles;
+mod outbox;
 mod plans;
 mod registry;
 mod tasks;
@@ -12,6 +13,7 @@ mod work;
 pub use activities::*;
 pub use engine::*;
 pub use lifecycles::*;
+pub use outbox::*;
 pub use plans::*;
 pub use registry::*;
 pub use tasks::*;
