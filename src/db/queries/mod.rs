@@ -3,6 +3,7 @@
 
 mod activities;
 mod engine;
+mod executor_runs;
 mod lifecycles;
 mod plans;
 mod registry;
@@ -11,6 +12,7 @@ mod work;
 
 pub use activities::*;
 pub use engine::*;
+pub use executor_runs::*;
 pub use lifecycles::*;
 pub use plans::*;
 pub use registry::*;
