@@ -235,6 +235,10 @@ pub struct WorkloadIdentitySettings {
     pub token_file: String,
     #[serde(default = "azure_devops_scope")]
     pub scope: String,
+    /// Only there because the default `client_credentials` block is merged in: must stay
+    /// blank (a secret here means the configuration is not what its author thinks).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
 }
 
 fn azure_devops_scope() -> String {
@@ -254,6 +258,15 @@ pub struct ClientCredentialsSettings {
 #[serde(deny_unknown_fields)]
 pub struct PatSettings {
     pub pat: Secret,
+    /// The default `client_credentials` block's keys, merged in under another `kind`: unused.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

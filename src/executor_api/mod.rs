@@ -8,6 +8,8 @@
 //! retries, `Retry-After`, timeouts), one per worker thread (awc is `!Send`), all sharing the
 //! executor's identity, so one Entra token serves the engine and this API.
 
+mod create;
+mod status;
 mod task;
 
 use std::rc::Rc;
@@ -15,14 +17,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::clock::now_ms;
 use crate::config::{AzureDevOpsSettings, ExecutorSettings, OnMissing, Settings};
-use crate::db::{self, Db, DbError, ExecutorRunRow, ExecutorRunUpdate, SUBMITTING};
-use crate::executor::azure_devops::{check_task, AzureDevOpsExecutor, AzureIdentity, RunLocation};
-use crate::executor::{AzureIdentities, Executor, ExecutorError, RunRef, Secrets, Submission};
+use crate::db::{Db, DbError, ExecutorRunRow};
+use crate::executor::azure_devops::{AzureDevOpsExecutor, AzureIdentity};
+use crate::executor::{AzureIdentities, ExecutorError};
 use crate::metrics::{ExecutorMetrics, Metrics};
-use crate::placeholders::{self, ResolveError, StageTaskNames};
-use crate::telemetry::error_chain;
 
 /// No run: the request was refused (by Azure, or by an unusable executor); `errors` says why.
 const REFUSED: &str = "refused";
@@ -132,214 +131,6 @@ pub struct ExecutorApi {
     executor: Result<Rc<AzureDevOpsExecutor>, String>,
 }
 
-impl ExecutorApi {
-    /// Starts the task's run, or answers the run it already has (the same request again).
-    /// The answer is the task as sent, `status` PROCESSING, or FAILED with Azure's `errors`.
-    pub async fn create(&self, body: Value, secrets: Secrets) -> Result<Value, ExecutorApiError> {
-        let task = task::parse(body).map_err(|problems| {
-            ExecutorApiError::InvalidTask(format!("the task is invalid: {}", problems.join("; ")))
-        })?;
-        let (template, configurations) = self.resolve(&task)?;
-        let target = check_task(&template, &configurations)
-            .map_err(|e| ExecutorApiError::InvalidTask(e.to_string()))?;
-        let now = now_ms();
-        let claim = ExecutorRunRow {
-            task_id: task.id,
-            fingerprint: task.fingerprint.clone(),
-            organization: target.organization,
-            project: target.project,
-            pipeline_id: target.pipeline_id,
-            run_id: None,
-            run_url: None,
-            state: SUBMITTING.into(),
-            result: None,
-            errors: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        let (standing, owned) = self
-            .parts
-            .db
-            .write(move |conn| db::claim_executor_run(conn, &claim).map_err(ExecutorApiError::from))
-            .await?;
-        if !owned {
-            if standing.fingerprint != task.fingerprint {
-                return Err(ExecutorApiError::Conflict(format!(
-                    "task {} already has a pipeline run here, started from a different request \
-                     (another callbackRef, template or configurations): a task id runs once",
-                    task.id
-                )));
-            }
-            tracing::info!(
-                task_id = task.id,
-                "the same task again: answered with its run, nothing started"
-            );
-            return Ok(echo(task, &standing));
-        }
-        let submission = Submission {
-            task_id: task.id,
-            activity_id: task.activity_id.unwrap_or(0),
-            task_name: format!("task {}", task.id),
-            callback_ref: task.callback_ref.clone(),
-            template,
-            configurations,
-            secrets,
-        };
-        let submitted = match &self.executor {
-            Ok(executor) => executor.submit(&submission).await,
-            Err(problem) => Err(ExecutorError::InvalidTask(format!(
-                "Executor [{}] is not configured correctly: {problem}",
-                self.parts.name
-            ))),
-        };
-        let now = now_ms();
-        let settled = |state: &str, errors: Option<String>, finished_at| ExecutorRunUpdate {
-            run_id: None,
-            run_url: None,
-            state: state.into(),
-            result: None,
-            errors,
-            updated_at: now,
-            finished_at,
-        };
-        let update = match submitted {
-            Ok(submitted) => ExecutorRunUpdate {
-                run_id: RunLocation::from_json(&submitted.run.0)
-                    .ok()
-                    .map(|run| run.run_id),
-                run_url: submitted.web_url,
-                ..settled("inProgress", None, None)
-            },
-            Err(ExecutorError::OutcomeUnknown(message)) => {
-                settled(UNCONFIRMED, Some(message), None)
-            }
-            Err(ExecutorError::InvalidTask(message) | ExecutorError::Unauthorized(message)) => {
-                settled(REFUSED, Some(message), Some(now))
-            }
-            Err(error @ (ExecutorError::RateLimited { .. } | ExecutorError::Transient(_))) => {
-                let task_id = task.id;
-                self.parts
-                    .db
-                    .write(move |conn| {
-                        db::release_executor_run(conn, task_id).map_err(ExecutorApiError::from)
-                    })
-                    .await?;
-                return Err(unavailable(error));
-            }
-        };
-        Ok(echo(task, &self.record(standing, update).await))
-    }
-
-    /// The task's state as ODM names it, asked from Azure now while its run is going, and
-    /// recorded in the mapping.
-    pub async fn status(
-        &self,
-        task_id: i64,
-        secrets: Secrets,
-    ) -> Result<&'static str, ExecutorApiError> {
-        let row = self
-            .parts
-            .db
-            .read(move |conn| db::find_executor_run(conn, task_id).map_err(ExecutorApiError::from))
-            .await?
-            .ok_or(ExecutorApiError::NotFound(task_id))?;
-        let run_id = match row.run_id {
-            Some(run_id) if row.state != COMPLETED => run_id,
-            // Refused, finished, or no run id to ask about: nothing can change it from here.
-            _ => return Ok(odm_status(&row.state, row.result.as_deref())),
-        };
-        let executor = self.executor.as_ref().map_err(|problem| {
-            ExecutorApiError::AzureRefused(format!(
-                "Executor [{}] is not configured correctly: {problem}",
-                self.parts.name
-            ))
-        })?;
-        let location = RunLocation {
-            organization: row.organization.clone(),
-            project: row.project.clone(),
-            pipeline_id: row.pipeline_id,
-            run_id,
-        };
-        let live = executor
-            .run_state(&RunRef(location.to_json()), &secrets)
-            .await
-            .map_err(|error| match error {
-                ExecutorError::InvalidTask(message) | ExecutorError::Unauthorized(message) => {
-                    ExecutorApiError::AzureRefused(message)
-                }
-                other => unavailable(other),
-            })?;
-        let status = odm_status(&live.state, live.result.as_deref());
-        let now = now_ms();
-        let finished_at = (live.state == COMPLETED).then_some(now);
-        let update = ExecutorRunUpdate {
-            run_id: row.run_id,
-            run_url: row.run_url.clone(),
-            state: live.state,
-            result: live.result,
-            errors: row.errors.clone(),
-            updated_at: now,
-            finished_at,
-        };
-        self.record(row, update).await;
-        Ok(status)
-    }
-
-    /// Stores `update` on the mapping; the row as it now is. A failed write is logged, not
-    /// answered: Azure already did what the answer reports.
-    async fn record(&self, row: ExecutorRunRow, update: ExecutorRunUpdate) -> ExecutorRunRow {
-        let task_id = row.task_id;
-        let stored = update.clone();
-        let written = self
-            .parts
-            .db
-            .write(move |conn| {
-                db::update_executor_run(conn, task_id, &stored).map_err(ExecutorApiError::from)
-            })
-            .await;
-        if let Err(error) = written {
-            tracing::error!(task_id, error = %error_chain(&error), "the executor run mapping was not updated");
-        }
-        ExecutorRunRow {
-            run_id: update.run_id,
-            run_url: update.run_url,
-            state: update.state,
-            result: update.result,
-            errors: update.errors,
-            updated_at: update.updated_at,
-            finished_at: update.finished_at,
-            ..row
-        }
-    }
-
-    /// The template and configurations with leftover placeholders resolved against the
-    /// task's `context` (`taskN` references; the caller's task names are unknown here).
-    fn resolve(&self, task: &task::OdmTask) -> Result<(Value, Value), ExecutorApiError> {
-        let names = StageTaskNames::new();
-        let resolve = |what: &str, value: &Value| {
-            let max = self.parts.max_bytes;
-            placeholders::resolve(value, &task.context, &names, self.parts.on_missing, max).map_err(
-                |e| {
-                    ExecutorApiError::InvalidTask(match e {
-                        ResolveError::Unresolved(unresolved) => {
-                            format!("the task's {what}: {unresolved}")
-                        }
-                        ResolveError::TooLarge { max } => format!(
-                            "the task's {what}: its placeholders insert more than {max} bytes \
-                             (limits.configurations_bytes)"
-                        ),
-                    })
-                },
-            )
-        };
-        Ok((
-            resolve("template", &task.template)?,
-            resolve("configurations", &task.configurations)?,
-        ))
-    }
-}
-
 /// ODM's TaskStatus for Azure's run `state` and `result` (or the mapping's own states).
 pub fn odm_status(state: &str, result: Option<&str>) -> &'static str {
     match (state, result) {
@@ -399,5 +190,71 @@ mod tests {
         ] {
             assert_eq!(odm_status(state, result), expected, "{state} {result:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use crate::config::{AzureAuthSettings, ExecutorSettings, Settings};
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, String> {
+        let dir = std::env::temp_dir().join(format!("odm-cfg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let loaded = Settings::load_with_env(file.map(|_| path.as_path()), env);
+        let _ = std::fs::remove_dir_all(dir);
+        loaded.map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_executor_api_is_on_by_default_and_takes_its_tokens_from_the_environment() {
+        let s = load(None, &[]).unwrap();
+        assert!(s.executor_api.enabled && !s.executor_api.anonymous);
+        assert!(s.executor_api.tokens.is_empty());
+        assert_eq!(s.executor_api.executor, "azure-devops");
+        let s = load(None, &[("ODM_DEVOPS__EXECUTOR_API__TOKENS", "a,b")]).unwrap();
+        assert_eq!(s.executor_api.tokens.len(), 2);
+        let err = load(None, &[("ODM_DEVOPS__EXECUTOR_API__TOKENS", "a, ")]).unwrap_err();
+        assert!(err.contains("executor_api.tokens"), "{err}");
+    }
+
+    #[test]
+    fn workload_identity_and_pat_replace_the_default_client_credentials() {
+        let file = "executors:\n  azure-devops:\n    kind: azure-devops\n    base_url: https://dev.azure.com\n    auth:\n      kind: workload_identity\n      token_url: https://login.microsoftonline.com/t/oauth2/v2.0/token\n      client_id: app\n      token_file: /var/run/secrets/azure/tokens/azure-identity-token\n";
+        let s = load(Some(file), &[]).unwrap();
+        let ExecutorSettings::AzureDevops(azure) = &s.executors["azure-devops"] else {
+            panic!("not azure-devops")
+        };
+        let AzureAuthSettings::WorkloadIdentity(w) = &azure.auth else {
+            panic!("{:?}", azure.auth)
+        };
+        assert_eq!(w.scope, "499b84ac-1321-427f-aa17-267ca6975798/.default");
+        // A secret left in the environment is refused, naming the key.
+        let secret = [(
+            "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET",
+            "s",
+        )];
+        let s = load(Some(file), &secret).unwrap();
+        let ExecutorSettings::AzureDevops(azure) = &s.executors["azure-devops"] else {
+            panic!("not azure-devops")
+        };
+        let err = crate::executor::azure_devops::AzureIdentity::new("azure-devops", azure)
+            .err()
+            .unwrap();
+        assert!(err.contains("auth.client_secret is set"), "{err}");
+        let pat = "executors:\n  azure-devops:\n    auth:\n      kind: pat\n      pat: x\n";
+        let s = load(Some(pat), &[]).unwrap();
+        let ExecutorSettings::AzureDevops(azure) = &s.executors["azure-devops"] else {
+            panic!("not azure-devops")
+        };
+        assert!(
+            matches!(azure.auth, AzureAuthSettings::Pat(_)),
+            "{:?}",
+            azure.auth
+        );
     }
 }

@@ -96,6 +96,14 @@ impl AzureIdentity {
                 if w.token_file.trim().is_empty() {
                     return Err(format!("{} is blank", key("auth.token_file")));
                 }
+                if w.client_secret.as_ref().is_some_and(|s| !s.is_empty()) {
+                    return Err(format!(
+                        "{} is set, but kind workload_identity uses no secret: remove it (is \
+                         ODM_DEVOPS__EXECUTORS__{}__AUTH__CLIENT_SECRET still set?)",
+                        key("auth.client_secret"),
+                        name.to_uppercase().replace('-', "_")
+                    ));
+                }
                 build(Proof::FederatedTokenFile(PathBuf::from(
                     w.token_file.trim(),
                 )))

@@ -91,6 +91,7 @@ async fn workload_identity_needs_no_secret_and_picks_up_a_rotated_token_file(db:
             client_id: c.client_id,
             token_file: path,
             scope: c.scope,
+            client_secret: None,
         });
     })
     .await;
