@@ -16,9 +16,10 @@ use crate::db::{self, Db, DbError};
 use crate::executor::{AzureIdentities, ExecutorCatalog, Executors};
 use crate::executor_api::ExecutorApiParts;
 use crate::keys::Keys;
-use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle};
+use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, ResultGates};
 use crate::lifecycle::{EngineTimings, LifecycleParts, LifecycleService, Waker};
 use crate::metrics::Metrics;
+use crate::policy::Policies;
 use crate::registry::Registry;
 use crate::secret::Secret;
 
@@ -139,6 +140,7 @@ impl Application {
             require_token: settings.callbacks.require_token,
             waker: waker.clone(),
             metrics: metrics.clone(),
+            policies: Policies::new(&settings.policy),
         });
         // One identity (and token cache) per Azure executor, for the engine and the executor API.
         let identities = AzureIdentities::build(&settings.executors);
@@ -160,7 +162,12 @@ impl Application {
             },
             waker,
             metrics.clone(),
-        );
+        )
+        .with_result_gates(ResultGates {
+            policies: Policies::new(&settings.policy),
+            registry: lifecycle.registry().clone(),
+            catalog: ExecutorCatalog::new(&settings.executors),
+        });
         let engine = match mode {
             EngineMode::Background => RunningEngine::Background(engine.spawn()),
             EngineMode::Stepped => RunningEngine::Stepped(Rc::new(engine)),

@@ -287,7 +287,12 @@ pub struct OdmHttpSettings {
 #[serde(deny_unknown_fields)]
 pub struct PolicySettings {
     pub active: bool,
+    /// ODM's policy service (`POST {address}/api/v1/pp/policy/validation`).
     pub address: Option<String>,
+    /// Connect and answer, per request to the policy service.
+    pub timeout_ms: u64,
+    /// Stages in promotion order: a stage starts only once the one before it was reached.
+    pub stage_order: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +377,7 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("auth.api_tokens")
                 .with_list_parse_key("executor_api.tokens")
+                .with_list_parse_key("policy.stage_order")
                 .source(Some(environment_overrides(env))),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -385,14 +391,8 @@ impl Settings {
                 "registry.address is required when registry.mode is remote".into(),
             ));
         }
+        self.policy.validate()?;
         // Not built yet: accepting them would let governance fail open.
-        if self.policy.active {
-            return Err(ConfigError::Invalid(
-                "policy.active: true is not supported yet (no policy checks would run): \
-                 set policy.active: false"
-                    .into(),
-            ));
-        }
         if !self.notifications.listeners.is_empty() {
             return Err(ConfigError::Invalid(
                 "notifications.listeners is not supported yet (no event would be delivered): \
@@ -441,6 +441,44 @@ impl Settings {
             )));
         }
         self.limits.validate()
+    }
+}
+
+impl PolicySettings {
+    /// The longest wait for the policy service (`policy.timeout_ms`).
+    pub const MAX_TIMEOUT_MS: u64 = 300_000;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let address = self.address.as_deref().map(str::trim).unwrap_or_default();
+        if self.active && address.is_empty() {
+            return Err(ConfigError::Invalid(
+                "policy.active is true but policy.address is not set: give the address of ODM's \
+                 policy service (ODM_DEVOPS__POLICY__ADDRESS), or set policy.active: false"
+                    .into(),
+            ));
+        }
+        if self.active && !(address.starts_with("http://") || address.starts_with("https://")) {
+            return Err(ConfigError::Invalid(
+                "policy.address must be an http:// or https:// URL".into(),
+            ));
+        }
+        if !(1..=Self::MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "policy.timeout_ms must be from 1 to {}, found {}",
+                Self::MAX_TIMEOUT_MS,
+                self.timeout_ms
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for stage in &self.stage_order {
+            if stage.trim().is_empty() || !seen.insert(stage.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "policy.stage_order must list distinct, non-blank stages, found {:?}",
+                    self.stage_order
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

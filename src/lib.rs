@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod placeholders;
+pub mod policy;
 pub mod registry;
 pub mod secret;
 pub mod simulator;

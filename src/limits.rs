@@ -278,18 +278,25 @@ mod tests {
         );
     }
 
-    /// Governance must not fail open: what is not built yet stops the start, naming the key.
+    /// Governance must not fail open: an active policy service needs its address, and what is
+    /// not built yet stops the start, naming the key.
     #[test]
-    fn policy_and_listeners_are_refused_until_they_exist() {
-        let error = load(&[
+    fn policy_without_an_address_and_listeners_are_refused() {
+        let error = load(&[("ODM_DEVOPS__POLICY__ACTIVE", "true")]).unwrap_err();
+        assert!(error.contains("policy.address is not set"), "{error}");
+        let settings = load(&[
             ("ODM_DEVOPS__POLICY__ACTIVE", "true"),
             ("ODM_DEVOPS__POLICY__ADDRESS", "http://policy:8080"),
+            ("ODM_DEVOPS__POLICY__STAGE_ORDER", "dev,test,prod"),
         ])
-        .unwrap_err();
-        assert!(
-            error.contains("policy.active: true is not supported yet"),
-            "{error}"
-        );
+        .unwrap();
+        assert!(settings.policy.active);
+        assert_eq!(settings.policy.stage_order, ["dev", "test", "prod"]);
+        assert_eq!(settings.policy.timeout_ms, 10_000);
+        let error = load(&[("ODM_DEVOPS__POLICY__STAGE_ORDER", "dev,dev")]).unwrap_err();
+        assert!(error.contains("policy.stage_order"), "{error}");
+        let error = load(&[("ODM_DEVOPS__POLICY__TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(error.contains("policy.timeout_ms"), "{error}");
         let file = std::env::temp_dir().join(format!("odm-listeners-{}.yaml", std::process::id()));
         std::fs::write(
             &file,

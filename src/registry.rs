@@ -59,7 +59,7 @@ pub struct RemoteFailure {
 }
 
 impl RemoteFailure {
-    fn new(summary: impl Into<String>, detail: String) -> RemoteFailure {
+    pub(crate) fn new(summary: impl Into<String>, detail: String) -> RemoteFailure {
         RemoteFailure {
             summary: summary.into(),
             detail,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::clock::now_ms;
 use crate::db::DbError;
 use crate::lifecycle::CommandError;
+use crate::policy::PolicyError;
 use crate::registry::RegistryError;
 use crate::telemetry::error_chain as chain;
 
@@ -164,6 +165,10 @@ impl From<CommandError> for ApiError {
             }
             CommandError::TaskConflict(_) => ApiError::new(409, "40911", "Task conflict", message),
             CommandError::Unauthorized(_) => ApiError::unauthorized(message),
+            CommandError::PolicyBlocked(_) => {
+                ApiError::new(422, "42204", "Blocked by a policy", message)
+            }
+            CommandError::Policy(e) => e.into(),
             CommandError::Registry(e) => e.into(),
             CommandError::Db(e) => ApiError::database(e),
         }
@@ -190,6 +195,22 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::OverLimit(_) => ApiError::over_limit(message),
             RegistryError::Db(e) => ApiError::database(e),
+        }
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> ApiError {
+        let message = format!("{e}: the activity was not started, try again later");
+        match e {
+            PolicyError::Unreachable(failure) => {
+                tracing::warn!(error = %failure.detail, "policy service unreachable");
+                ApiError::new(503, "50071", "Policy service unreachable", message)
+            }
+            PolicyError::Failed(failure) => {
+                tracing::warn!(error = %failure.detail, "policy service error");
+                ApiError::new(502, "50271", "Policy service error", message)
+            }
         }
     }
 }

@@ -130,8 +130,14 @@ impl Demo<'_> {
             bail!("storing the descriptor answered HTTP {status}");
         }
         self.report.descriptor_stored(&path).context(OUTPUT)?;
+        let mut early = None;
         for stage in STAGES {
-            self.run_stage(stage).await?;
+            if stage == STAGES[1] {
+                // The last stage before the one it needs: refused by the stage order.
+                early = Some(self.refused_start(STAGES[2]).await?);
+            }
+            let planned = early.filter(|_| stage == STAGES[2]);
+            self.run_stage(stage, planned).await?;
         }
         let (_, rows) = self
             .call(
@@ -152,16 +158,51 @@ impl Demo<'_> {
             .context(OUTPUT)
     }
 
-    /// Creates and starts the stage's activity, then tells each task's story as it happens
-    /// until the activity is PROCESSED.
-    async fn run_stage(&mut self, stage: &str) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let path = format!("{DEVOPS}/activities?startAfterCreation=true");
+    /// Creates a PLANNED activity of `stage` and tries to start it too early: the stage order
+    /// (`policy.stage_order`) refuses. Its id, to start it once allowed.
+    async fn refused_start(&mut self, stage: &str) -> anyhow::Result<i64> {
+        let path = format!("{DEVOPS}/activities");
         let body = json!({"dataProductId": PRODUCT, "dataProductVersion": VERSION, "stage": stage});
         let (status, activity) = self.call("POST", &path, Some(body)).await?;
-        let id = match (status, activity["id"].as_i64()) {
-            (201, Some(id)) => id,
-            _ => bail!("creating the {stage} activity answered HTTP {status}: {activity}"),
+        let Some(id) = activity["id"].as_i64().filter(|_| status == 201) else {
+            bail!("creating the {stage} activity answered HTTP {status}: {activity}");
+        };
+        let start = format!("{DEVOPS}/activities/{id}/status?action=START");
+        let (status, refusal) = self.call("PATCH", &start, None).await?;
+        if status != 422 || refusal["code"] != "42204" {
+            bail!(
+                "starting {stage} before its time answered HTTP {status}, not 422 42204: {refusal}"
+            );
+        }
+        let why = refusal["message"].as_str().unwrap_or_default();
+        self.report.start_refused(stage, id, why).context(OUTPUT)?;
+        Ok(id)
+    }
+
+    /// Starts the stage's activity (`planned`, or a new one), then tells each task's story as it
+    /// happens until the activity is PROCESSED.
+    async fn run_stage(&mut self, stage: &str, planned: Option<i64>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let (path, method, expected, body) = match planned {
+            Some(id) => (
+                format!("{DEVOPS}/activities/{id}/status?action=START"),
+                "PATCH",
+                200,
+                None,
+            ),
+            None => (
+                format!("{DEVOPS}/activities?startAfterCreation=true"),
+                "POST",
+                201,
+                Some(
+                    json!({"dataProductId": PRODUCT, "dataProductVersion": VERSION, "stage": stage}),
+                ),
+            ),
+        };
+        let (status, answer) = self.call(method, &path, body).await?;
+        let id = match (status == expected, planned.or(answer["id"].as_i64())) {
+            (true, Some(id)) => id,
+            _ => bail!("starting the {stage} activity answered HTTP {status}: {answer}"),
         };
         self.report
             .stage_started(stage, &path, id)

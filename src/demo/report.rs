@@ -67,7 +67,21 @@ impl<'a> Report<'a> {
 
     pub fn stage_started(&mut self, stage: &str, path: &str, activity: i64) -> io::Result<()> {
         self.rule(&format!("stage {stage}"))?;
-        writeln!(self.out, "  POST {path} → activity {activity} started")
+        let verb = if path.contains("action=START") {
+            "PATCH"
+        } else {
+            "POST"
+        };
+        writeln!(self.out, "  {verb} {path} → activity {activity} started")
+    }
+
+    /// A START a policy gate refused, and why.
+    pub fn start_refused(&mut self, stage: &str, activity: i64, why: &str) -> io::Result<()> {
+        self.rule(&format!("stage {stage}, too early"))?;
+        writeln!(
+            self.out,
+            "  PATCH …/activities/{activity}/status?action=START → 422, the activity stays PLANNED:\n  {why}"
+        )
     }
 
     /// The run a task started, with the parameters exactly as Azure DevOps received them.

@@ -134,6 +134,8 @@ pub fn settings(dir: &Path, sim: &SimulatorHandle) -> anyhow::Result<Settings> {
         Secret::new(format!("sqlite://{}", dir.join("odm-devops.db").display()));
     settings.database.pool_size = 4;
     settings.engine.tick_ms = 200;
+    // The built-in policy gate: a stage starts only once the one before it was reached.
+    settings.policy.stage_order = STAGES.iter().map(|s| s.to_string()).collect();
     settings.executors.clear();
     settings.executors.insert(
         "azure-devops".into(),

@@ -44,6 +44,19 @@ async fn the_demo_promotes_the_product_through_every_stage_and_tells_each_step()
         line_with(&text, &[&format!("── stage {stage} ")]);
         line_with(&text, &[&format!("✔ stage {stage} reached in")]);
     }
+    // The stage order's gate: prod refused while test was not reached, then started.
+    let refused = text
+        .find("── stage prod, too early")
+        .expect("prod refused first");
+    let test_started = text.find("── stage test ").unwrap();
+    let prod_started = text.find("── stage prod ─").unwrap();
+    assert!(
+        refused < test_started && test_started < prod_started,
+        "{text}"
+    );
+    line_with(&text, &["PATCH", "action=START → 422", "stays PLANNED"]);
+    line_with(&text, &["stage-order", "test or later, and it is dev"]);
+    line_with(&text, &["PATCH", "action=START → activity", "started"]);
     line_with(
         &text,
         &[

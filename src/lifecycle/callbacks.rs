@@ -46,7 +46,8 @@ impl LifecycleService {
                 }
                 let snapshot = snapshot.ok_or(CommandError::TaskNotFound(task_id))?;
                 let task = snapshot.task(task_id).expect("the snapshot of its task");
-                let confirm_first = rules.catalog.check_after_callback(task.executor.as_deref());
+                let confirm_first = rules.hold_for_policy
+                    || rules.catalog.check_after_callback(task.executor.as_deref());
                 let timing = timings.at(now_ms());
                 match state::callback(&snapshot, task_id, report, confirm_first, &timing) {
                     Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),

@@ -55,6 +55,9 @@ impl LifecycleService {
             &self.limits,
         )?;
         let settings = run_settings(&request.stage, &definitions)?;
+        // Gated: created first, so that the gates see the activity as it is, then started.
+        let gated = start && self.policies.guards_start();
+        let start_now = start && !gated;
         let (keys, timings) = (self.keys().clone(), self.timings);
         let activity = self
             .db
@@ -71,16 +74,29 @@ impl LifecycleService {
                     let sealed = keys.seal(activity.id.get(), &secrets);
                     db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
                 }
-                if !start {
+                if !start_now {
                     return Ok(activity);
                 }
-                start_in(conn, activity.id, None, timings.at(now))?;
+                start_in(conn, activity.id, None, None, timings.at(now))?;
                 Ok(db::find_activity(conn, activity.id)?.expect("just written"))
             })
             .await?;
-        if start {
+        if start_now {
             self.waker.wake();
         }
+        if !gated {
+            return Ok(activity);
+        }
+        let id = activity.id;
+        let seen = self.pass_start_gates(id, true).await?;
+        let activity = self
+            .db
+            .write(move |conn| -> Result<ActivityRow, CommandError> {
+                start_in(conn, id, None, seen, timings.at(now_ms()))?;
+                Ok(db::find_activity(conn, id)?.expect("just started"))
+            })
+            .await?;
+        self.waker.wake();
         Ok(activity)
     }
 
@@ -89,12 +105,13 @@ impl LifecycleService {
         id: ActivityId,
         secrets: ActivitySecrets,
     ) -> Result<ActivityStatus, CommandError> {
+        let seen = self.pass_start_gates(id, false).await?;
         let keys = self.keys().clone();
         let timings = self.timings;
         self.db
             .write(move |conn| {
                 let fresh = (!secrets.is_empty()).then_some((keys, secrets));
-                start_in(conn, id, fresh, timings.at(now_ms()))
+                start_in(conn, id, fresh, seen, timings.at(now_ms()))
             })
             .await?;
         self.waker.wake();
@@ -269,11 +286,14 @@ fn insert_planned(
     })
 }
 
-/// Starts an activity inside the caller's transaction, adding freshly given secrets.
+/// Starts an activity inside the caller's transaction, adding freshly given secrets. When its
+/// gates were passed, `gated_on` is the lifecycle row (its id) their answer was based on: the
+/// start is refused if the version's lifecycle moved since.
 fn start_in(
     conn: &mut DbConnection,
     id: ActivityId,
     fresh_secrets: Option<(Keys, ActivitySecrets)>,
+    gated_on: Option<Option<i64>>,
     timing: Timing,
 ) -> Result<(), CommandError> {
     let missing = || CommandError::ActivityNotFound(id);
@@ -281,6 +301,16 @@ fn start_in(
     let plan = state::start(&snapshot, &timing)?;
     // Read after the snapshot, which locked it: its keys and secrets for what follows.
     let a = db::find_activity(conn, id)?.ok_or_else(missing)?;
+    if let Some(seen) = gated_on {
+        let now = db::current_lifecycle(conn, &a.data_product_id, &a.data_product_version)?;
+        if now.map(|l| l.id) != seen {
+            return Err(CommandError::ActivityConflict(format!(
+                "the lifecycle of product {}, version {} moved while the policies were asked: \
+                 start activity {id} again",
+                a.data_product_id, a.data_product_version
+            )));
+        }
+    }
     if let Some(other) = db::processing_activity(conn, &a.data_product_id, &a.data_product_version)?
     {
         return Err(CommandError::ActivityConflict(format!(

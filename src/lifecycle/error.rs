@@ -3,6 +3,7 @@
 use crate::db::{ApplyError, DbError};
 use crate::domain::{ActivityId, TaskId};
 use crate::lifecycle::state::Refusal;
+use crate::policy::PolicyError;
 use crate::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,12 @@ pub enum CommandError {
     /// 401 40101
     #[error("{0}")]
     Unauthorized(String),
+    /// 422 42204: the stage order or a blocking policy refused; the text names each.
+    #[error("{0}")]
+    PolicyBlocked(String),
+    /// 503 50071 / 502 50271
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]

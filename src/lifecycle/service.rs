@@ -14,6 +14,7 @@ use crate::domain::{Plan, Snapshot};
 use crate::executor::ExecutorCatalog;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
+use crate::policy::Policies;
 use crate::registry::Registry;
 
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct LifecycleService {
     pub(super) limits: LimitSettings,
     pub(super) waker: Waker,
     pub(super) metrics: Arc<Metrics>,
+    /// The gates of START (`policy_gates.rs`).
+    pub(super) policies: Policies,
     /// Shared with the transactions that check callbacks (one reference moves there).
     pub(super) callbacks: Arc<CallbackRules>,
 }
@@ -33,6 +36,8 @@ pub(super) struct CallbackRules {
     pub(super) keys: Keys,
     pub(super) require_token: bool,
     pub(super) catalog: ExecutorCatalog,
+    /// ODM's policy service checks results: every callback is held for the engine to ask it.
+    pub(super) hold_for_policy: bool,
 }
 
 /// What the service is built from (`app.rs`).
@@ -47,6 +52,7 @@ pub struct LifecycleParts {
     pub require_token: bool,
     pub waker: Waker,
     pub metrics: Arc<Metrics>,
+    pub policies: Policies,
 }
 
 impl LifecycleService {
@@ -62,7 +68,9 @@ impl LifecycleService {
                 keys: parts.keys,
                 require_token: parts.require_token,
                 catalog: parts.catalog,
+                hold_for_policy: parts.policies.is_remote(),
             }),
+            policies: parts.policies,
         }
     }
 

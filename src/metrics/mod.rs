@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::domain::{stored_enum, Step};
+use crate::policy::PolicyEvent;
 
 use series::{Counter, Family, Histogram, Seconds};
 pub use text::CONTENT_TYPE;
@@ -53,6 +54,19 @@ stored_enum!(CallbackAnswer {
     Invalid => "invalid",
     // 500: the service could not record it.
     Error => "error",
+});
+
+stored_enum!(PolicyAnswer {
+    // No policy failed.
+    Passed => "passed",
+    // Only non-blocking policies failed: logged, never in the way.
+    Advisory => "advisory",
+    // A blocking policy failed: the change was refused.
+    Blocked => "blocked",
+    // No answer (connection refused, timed out): START answered 503, the engine waits.
+    Unreachable => "unreachable",
+    // An answer other than a verdict: START answered 502, the engine waits.
+    Failed => "failed",
 });
 
 stored_enum!(WaitReason {
@@ -134,6 +148,7 @@ pub struct Metrics {
     step_seconds: [Histogram; Step::ALL.len()],
     task_outcomes: [Counter; TaskOutcome::ALL.len()],
     callbacks: [Counter; CallbackAnswer::ALL.len()],
+    policy_checks: [[Counter; PolicyAnswer::ALL.len()]; PolicyEvent::ALL.len()],
     next_dispatch: Histogram,
     executors: Mutex<Vec<(String, ExecutorMetrics)>>,
 }
@@ -147,6 +162,7 @@ impl Default for Metrics {
             step_seconds: std::array::from_fn(|_| Histogram::new(STEP_SECONDS)),
             task_outcomes: Default::default(),
             callbacks: Default::default(),
+            policy_checks: Default::default(),
             next_dispatch: Histogram::new(NEXT_DISPATCH_SECONDS),
             executors: Mutex::new(Vec::new()),
         }
@@ -188,6 +204,11 @@ impl Metrics {
 
     pub fn callback(&self, answer: CallbackAnswer) {
         self.callbacks[answer as usize].inc();
+    }
+
+    /// One question to the policy service (or the stage order), and how it was answered.
+    pub fn policy_check(&self, event: PolicyEvent, answer: PolicyAnswer) {
+        self.policy_checks[event as usize][answer as usize].inc();
     }
 
     /// From a task ending to the next task's run request being sent.

@@ -116,6 +116,21 @@ impl Metrics {
             ),
         );
         e.family(
+            "odm_devops_policy_checks_total",
+            Kind::Counter,
+            "Policy gates asked by this replica, by event and answer (unreachable and failed: \
+             START refused with 503/502, engine-side checks waiting and trying again).",
+            PolicyEvent::ALL.iter().flat_map(|event| {
+                PolicyAnswer::ALL.iter().map(move |answer| {
+                    let n = self.policy_checks[*event as usize][*answer as usize].get();
+                    (
+                        [("event", event.as_str()), ("answer", answer.as_str())],
+                        n as f64,
+                    )
+                })
+            }),
+        );
+        e.family(
             "odm_devops_callbacks_total",
             Kind::Counter,
             "Pipeline callbacks received, by answer.",

@@ -18,6 +18,7 @@ mod limits;
 mod lists;
 mod metrics;
 mod openapi;
+mod policy;
 mod registry;
 mod replicas;
 mod retries;

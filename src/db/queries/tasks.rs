@@ -45,3 +45,11 @@ pub fn list_tasks(conn: &mut Conn, filter: &TaskFilter) -> QueryResult<Vec<TaskR
         .select(TaskRow::as_select())
         .load(conn)
 }
+
+/// The position of an activity's last task (`None`: it has none).
+pub fn last_position(conn: &mut Conn, activity: ActivityId) -> QueryResult<Option<i32>> {
+    tasks::table
+        .filter(tasks::activity_id.eq(activity))
+        .select(diesel::dsl::max(tasks::position))
+        .first(conn)
+}

@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::{Engine, EngineError, RETRY_CAP_MS};
 use crate::clock::now_ms;
-use crate::domain::{ActivityKeys, ClaimedStep, ClaimedTask, Outcome, Step};
+use crate::domain::{
+    ActivityKeys, ClaimedStep, ClaimedTask, Outcome, Report, ReportedStatus, Step,
+};
 use crate::executor::{Executor, ExecutorError, RunOutcome, Secrets, Submission};
 use crate::lifecycle::context::{self, TaskContext};
 use crate::lifecycle::state::{self, Submittal};
@@ -61,13 +63,25 @@ impl Engine {
         match executor.submit(&submission).await {
             Ok(submitted) => {
                 tracing::info!(task_id = task.id.get(), run = %submitted.run.0, url = submitted.web_url.as_deref().unwrap_or(""), "task dispatched");
-                let run = Submittal {
+                let mut run = Submittal {
                     attempt: task.attempt,
                     run_ref: Some(submitted.run.0.to_string()),
                     run_url: submitted.web_url,
                     configurations: stored_configurations,
                     immediate: submitted.outcome.map(|o| self.outcome_of(o)),
+                    held: None,
                 };
+                if let (true, Some(Outcome::Processed { results })) =
+                    (self.gates_results(), &run.immediate)
+                {
+                    // Its result waits for the policy gates, as a callback's would.
+                    run.held = Some(Report {
+                        status: ReportedStatus::Processed,
+                        results: results.clone(),
+                        errors: None,
+                    });
+                    run.immediate = None;
+                }
                 let (task_id, lease) = (task.id, claimed.claim.clone());
                 self.decide(task.activity_id, move |s, t| {
                     state::submitted(s, task_id, &lease, run, t)

@@ -9,6 +9,7 @@
 //! goes through `Db`, on the blocking pool.
 
 mod dispatch;
+mod gates;
 mod steps;
 
 use std::cell::Cell;
@@ -30,6 +31,8 @@ use crate::keys::Keys;
 use crate::metrics::{Metrics, StepResult};
 use crate::placeholders::OnMissing;
 use crate::telemetry::error_chain as chain;
+
+pub use gates::ResultGates;
 
 /// How long a stopping engine waits for the steps under way (an executor call is bounded by
 /// its own timeouts).
@@ -95,6 +98,8 @@ pub struct Engine {
     claims: Cell<u64>,
     /// One permit per step under way: bounds the steps this replica carries out at once.
     in_flight: Arc<Semaphore>,
+    /// ODM's policy service, asked before results are accepted (`gates.rs`).
+    gates: Option<ResultGates>,
 }
 
 /// Stops the engine's loop; steps already under way finish (or their leases expire).
@@ -164,7 +169,14 @@ impl Engine {
             metrics,
             replica: uuid::Uuid::new_v4().simple().to_string(),
             claims: Cell::new(0),
+            gates: None,
         }
+    }
+
+    /// Results are accepted only once ODM's policy service agrees (when it is active).
+    pub fn with_result_gates(mut self, gates: ResultGates) -> Engine {
+        self.gates = gates.policies.is_remote().then_some(gates);
+        self
     }
 
     /// Starts the loop on the current actix System thread.

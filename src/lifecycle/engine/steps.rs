@@ -3,11 +3,12 @@
 
 use std::rc::Rc;
 
+use super::gates::Gate;
 use super::{backoff_ms, Engine, EngineError, CONFIRM_CAP_MS, MAX_CANCEL_ATTEMPTS, RETRY_CAP_MS};
 use crate::clock::now_ms;
 use crate::domain::{ClaimedStep, ClaimedTask, Outcome, Step, TaskId};
 use crate::executor::{Executor, RunRef, RunStatus, Secrets};
-use crate::lifecycle::state;
+use crate::lifecycle::state::{self, ResultVerdict};
 use crate::metrics::StepResult;
 
 impl Engine {
@@ -21,7 +22,8 @@ impl Engine {
         }
     }
 
-    /// Ends the claimed step's task with `outcome` (when the claim still holds).
+    /// Ends the claimed step's task with `outcome` (when the claim still holds), once the
+    /// policy gates on results agree (`gates.rs`).
     pub(super) async fn finish(
         &self,
         claimed: &ClaimedStep,
@@ -30,9 +32,18 @@ impl Engine {
         cancel_run: bool,
     ) -> Result<StepResult, EngineError> {
         let (task_id, lease) = (claimed.task.id, claimed.claim.clone());
+        let (outcome, verdict) = match self.gate_result(claimed, step, &outcome).await? {
+            Gate::Accept(verdict) => (outcome, verdict),
+            Gate::TaskBlocked(errors) => (Outcome::Failed { errors }, ResultVerdict::default()),
+            Gate::Wait(why) => return self.wait_for_policy(claimed, step, why).await,
+        };
         log_outcome(task_id, &outcome);
+        if let Some(why) = &verdict.activity_blocked {
+            tracing::warn!(task_id = task_id.get(), activity_id = claimed.task.activity_id.get(), reason = %why, "activity result blocked: the activity fails, the lifecycle stays");
+        }
         self.decide(claimed.task.activity_id, move |s, t| {
-            state::finish_step(s, task_id, &lease, step, outcome, cancel_run, t)
+            let plan = state::finish_step(s, task_id, &lease, step, outcome, cancel_run, t);
+            state::gated(plan, task_id, &verdict)
         })
         .await
     }
@@ -132,8 +143,12 @@ impl Engine {
                 .requeue(&claimed, Step::Confirm, Step::Await, due)
                 .await;
         };
-        let Some((executor, run)) = self.run_of(task) else {
-            // No run to ask about (dispatch outcome unknown): the callback is all we have.
+        let provider = self
+            .run_of(task)
+            .filter(|_| self.confirms_with_provider(task.executor.as_deref()));
+        let Some((executor, run)) = provider else {
+            // No run to ask about (dispatch outcome unknown), or held for the policy gates only:
+            // the callback is all we have.
             return self.finish(&claimed, Step::Confirm, reported, false).await;
         };
         let now = now_ms();

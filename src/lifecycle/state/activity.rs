@@ -302,7 +302,7 @@ fn rest_ended(
 }
 
 /// The activity's `results`: `{"task1": …, "task2": …}`, the tasks that returned results.
-fn merge_results(
+pub fn merge_results(
     activity_results: Option<&str>,
     position: i32,
     results: Option<&Value>,

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::domain::{
-    ActivityChanges, ActivityUpdate, ClaimCandidate, ClaimDecision, Outcome, Snapshot, TaskId,
+    ActivityChanges, ActivityStatus, ActivityUpdate, ClaimCandidate, ClaimDecision, Outcome,
+    Report, Snapshot, TaskId,
 };
 
 /// Every candidate is leased. A dispatch nobody held starts a new attempt (and with it a new
@@ -55,6 +56,16 @@ pub fn submitted(s: &Snapshot, task_id: TaskId, lease: &str, run: Submittal, t: 
     if !still_owned(s, task_id, Step::Dispatch, lease) {
         return single(task, status, None, recorded);
     }
+    if let Some(report) = run.held {
+        // The executor answered at once, but its result waits for the policy service: held
+        // like a callback, for the confirm step to decide.
+        let changes = TaskChanges {
+            reported_outcome: Some(Some(report)),
+            step_attempts: Some(0),
+            ..reschedule(recorded, Step::Confirm, t.now)
+        };
+        return single(task, status, Some(lease), changes);
+    }
     if let Some(outcome) = run.immediate {
         let mut plan = finish_task(s, task_id, outcome, false, Some(lease), t);
         let own = &mut plan.tasks[0].changes;
@@ -93,6 +104,8 @@ pub struct Submittal {
     /// As sent: placeholders resolved, Context included.
     pub configurations: String,
     pub immediate: Option<Outcome>,
+    /// An immediate success held for the policy service instead (`immediate` is then `None`).
+    pub held: Option<Report>,
 }
 
 /// The engine will try the same step again at `due` (a transient failure, a run still going).
@@ -208,4 +221,51 @@ pub fn finish_step(
         return step_done(s, task_id, lease, step);
     }
     finish_task(s, task_id, outcome, cancel_run, Some(lease), t)
+}
+
+/// What the policy service said of a result the engine is about to accept (engine-side gates).
+#[derive(Debug, Clone, Default)]
+pub struct ResultVerdict {
+    /// The task's `errors` hold the note of an earlier wait for the policy service: cleared on
+    /// success.
+    pub clear_wait_note: bool,
+    /// `ACTIVITY_EXECUTION_RESULT` blocked: the activity FAILS with this text instead of being
+    /// PROCESSED, and the lifecycle stays where it is.
+    pub activity_blocked: Option<String>,
+}
+
+/// A finishing plan (`finish_step`) with the policy service's verdict on the result applied to
+/// it: one transaction, so a blocked activity is never half-promoted.
+pub fn gated(mut plan: Plan, task_id: TaskId, verdict: &ResultVerdict) -> Plan {
+    if verdict.clear_wait_note {
+        plan.tasks
+            .iter_mut()
+            .filter(|u| u.id == task_id && u.changes.status == Some(TaskStatus::Processed))
+            .for_each(|u| u.changes.errors = Some(None));
+    }
+    if let (Some(why), true) = (&verdict.activity_blocked, plan.promote_lifecycle) {
+        plan.promote_lifecycle = false;
+        if let Some(activity) = plan.activity.as_mut() {
+            activity.changes.status = Some(ActivityStatus::Failed);
+            activity.changes.errors = Some(Some(why.clone()));
+        }
+    }
+    plan
+}
+
+/// A result waits for the policy service: the same step again at `due`, and the task's
+/// `errors` say what it waits for.
+pub fn wait_for_policy(
+    s: &Snapshot,
+    task_id: TaskId,
+    lease: &str,
+    step: Step,
+    due: i64,
+    why: String,
+) -> Plan {
+    let mut plan = retry_step(s, task_id, lease, step, due);
+    if let Some(own) = plan.tasks.first_mut() {
+        own.changes.errors = Some(Some(why));
+    }
+    plan
 }

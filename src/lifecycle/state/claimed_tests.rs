@@ -16,6 +16,7 @@ pub(super) fn claimed(mut t: TaskState, step: Step, lease: &str) -> TaskState {
 
 pub(super) fn submittal() -> Submittal {
     Submittal {
+        held: None,
         attempt: 1,
         run_ref: Some(r#"{"runId":7}"#.into()),
         run_url: Some("https://run/7".into()),
@@ -205,4 +206,68 @@ fn a_confirm_step_without_a_held_callback_goes_back_to_awaiting_one() {
     assert_eq!(u.changes.due_at, Some(Some(NOW + 5)));
     assert_eq!(u.changes.step_attempts, Some(0));
     assert_eq!(u.changes.lease_owner, Some(None));
+}
+
+#[test]
+fn a_blocked_activity_result_fails_the_activity_in_the_finishing_plan_without_promoting() {
+    let t = claimed(task(10, 1, TaskStatus::Processing), Step::Confirm, "me");
+    let s = snapshot(ActivityStatus::Processing, vec![t]);
+    let done = Outcome::Processed {
+        results: Some(json!({"ok": true})),
+    };
+    let finish = || {
+        finish_step(
+            &s,
+            TaskId(10),
+            "me",
+            Step::Confirm,
+            done.clone(),
+            false,
+            &timing(),
+        )
+    };
+    assert!(
+        finish().promote_lifecycle,
+        "unblocked, the last success promotes"
+    );
+    let verdict = ResultVerdict {
+        clear_wait_note: true,
+        activity_blocked: Some("blocked by gdpr (id 1)".into()),
+    };
+    let plan = gated(finish(), TaskId(10), &verdict);
+    assert!(!plan.promote_lifecycle, "the lifecycle stays");
+    let activity = plan.activity.as_ref().unwrap();
+    assert_eq!(activity.changes.status, Some(ActivityStatus::Failed));
+    assert_eq!(
+        activity.changes.errors,
+        Some(Some("blocked by gdpr (id 1)".into()))
+    );
+    let own = update_of(&plan, 10);
+    assert_eq!(own.changes.status, Some(TaskStatus::Processed));
+    assert_eq!(
+        own.changes.errors,
+        Some(None),
+        "the waiting note is cleared"
+    );
+}
+
+#[test]
+fn a_result_waiting_for_the_policy_service_keeps_its_step_and_says_why() {
+    let t = claimed(task(10, 1, TaskStatus::Processing), Step::Confirm, "me");
+    let s = snapshot(ActivityStatus::Processing, vec![t]);
+    let plan = wait_for_policy(
+        &s,
+        TaskId(10),
+        "me",
+        Step::Confirm,
+        NOW + 900,
+        "waiting".into(),
+    );
+    let own = update_of(&plan, 10);
+    assert_eq!(own.changes.step, Some(Some(Step::Confirm)));
+    assert_eq!(own.changes.due_at, Some(Some(NOW + 900)));
+    assert_eq!(own.changes.errors, Some(Some("waiting".into())));
+    assert_eq!(own.changes.status, None, "still PROCESSING");
+    let lost = wait_for_policy(&s, TaskId(10), "other", Step::Confirm, NOW, "w".into());
+    assert!(lost.is_empty(), "only while the claim holds");
 }

@@ -17,11 +17,11 @@ mod tests;
 
 use crate::domain::{Plan, Step, TaskChanges, TaskState, TaskStatus, TaskUpdate};
 
-pub use activity::{abort, abort_task, finish_task, start};
+pub use activity::{abort, abort_task, finish_task, merge_results, start};
 pub use callback::callback;
 pub use claimed::{
-    await_unknown_dispatch, claim, finish_step, requeue_step, retry_step, step_done, still_owned,
-    submitted, Submittal,
+    await_unknown_dispatch, claim, finish_step, gated, requeue_step, retry_step, step_done,
+    still_owned, submitted, wait_for_policy, ResultVerdict, Submittal,
 };
 
 /// The clock and the engine timings a transition needs.
