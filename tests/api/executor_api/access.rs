@@ -189,6 +189,13 @@ async fn who_may_call_the_executor_api() {
     send_task(&app, &invalid, &[])
         .await
         .assert_error(422, "42201");
+    // The default executor has no credentials: the task fails saying so, as the engine's do.
+    let task = odm_task(7, template(PROVISION_VM), json!({}));
+    let failed = send_task(&app, &task, &[]).await.json();
+    assert_eq!(failed["status"], "FAILED");
+    let errors = failed["errors"].as_str().unwrap();
+    assert!(errors.contains("Executor [azure-devops] is not configured correctly: executors.azure-devops.auth.token_url still contains <tenant>"), "{errors}");
+    assert_eq!(task_status(&app, 7, &[]).await.json(), "FAILED");
     app.get("/api/v1/pp/devops/tasks")
         .await
         .assert_error(401, "40101");
