@@ -3,6 +3,7 @@
 
 mod activities;
 mod engine;
+mod executor_runs;
 mod lifecycles;
 mod outbox;
 mod plans;
@@ -12,6 +13,7 @@ mod work;
 
 pub use activities::*;
 pub use engine::*;
+pub use executor_runs::*;
 pub use lifecycles::*;
 pub use outbox::*;
 pub use plans::*;
