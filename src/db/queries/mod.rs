@@ -2,6 +2,7 @@
 //! one `Db::write` transaction.
 
 mod activities;
+mod deletions;
 mod engine;
 mod lifecycles;
 mod outbox;
@@ -11,6 +12,7 @@ mod tasks;
 mod work;
 
 pub use activities::*;
+pub use deletions::*;
 pub use engine::*;
 pub use lifecycles::*;
 pub use outbox::*;
