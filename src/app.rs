@@ -13,7 +13,8 @@ use crate::api::{self, ApiState};
 use crate::clock::secs_to_ms;
 use crate::config::Settings;
 use crate::db::{self, Db, DbError};
-use crate::executor::{ExecutorCatalog, Executors};
+use crate::executor::{AzureIdentities, ExecutorCatalog, Executors};
+use crate::executor_api::ExecutorApiParts;
 use crate::keys::Keys;
 use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, Notifier, ResultGates};
 use crate::lifecycle::{EngineTimings, LifecycleParts, LifecycleService, Waker};
@@ -151,9 +152,12 @@ impl Application {
             listeners,
             policies: Policies::new(&settings.policy),
         });
+        // One identity (and token cache) per Azure executor, for the engine and the executor API.
+        let identities = AzureIdentities::build(&settings.executors);
+        let executor_api = ExecutorApiParts::new(&settings, db.clone(), &identities, &metrics);
         let engine = Engine::new(
             db,
-            Executors::build(&settings.executors, &metrics),
+            Executors::build(&settings.executors, &metrics, &identities),
             keys,
             timings,
             EngineConfig {
@@ -189,11 +193,19 @@ impl Application {
         if anonymous && !address.ip().is_loopback() {
             tracing::warn!(%address, "auth.anonymous: the API is open to anyone who reaches this address");
         }
+        if settings.executor_api.enabled
+            && settings.executor_api.anonymous
+            && !address.ip().is_loopback()
+        {
+            tracing::warn!(%address, "executor_api.anonymous: anyone who reaches this address can start pipeline runs through /api/v1/up/executor; keep it behind a network policy");
+        }
         let edge = Arc::new(api::Edge {
             perimeter: api::Perimeter {
                 api_tokens: settings.auth.api_tokens.clone(),
                 metrics_token: settings.metrics.token.clone(),
                 own_origins: api::origin::own_origins(&public_url, address),
+                executor_tokens: settings.executor_api.tokens.clone(),
+                executor_anonymous: settings.executor_api.anonymous,
             },
             metrics: metrics.clone(),
         });
@@ -202,6 +214,7 @@ impl Application {
             body_limit: settings.server.body_limit_bytes,
             metrics,
             stored_work: Arc::new(api::StoredWork::default()),
+            executor_api,
         };
         let mut server = HttpServer::new(move || {
             let edge = edge.clone();

@@ -28,6 +28,36 @@ pub struct Settings {
     pub notifications: NotificationSettings,
     pub limits: LimitSettings,
     pub secrets: SecretsSettings,
+    /// ODM's executor protocol served by this binary (DESIGN §6).
+    #[serde(default)]
+    pub executor_api: ExecutorApiSettings,
+}
+
+/// `executor_api`: `POST /api/v1/up/executor/tasks` and `GET …/tasks/{id}/status`, answered
+/// with the Azure DevOps executor named `executor`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorApiSettings {
+    /// `false`: the routes do not exist (404).
+    pub enabled: bool,
+    /// Bearer tokens of its own; empty = the API tokens (`auth.api_tokens`) protect it.
+    pub tokens: Vec<Secret>,
+    /// No token at all on these routes, on purpose (ODM's client sends none): the network
+    /// must keep strangers out.
+    pub anonymous: bool,
+    /// The `azure-devops` executor (under `executors:`) whose settings run the tasks.
+    pub executor: String,
+}
+
+impl Default for ExecutorApiSettings {
+    fn default() -> Self {
+        ExecutorApiSettings {
+            enabled: true,
+            tokens: Vec::new(),
+            anonymous: false,
+            executor: "azure-devops".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +222,27 @@ pub struct AzureDevOpsSettings {
 pub enum AzureAuthSettings {
     ClientCredentials(ClientCredentialsSettings),
     Pat(PatSettings),
+    /// Federated credentials (AKS workload identity): no secret, a JWT file the platform rotates.
+    WorkloadIdentity(WorkloadIdentitySettings),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadIdentitySettings {
+    pub token_url: String,
+    pub client_id: String,
+    /// The federated token (a JWT), read again at each token refresh (AKS rotates it).
+    pub token_file: String,
+    #[serde(default = "azure_devops_scope")]
+    pub scope: String,
+    /// Only there because the default `client_credentials` block is merged in: must stay
+    /// blank (a secret here means the configuration is not what its author thinks).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+}
+
+fn azure_devops_scope() -> String {
+    "499b84ac-1321-427f-aa17-267ca6975798/.default".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +258,15 @@ pub struct ClientCredentialsSettings {
 #[serde(deny_unknown_fields)]
 pub struct PatSettings {
     pub pat: Secret,
+    /// The default `client_credentials` block's keys, merged in under another `kind`: unused.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,6 +422,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("auth.api_tokens")
+                .with_list_parse_key("executor_api.tokens")
                 .with_list_parse_key("policy.stage_order")
                 .source(Some(environment_overrides(env))),
         );
@@ -384,6 +445,13 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "auth.api_tokens holds a blank token (is ODM_DEVOPS__AUTH__API_TOKENS empty?): \
                  give every token a value, or none at all"
+                    .into(),
+            ));
+        }
+        if self.executor_api.tokens.iter().any(Secret::is_empty) {
+            return Err(ConfigError::Invalid(
+                "executor_api.tokens holds a blank token (is ODM_DEVOPS__EXECUTOR_API__TOKENS \
+                 empty?): give every token a value, or none at all"
                     .into(),
             ));
         }

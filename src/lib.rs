@@ -11,6 +11,7 @@ pub mod demo;
 pub mod descriptor;
 pub mod domain;
 pub mod executor;
+pub mod executor_api;
 pub mod http_client;
 pub mod keys;
 pub mod lifecycle;

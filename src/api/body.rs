@@ -50,6 +50,14 @@ pub struct BodyRules {
     pub any_content_type: bool,
 }
 
+impl BodyRules {
+    /// A JSON body must be there, said to be JSON.
+    pub const REQUIRED: BodyRules = BodyRules {
+        optional: false,
+        any_content_type: false,
+    };
+}
+
 /// A JSON body; `None` when the body is empty and optional.
 pub async fn read_json(
     req: &HttpRequest,

@@ -2,7 +2,8 @@
 //! one place. Who may call is decided from the **route** the request will reach — its pattern,
 //! found in the router's own resource map with the same percent-decoded path the router matches
 //! — never from the raw path or query text. Every route needs the API token unless
-//! `NO_API_TOKEN` lists it: a route added later, and a path that matches no route, need it too.
+//! `NO_API_TOKEN` lists it (or `EXECUTOR_API`, ODM's executor protocol, whose tokens may be its
+//! own): a route added later, and a path that matches no route, need it too.
 
 use actix_web::dev::ServiceRequest;
 use actix_web::http::header::{
@@ -30,6 +31,9 @@ pub enum Access {
     /// The API token (`auth.api_tokens`); without tokens, anyone (anonymous on purpose: the
     /// service refuses to start so beyond loopback unless `auth.anonymous` says so).
     ApiToken,
+    /// ODM's executor protocol: `executor_api.tokens` when set, else the API token as for
+    /// `ApiToken`; nobody's with `executor_api.anonymous` (ODM's client sends no token).
+    ExecutorApi,
 }
 
 /// The routes that need no API token, by method and pattern (as registered in `routes`). To add
@@ -54,6 +58,13 @@ pub const NO_API_TOKEN: &[(&str, &str, Access)] = &[
     ),
 ];
 
+/// ODM's executor protocol (`Access::ExecutorApi`), by method and pattern: the API token unless
+/// `executor_api.tokens` or `executor_api.anonymous` say otherwise.
+pub const EXECUTOR_API: &[(&str, &str)] = &[
+    ("POST", "/api/v1/up/executor/tasks"),
+    ("GET", "/api/v1/up/executor/tasks/{id}/status"),
+];
+
 /// What a request to `route` (a pattern; `None`: no route) with this method and query needs.
 pub fn access(method: &Method, route: Option<&str>, query: &Query) -> Access {
     let listed = route.and_then(|route| {
@@ -61,10 +72,16 @@ pub fn access(method: &Method, route: Option<&str>, query: &Query) -> Access {
             .iter()
             .find(|(m, pattern, _)| *m == method.as_str() && *pattern == route)
     });
+    let executor_api = route.is_some_and(|route| {
+        EXECUTOR_API
+            .iter()
+            .any(|(m, pattern)| *m == method.as_str() && *pattern == route)
+    });
     match listed.map(|(_, _, access)| *access) {
         // Read exactly as the handler reads it (a duplicate `action` was refused before).
         Some(Access::Callback) if query.action().as_deref() != Some("STOP") => Access::ApiToken,
         Some(access) => access,
+        None if executor_api => Access::ExecutorApi,
         None => Access::ApiToken,
     }
 }
@@ -88,6 +105,10 @@ pub struct Perimeter {
     pub metrics_token: Option<Secret>,
     /// `origin::own_origins`.
     pub own_origins: Vec<String>,
+    /// `executor_api.tokens`: empty = the API tokens guard the executor API.
+    pub executor_tokens: Vec<Secret>,
+    /// `executor_api.anonymous`: the executor API takes no token at all.
+    pub executor_anonymous: bool,
 }
 
 impl Perimeter {
@@ -119,6 +140,13 @@ impl Perimeter {
             },
             Access::ApiToken if self.api_tokens.is_empty() => Ok(()),
             Access::ApiToken => bearer(req, &self.api_tokens, "an API token"),
+            Access::ExecutorApi if self.executor_anonymous => Ok(()),
+            Access::ExecutorApi if !self.executor_tokens.is_empty() => bearer(
+                req,
+                &self.executor_tokens,
+                "an executor API token (executor_api.tokens)",
+            ),
+            Access::ExecutorApi => self.authenticate(req, Access::ApiToken),
         }
     }
 

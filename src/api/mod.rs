@@ -3,6 +3,7 @@
 mod activities;
 mod body;
 pub mod error;
+mod executor_tasks;
 pub mod guard;
 mod health;
 mod lifecycles;
@@ -38,12 +39,15 @@ pub struct ApiState {
     pub body_limit: usize,
     pub metrics: Arc<Metrics>,
     pub stored_work: Arc<StoredWork>,
+    /// ODM's executor protocol; `None` when `executor_api.enabled` is false.
+    pub executor_api: Option<crate::executor_api::ExecutorApiParts>,
 }
 
 /// Every route (DESIGN §5, §8).
 pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let embedded_registry = state.lifecycle.registry().is_embedded();
+        let executor_api = state.executor_api.clone();
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
@@ -87,6 +91,15 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                         web::post().to(notifications::observe),
                     ),
             );
+        if let Some(parts) = &executor_api {
+            // Built on each worker thread: its Azure client is the thread's own (awc is !Send).
+            cfg.app_data(web::Data::new(parts.on_this_thread()))
+                .service(
+                    web::scope("/api/v1/up/executor/tasks")
+                        .route("", web::post().to(executor_tasks::create))
+                        .route("/{id}/status", web::get().to(executor_tasks::status)),
+                );
+        }
         if embedded_registry {
             cfg.service(
                 web::scope("/api/v1/pp/registry/products/{product}/versions")

@@ -117,3 +117,21 @@ diesel::allow_tables_to_appear_in_same_query!(
     notification_outbox,
     activity_deletions
 );
+
+diesel::table! {
+    executor_runs (task_id) {
+        task_id -> BigInt,
+        fingerprint -> Text,
+        organization -> Text,
+        project -> Text,
+        pipeline_id -> Integer,
+        run_id -> Nullable<Integer>,
+        run_url -> Nullable<Text>,
+        state -> Text,
+        result -> Nullable<Text>,
+        errors -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}

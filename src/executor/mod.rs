@@ -14,7 +14,7 @@ use crate::secret::Secret;
 pub mod odm_http;
 mod set;
 
-pub use set::{ExecutorCatalog, Executors};
+pub use set::{AzureIdentities, ExecutorCatalog, Executors};
 
 /// Secrets given with the request that created or started the activity, for one executor,
 /// keyed by their type (`pat`, `token`, …: the `<type>` of `x-odm-<executor>-executor-secret-<type>`).

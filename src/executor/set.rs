@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use super::azure_devops::AzureDevOpsExecutor;
+use super::azure_devops::{AzureDevOpsExecutor, AzureIdentity};
 use super::odm_http::OdmHttpExecutor;
 use super::Executor;
 use crate::config::ExecutorSettings;
@@ -19,16 +19,50 @@ pub struct Executors {
     entries: HashMap<String, Entry>,
 }
 
+/// The identity of each active `azure-devops` executor (or why it has none), built once and
+/// shared by the engine's executor and the executor API's (one token cache per executor).
+#[derive(Clone, Default)]
+pub struct AzureIdentities(HashMap<String, Result<AzureIdentity, String>>);
+
+impl AzureIdentities {
+    pub fn build(settings: &BTreeMap<String, ExecutorSettings>) -> AzureIdentities {
+        AzureIdentities(
+            settings
+                .iter()
+                .filter_map(|(name, config)| match config {
+                    ExecutorSettings::AzureDevops(s) if s.active => {
+                        Some((name.clone(), AzureIdentity::new(name, s)))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// The identity of the executor `name`; `None` when it is no active `azure-devops` one.
+    pub fn get(&self, name: &str) -> Option<Result<AzureIdentity, String>> {
+        self.0.get(name).cloned()
+    }
+}
+
 impl Executors {
-    /// Each executor records its requests under its name in `metrics`.
-    pub fn build(settings: &BTreeMap<String, ExecutorSettings>, metrics: &Metrics) -> Executors {
+    /// Each executor records its requests under its name in `metrics`; `azure-devops` ones
+    /// authenticate with their identity in `identities`.
+    pub fn build(
+        settings: &BTreeMap<String, ExecutorSettings>,
+        metrics: &Metrics,
+        identities: &AzureIdentities,
+    ) -> Executors {
         let mut entries = HashMap::new();
         for (name, config) in settings.iter().filter(|(_, c)| c.active()) {
             let recorded = metrics.executor(name);
             let built: Result<Rc<dyn Executor>, String> = match config {
                 ExecutorSettings::OdmHttp(s) => OdmHttpExecutor::new(name, s)
                     .map(|e| Rc::new(e.recording_to(recorded)) as Rc<dyn Executor>),
-                ExecutorSettings::AzureDevops(s) => AzureDevOpsExecutor::new(name, s)
+                ExecutorSettings::AzureDevops(s) => identities
+                    .get(name)
+                    .unwrap_or_else(|| AzureIdentity::new(name, s))
+                    .and_then(|identity| AzureDevOpsExecutor::with_identity(name, s, identity))
                     .map(|e| Rc::new(e.recording_to(recorded)) as Rc<dyn Executor>),
             };
             let entry = match built {

@@ -27,6 +27,10 @@ pub struct SimulateAzureArgs {
     /// A personal access token to accept (repeat for several).
     #[arg(long = "pat")]
     pub pats: Vec<String>,
+    /// A federated token (a JWT) the token route accepts as `client_assertion`, for trying
+    /// `auth.kind: workload_identity` (repeat for several).
+    #[arg(long = "federated-token")]
+    pub federated_tokens: Vec<String>,
     /// Lifetime of issued bearer tokens, in seconds.
     #[arg(long)]
     pub token_expires_in_secs: Option<u64>,
@@ -54,6 +58,8 @@ pub async fn serve_cli(args: SimulateAzureArgs) -> std::io::Result<()> {
         config.client_secret = v;
     }
     config.pats.extend(args.pats);
+    config.federated_tokens.extend(args.federated_tokens);
+    let workload_identity = !config.federated_tokens.is_empty();
     if let Some(v) = args.token_expires_in_secs {
         config.token_expires_in_secs = v;
     }
@@ -87,6 +93,14 @@ pub async fn serve_cli(args: SimulateAzureArgs) -> std::io::Result<()> {
     );
     println!("    ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_ID={client_id}");
     println!("    ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET={secret_hint}");
+    if workload_identity {
+        println!(
+            "  or, without a secret (workload identity): the same BASE_URL, TOKEN_URL and \
+             CLIENT_ID, no CLIENT_SECRET, and"
+        );
+        println!("    ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__KIND=workload_identity");
+        println!("    ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__TOKEN_FILE=<a file holding one of the federated tokens>");
+    }
     actix_web::rt::signal::ctrl_c().await?;
     handle.stop().await;
     Ok(())

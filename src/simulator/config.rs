@@ -25,6 +25,10 @@ pub struct SimulatorConfig {
     /// Personal access tokens accepted as `Basic base64(":" + pat)`.
     #[serde(default)]
     pub pats: Vec<String>,
+    /// Federated tokens (JWTs) accepted as `client_assertion` for `clientId` (workload identity:
+    /// what a federated credential of the app registration would trust).
+    #[serde(default)]
+    pub federated_tokens: Vec<String>,
     /// How long a run takes when its pipeline's behaviour does not say.
     #[serde(default = "default_delay_ms")]
     pub default_delay_ms: u64,

@@ -3,7 +3,8 @@
 //!
 //! # Azure routes (checked against the 7.1 descriptions)
 //! * `POST /{tenant}/oauth2/v2.0/token` — client credentials grant (form: grant_type, client_id,
-//!   client_secret, scope). Issues bearer tokens living `tokenExpiresInSecs`; a wrong value is
+//!   client_secret, scope), or workload identity (`client_assertion_type` jwt-bearer and a
+//!   `client_assertion` listed in `federatedTokens`, instead of the secret). Issues bearer tokens living `tokenExpiresInSecs`; a wrong value is
 //!   refused with Entra's JSON (`invalid_client` / AADSTS7000215 for a wrong secret, …).
 //! * `POST /{org}/{project}/_apis/pipelines/{pipelineId}/runs?api-version=7.1` — Runs – Run
 //!   Pipeline. The body must be a RunPipelineParameters (unknown keys refused, templateParameters
@@ -228,6 +229,11 @@ impl SimulatorHandle {
         control::put(&self.state, spec);
     }
 
+    /// The federated tokens Entra trusts from now on (a rotation: the old ones stop working).
+    pub fn set_federated_tokens(&self, tokens: Vec<String>) {
+        self.state.lock().config.federated_tokens = tokens;
+    }
+
     pub fn add_fault(&self, fault: FaultSpec) {
         self.state.lock().faults.push_back(fault);
     }
@@ -251,6 +257,11 @@ impl SimulatorHandle {
             },
         };
         pipeline::finish(&self.state, id, &behaviour).await
+    }
+
+    /// Cancels a run now, as Builds – Update Build would (no callback); false if it had ended.
+    pub fn cancel_run(&self, id: i32) -> bool {
+        self.state.lock().complete(id, "canceled")
     }
 
     /// The run once completed (after its callback, if any), or `None` after `timeout`.

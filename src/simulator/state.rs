@@ -77,6 +77,9 @@ pub struct Stats {
     pub runs_created: u64,
     pub callbacks_sent: u64,
     pub requests: u64,
+    /// Tokens issued for a federated token (workload identity), and assertions refused.
+    pub assertions_accepted: u64,
+    pub assertions_refused: u64,
 }
 
 pub(crate) struct SimState {

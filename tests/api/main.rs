@@ -13,6 +13,7 @@ mod context;
 mod database;
 mod engine;
 mod errors;
+mod executor_api;
 mod limits;
 mod lists;
 mod metrics;

@@ -4,6 +4,7 @@
 mod activities;
 mod deletions;
 mod engine;
+mod executor_runs;
 mod lifecycles;
 mod outbox;
 mod plans;
@@ -14,6 +15,7 @@ mod work;
 pub use activities::*;
 pub use deletions::*;
 pub use engine::*;
+pub use executor_runs::*;
 pub use lifecycles::*;
 pub use outbox::*;
 pub use plans::*;

@@ -1,8 +1,15 @@
 //! Who the executor is to Azure DevOps: a service principal (OAuth 2.0 client credentials
-//! against Microsoft Entra, token cached), a PAT, or the activity's own `pat`/`token` secret.
+//! against Microsoft Entra, token cached) proving itself with a client secret or with a
+//! federated token (workload identity: a JWT file the platform rotates, no secret of ours), a
+//! PAT, or the activity's own `pat`/`token` secret.
+//!
+//! `Credentials` are shared (`Send + Sync`, cloned cheaply): the engine's executor and the
+//! executor API's, on every worker thread, use one token cache per configured executor.
 //!
 //! Header values are marked sensitive so they never show in `Debug` output; nothing here logs.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
@@ -25,8 +32,9 @@ const MAX_RENEW_MARGIN: Duration = Duration::from_secs(300);
 
 type MakeHeader = fn(&str) -> Result<HeaderValue, ()>;
 
+#[derive(Clone)]
 pub(crate) enum Credentials {
-    ClientCredentials(Box<TokenSource>),
+    ClientCredentials(Arc<TokenSource>),
     Pat(HeaderValue),
 }
 
@@ -97,7 +105,7 @@ impl Credentials {
 pub(crate) struct TokenSource {
     token_url: String,
     client_id: String,
-    client_secret: Secret,
+    proof: Proof,
     scope: String,
     /// Held across the token request: concurrent callers queue behind the one refreshing.
     slot: Mutex<Slot>,
@@ -116,12 +124,22 @@ struct CachedToken {
     renew_at: Instant,
 }
 
+/// How the service principal proves who it is to Entra.
+pub(crate) enum Proof {
+    ClientSecret(Secret),
+    /// Workload identity: the JWT in this file, sent as `client_assertion`. Read at each
+    /// refresh, never cached: the platform rotates it (AKS every hour or so).
+    FederatedTokenFile(PathBuf),
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
 impl TokenSource {
-    pub fn new(token_url: &str, client_id: &str, client_secret: &Secret, scope: &str) -> Self {
+    pub fn new(token_url: &str, client_id: &str, proof: Proof, scope: &str) -> Self {
         TokenSource {
             token_url: token_url.trim().to_owned(),
             client_id: client_id.trim().to_owned(),
-            client_secret: client_secret.clone(),
+            proof,
             scope: scope.trim().to_owned(),
             slot: Mutex::new(Slot::default()),
         }
@@ -155,13 +173,43 @@ impl TokenSource {
         }
     }
 
+    /// The federated token as the file holds it now. The file's path is no secret; its
+    /// content is, and is never put in an error.
+    fn federated_token(path: &PathBuf) -> Result<Secret, ExecutorError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ExecutorError::Unauthorized(format!(
+                "the workload identity token file {} cannot be read: {e} (executors.*.auth.token_file)",
+                path.display()
+            ))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ExecutorError::Unauthorized(format!(
+                "the workload identity token file {} is empty (executors.*.auth.token_file)",
+                path.display()
+            )));
+        }
+        Ok(Secret::new(token.to_owned()))
+    }
+
     async fn fetch(&self, http: &HttpClient) -> Result<CachedToken, ExecutorError> {
-        let form = [
+        let assertion;
+        let proof: [(&str, &str); 2] = match &self.proof {
+            Proof::ClientSecret(secret) => [("client_secret", secret.expose()), ("", "")],
+            Proof::FederatedTokenFile(path) => {
+                assertion = Self::federated_token(path)?;
+                [
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", assertion.expose()),
+                ]
+            }
+        };
+        let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose()),
-            ("scope", self.scope.as_str()),
         ];
+        form.extend(proof.into_iter().filter(|(name, _)| !name.is_empty()));
+        form.push(("scope", self.scope.as_str()));
         let started = Instant::now();
         let reply = http
             .send(

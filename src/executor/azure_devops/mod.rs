@@ -19,6 +19,8 @@ mod tests_requests;
 #[cfg(test)]
 mod tests_with_simulator;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::Method;
@@ -26,10 +28,11 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tracing::{field, Instrument};
 
-use self::auth::{Credentials, TokenSource};
+use self::auth::{Credentials, Proof, TokenSource};
 use self::errors::{expect_json, Purpose};
 use self::http::{HttpClient, Payload, Replay, RetryPolicy};
-use self::request::{run_body, PipelineTarget, RunLocation};
+use self::request::run_body;
+pub(crate) use self::request::{describe as describe_value, PipelineTarget, RunLocation};
 use super::{Executor, ExecutorError, RunRef, RunStatus, Secrets, Submission, Submitted};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings};
 use crate::metrics::ExecutorMetrics;
@@ -41,27 +44,43 @@ pub struct AzureDevOpsExecutor {
     credentials: Credentials,
 }
 
-impl AzureDevOpsExecutor {
-    /// Checks the settings (the error names the key, e.g. `executors.azure-devops.auth.client_id
-    /// is blank`) and prepares the HTTP client; nothing is sent until the first task.
-    pub fn new(name: &str, settings: &AzureDevOpsSettings) -> Result<Self, String> {
+/// Who an `azure-devops` executor is to Azure DevOps, with its token cache: built once from
+/// the settings and shared by every caller of that executor (the engine, the executor API on
+/// each worker thread), so they share one Entra token.
+#[derive(Clone)]
+pub struct AzureIdentity(Credentials);
+
+impl AzureIdentity {
+    /// Checks the auth settings (the error names the key, e.g.
+    /// `executors.azure-devops.auth.client_id is blank`).
+    pub fn new(name: &str, settings: &AzureDevOpsSettings) -> Result<AzureIdentity, String> {
         let key = |field: &str| format!("executors.{name}.{field}");
-        let base_url = http_url(&key("base_url"), &settings.base_url)?;
+        // Entra's address and who asks: checked before the proof, whose blank secret is the
+        // default configuration's state.
+        let token_source = |token_url: &str, client_id: &str, scope: &str| {
+            let token_url = http_url(&key("auth.token_url"), token_url)?;
+            if token_url.contains("<tenant>") {
+                return Err(format!(
+                    "{} still contains <tenant>: put the directory (tenant) id of the app \
+                     registration there",
+                    key("auth.token_url")
+                ));
+            }
+            for (field, value) in [("client_id", client_id), ("scope", scope)] {
+                if value.trim().is_empty() {
+                    return Err(format!("{} is blank", key(&format!("auth.{field}"))));
+                }
+            }
+            let (client_id, scope) = (client_id.to_owned(), scope.to_owned());
+            Ok(move |proof| {
+                Credentials::ClientCredentials(Arc::new(TokenSource::new(
+                    &token_url, &client_id, proof, &scope,
+                )))
+            })
+        };
         let credentials = match &settings.auth {
             AzureAuthSettings::ClientCredentials(c) => {
-                let token_url = http_url(&key("auth.token_url"), &c.token_url)?;
-                if token_url.contains("<tenant>") {
-                    return Err(format!(
-                        "{} still contains <tenant>: put the directory (tenant) id of the app \
-                         registration there",
-                        key("auth.token_url")
-                    ));
-                }
-                for (field, value) in [("client_id", &c.client_id), ("scope", &c.scope)] {
-                    if value.trim().is_empty() {
-                        return Err(format!("{} is blank", key(&format!("auth.{field}"))));
-                    }
-                }
+                let build = token_source(&c.token_url, &c.client_id, &c.scope)?;
                 if c.client_secret.is_empty() {
                     return Err(format!(
                         "{} is blank (give it through the environment, e.g. \
@@ -70,11 +89,23 @@ impl AzureDevOpsExecutor {
                         name.to_uppercase().replace('-', "_")
                     ));
                 }
-                Credentials::ClientCredentials(Box::new(TokenSource::new(
-                    &token_url,
-                    &c.client_id,
-                    &c.client_secret,
-                    &c.scope,
+                build(Proof::ClientSecret(c.client_secret.clone()))
+            }
+            AzureAuthSettings::WorkloadIdentity(w) => {
+                let build = token_source(&w.token_url, &w.client_id, &w.scope)?;
+                if w.token_file.trim().is_empty() {
+                    return Err(format!("{} is blank", key("auth.token_file")));
+                }
+                if w.client_secret.as_ref().is_some_and(|s| !s.is_empty()) {
+                    return Err(format!(
+                        "{} is set, but kind workload_identity uses no secret: remove it (is \
+                         ODM_DEVOPS__EXECUTORS__{}__AUTH__CLIENT_SECRET still set?)",
+                        key("auth.client_secret"),
+                        name.to_uppercase().replace('-', "_")
+                    ));
+                }
+                build(Proof::FederatedTokenFile(PathBuf::from(
+                    w.token_file.trim(),
                 )))
             }
             AzureAuthSettings::Pat(p) => {
@@ -85,6 +116,26 @@ impl AzureDevOpsExecutor {
                     .map_err(|problem| format!("{} {problem}", key("auth.pat")))?
             }
         };
+        Ok(AzureIdentity(credentials))
+    }
+}
+
+impl AzureDevOpsExecutor {
+    /// Checks the settings (the error names the key) and prepares the HTTP client; nothing is
+    /// sent until the first task. Its identity is its own (see `with_identity` to share one).
+    pub fn new(name: &str, settings: &AzureDevOpsSettings) -> Result<Self, String> {
+        Self::with_identity(name, settings, AzureIdentity::new(name, settings)?)
+    }
+
+    /// `new`, authenticating as `identity` (built from the same settings): callers on other
+    /// threads share its token cache.
+    pub fn with_identity(
+        name: &str,
+        settings: &AzureDevOpsSettings,
+        identity: AzureIdentity,
+    ) -> Result<Self, String> {
+        let key = |field: &str| format!("executors.{name}.{field}");
+        let base_url = http_url(&key("base_url"), &settings.base_url)?;
         for (field, value) in [
             ("connect_timeout_ms", settings.connect_timeout_ms),
             ("request_timeout_ms", settings.request_timeout_ms),
@@ -106,7 +157,7 @@ impl AzureDevOpsExecutor {
                 Duration::from_millis(settings.request_timeout_ms),
                 policy,
             ),
-            credentials,
+            credentials: identity.0,
         })
     }
 
@@ -142,6 +193,40 @@ impl AzureDevOpsExecutor {
                 .await?;
         }
         expect_json(&reply, purpose)
+    }
+
+    /// The run's state as Azure DevOps reports it now (Runs – Get), and what it means.
+    pub async fn run_state(
+        &self,
+        run: &RunRef,
+        secrets: &Secrets,
+    ) -> Result<RunState, ExecutorError> {
+        let location = RunLocation::from_json(&run.0)?;
+        let span = tracing::info_span!(
+            "azure_devops_status",
+            executor = %self.name,
+            pipeline = location.pipeline_id,
+            run_id = location.run_id,
+        );
+        let answer = self
+            .call(
+                Method::GET,
+                &location.run_url(&self.base_url),
+                Payload::Empty,
+                Replay::Safe,
+                secrets,
+                Purpose::Status,
+            )
+            .instrument(span.clone())
+            .await?;
+        let text = |key: &str| answer.get(key).and_then(Value::as_str).map(str::to_owned);
+        let state = RunState {
+            state: text("state").unwrap_or_else(|| "unknown".into()),
+            result: text("result"),
+            status: run_status(&answer, &location),
+        };
+        span.in_scope(|| tracing::debug!(status = ?state.status, "pipeline run state"));
+        Ok(state)
     }
 
     async fn submit_run(&self, task: &Submission) -> Result<Submitted, ExecutorError> {
@@ -227,27 +312,7 @@ impl Executor for AzureDevOpsExecutor {
     }
 
     async fn status(&self, run: &RunRef, secrets: &Secrets) -> Result<RunStatus, ExecutorError> {
-        let location = RunLocation::from_json(&run.0)?;
-        let span = tracing::info_span!(
-            "azure_devops_status",
-            executor = %self.name,
-            pipeline = location.pipeline_id,
-            run_id = location.run_id,
-        );
-        let answer = self
-            .call(
-                Method::GET,
-                &location.run_url(&self.base_url),
-                Payload::Empty,
-                Replay::Safe,
-                secrets,
-                Purpose::Status,
-            )
-            .instrument(span.clone())
-            .await?;
-        let status = run_status(&answer, &location);
-        span.in_scope(|| tracing::debug!(?status, "pipeline run state"));
-        Ok(status)
+        Ok(self.run_state(run, secrets).await?.status)
     }
 
     async fn cancel(&self, run: &RunRef, secrets: &Secrets) -> Result<(), ExecutorError> {
@@ -271,6 +336,26 @@ impl Executor for AzureDevOpsExecutor {
         span.in_scope(|| tracing::info!("pipeline run cancellation requested"));
         Ok(())
     }
+}
+
+/// A run as Azure DevOps reports it: its `state` and `result` as Azure spells them (kept by the
+/// executor API's mapping), and what they mean for a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunState {
+    pub state: String,
+    pub result: Option<String>,
+    pub status: RunStatus,
+}
+
+/// Checks a task's template and configurations as `submit` would, sending nothing: which
+/// pipeline it runs, or what is wrong with it (naming the field).
+pub(crate) fn check_task(
+    template: &Value,
+    configurations: &Value,
+) -> Result<PipelineTarget, ExecutorError> {
+    let target = PipelineTarget::from_template(template)?;
+    run_body(&target, configurations, "")?;
+    Ok(target)
 }
 
 /// `state` inProgress/canceling/unknown → Running; completed → by `result`.

@@ -44,6 +44,10 @@ pub fn client_credentials(token_url: String) -> AzureAuthSettings {
 pub fn pat(value: &str) -> AzureAuthSettings {
     AzureAuthSettings::Pat(PatSettings {
         pat: Secret::new(value),
+        token_url: None,
+        client_id: None,
+        client_secret: None,
+        scope: None,
     })
 }
 
