@@ -2,6 +2,7 @@
 //! one `Db::write` transaction.
 
 mod activities;
+mod deletions;
 mod engine;
 mod executor_runs;
 mod lifecycles;
@@ -12,6 +13,7 @@ mod tasks;
 mod work;
 
 pub use activities::*;
+pub use deletions::*;
 pub use engine::*;
 pub use executor_runs::*;
 pub use lifecycles::*;
