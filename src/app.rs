@@ -16,9 +16,10 @@ use crate::db::{self, Db, DbError};
 use crate::executor::{AzureIdentities, ExecutorCatalog, Executors};
 use crate::executor_api::ExecutorApiParts;
 use crate::keys::Keys;
-use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, ResultGates};
+use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, Notifier, ResultGates};
 use crate::lifecycle::{EngineTimings, LifecycleParts, LifecycleService, Waker};
 use crate::metrics::Metrics;
+use crate::notifications::Listeners;
 use crate::policy::Policies;
 use crate::registry::Registry;
 use crate::secret::Secret;
@@ -34,6 +35,8 @@ pub enum StartupError {
     Db(#[from] DbError),
     #[error("{0}")]
     Registry(String),
+    #[error("{0}")]
+    Notifications(String),
     #[error(
         "refusing to serve the API without authentication on {0}, beyond loopback: set a token \
          (ODM_DEVOPS__AUTH__API_TOKENS=<token>, i.e. auth.api_tokens), or let anyone who reaches \
@@ -124,12 +127,18 @@ impl Application {
             tracing::info!(stored, dir, "registry preloaded");
         }
 
+        let listeners =
+            Listeners::build(&settings.notifications).map_err(StartupError::Notifications)?;
         let waker = Waker::default();
         let metrics = Metrics::new();
+        for listener in listeners.iter() {
+            metrics.listener(&listener.name);
+        }
         let timings = EngineTimings {
             poll_after_ms: secs_to_ms(settings.engine.poll_after_secs),
             default_timeout_ms: secs_to_ms(settings.engine.task_timeout_secs),
         };
+        let notifier = Notifier::new(listeners.clone(), registry.clone(), &settings.notifications);
         let lifecycle = LifecycleService::new(LifecycleParts {
             db: db.clone(),
             registry,
@@ -140,6 +149,7 @@ impl Application {
             require_token: settings.callbacks.require_token,
             waker: waker.clone(),
             metrics: metrics.clone(),
+            listeners,
             policies: Policies::new(&settings.policy),
         });
         // One identity (and token cache) per Azure executor, for the engine and the executor API.
@@ -167,7 +177,8 @@ impl Application {
             policies: Policies::new(&settings.policy),
             registry: lifecycle.registry().clone(),
             catalog: ExecutorCatalog::new(&settings.executors),
-        });
+        })
+        .with_notifications(notifier);
         let engine = match mode {
             EngineMode::Background => RunningEngine::Background(engine.spawn()),
             EngineMode::Stepped => RunningEngine::Stepped(Rc::new(engine)),

@@ -295,10 +295,29 @@ pub struct PolicySettings {
     pub stage_order: Vec<String>,
 }
 
+/// DESIGN §9; checked (names, events, templates, headers) by `crate::notifications::Listeners`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationSettings {
     pub listeners: Vec<ListenerSettings>,
+    /// Delivered rows are deleted after this many days.
+    pub keep_days: u32,
+    /// The first wait before a failed delivery is tried again; doubled at each failure.
+    pub retry_first_ms: u64,
+    /// The longest wait between two tries.
+    pub retry_max_ms: u64,
+    /// How long one delivery may take (connect and answer).
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// ODM's notification service or an ODM observer: `POST {address}/api/v1/pp/notification/dispatch`.
+    #[default]
+    Odm,
+    /// Any HTTP receiver: `POST {address}` with the body rendered from `template`.
+    Webhook,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +325,33 @@ pub struct NotificationSettings {
 pub struct ListenerSettings {
     pub name: String,
     pub address: String,
+    #[serde(default)]
+    pub kind: ListenerKind,
+    /// The event types it gets; empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Webhook: a handlebars template of the body, the event as its data.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Sent with every delivery; a value may be read from the environment.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSetting>,
+}
+
+/// A header's value: given (`"text"`), or read from the environment at start (`{env: NAME}`),
+/// for tokens that must not sit in a file. Never logged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderSetting {
+    Value(Secret),
+    Env(EnvHeader),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvHeader {
+    /// The environment variable holding the value.
+    pub env: String,
 }
 
 /// Bounds on what one request may make the service do (DESIGN §14); every refusal names the
@@ -393,13 +439,8 @@ impl Settings {
         }
         self.policy.validate()?;
         // Not built yet: accepting them would let governance fail open.
-        if !self.notifications.listeners.is_empty() {
-            return Err(ConfigError::Invalid(
-                "notifications.listeners is not supported yet (no event would be delivered): \
-                 leave it empty"
-                    .into(),
-            ));
-        }
+        crate::notifications::Listeners::build(&self.notifications)
+            .map_err(ConfigError::Invalid)?;
         if self.auth.api_tokens.iter().any(Secret::is_empty) {
             return Err(ConfigError::Invalid(
                 "auth.api_tokens holds a blank token (is ODM_DEVOPS__AUTH__API_TOKENS empty?): \

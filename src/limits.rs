@@ -278,10 +278,10 @@ mod tests {
         );
     }
 
-    /// Governance must not fail open: an active policy service needs its address, and what is
-    /// not built yet stops the start, naming the key.
+    /// Governance must not fail open: an active policy service needs its address; listeners
+    /// are checked (the checks themselves: `notifications::tests`).
     #[test]
-    fn policy_without_an_address_and_listeners_are_refused() {
+    fn policy_without_an_address_is_refused_and_listeners_are_checked() {
         let error = load(&[("ODM_DEVOPS__POLICY__ACTIVE", "true")]).unwrap_err();
         assert!(error.contains("policy.address is not set"), "{error}");
         let settings = load(&[
@@ -297,21 +297,21 @@ mod tests {
         assert!(error.contains("policy.stage_order"), "{error}");
         let error = load(&[("ODM_DEVOPS__POLICY__TIMEOUT_MS", "0")]).unwrap_err();
         assert!(error.contains("policy.timeout_ms"), "{error}");
-        let file = std::env::temp_dir().join(format!("odm-listeners-{}.yaml", std::process::id()));
-        std::fs::write(
-            &file,
-            "notifications:\n  listeners: [{name: audit, address: \"http://audit:8080\"}]\n",
-        )
-        .unwrap();
-        let error = Settings::load_with_env(Some(&file), Vec::<(String, String)>::new())
-            .unwrap_err()
-            .to_string();
-        std::fs::remove_file(&file).unwrap();
-        assert!(
-            error.contains("notifications.listeners is not supported yet"),
-            "{error}"
-        );
         assert!(load(&[("ODM_DEVOPS__POLICY__ACTIVE", "false")]).is_ok());
+        let listeners = |yaml: &str| {
+            let file = std::env::temp_dir().join(format!(
+                "odm-listeners-{}.yaml",
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::write(&file, format!("notifications:\n  listeners: [{yaml}]\n")).unwrap();
+            let loaded = Settings::load_with_env(Some(&file), Vec::<(String, String)>::new());
+            std::fs::remove_file(&file).unwrap();
+            loaded.map_err(|e| e.to_string())
+        };
+        let loaded = listeners("{name: audit, address: \"http://audit:8080\"}").unwrap();
+        assert_eq!(loaded.notifications.listeners[0].name, "audit");
+        let error = listeners("{name: audit, address: \"audit:8080\"}").unwrap_err();
+        assert!(error.contains("(audit)"), "{error}");
     }
 
     #[test]

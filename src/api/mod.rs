@@ -8,6 +8,7 @@ pub mod guard;
 mod health;
 mod lifecycles;
 mod metrics;
+mod notifications;
 pub mod origin;
 mod registry;
 mod request;
@@ -83,6 +84,11 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route(
                         "/lifecycles/{product}/{version}/current",
                         web::get().to(lifecycles::current),
+                    )
+                    .route("/notifications", web::get().to(notifications::list))
+                    .route(
+                        "/api/v1/up/observer/notifications",
+                        web::post().to(notifications::observe),
                     ),
             );
         if let Some(parts) = &executor_api {

@@ -79,13 +79,43 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    notification_outbox (id) {
+        id -> BigInt,
+        listener -> Text,
+        event_type -> Text,
+        entity_id -> BigInt,
+        activity_id -> BigInt,
+        payload -> Text,
+        created_at -> BigInt,
+        due_at -> BigInt,
+        attempts -> Integer,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    activity_deletions (id) {
+        id -> BigInt,
+        data_product_id -> Text,
+        data_product_version -> Nullable<Text>,
+        up_to_activity -> BigInt,
+        requested_at -> BigInt,
+    }
+}
+
 diesel::joinable!(tasks -> activities (activity_id));
 diesel::allow_tables_to_appear_in_same_query!(
     activities,
     tasks,
     lifecycles,
     descriptors,
-    service_meta
+    service_meta,
+    notification_outbox,
+    activity_deletions
 );
 
 diesel::table! {

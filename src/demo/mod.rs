@@ -147,6 +147,17 @@ impl Demo<'_> {
             )
             .await?;
         self.report.lifecycle(&rows).context(OUTPUT)?;
+        self.wait_for_notifications().await?;
+        let received: Vec<Value> = self
+            .sim
+            .listeners()
+            .received(scenario::LISTENER)
+            .into_iter()
+            .map(|r| r.body)
+            .collect();
+        self.report
+            .notifications(scenario::LISTENER, &received)
+            .context(OUTPUT)?;
         let stats = self.sim.stats();
         self.report
             .closing(
@@ -280,6 +291,21 @@ impl Demo<'_> {
                 .get("callbackRef")
                 .is_some_and(|c| c.contains(&marker))
         })
+    }
+
+    /// Until the outbox has nothing left to send (events go out a moment after the changes
+    /// they report), 5 s at most.
+    async fn wait_for_notifications(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let path = format!("{DEVOPS}/notifications?status=pending");
+        while Instant::now() < deadline {
+            let (_, pending) = self.call("GET", &path, None).await?;
+            if pending.as_array().is_some_and(Vec::is_empty) {
+                break;
+            }
+            actix_web::rt::time::sleep(POLL).await;
+        }
+        Ok(())
     }
 
     /// One request to the service, as a user would send it; the status and the JSON answer

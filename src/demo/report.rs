@@ -244,6 +244,42 @@ impl<'a> Report<'a> {
         Ok(())
     }
 
+    /// What the ODM observer listening to the service received, in order.
+    pub fn notifications(&mut self, listener: &str, events: &[Value]) -> io::Result<()> {
+        self.rule(&format!("events received by the ODM observer {listener}"))?;
+        let out = &mut self.out;
+        writeln!(
+            out,
+            "  POST /api/v1/pp/notification/dispatch, {} events, in order:",
+            events.len()
+        )?;
+        for event in events {
+            let after = &event["afterState"];
+            let about = match (
+                after["task"]["name"].as_str(),
+                after["activity"]["stage"].as_str(),
+            ) {
+                (Some(task), _) => format!(
+                    "task {task}, {}",
+                    after["task"]["status"].as_str().unwrap_or("?")
+                ),
+                (None, Some(stage)) => format!(
+                    "stage {stage}, {}",
+                    after["activity"]["status"].as_str().unwrap_or("?")
+                ),
+                (None, None) => String::new(),
+            };
+            writeln!(
+                out,
+                "  #{:<4} {:<34} {:>5}  {about}",
+                event["id"].as_i64().unwrap_or(0),
+                event["type"].as_str().unwrap_or("?"),
+                event["entityId"].as_str().unwrap_or("?"),
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn closing(
         &mut self,
         took: Duration,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::{ExecutorSettings, Settings};
+use crate::config::{ExecutorSettings, ListenerKind, ListenerSettings, Settings};
 use crate::secret::Secret;
 use crate::simulator::{Behaviour, PipelineSpec, SimulatorConfig, SimulatorHandle};
 
@@ -17,6 +17,9 @@ pub const VERSION: &str = "1.0.0";
 pub const STAGES: [&str; 3] = ["dev", "test", "prod"];
 pub const ORGANIZATION: &str = "odm-demo";
 pub const PROJECT: &str = "Data Products";
+
+/// The ODM observer the demo's events go to (a listener of the simulator).
+pub const LISTENER: &str = "demo-observer";
 
 const PROVISION_VM: i32 = 1;
 const DEPLOY_APP: i32 = 2;
@@ -141,5 +144,13 @@ pub fn settings(dir: &Path, sim: &SimulatorHandle) -> anyhow::Result<Settings> {
         "azure-devops".into(),
         ExecutorSettings::AzureDevops(sim.executor_settings()),
     );
+    settings.notifications.listeners = vec![ListenerSettings {
+        name: LISTENER.into(),
+        address: sim.listener_address(LISTENER),
+        kind: ListenerKind::Odm,
+        events: Vec::new(),
+        template: None,
+        headers: Default::default(),
+    }];
     Ok(settings)
 }

@@ -40,7 +40,20 @@ async fn the_demo_promotes_the_product_through_every_stage_and_tells_each_step()
     let text = String::from_utf8(out).unwrap();
     assert!(result.is_ok(), "{result:?}\n{text}");
 
+    // The ODM observer got the events, completion included, each stage's transition last.
+    line_with(
+        &text,
+        &["events received by the ODM observer demo-observer"],
+    );
+    line_with(&text, &["DATA_PRODUCT_TASK_COMPLETED", "PROCESSED"]);
     for stage in STAGES {
+        line_with(
+            &text,
+            &[
+                "DATA_PRODUCT_STAGE_TRANSITION",
+                &format!("stage {stage}, PROCESSED"),
+            ],
+        );
         line_with(&text, &[&format!("── stage {stage} ")]);
         line_with(&text, &[&format!("✔ stage {stage} reached in")]);
     }

@@ -8,6 +8,7 @@
 //! decides on them.
 
 mod claim;
+mod events;
 mod ids;
 mod outcome;
 mod plan;
@@ -16,6 +17,7 @@ mod snapshot;
 mod status;
 
 pub use claim::{ActivityKeys, ClaimCandidate, ClaimDecision, ClaimedStep, ClaimedTask};
+pub use events::{Event, EventType};
 pub use ids::{ActivityId, TaskId};
 pub use outcome::{without_nul, Outcome, Report, ReportedStatus};
 pub use plan::{ActivityChanges, ActivityUpdate, Plan, TaskChanges, TaskUpdate};

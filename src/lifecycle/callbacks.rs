@@ -29,7 +29,7 @@ impl LifecycleService {
                 .map(|e| CommandError::ResultsTooLarge(e.0))
         });
         let rules = self.callbacks.clone();
-        let timings = self.timings;
+        let (timings, listeners) = (self.timings, self.listeners.clone());
         let recorded = self
             .db
             .write(move |conn| -> Result<Recorded, CommandError> {
@@ -52,7 +52,7 @@ impl LifecycleService {
                 match state::callback(&snapshot, task_id, report, confirm_first, &timing) {
                     Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),
                     Ok(CallbackDecision::Apply(plan)) => {
-                        let applied = apply(conn, &plan)?;
+                        let applied = apply(conn, &plan, snapshot.activity.id, &listeners)?;
                         Ok((
                             plan.task_status_after(task_id, TaskStatus::Processing),
                             Some(applied),

@@ -2,14 +2,16 @@
 //! `callbacks.rs`.
 
 use super::error::CommandError;
+use super::plumbing::Applied;
 use super::service::{apply, snapshot, LifecycleService};
 use super::state::{self, Timing};
 use crate::clock::now_ms;
 use crate::db::models::{ActivityRow, NewActivity, NewTask};
 use crate::db::{self, DbConnection, SnapshotOf};
 use crate::descriptor::{self, LifecycleInfo, TaskDefinition};
-use crate::domain::{ActivityId, ActivityStatus, RunSettings, TaskId, TaskStatus};
+use crate::domain::{ActivityId, ActivityStatus, Event, RunSettings, TaskId, TaskStatus};
 use crate::keys::{ActivitySecrets, Keys};
+use crate::notifications::{self, Listeners};
 
 #[derive(Debug, Clone)]
 pub struct NewActivityRequest {
@@ -59,6 +61,7 @@ impl LifecycleService {
         let gated = start && self.policies.guards_start();
         let start_now = start && !gated;
         let (keys, timings) = (self.keys().clone(), self.timings);
+        let listeners = self.listeners.clone();
         let activity = self
             .db
             .write(move |conn| -> Result<ActivityRow, CommandError> {
@@ -69,6 +72,11 @@ impl LifecycleService {
                     settings: &settings,
                 };
                 let activity = insert_planned(conn, new, now)?;
+                if !listeners.is_empty() {
+                    let tasks = db::task_ids_of(conn, activity.id)?;
+                    let created = Event::created(activity.id, &tasks);
+                    notifications::record(conn, &listeners, &created, now)?;
+                }
                 // Sealed once the id is known: it binds the secrets to this activity.
                 if !secrets.is_empty() {
                     let sealed = keys.seal(activity.id.get(), &secrets);
@@ -77,26 +85,32 @@ impl LifecycleService {
                 if !start_now {
                     return Ok(activity);
                 }
-                start_in(conn, activity.id, None, None, timings.at(now))?;
+                start_in(conn, activity.id, None, None, &listeners, timings.at(now))?;
                 Ok(db::find_activity(conn, activity.id)?.expect("just written"))
             })
             .await?;
         if start_now {
             self.waker.wake();
         }
+        if !self.listeners.is_empty() {
+            self.waker.outbox_due();
+        }
         if !gated {
             return Ok(activity);
         }
         let id = activity.id;
         let seen = self.pass_start_gates(id, true).await?;
-        let activity = self
+        let listeners = self.listeners.clone();
+        let (activity, applied) = self
             .db
-            .write(move |conn| -> Result<ActivityRow, CommandError> {
-                start_in(conn, id, None, seen, timings.at(now_ms()))?;
-                Ok(db::find_activity(conn, id)?.expect("just started"))
-            })
+            .write(
+                move |conn| -> Result<(ActivityRow, Applied), CommandError> {
+                    let applied = start_in(conn, id, None, seen, &listeners, timings.at(now_ms()))?;
+                    Ok((db::find_activity(conn, id)?.expect("just started"), applied))
+                },
+            )
             .await?;
-        self.waker.wake();
+        applied.committed(&self.metrics, &self.waker);
         Ok(activity)
     }
 
@@ -107,19 +121,20 @@ impl LifecycleService {
     ) -> Result<ActivityStatus, CommandError> {
         let seen = self.pass_start_gates(id, false).await?;
         let keys = self.keys().clone();
-        let timings = self.timings;
-        self.db
+        let (timings, listeners) = (self.timings, self.listeners.clone());
+        let applied = self
+            .db
             .write(move |conn| {
                 let fresh = (!secrets.is_empty()).then_some((keys, secrets));
-                start_in(conn, id, fresh, seen, timings.at(now_ms()))
+                start_in(conn, id, fresh, seen, &listeners, timings.at(now_ms()))
             })
             .await?;
-        self.waker.wake();
+        applied.committed(&self.metrics, &self.waker);
         Ok(ActivityStatus::Processing)
     }
 
     pub async fn abort_activity(&self, id: ActivityId) -> Result<ActivityStatus, CommandError> {
-        let timings = self.timings;
+        let (timings, listeners) = (self.timings, self.listeners.clone());
         let applied = self
             .db
             .write(move |conn| {
@@ -127,7 +142,7 @@ impl LifecycleService {
                     CommandError::ActivityNotFound(id)
                 })?;
                 let plan = state::abort(&snapshot, &timings.at(now_ms()))?;
-                apply(conn, &plan)
+                apply(conn, &plan, id, &listeners)
             })
             .await?;
         applied.committed(&self.metrics, &self.waker);
@@ -152,7 +167,7 @@ impl LifecycleService {
     }
 
     pub async fn abort_task(&self, task_id: TaskId) -> Result<TaskStatus, CommandError> {
-        let timings = self.timings;
+        let (timings, listeners) = (self.timings, self.listeners.clone());
         let applied = self
             .db
             .write(move |conn| {
@@ -160,7 +175,7 @@ impl LifecycleService {
                     CommandError::TaskNotFound(task_id)
                 })?;
                 let plan = state::abort_task(&snapshot, task_id, &timings.at(now_ms()))?;
-                apply(conn, &plan)
+                apply(conn, &plan, snapshot.activity.id, &listeners)
             })
             .await?;
         applied.committed(&self.metrics, &self.waker);
@@ -294,8 +309,9 @@ fn start_in(
     id: ActivityId,
     fresh_secrets: Option<(Keys, ActivitySecrets)>,
     gated_on: Option<Option<i64>>,
+    listeners: &Listeners,
     timing: Timing,
-) -> Result<(), CommandError> {
+) -> Result<Applied, CommandError> {
     let missing = || CommandError::ActivityNotFound(id);
     let snapshot = snapshot(conn, SnapshotOf::Activity(id), missing)?;
     let plan = state::start(&snapshot, &timing)?;
@@ -318,7 +334,7 @@ fn start_in(
             a.data_product_id, a.data_product_version
         )));
     }
-    apply(conn, &plan).map_err(|e| match e {
+    let applied = apply(conn, &plan, id, listeners).map_err(|e| match e {
         CommandError::Db(db) if db.is_unique_violation() => {
             CommandError::ActivityConflict(format!(
                 "another activity of product {}, version {} became PROCESSING at the same time: \
@@ -340,5 +356,5 @@ fn start_in(
         }
         db::set_sealed_secrets(conn, id, Some(&keys.seal(id.get(), &secrets)))?;
     }
-    Ok(())
+    Ok(applied)
 }

@@ -7,6 +7,7 @@ mod commands;
 mod context;
 pub mod engine;
 mod error;
+mod observer;
 mod plumbing;
 mod policy_gates;
 mod queries;
@@ -18,6 +19,7 @@ mod task_templates;
 
 pub use commands::NewActivityRequest;
 pub use error::CommandError;
+pub use observer::Forgotten;
 pub use plumbing::{Applied, EngineTimings, Waker};
 pub use policy_gates::{StartCheck, WouldStart};
 pub use service::{LifecycleParts, LifecycleService};

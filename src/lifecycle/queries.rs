@@ -3,10 +3,22 @@
 use super::error::CommandError;
 use super::service::LifecycleService;
 use crate::db::models::{ActivityRow, LifecycleRow, TaskRow};
-use crate::db::{self, ActivityFilter, LifecycleFilter, TaskFilter};
+use crate::db::{
+    self, ActivityFilter, LifecycleFilter, NotificationFilter, NotificationRow, TaskFilter,
+};
 use crate::domain::{ActivityId, TaskId};
 
 impl LifecycleService {
+    /// The outbox rows, for `GET /notifications`.
+    pub async fn notifications(
+        &self,
+        filter: NotificationFilter,
+    ) -> Result<Vec<NotificationRow>, CommandError> {
+        self.db
+            .read(move |conn| Ok(db::list_notifications(conn, &filter)?))
+            .await
+    }
+
     pub async fn activity(&self, id: ActivityId) -> Result<ActivityRow, CommandError> {
         self.db
             .read(move |conn| {

@@ -10,10 +10,11 @@ use super::plumbing::{Applied, EngineTimings, Waker};
 use crate::clock::now_ms;
 use crate::config::LimitSettings;
 use crate::db::{self, Db, DbConnection, SnapshotOf};
-use crate::domain::{Plan, Snapshot};
+use crate::domain::{ActivityId, Plan, Snapshot};
 use crate::executor::ExecutorCatalog;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
+use crate::notifications::{self, Listeners};
 use crate::policy::Policies;
 use crate::registry::Registry;
 
@@ -29,6 +30,8 @@ pub struct LifecycleService {
     pub(super) policies: Policies,
     /// Shared with the transactions that check callbacks (one reference moves there).
     pub(super) callbacks: Arc<CallbackRules>,
+    /// Whom the events of each change are recorded for (in its transaction).
+    pub(super) listeners: Listeners,
 }
 
 /// What checking a callback needs inside its transaction.
@@ -52,6 +55,7 @@ pub struct LifecycleParts {
     pub require_token: bool,
     pub waker: Waker,
     pub metrics: Arc<Metrics>,
+    pub listeners: Listeners,
     pub policies: Policies,
 }
 
@@ -64,6 +68,7 @@ impl LifecycleService {
             limits: parts.limits,
             waker: parts.waker,
             metrics: parts.metrics,
+            listeners: parts.listeners,
             callbacks: Arc::new(CallbackRules {
                 keys: parts.keys,
                 require_token: parts.require_token,
@@ -96,7 +101,15 @@ pub(super) fn snapshot(
     db::load_snapshot(conn, of)?.ok_or_else(missing)
 }
 
-pub(super) fn apply(conn: &mut DbConnection, plan: &Plan) -> Result<Applied, CommandError> {
-    db::apply_plan(conn, plan, now_ms())?;
-    Ok(Applied::of(plan))
+/// Applies `plan` (of `activity`) with the outbox rows of the events it implies.
+pub(super) fn apply(
+    conn: &mut DbConnection,
+    plan: &Plan,
+    activity: ActivityId,
+    listeners: &Listeners,
+) -> Result<Applied, CommandError> {
+    let now = now_ms();
+    db::apply_plan(conn, plan, now)?;
+    let announced = notifications::record(conn, listeners, &plan.events(activity), now)?;
+    Ok(Applied::of(plan).announcing(announced))
 }

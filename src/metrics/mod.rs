@@ -151,6 +151,8 @@ pub struct Metrics {
     policy_checks: [[Counter; PolicyAnswer::ALL.len()]; PolicyEvent::ALL.len()],
     next_dispatch: Histogram,
     executors: Mutex<Vec<(String, ExecutorMetrics)>>,
+    /// Per configured listener: deliveries that succeeded, and that failed.
+    listeners: Mutex<Vec<(String, [u64; 2])>>,
 }
 
 impl Default for Metrics {
@@ -165,6 +167,7 @@ impl Default for Metrics {
             policy_checks: Default::default(),
             next_dispatch: Histogram::new(NEXT_DISPATCH_SECONDS),
             executors: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Vec::new()),
         }
     }
 }
@@ -229,6 +232,37 @@ impl Metrics {
         all.push((name.to_owned(), series.clone()));
         all.sort_by(|a, b| a.0.cmp(&b.0));
         series
+    }
+
+    /// A configured listener: its series show (at 0) before anything is sent.
+    pub fn listener(&self, name: &str) {
+        let mut all = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !all.iter().any(|(n, _)| n == name) {
+            all.push((name.to_owned(), [0, 0]));
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+    }
+
+    /// One try to deliver an outbox row to `listener`.
+    pub fn notification_sent(&self, listener: &str, delivered: bool) {
+        self.listener(listener);
+        let mut all = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, counts)) = all.iter_mut().find(|(n, _)| n == listener) {
+            counts[usize::from(!delivered)] += 1;
+        }
+    }
+
+    fn listener_counts(&self) -> Vec<(String, [u64; 2])> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn started_secs(&self) -> f64 {

@@ -35,6 +35,7 @@ impl Metrics {
             [([], self.started_secs())],
         );
         stored_work(&mut e, work, now_ms);
+        self.notifications(&mut e, work, now_ms);
         self.http(&mut e);
         self.engine(&mut e);
         self.executors(&mut e);
@@ -189,6 +190,62 @@ impl Metrics {
                         waited,
                     )
                 })
+            }),
+        );
+    }
+}
+
+impl Metrics {
+    /// Per configured listener: tries (this replica's) and, from the database, the backlog.
+    fn notifications(&self, e: &mut Exposition, work: Option<&WorkCounts>, now_ms: i64) {
+        let listeners = self.listener_counts();
+        if listeners.is_empty() {
+            return;
+        }
+        e.family(
+            "odm_devops_notifications_sent_total",
+            Kind::Counter,
+            "Tries to deliver a notification, by listener and result (delivered, failed).",
+            listeners.iter().flat_map(|(listener, counts)| {
+                [("delivered", counts[0]), ("failed", counts[1])].map(|(result, n)| {
+                    (
+                        [("listener", listener.as_str()), ("result", result)],
+                        n as f64,
+                    )
+                })
+            }),
+        );
+        let Some(work) = work else {
+            return;
+        };
+        let backlog = |listener: &str| work.listeners.iter().find(|b| b.listener == listener);
+        e.family(
+            "odm_devops_notifications_pending",
+            Kind::Gauge,
+            "Notifications not delivered yet, by listener.",
+            listeners.iter().map(|(listener, _)| {
+                let n = backlog(listener).map_or(0, |b| b.pending);
+                ([("listener", listener.as_str())], n as f64)
+            }),
+        );
+        e.family(
+            "odm_devops_notifications_failing",
+            Kind::Gauge,
+            "Notifications not delivered yet whose last try failed, by listener.",
+            listeners.iter().map(|(listener, _)| {
+                let n = backlog(listener).map_or(0, |b| b.failing);
+                ([("listener", listener.as_str())], n as f64)
+            }),
+        );
+        e.family(
+            "odm_devops_notifications_oldest_pending_age_seconds",
+            Kind::Gauge,
+            "How long the oldest undelivered notification has waited, by listener (0 when none).",
+            listeners.iter().map(|(listener, _)| {
+                let age_ms = backlog(listener)
+                    .and_then(|b| b.oldest_created_at)
+                    .map_or(0, |at| (now_ms - at).max(0));
+                ([("listener", listener.as_str())], age_ms as f64 / 1000.0)
             }),
         );
     }

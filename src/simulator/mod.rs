@@ -48,6 +48,8 @@
 //!   (token requests, tokens issued, run requests, runs created, callbacks sent).
 //! * `POST /_sim/tokens/expire` expires every issued token; `POST /_sim/reset` forgets runs,
 //!   faults, requests, tokens and counters (pipelines stay).
+//! * `/_sim/listeners/{name}…`: notification listeners that record what they receive
+//!   (`listeners.rs`).
 
 mod answer;
 mod azure;
@@ -55,6 +57,7 @@ mod cli;
 mod config;
 mod control;
 mod entra;
+mod listeners;
 mod pipeline;
 mod state;
 #[cfg(test)]
@@ -75,6 +78,7 @@ pub use self::config::{
     Behaviour, CallbackMode, FaultKind, FaultSpec, ParameterSpec, PipelineSpec, SimResult,
     SimulatorConfig, AZURE_DEVOPS_SCOPE,
 };
+pub use self::listeners::{ListenerSinks, Received, SinkBehaviour};
 use self::state::SimState;
 pub use self::state::{CallbackRecord, RequestRecord, RunRecord, Stats};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings, ClientCredentialsSettings};
@@ -94,10 +98,15 @@ impl Simulator {
         let tenant = config.tenant.clone();
         let state = Arc::new(SimState::new(config));
         let data = web::Data::from(Arc::clone(&state));
+        let sinks = ListenerSinks::default();
+        let sinks_data = web::Data::new(sinks.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(sinks_data.clone())
                 .app_data(web::PayloadConfig::new(1024 * 1024))
+                // Before `/_sim`'s scope, which would take (and 404) its paths.
+                .configure(listeners::routes)
                 .configure(control::routes)
                 .route("/{tenant}/oauth2/v2.0/token", web::post().to(entra::token))
                 .route(
@@ -131,6 +140,7 @@ impl Simulator {
             address,
             tenant,
             state,
+            sinks,
             server: handle,
         })
     }
@@ -142,6 +152,7 @@ pub struct SimulatorHandle {
     address: SocketAddr,
     tenant: String,
     state: Arc<SimState>,
+    sinks: ListenerSinks,
     server: ServerHandle,
 }
 
@@ -178,6 +189,16 @@ impl SimulatorHandle {
             retry_base_delay_ms: 50,
             retry_max_delay_ms: 5_000,
         }
+    }
+
+    /// The `address` of a notification listener named `name` (ODM or webhook).
+    pub fn listener_address(&self, name: &str) -> String {
+        format!("{}/_sim/listeners/{name}", self.base_url())
+    }
+
+    /// The notification listeners' sinks: what each received, how each answers.
+    pub fn listeners(&self) -> &ListenerSinks {
+        &self.sinks
     }
 
     pub fn runs(&self) -> Vec<RunRecord> {

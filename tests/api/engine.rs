@@ -290,6 +290,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
     };
     use odm_devops::lifecycle::engine::{apply_decision, EngineError};
     use odm_devops::lifecycle::EngineTimings;
+    use odm_devops::notifications::Listeners;
 
     let (app, _executor) = stepped_app_with_stages(&db, lifecycle()).await;
     let id = ActivityId(app.planned_activity("p1", "1.0.0", "dev").await);
@@ -306,7 +307,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
     };
     let decided = db
         .write(move |conn| {
-            apply_decision(conn, id, timings, |s, _| Plan {
+            apply_decision(conn, id, timings, &Listeners::none(), |s, _| Plan {
                 activity: Some(ActivityUpdate {
                     id: s.activity.id,
                     expected: ActivityStatus::Planned,

@@ -17,6 +17,7 @@ mod executor_api;
 mod limits;
 mod lists;
 mod metrics;
+mod notifications;
 mod openapi;
 mod policy;
 mod registry;

@@ -17,6 +17,8 @@ pub struct WorkCounts {
     pub activities: [i64; ActivityStatus::ALL.len()],
     pub tasks: [i64; TaskStatus::ALL.len()],
     pub steps: [StepCounts; Step::ALL.len()],
+    /// Undelivered notifications, per listener that has any.
+    pub listeners: Vec<super::ListenerBacklog>,
 }
 
 /// The engine's steps of one kind: scheduled, due (`due_at <= now`), and the oldest due time.
@@ -94,5 +96,6 @@ pub fn work_counts(conn: &mut Conn, now: i64) -> QueryResult<WorkCounts> {
             };
         }
     }
+    counts.listeners = super::listener_backlogs(conn)?;
     Ok(counts)
 }

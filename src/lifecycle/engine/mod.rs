@@ -10,7 +10,10 @@
 
 mod dispatch;
 mod gates;
+mod notify;
 mod steps;
+
+pub use notify::Notifier;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -29,6 +32,7 @@ use crate::domain::{ActivityId, ClaimedStep, Plan, Snapshot, Step, TaskId};
 use crate::executor::Executors;
 use crate::keys::Keys;
 use crate::metrics::{Metrics, StepResult};
+use crate::notifications::{self, Listeners};
 use crate::placeholders::OnMissing;
 use crate::telemetry::error_chain as chain;
 
@@ -98,6 +102,10 @@ pub struct Engine {
     claims: Cell<u64>,
     /// One permit per step under way: bounds the steps this replica carries out at once.
     in_flight: Arc<Semaphore>,
+    /// Sends notifications, when listeners are configured (`with_notifications`).
+    notifier: Option<Notifier>,
+    /// Deletions asked by an ODM observer may wait (true at start: they are looked for once).
+    deletions_pending: Cell<bool>,
     /// ODM's policy service, asked before results are accepted (`gates.rs`).
     gates: Option<ResultGates>,
 }
@@ -115,11 +123,12 @@ impl EngineHandle {
     }
 }
 
-/// What one tick did: the steps it claimed, carried out in the background.
+/// What one tick did: the steps and notifications it claimed, carried out in the background.
 pub struct Tick {
     /// Claimed as many as there was room for: more may be due already.
     saturated: bool,
     under_way: Vec<tokio::task::JoinHandle<StepReport>>,
+    deliveries: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What carrying out one claimed step did.
@@ -131,18 +140,22 @@ pub struct StepReport {
 }
 
 impl Tick {
-    /// How many steps the tick claimed.
+    /// How many steps and notifications the tick claimed.
     pub fn claimed(&self) -> usize {
-        self.under_way.len()
+        self.under_way.len() + self.deliveries.len()
     }
 
-    /// Waits until the tick's steps are carried out; what each did.
+    /// Waits until the tick's steps are carried out and its notifications sent (or not); what
+    /// each step did.
     pub async fn finished(self) -> Vec<StepReport> {
         let mut reports = Vec::with_capacity(self.under_way.len());
         for step in self.under_way {
             if let Ok(report) = step.await {
                 reports.push(report);
             }
+        }
+        for delivery in self.deliveries {
+            let _ = delivery.await;
         }
         reports
     }
@@ -169,6 +182,8 @@ impl Engine {
             metrics,
             replica: uuid::Uuid::new_v4().simple().to_string(),
             claims: Cell::new(0),
+            notifier: None,
+            deletions_pending: Cell::new(true),
             gates: None,
         }
     }
@@ -189,11 +204,14 @@ impl Engine {
     /// Claims what is due, as much as the steps under way leave room for, and starts carrying
     /// it out on the current actix System thread.
     pub async fn tick(self: &Rc<Self>) -> Result<Tick, DbError> {
+        self.housekeeping().await;
+        let deliveries = self.claim_notifications().await;
         let room = self.in_flight.available_permits().min(self.config.batch);
         if room == 0 {
             return Ok(Tick {
                 saturated: false,
                 under_way: Vec::new(),
+                deliveries,
             });
         }
         let steps = self.claim(room).await?;
@@ -217,6 +235,7 @@ impl Engine {
         Ok(Tick {
             saturated,
             under_way,
+            deliveries,
         })
     }
 
@@ -259,10 +278,23 @@ impl Engine {
         tracing::info!(replica = %self.replica, "engine stopped");
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedStep>, DbError> {
+    /// A name of its own for each claim: a lease says which claim holds it.
+    fn next_claim(&self) -> String {
         let n = self.claims.get() + 1;
         self.claims.set(n);
-        let claim = format!("{}-{n}", self.replica);
+        format!("{}-{n}", self.replica)
+    }
+
+    /// The listeners a decision's events are recorded for.
+    fn listeners(&self) -> Listeners {
+        self.notifier
+            .as_ref()
+            .map(Notifier::listeners)
+            .unwrap_or_default()
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedStep>, DbError> {
+        let claim = self.next_claim();
         let lease_ms = self.config.lease_ms;
         self.db
             .write(move |conn| {
@@ -297,12 +329,13 @@ impl Engine {
     where
         F: FnOnce(&Snapshot, &Timing) -> Plan + Clone + Send + 'static,
     {
-        let timings = self.timings;
+        let (timings, listeners) = (self.timings, self.listeners());
         let decided = self
             .while_database_fails(|| {
-                let decide = decide.clone();
-                self.db
-                    .write(move |conn| apply_decision(conn, activity_id, timings, decide))
+                let (decide, listeners) = (decide.clone(), listeners.clone());
+                self.db.write(move |conn| {
+                    apply_decision(conn, activity_id, timings, &listeners, decide)
+                })
             })
             .await;
         match decided {
@@ -366,13 +399,14 @@ pub fn claim_due_steps(
 }
 
 /// The engine's transaction: the plan `decide` makes from the activity's snapshot, applied in
-/// full; what it did, to report once committed. A plan that no longer fits (someone moved first) is
+/// full with the outbox rows of its events; what it did, to report once committed. A plan that no longer fits (someone moved first) is
 /// `Superseded`, an error so that the caller's transaction rolls back: the updates applied
 /// before the conflict must not stay without the rest.
 pub fn apply_decision<F>(
     conn: &mut DbConnection,
     activity_id: ActivityId,
     timings: EngineTimings,
+    listeners: &Listeners,
     decide: F,
 ) -> Result<Applied, EngineError>
 where
@@ -386,7 +420,8 @@ where
         return Ok(Applied::default());
     }
     db::apply_plan(conn, &plan, now)?;
-    Ok(Applied::of(&plan))
+    let announced = notifications::record(conn, listeners, &plan.events(activity_id), now)?;
+    Ok(Applied::of(&plan).announcing(announced))
 }
 
 /// Exponential backoff with jitter from 1 s, capped, never shorter than the provider asked.

@@ -70,9 +70,24 @@ async fn spawn_in_process(settings: Settings, mode: EngineMode) -> TestApp {
 /// (`ODM_DEVOPS__` variables without that prefix, e.g. `("DATABASE__URL", url)`) on top of what
 /// `test_settings` gives: a free loopback port, quick ticks, quiet logs. Returns once it is ready.
 pub async fn spawn_app_process(env: &[(&str, String)]) -> TestApp {
+    spawn_process(env, None).await
+}
+
+/// `spawn_app_process` with a settings file (`--config`) under the environment.
+pub async fn spawn_app_process_with_config(
+    env: &[(&str, String)],
+    config: &std::path::Path,
+) -> TestApp {
+    spawn_process(env, Some(config)).await
+}
+
+async fn spawn_process(env: &[(&str, String)], config: Option<&std::path::Path>) -> TestApp {
     let port = unused_port();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_odm-devops"));
     command.arg("serve").env_clear();
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
     let defaults = [
         ("SERVER__BIND", format!("127.0.0.1:{port}")),
         ("SERVER__PUBLIC_URL", format!("http://127.0.0.1:{port}")),

@@ -1,0 +1,2 @@
+DROP TABLE activity_deletions;
+DROP TABLE notification_outbox;
