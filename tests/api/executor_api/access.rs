@@ -177,6 +177,30 @@ async fn who_may_call_the_executor_api() {
     task_status(&app, 1, &[(name, &value)])
         .await
         .assert_error(404, "40401");
+    // The rule is the route's: an encoded variant reaches it under the same rule, a doubled
+    // slash reaches no route (and needs the API token); a browser on another site is refused.
+    let encoded = app
+        .send(
+            "POST",
+            "/api/v1/up/executor/%74asks",
+            Some(("application/json", invalid.to_string())),
+            &[(name, &value)],
+        )
+        .await;
+    encoded.assert_error(422, "42201");
+    let doubled = app
+        .send(
+            "POST",
+            "//api/v1/up/executor/tasks",
+            Some(("application/json", invalid.to_string())),
+            &[(name, &value)],
+        )
+        .await;
+    assert_eq!(doubled.status, 401, "{doubled:?}");
+    let cross_site = [(name, value.as_str()), ("Sec-Fetch-Site", "cross-site")];
+    send_task(&app, &invalid, &cross_site)
+        .await
+        .assert_error(403, "40301");
     // Its tokens open nothing else.
     let other = app
         .send("GET", "/api/v1/pp/devops/tasks", None, &[(name, &value)])
