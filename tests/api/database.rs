@@ -250,7 +250,8 @@ async fn a_dispatch_whose_database_work_fails_for_a_moment_is_still_sent_once(db
     let executor = crate::fakes::FakeExecutor::start().await;
     let mut settings = test_settings(&db, Some(&executor.address));
     settings.database.pool_size = 1;
-    settings.database.pool_timeout_ms = 100;
+    // Long enough for a PostgreSQL connection to be made on a loaded machine at start.
+    settings.database.pool_timeout_ms = 500;
     let app = Application::build_with(settings, EngineMode::Stepped)
         .await
         .expect("the service starts");
@@ -280,10 +281,10 @@ async fn a_dispatch_whose_database_work_fails_for_a_moment_is_still_sent_once(db
     .await;
     assert_eq!(created.status, 201, "{created:?}");
 
-    // The only pooled connection is busy for 400 ms, four times database.pool_timeout_ms.
+    // The only pooled connection is busy for 2 s, four times database.pool_timeout_ms.
     let (release, held) = hold(&store, Held::PooledConnection).await;
     actix_web::rt::spawn(async move {
-        actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+        actix_web::rt::time::sleep(Duration::from_millis(2000)).await;
         release.send(()).unwrap();
     });
     let mut reports = Vec::new();
