@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::error::CommandError;
 use super::service::LifecycleService;
-use crate::api::resources::{ActivityResource, LifecycleResource, TaskResource};
+use crate::resources::{ActivityResource, LifecycleResource, TaskResource};
 use crate::db::models::{ActivityRow, LifecycleRow, TaskRow};
 use crate::db::{self, TaskFilter};
 use crate::domain::{ActivityId, ActivityStatus};

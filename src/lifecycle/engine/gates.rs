@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 
 use super::{backoff_ms, Engine, EngineError};
-use crate::api::resources::{ActivityResource, TaskResource};
+use crate::resources::{ActivityResource, TaskResource};
 use crate::clock::{format_ms, now_ms};
 use crate::db;
 use crate::domain::{ClaimedStep, Outcome, Report, ReportedStatus, Step};
