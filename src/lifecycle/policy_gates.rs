@@ -9,12 +9,12 @@ use serde_json::{json, Value};
 
 use super::error::CommandError;
 use super::service::LifecycleService;
-use crate::resources::{ActivityResource, LifecycleResource, TaskResource};
 use crate::db::models::{ActivityRow, LifecycleRow, TaskRow};
 use crate::db::{self, TaskFilter};
 use crate::domain::{ActivityId, ActivityStatus};
 use crate::metrics::{Metrics, PolicyAnswer};
 use crate::policy::{FailedPolicy, PolicyError, PolicyEvent, ValidationRequest, Verdict};
+use crate::resources::{ActivityResource, LifecycleResource, TaskResource};
 
 /// What START of an activity would meet now.
 #[derive(Debug, Clone, Default)]

@@ -8,7 +8,6 @@
 use serde_json::{json, Value};
 
 use super::{backoff_ms, Engine, EngineError};
-use crate::resources::{ActivityResource, TaskResource};
 use crate::clock::{format_ms, now_ms};
 use crate::db;
 use crate::domain::{ClaimedStep, Outcome, Report, ReportedStatus, Step};
@@ -18,6 +17,7 @@ use crate::lifecycle::state::{self, ResultVerdict};
 use crate::metrics::StepResult;
 use crate::policy::{Policies, PolicyEvent, ValidationRequest};
 use crate::registry::Registry;
+use crate::resources::{ActivityResource, TaskResource};
 
 /// The start of a task's `errors` while its result waits for the policy service.
 const WAITING: &str = "waiting for ODM's policy service";
