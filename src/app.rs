@@ -131,6 +131,7 @@ impl Application {
             Listeners::build(&settings.notifications).map_err(StartupError::Notifications)?;
         let waker = Waker::default();
         let metrics = Metrics::new();
+        metrics.count_writes_of(&db);
         for listener in listeners.iter() {
             metrics.listener(&listener.name);
         }

@@ -76,7 +76,7 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// How long a request waits for a pooled connection before a 503 50301.
     pub pool_timeout_ms: u64,
-    /// SQLite: writes waiting for the writer thread before a 503 50301.
+    /// Writes waiting for the writer thread before a 503 50301.
     pub write_queue: usize,
 }
 

@@ -23,7 +23,7 @@ pub const STORED_WORK_MAX_AGE: Duration = Duration::from_secs(5);
 /// again at every scrape).
 pub type StoredWork = Cached<Option<WorkCounts>>;
 
-/// The stored work is read in one pass on a pooled connection (never the SQLite writer's), so
+/// The stored work is read in one pass on a pooled connection (never the writer's), so
 /// a scrape does not queue behind the engine's writes; if it fails the page says so and keeps
 /// the in-process metrics.
 pub async fn page(state: web::Data<ApiState>) -> HttpResponse {

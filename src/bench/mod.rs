@@ -24,15 +24,19 @@
 //!    whose timestamps give the time from each callback's answer to the next task's run
 //!    request (p50/p99).
 //!
+//! Commits per task (`commits.rs`): the server's commits during the timed part / tasks
+//! processed; on PostgreSQL the run waits 10.5 s before the timed part for the counts to settle.
+//!
 //! Errors: non-2xx or failed requests, activities not PROCESSED or running past 60 s,
 //! callbacks refused. The last line is exactly:
 //!
 //! ```text
-//! bench: activities=N tasks=N concurrency=N rate=F seconds=F tasks_per_s=F p50_ms=F p99_ms=F peak_rss_mib=F idle_rss_mib=F ready_ms=F errors=N
+//! bench: activities=N tasks=N concurrency=N rate=F seconds=F tasks_per_s=F p50_ms=F p99_ms=F peak_rss_mib=F idle_rss_mib=F ready_ms=F commits_per_task=F errors=N
 //! ```
 //! (`concurrency=0` in a rate run, `rate=0` in a concurrency run).
 
 mod args;
+mod commits;
 mod database;
 mod latency;
 mod load;
@@ -109,6 +113,8 @@ async fn run_in_system(
         stored.elapsed().as_secs_f64()
     );
 
+    let commits = commits::Commits::before(&rig.database, &rig.server_url, &client).await?;
+
     let outcome = load::Driver {
         client: &client,
         base: &rig.server_url,
@@ -119,6 +125,7 @@ async fn run_in_system(
     }
     .run()
     .await?;
+    let sqlite_commits = commits.sqlite_after(&client).await?;
     rig.server.check_alive()?;
     rig.simulator.check_alive()?;
     let peak = rig.server.memory()?;
@@ -133,6 +140,11 @@ async fn run_in_system(
             .context("reading the simulator's runs")?;
     errors.callbacks = latency::failed_callbacks(&runs);
     let ready_ms = rig.ready_ms;
+    rig.server.stop();
+    let commits = match sqlite_commits {
+        Some(n) => Some(n),
+        None => commits.postgres_after().await?,
+    };
     drop(rig);
 
     Ok(Report {
@@ -146,6 +158,7 @@ async fn run_in_system(
         idle_rss_mib: idle.rss_mib,
         ready_ms,
         errors,
+        commits,
         polls: outcome.polls,
         poll_ms: if outcome.polls > 0 {
             outcome.polls_seconds * 1000.0 / outcome.polls as f64

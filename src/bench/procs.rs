@@ -74,6 +74,14 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Kills the process now and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

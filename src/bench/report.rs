@@ -38,6 +38,8 @@ pub struct Report {
     pub idle_rss_mib: f64,
     pub ready_ms: f64,
     pub errors: Errors,
+    /// Transactions the server committed during the timed part (`commits.rs`).
+    pub commits: Option<u64>,
     /// Status lists asked of the service during the timed part (once a second, a backstop:
     /// the load besides the activities themselves) and their mean round trip.
     pub polls: u64,
@@ -53,6 +55,16 @@ impl Report {
         }
     }
 
+    /// Commits per task processed (0 when nothing was processed or not counted).
+    pub fn commits_per_task(&self) -> f64 {
+        match self.commits {
+            Some(commits) if self.tasks_processed > 0 => {
+                commits as f64 / self.tasks_processed as f64
+            }
+            _ => 0.0,
+        }
+    }
+
     /// The last line, exactly as documented (see the module doc).
     pub fn last_line(&self) -> String {
         let (concurrency, rate) = match self.load {
@@ -64,7 +76,7 @@ impl Report {
         format!(
             "bench: activities={} tasks={} concurrency={concurrency} rate={rate} seconds={:.3} \
              tasks_per_s={:.1} p50_ms={:.2} p99_ms={:.2} peak_rss_mib={:.1} idle_rss_mib={:.1} \
-             ready_ms={:.1} errors={}",
+             ready_ms={:.1} commits_per_task={:.2} errors={}",
             self.activities,
             self.tasks,
             self.seconds,
@@ -74,6 +86,7 @@ impl Report {
             self.peak_rss_mib,
             self.idle_rss_mib,
             self.ready_ms,
+            self.commits_per_task(),
             self.errors.total(),
         )
     }
@@ -93,6 +106,7 @@ impl Report {
              \x20 callback -> next run request ({} samples): p50 {:.2} ms, p90 {:.2} ms, \
              p99 {:.2} ms, max {:.2} ms\n\
              \x20 server           ready in {:.1} ms, idle RSS {:.1} MiB, peak RSS {:.1} MiB\n\
+             \x20 commits          {} during the timed part, {:.2} per task\n\
              \x20 status polls     {} during the timed part, {:.1} ms round trip on average\n\
              \x20 errors           {} (create {}, poll {}, timeout {}, not PROCESSED {}, callback {})",
             self.activities,
@@ -108,6 +122,8 @@ impl Report {
             self.ready_ms,
             self.idle_rss_mib,
             self.peak_rss_mib,
+            self.commits.map_or("not counted".to_owned(), |n| n.to_string()),
+            self.commits_per_task(),
             self.polls,
             self.poll_ms,
             e.total(),

@@ -79,6 +79,7 @@ fn report(load: Load) -> Report {
             callbacks: 2,
             ..Errors::default()
         },
+        commits: Some(7_500),
         polls: 200,
         poll_ms: 3.5,
     }
@@ -89,7 +90,8 @@ fn the_last_line_has_every_field_in_order() {
     assert_eq!(
         report(Load::Closed { concurrency: 64 }).last_line(),
         "bench: activities=1000 tasks=3 concurrency=64 rate=0 seconds=2.500 tasks_per_s=1200.0 \
-         p50_ms=50.00 p99_ms=99.00 peak_rss_mib=41.2 idle_rss_mib=11.0 ready_ms=57.0 errors=3"
+         p50_ms=50.00 p99_ms=99.00 peak_rss_mib=41.2 idle_rss_mib=11.0 ready_ms=57.0 \
+         commits_per_task=2.50 errors=3"
     );
     let line = report(Load::Open { rate: 200.0 }).last_line();
     assert!(line.contains(" concurrency=0 rate=200 seconds="), "{line}");

@@ -1,6 +1,6 @@
 //! The one door to the database. Everything else calls `Db::read`/`Db::write` with a closure;
 //! the closure runs on the blocking pool (never on an actix worker), with a pooled connection
-//! taken inside it, or on the SQLite writer thread; either way inside the caller's tracing span.
+//! taken inside it, or on the writer thread (`writer/`); either way inside the caller's tracing span.
 //! Backend-specific SQL lives only under this module.
 //!
 //! The database refuses work rather than queue it without end: a write queue that is full, or
@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::r2d2::{Pool, PooledConnection};
-use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use connection::{Backend, DbConnection};
@@ -28,6 +27,7 @@ pub use queries::*;
 
 use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
+pub use writer::WriteCounts;
 use writer::Writer;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -106,7 +106,7 @@ pub struct DbLimits {
     pub pool_size: u32,
     /// How long a caller waits for a pooled connection (`database.pool_timeout_ms`).
     pub pool_timeout: Duration,
-    /// SQLite: writes waiting for the writer thread, the group being committed aside
+    /// Writes waiting for the writer thread, the group being committed aside
     /// (`database.write_queue`).
     pub write_queue: usize,
 }
@@ -124,18 +124,12 @@ impl DbLimits {
 
 #[derive(Clone)]
 pub struct Db {
+    /// Reads, each on a pooled connection.
     pool: Pool<Manager>,
-    writes: Writes,
-}
-
-/// How writes reach the database, fixed by the backend when the database is opened.
-#[derive(Clone)]
-enum Writes {
-    /// SQLite has one writer at a time: one thread owns the write connection and commits the
-    /// writes queued meanwhile together (group commit). No SQLite write takes another path.
-    GroupCommit(Writer),
-    /// PostgreSQL: each write in its own transaction on a pooled connection.
-    Pooled,
+    /// Writes, on both backends: one thread owns a write connection and commits the writes
+    /// queued meanwhile together (group commit, `writer/`). No write takes another path.
+    writer: Writer,
+    backend: Backend,
 }
 
 impl Db {
@@ -164,20 +158,25 @@ impl Db {
             .connection_timeout(limits.pool_timeout)
             .build(manager.clone())?;
         migrate(&pool)?;
-        let writes = match manager.target {
-            Target::SqliteFile(_) => {
-                Writes::GroupCommit(Writer::start(manager, limits.write_queue)?)
-            }
-            Target::Postgres(_) => Writes::Pooled,
+        let backend = match manager.target {
+            Target::SqliteFile(_) => Backend::Sqlite,
+            Target::Postgres(_) => Backend::Postgres,
         };
-        Ok(Db { pool, writes })
+        let writer = Writer::start(manager, limits.write_queue)?;
+        Ok(Db {
+            pool,
+            writer,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> Backend {
-        match self.writes {
-            Writes::GroupCommit(_) => Backend::Sqlite,
-            Writes::Pooled => Backend::Postgres,
-        }
+        self.backend
+    }
+
+    /// The commits this process's writer made, and the writes they carried.
+    pub fn write_counts(&self) -> WriteCounts {
+        self.writer.counts()
     }
 }
 
@@ -234,30 +233,16 @@ impl Db {
         .map_err(|_| DbError::Canceled)?
     }
 
-    /// Runs `f` in a write transaction; what it wrote is committed (on disk) when this returns
-    /// Ok, and rolled back when `f` fails. On SQLite, writes queued together share one commit.
+    /// Runs `f` in a write transaction; what it wrote is committed (durable) when this returns
+    /// Ok, and rolled back when `f` fails. Writes queued together share one commit, each in its
+    /// own savepoint.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let caller = CallerSpan::capture();
-        match &self.writes {
-            Writes::GroupCommit(writer) => writer.write(caller, f).await,
-            Writes::Pooled => {
-                let pool = self.pool.clone();
-                actix_web::web::block(move || {
-                    caller.run(|| {
-                        let mut pooled = pooled(&pool)?;
-                        let conn: &mut DbConnection = &mut pooled;
-                        conn.transaction(f)
-                    })
-                })
-                .await
-                .map_err(|_| DbError::Canceled)?
-            }
-        }
+        self.writer.write(CallerSpan::capture(), f).await
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {

@@ -39,6 +39,7 @@ impl Metrics {
         self.http(&mut e);
         self.engine(&mut e);
         self.executors(&mut e);
+        self.database(&mut e);
         e.finish()
     }
 

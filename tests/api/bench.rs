@@ -38,6 +38,16 @@ fn bench(load: Load, database: Option<String>) {
     );
     assert!(report.ready_ms > 0.0 && report.idle_rss_mib > 0.0, "{line}");
     assert!(report.peak_rss_mib >= report.idle_rss_mib, "{line}");
+    // The server's commits during the timed part: at least one per callback, each recorded by
+    // a commit (batched with others at most).
+    let commits = report.commits.expect("commits counted");
+    assert!(commits > 0, "{}", report.summary());
+    let per_task = report.commits_per_task();
+    assert!(per_task > 0.0 && per_task < 100.0, "{line}");
+    assert!(
+        line.contains(&format!(" commits_per_task={per_task:.2} errors=")),
+        "{line}"
+    );
     assert!(line.starts_with("bench: activities=5 tasks=2 "), "{line}");
     assert!(line.ends_with(" errors=0"), "{line}");
 }

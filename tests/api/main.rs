@@ -14,6 +14,7 @@ mod database;
 mod engine;
 mod errors;
 mod executor_api;
+mod group_commit;
 mod limits;
 mod lists;
 mod metrics;

@@ -1,0 +1,316 @@
+//! Group commit (DESIGN §10), on both backends: the writes queued while the writer was busy
+//! share one transaction, each in its own savepoint. A refused write rolls back alone, nobody
+//! hears back before the shared commit, and the batch shows on `/metrics`.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use futures_util::future::join_all;
+use odm_devops::db::schema::service_meta;
+use odm_devops::db::{Db, DbError};
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::metrics::scrape;
+use crate::on_both_backends;
+
+/// Keeps the service's writer waiting from another connection: SQLite's write lock
+/// (`BEGIN IMMEDIATE`), or on PostgreSQL a lock on `activities` that lets reads through but
+/// no write of an activity. Released when the sender is dropped or sent to.
+fn block_activity_writes(db: &TestDb) -> mpsc::Sender<()> {
+    let (release, released) = mpsc::channel::<()>();
+    let (locked, is_locked) = mpsc::channel();
+    let (backend, url) = (db.backend, db.url.clone());
+    std::thread::spawn(move || {
+        let sql = match backend {
+            Backend::Sqlite => {
+                let path = url.strip_prefix("sqlite://").unwrap().to_owned();
+                let mut conn = SqliteConnection::establish(&path).unwrap();
+                conn.batch_execute("PRAGMA busy_timeout = 10000; BEGIN IMMEDIATE")
+                    .unwrap();
+                locked.send(()).unwrap();
+                let _ = released.recv();
+                conn.batch_execute("ROLLBACK").unwrap();
+                return;
+            }
+            Backend::Postgres => "BEGIN; LOCK TABLE activities IN EXCLUSIVE MODE",
+        };
+        let mut conn = PgConnection::establish(&url).unwrap();
+        conn.batch_execute(sql).unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+        conn.batch_execute("ROLLBACK").unwrap();
+    });
+    is_locked.recv().expect("the lock is taken");
+    release
+}
+
+/// What each session of the test's PostgreSQL database is doing (for a failure message).
+fn sessions(db: &TestDb) -> String {
+    #[derive(QueryableByName)]
+    struct Session {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        line: String,
+    }
+    if db.backend != Backend::Postgres {
+        return String::new();
+    }
+    let mut conn = PgConnection::establish(&db.url).unwrap();
+    let sessions: Vec<Session> = diesel::sql_query(
+        "SELECT concat_ws(' | ', state, wait_event_type, wait_event, left(query, 120)) AS line \
+         FROM pg_stat_activity WHERE datname = current_database()",
+    )
+    .load(&mut conn)
+    .unwrap();
+    sessions
+        .into_iter()
+        .map(|s| s.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Commits and writes of the service's writer so far.
+async fn commits_and_writes(app: &TestApp) -> (f64, f64) {
+    let scrape = scrape(app).await;
+    (
+        scrape.value("odm_devops_database_commits_total"),
+        scrape.value("odm_devops_database_writes_total"),
+    )
+}
+
+const PRODUCTS: usize = 20;
+
+on_both_backends!(writes_queued_together_share_one_commit_and_a_refused_one_rolls_back_alone);
+async fn writes_queued_together_share_one_commit_and_a_refused_one_rolls_back_alone(db: TestDb) {
+    let (app, _executor) = stepped_app_with_fake(&db).await;
+    let product = |n: usize| format!("gc{n}");
+    for n in 0..PRODUCTS {
+        app.put_descriptor(&product(n), "1.0.0", &descriptor(fake_stage(&["build"])))
+            .await;
+    }
+    // The even products have an activity PROCESSING: another one of them is created, then
+    // refused when it is started, in the same write (409).
+    for n in (0..PRODUCTS).step_by(2) {
+        app.start_activity(&product(n), "1.0.0", "dev").await;
+    }
+    let (commits, writes) = commits_and_writes(&app).await;
+
+    // The writer is held up by its first write; the others queue behind it meanwhile.
+    let release = block_activity_writes(&db);
+    let app = &app;
+    let creates = join_all(
+        (0..PRODUCTS)
+            .map(|n| async move { app.create_activity(&product(n), "1.0.0", "dev", true).await }),
+    );
+    let queued = async {
+        let started = std::time::Instant::now();
+        loop {
+            let queued = scrape(app).await.value("odm_devops_database_write_queue");
+            if queued == (PRODUCTS - 1) as f64 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{queued} writes queued after 10 s; the database's sessions:\n{}",
+                sessions(&db)
+            );
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        release.send(()).unwrap();
+    };
+    let (answers, ()) = futures_util::future::join(creates, queued).await;
+
+    for (n, answer) in answers.iter().enumerate() {
+        if n % 2 == 0 {
+            let message = answer.assert_error(409, "40901");
+            assert!(message.contains("only one activity"), "{message}");
+        } else {
+            assert_eq!(answer.status, 201, "{answer:?}");
+            assert_eq!(answer.json()["status"], "PROCESSING", "{answer:?}");
+        }
+    }
+    // The refused ones were inserted before their start was refused: nothing of them stays.
+    for n in 0..PRODUCTS {
+        let listed = app
+            .get_json(&format!("{DEVOPS}/activities?dataProductId={}", product(n)))
+            .await;
+        let statuses: Vec<_> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["status"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(statuses, ["PROCESSING"], "{}: {listed}", product(n));
+    }
+    // The first write alone, then the nineteen queued behind it in one transaction.
+    let (commits_after, writes_after) = commits_and_writes(app).await;
+    assert_eq!(
+        (commits_after - commits, writes_after - writes),
+        (2.0, PRODUCTS as f64),
+        "commits and writes of the burst"
+    );
+}
+
+on_both_backends!(a_statement_refused_by_the_database_rolls_back_only_its_own_write);
+/// A write whose statement the database refuses (a duplicate key) inside a batch: on
+/// PostgreSQL the failed statement aborts the transaction unless its savepoint is rolled back,
+/// so this checks the others still commit and the writer goes on.
+async fn a_statement_refused_by_the_database_rolls_back_only_its_own_write(db: TestDb) {
+    let url = db.url.clone();
+    let store = actix_web::web::block(move || Db::connect(&url, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let (release, held) = {
+        let (started, running) = tokio::sync::oneshot::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let store = store.clone();
+        let held = actix_web::rt::spawn(async move {
+            store
+                .write(move |_| {
+                    let _ = started.send(());
+                    released.recv().expect("released");
+                    Ok::<_, DbError>(())
+                })
+                .await
+        });
+        running.await.unwrap();
+        (release, held)
+    };
+    let insert = |conn: &mut odm_devops::db::DbConnection, name: String| {
+        diesel::insert_into(service_meta::table)
+            .values((service_meta::name.eq(name), service_meta::value.eq("v")))
+            .execute(conn)
+            .map_err(DbError::from)
+    };
+    let writes: Vec<_> = (0..12)
+        .map(|i| {
+            let store = store.clone();
+            actix_web::rt::spawn(async move {
+                store
+                    .write(move |conn| {
+                        insert(conn, format!("k{i}"))?;
+                        if i % 4 == 1 {
+                            // Written, then a statement the database refuses.
+                            insert(conn, "taken".into())?;
+                            insert(conn, "taken".into())?;
+                        }
+                        Ok(i)
+                    })
+                    .await
+            })
+        })
+        .collect();
+    eventually("the writes to queue", || async {
+        (store.write_counts().queued == 12).then_some(())
+    })
+    .await;
+    let before = store.write_counts();
+    release.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    for (i, write) in writes.into_iter().enumerate() {
+        let outcome = write.await.unwrap();
+        if i % 4 == 1 {
+            assert!(
+                outcome.as_ref().is_err_and(DbError::is_unique_violation),
+                "{i}: {outcome:?}"
+            );
+        } else {
+            assert_eq!(outcome.unwrap(), i);
+        }
+    }
+    let after = store.write_counts();
+    assert_eq!(
+        (after.commits - before.commits, after.writes - before.writes),
+        (2, 13),
+        "the held write's commit, then one for the twelve"
+    );
+    let mut stored: Vec<String> = store
+        .read(|conn| {
+            service_meta::table
+                .select(service_meta::name)
+                .filter(service_meta::name.like("k%"))
+                .load(conn)
+                .map_err(DbError::from)
+        })
+        .await
+        .unwrap();
+    stored.sort_by_key(|k| k[1..].parse::<usize>().unwrap());
+    let expected: Vec<String> = (0..12)
+        .filter(|i| i % 4 != 1)
+        .map(|i| format!("k{i}"))
+        .collect();
+    assert_eq!(stored, expected);
+}
+
+on_both_backends!(what_was_answered_survives_a_kill_in_the_middle_of_batches);
+/// The real binary killed (SIGKILL) while creations are under way: every creation it
+/// answered 201 is in the database, so none was answered before its batch committed.
+async fn what_was_answered_survives_a_kill_in_the_middle_of_batches(db: TestDb) {
+    let executor = crate::fakes::FakeExecutor::start().await;
+    let app = spawn_app_process(&[
+        ("DATABASE__URL", db.url.clone()),
+        ("EXECUTORS__FAKE__KIND", "odm-http".into()),
+        ("EXECUTORS__FAKE__ADDRESS", executor.address.clone()),
+    ])
+    .await;
+    let base = app.address.clone();
+    let answered = Rc::new(RefCell::new(Vec::<i64>::new()));
+    // Sixteen clients storing a descriptor and creating its activity without pause (one PLANNED
+    // activity per product version: a version each), until the service is gone.
+    let clients: Vec<_> = (0..16)
+        .map(|client_no| {
+            let (client, base) = (app.client.clone(), base.clone());
+            let answered = answered.clone();
+            actix_web::rt::spawn(async move {
+                for n in 0.. {
+                    let version = format!("{client_no}.{n}.0");
+                    let registry =
+                        format!("{base}/api/v1/pp/registry/products/p0/versions/{version}");
+                    let stored = descriptor(fake_stage(&["build"]));
+                    let Ok(response) = client.put(registry).send_json(&stored).await else {
+                        return;
+                    };
+                    assert!(response.status().is_success(), "{:?}", response.status());
+                    let body = json!({"dataProductId": "p0", "dataProductVersion": version, "stage": "dev"});
+                    let url = format!("{base}{DEVOPS}/activities");
+                    let Ok(mut response) = client.post(url).send_json(&body).await else {
+                        return;
+                    };
+                    assert_eq!(response.status().as_u16(), 201);
+                    let Ok(created) = response.json::<serde_json::Value>().await else {
+                        return;
+                    };
+                    answered.borrow_mut().push(created["id"].as_i64().unwrap());
+                }
+            })
+        })
+        .collect();
+    eventually("a hundred creations answered", || async {
+        (answered.borrow().len() >= 100).then_some(())
+    })
+    .await;
+    app.kill().await;
+    for client in clients {
+        client.await.unwrap();
+    }
+    let answered = answered.take();
+
+    let after = spawn_app(test_settings(&db, Some(&executor.address))).await;
+    let listed = after
+        .get_json(&format!("{DEVOPS}/activities?dataProductId=p0"))
+        .await;
+    let stored: HashSet<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect();
+    let lost: Vec<_> = answered.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "answered 201 but not stored: {lost:?}");
+    after.stop().await;
+}
