@@ -152,9 +152,14 @@ impl Db {
             }
         }
         let manager = Manager { target };
+        // No test query at check-out: on PostgreSQL it cost every read a round trip and a
+        // transaction of its own (a third of the server's transactions per task). A connection
+        // the server dropped fails its next statement, which marks it broken (diesel), and the
+        // pool replaces it when it comes back; the writer reopens its own after a failed batch.
         let pool = Pool::builder()
             .max_size(limits.pool_size)
             .min_idle(Some(1))
+            .test_on_check_out(false)
             .connection_timeout(limits.pool_timeout)
             .build(manager.clone())?;
         migrate(&pool)?;

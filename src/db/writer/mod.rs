@@ -24,7 +24,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
-use diesel::Connection;
 use tokio::sync::oneshot;
 
 use diesel::r2d2::ManageConnection;
@@ -39,11 +38,20 @@ const MAX_BATCH: usize = 256;
 
 /// One queued write, type-erased so writes of any result type share a batch.
 pub(super) trait QueuedWrite: Send {
-    /// Runs in a savepoint (rolled back if it fails); false when it panicked, which leaves the
-    /// connection's transaction state unknown.
-    fn run(&mut self, conn: &mut DbConnection) -> bool;
+    /// Runs the write on the batch's connection (`batch.rs` sets its savepoint around it).
+    fn run(&mut self, conn: &mut DbConnection) -> Ran;
     /// Delivers the outcome once the batch's commit is known.
     fn finish(self: Box<Self>, commit: Result<(), &DbError>);
+}
+
+/// How a write ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ran {
+    Succeeded,
+    /// It returned an error: what it wrote is to be rolled back.
+    Failed,
+    /// A bug: the connection's transaction state is unknown.
+    Panicked,
 }
 
 struct Write<T, E, F> {
@@ -59,15 +67,20 @@ where
     T: Send,
     E: From<DbError> + From<diesel::result::Error> + Send,
 {
-    fn run(&mut self, conn: &mut DbConnection) -> bool {
+    fn run(&mut self, conn: &mut DbConnection) -> Ran {
         let work = self.work.take().expect("a write runs once");
         let caller = &self.caller;
-        match catch_unwind(AssertUnwindSafe(|| caller.run(|| conn.transaction(work)))) {
+        match catch_unwind(AssertUnwindSafe(|| caller.run(|| work(conn)))) {
             Ok(outcome) => {
+                let ran = if outcome.is_ok() {
+                    Ran::Succeeded
+                } else {
+                    Ran::Failed
+                };
                 self.outcome = Some(outcome);
-                true
+                ran
             }
-            Err(_) => false,
+            Err(_) => Ran::Panicked,
         }
     }
 
