@@ -1,6 +1,7 @@
 //! The REST API: thin handlers that parse, call one lifecycle command and map the result.
 
 mod activities;
+mod board;
 mod body;
 pub mod error;
 mod executor_tasks;
@@ -86,6 +87,7 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                         web::get().to(lifecycles::current),
                     )
                     .route("/notifications", web::get().to(notifications::list))
+                    .route("/board", web::get().to(board::board))
                     .route(
                         "/api/v1/up/observer/notifications",
                         web::post().to(notifications::observe),

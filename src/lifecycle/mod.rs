@@ -2,6 +2,7 @@
 //! (`LifecycleService`), the state machine that decides every transition (`state`), and the
 //! engine that carries out the steps it leaves due (`engine`).
 
+mod board;
 mod callbacks;
 mod commands;
 mod context;
@@ -17,6 +18,7 @@ pub mod state;
 mod task_placeholders;
 mod task_templates;
 
+pub use board::{stages_in_order, BoardRow, CellState, StageCell, DEFAULT_ROWS};
 pub use commands::NewActivityRequest;
 pub use error::CommandError;
 pub use observer::Forgotten;

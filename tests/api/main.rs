@@ -7,6 +7,7 @@ mod helpers;
 mod activities;
 mod azure;
 mod bench;
+mod board;
 mod browsers;
 mod callbacks;
 mod context;

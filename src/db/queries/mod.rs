@@ -2,6 +2,7 @@
 //! one `Db::write` transaction.
 
 mod activities;
+mod board;
 mod deletions;
 mod engine;
 mod executor_runs;
@@ -13,6 +14,7 @@ mod tasks;
 mod work;
 
 pub use activities::*;
+pub use board::*;
 pub use deletions::*;
 pub use engine::*;
 pub use executor_runs::*;
