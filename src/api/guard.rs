@@ -45,6 +45,10 @@ pub const NO_API_TOKEN: &[(&str, &str, Access)] = &[
     ("GET", "/ui", Access::Public),
     ("GET", "/ui/", Access::Public),
     ("GET", "/ui/app.js", Access::Public),
+    ("GET", "/ui/common.js", Access::Public),
+    ("GET", "/ui/board.js", Access::Public),
+    ("GET", "/ui/tasks.js", Access::Public),
+    ("GET", "/ui/dryrun.js", Access::Public),
     ("GET", "/metrics", Access::Metrics),
     (
         "PATCH",

@@ -55,7 +55,6 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/metrics", web::get().to(metrics::page))
             .route("/ui", web::get().to(ui::page))
             .route("/ui/", web::get().to(ui::page))
-            .route("/ui/app.js", web::get().to(ui::script))
             .route("/api/v1/pp/devops/v3/api-docs", web::get().to(openapi))
             .service(
                 web::scope("/api/v1/pp/devops")
@@ -93,6 +92,9 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                         web::post().to(notifications::observe),
                     ),
             );
+        for (path, body) in ui::SCRIPTS {
+            cfg.route(path, web::get().to(move || async move { ui::script(body) }));
+        }
         if let Some(parts) = &executor_api {
             // Built on each worker thread: its Azure client is the thread's own (awc is !Send).
             cfg.app_data(web::Data::new(parts.on_this_thread()))

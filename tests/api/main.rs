@@ -29,4 +29,5 @@ mod security;
 mod storage;
 mod templates;
 mod ui;
+mod ui_board;
 mod walkthrough;

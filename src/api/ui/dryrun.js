@@ -1,0 +1,59 @@
+// The dry-run form: product, version, stage → `POST /activities?dryRun=true`, the plan (each
+// task with its executor, template, configurations) and every problem a real start would meet.
+// Nothing is stored or run by the service.
+"use strict";
+
+function problemList(problems) {
+  const list = element("ul", null, "problems");
+  for (const p of problems) list.appendChild(element("li", typeof p === "string" ? p : pretty(p)));
+  return list;
+}
+
+function showPlan(plan) {
+  const summary = document.getElementById("dryrun-summary");
+  const tasks = plan.tasks || [];
+  const problems = tasks.reduce((n, t) => n + (t.problems || []).length, 0);
+  summary.textContent = plan.valid
+    ? `valid: ${tasks.length} task(s) would run, no problem found`
+    : `not valid: ${problems} problem(s)`;
+  summary.className = plan.valid ? "valid" : "errors";
+  replaceRows("dryrun-tasks", tasks, (row, t) => {
+    row.className = (t.problems || []).length ? "has-problems" : "";
+    cell(row, t.position);
+    cell(row, t.name);
+    cell(row, t.executor || "none", t.executor ? "" : "muted");
+    jsonCell(row, t.template);
+    jsonCell(row, t.configurations);
+    row.insertCell().appendChild(problemList(t.problems || []));
+  });
+  document.getElementById("dryrun-plan").hidden = false;
+}
+
+async function dryRun(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const body = {
+    dataProductId: String(form.get("dataProductId")).trim(),
+    dataProductVersion: String(form.get("dataProductVersion")).trim(),
+    stage: String(form.get("stage")).trim(),
+  };
+  const summary = document.getElementById("dryrun-summary");
+  document.getElementById("dryrun-plan").hidden = true;
+  summary.textContent = "checking…";
+  summary.className = "muted";
+  try {
+    const answer = await call("POST", `${API}/activities?dryRun=true`, body);
+    // A service without dry runs creates the activity (201) instead of answering a plan.
+    if (answer.status === 201 || !answer.body || typeof answer.body.valid !== "boolean") {
+      const id = answer.body && answer.body.id;
+      throw new Error("this service does not do dry runs" +
+        (id != null ? `: it created activity ${id} (PLANNED) instead; delete it` : ""));
+    }
+    showPlan(answer.body);
+  } catch (e) {
+    summary.textContent = "Dry run refused: " + e.message;
+    summary.className = "errors";
+  }
+}
+
+document.getElementById("dryrun-form").addEventListener("submit", dryRun);
