@@ -30,4 +30,5 @@ mod storage;
 mod templates;
 mod ui;
 mod ui_board;
+mod ui_driver;
 mod walkthrough;

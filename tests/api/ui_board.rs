@@ -7,6 +7,8 @@ use crate::fakes::FakeExecutor;
 use crate::helpers::*;
 use crate::on_both_backends;
 use crate::ui::{chromium, render, screenshot, section};
+use crate::ui_driver::Browser;
+use serde_json::json;
 
 /// The board's colours (`index.html`, `.stage.<state>`), as RGB.
 const REACHED: [u8; 3] = [0x2e, 0x9e, 0x4f];
@@ -224,3 +226,84 @@ impl Pixels {
         boxes
     }
 }
+
+on_both_backends!(a_click_on_a_board_cell_opens_its_activity_s_tasks_and_logs);
+async fn a_click_on_a_board_cell_opens_its_activity_s_tasks_and_logs(db: TestDb) {
+    let Some(chromium) = chromium() else { return };
+    let executor = FakeExecutor::start().await;
+    let app = spawn_stepped_app(test_settings(&db, Some(&executor.address))).await;
+    let [_, running, failed, _] = board_scenario(&app).await;
+    let browser = actix_web::rt::task::spawn_blocking(move || Browser::launch(&chromium))
+        .await
+        .unwrap();
+    let mut page = browser.open(&format!("{}/ui", app.address)).await;
+    page.wait_for(
+        "the board",
+        "document.querySelectorAll('#board .stage').length === 6",
+    )
+    .await;
+    assert_eq!(page.eval(TASKS_SHOWN).await, json!(false));
+
+    let click = |activity: i64| {
+        format!("document.querySelector('#board .stage[data-activity=\"{activity}\"]').click()")
+    };
+    page.eval(&click(failed)).await;
+    let title = page
+        .wait_for("the failed activity's tasks", TASKS_TITLE)
+        .await;
+    assert_eq!(title, format!("Tasks of activity {failed}"));
+    assert_eq!(
+        page.eval("location.hash").await,
+        format!("#activity={failed}")
+    );
+    let tasks = page.wait_for("its task", TASK_ROWS).await;
+    assert_eq!(tasks[0][2], "build", "{tasks}");
+    assert_eq!(tasks[0][4], "ABORTED", "{tasks}");
+
+    // The running activity's task: its run's live state and its logs, as the service answers.
+    page.eval(&click(running)).await;
+    page.wait_for(
+        "the running activity's tasks",
+        &format!("{TASKS_TITLE} === 'Tasks of activity {running}'"),
+    )
+    .await;
+    let tasks = page.wait_for("its task", TASK_ROWS).await;
+    assert_eq!(
+        (&tasks[0][2], &tasks[0][4]),
+        (&json!("smoke"), &json!("PROCESSING"))
+    );
+    let task = tasks[0][1].as_str().unwrap().to_owned();
+    let run = tasks[0][5].as_str().unwrap();
+    assert!(
+        run.contains(&format!(
+            "no route for GET /api/v1/pp/devops/tasks/{task}/run"
+        )),
+        "the service's answer: {run}"
+    );
+    page.eval("[...document.querySelectorAll('#tasks button')].find(b => b.textContent === 'Logs').click()")
+        .await;
+    let logs = page
+        .wait_for(
+            "the logs",
+            "!document.getElementById('logs-section').hidden && document.getElementById('logs').textContent !== 'loading…' && document.getElementById('logs').textContent",
+        )
+        .await;
+    assert!(
+        logs.as_str().unwrap().contains(&format!(
+            "no route for GET /api/v1/pp/devops/tasks/{task}/logs"
+        )),
+        "{logs}"
+    );
+    let title = page
+        .eval("document.getElementById('logs-title').textContent")
+        .await;
+    assert_eq!(title, format!("Logs of task {task} (smoke)"));
+    drop(browser);
+    app.stop().await;
+}
+
+/// The tasks panel's title when it is shown, else false.
+const TASKS_TITLE: &str = "!document.getElementById('tasks-section').hidden && document.getElementById('tasks-title').textContent";
+const TASKS_SHOWN: &str = "!document.getElementById('tasks-section').hidden";
+/// The tasks table, each row as its cells' text.
+const TASK_ROWS: &str = "(() => { const rows = [...document.querySelectorAll('#tasks tr')].map(r => [...r.cells].map(c => c.textContent)); return rows.length ? rows : null; })()";
