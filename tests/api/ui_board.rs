@@ -273,26 +273,26 @@ async fn a_click_on_a_board_cell_opens_its_activity_s_tasks_and_logs(db: TestDb)
         (&json!("smoke"), &json!("PROCESSING"))
     );
     let task = tasks[0][1].as_str().unwrap().to_owned();
+    // The fake executor shows no run: the cell and the logs say what the service answers.
+    let refusal = |path: String| {
+        let app = &app;
+        async move {
+            let answer = app.get(&path).await;
+            assert!(answer.status >= 400, "{path}: {answer:?}");
+            answer.json()["message"].as_str().unwrap().to_owned()
+        }
+    };
+    let run_refusal = refusal(format!("{DEVOPS}/tasks/{task}/run")).await;
     let run = tasks[0][5].as_str().unwrap();
-    assert!(
-        run.contains(&format!(
-            "no route for GET /api/v1/pp/devops/tasks/{task}/run"
-        )),
-        "the service's answer: {run}"
-    );
+    assert!(run.contains(&run_refusal), "{run_refusal:?} in {run:?}");
     page.eval("[...document.querySelectorAll('#tasks button')].find(b => b.textContent === 'Logs').click()")
         .await;
-    let logs = page
-        .wait_for(
-            "the logs",
-            "!document.getElementById('logs-section').hidden && document.getElementById('logs').textContent !== 'loading…' && document.getElementById('logs').textContent",
-        )
-        .await;
+    let logs = page.wait_for("the logs", LOGS).await;
+    let logs_refusal = refusal(format!("{DEVOPS}/tasks/{task}/logs")).await;
     assert!(
-        logs.as_str().unwrap().contains(&format!(
-            "no route for GET /api/v1/pp/devops/tasks/{task}/logs"
-        )),
-        "{logs}"
+        logs.as_str().unwrap().starts_with("Cannot read the logs: ")
+            && logs.as_str().unwrap().contains(&logs_refusal),
+        "{logs_refusal:?} in {logs}"
     );
     let title = page
         .eval("document.getElementById('logs-title').textContent")
@@ -303,7 +303,9 @@ async fn a_click_on_a_board_cell_opens_its_activity_s_tasks_and_logs(db: TestDb)
 }
 
 /// The tasks panel's title when it is shown, else false.
-const TASKS_TITLE: &str = "!document.getElementById('tasks-section').hidden && document.getElementById('tasks-title').textContent";
+pub const TASKS_TITLE: &str = "!document.getElementById('tasks-section').hidden && document.getElementById('tasks-title').textContent";
 const TASKS_SHOWN: &str = "!document.getElementById('tasks-section').hidden";
+/// The logs shown, once loaded.
+pub const LOGS: &str = "!document.getElementById('logs-section').hidden && document.getElementById('logs').textContent !== 'loading…' && document.getElementById('logs').textContent";
 /// The tasks table, each row as its cells' text.
-const TASK_ROWS: &str = "(() => { const rows = [...document.querySelectorAll('#tasks tr')].map(r => [...r.cells].map(c => c.textContent)); return rows.length ? rows : null; })()";
+pub const TASK_ROWS: &str = "(() => { const rows = [...document.querySelectorAll('#tasks tr')].map(r => [...r.cells].map(c => c.textContent)); return rows.length ? rows : null; })()";
