@@ -294,6 +294,7 @@ async fn a_click_on_a_board_cell_opens_its_activity_s_tasks_and_logs(db: TestDb)
             && logs.as_str().unwrap().contains(&logs_refusal),
         "{logs_refusal:?} in {logs}"
     );
+    page.keep_screenshot("tasks-and-logs").await;
     let title = page
         .eval("document.getElementById('logs-title').textContent")
         .await;

@@ -78,7 +78,13 @@ impl Browser {
             .connect()
             .await
             .unwrap();
-        Page { socket, next_id: 0 }
+        let mut page = Page { socket, next_id: 0 };
+        page.wait_for(
+            "the page loaded",
+            "location.href !== 'about:blank' && document.readyState === 'complete'",
+        )
+        .await;
+        page
     }
 }
 
@@ -93,10 +99,40 @@ impl Drop for Browser {
 impl Page {
     /// The value of `expression` (awaited when it is a promise), run in the page.
     pub async fn eval(&mut self, expression: &str) -> Value {
+        let params = json!({"expression": expression, "awaitPromise": true, "returnByValue": true});
+        let result = self.command("Runtime.evaluate", params).await;
+        if let Some(error) = result.get("exceptionDetails") {
+            panic!("{expression} threw: {error}");
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// Saves what the page shows now as `<ODM_TEST_SCREENSHOTS>/<name>.png`, when that
+    /// folder is given: to look at what a test saw.
+    pub async fn keep_screenshot(&mut self, name: &str) {
+        let Ok(folder) = std::env::var("ODM_TEST_SCREENSHOTS") else {
+            return;
+        };
+        let shot = self
+            .command("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let data = shot["data"].as_str().expect("a screenshot");
+        use base64::Engine as _;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap();
+        std::fs::write(
+            std::path::Path::new(&folder).join(format!("{name}.png")),
+            png,
+        )
+        .unwrap();
+    }
+
+    /// A DevTools command's result.
+    async fn command(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
-        let request = json!({"id": id, "method": "Runtime.evaluate", "params": {
-            "expression": expression, "awaitPromise": true, "returnByValue": true}});
+        let request = json!({"id": id, "method": method, "params": params});
         self.socket
             .send(ws::Message::Text(request.to_string().into()))
             .await
@@ -110,11 +146,10 @@ impl Page {
             if answer["id"] != id {
                 continue; // an event
             }
-            let result = &answer["result"];
-            if let Some(error) = result.get("exceptionDetails") {
-                panic!("{expression} threw: {error}");
+            if let Some(error) = answer.get("error") {
+                panic!("{method}: {error}");
             }
-            return result["result"]["value"].clone();
+            return answer["result"].clone();
         }
     }
 

@@ -44,5 +44,10 @@ async function refreshBoard() {
     stages.appendChild(line);
     if (r.problem) stages.appendChild(element("div", r.problem, "errors"));
   });
+  if (!rows.length) {
+    const row = document.getElementById("board").insertRow();
+    cell(row, "No product version has an activity yet: create one (POST /activities) to see it here.", "muted")
+      .colSpan = 4;
+  }
   document.getElementById("board-more").hidden = rows.length < BOARD_ROWS;
 }
