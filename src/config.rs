@@ -78,6 +78,9 @@ pub struct DatabaseSettings {
     pub pool_timeout_ms: u64,
     /// SQLite: writes waiting for the writer thread before a 503 50301.
     pub write_queue: usize,
+    /// PostgreSQL: wake the other replicas' engines with NOTIFY and hear theirs with LISTEN
+    /// (`false` behind PgBouncer in transaction mode; ignored on SQLite).
+    pub listen: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -606,6 +609,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.database.url.expose(), "postgres://u@h/db");
         assert_eq!(s.database.pool_size, 3);
+        assert!(s.database.listen, "database.listen is on by default");
         assert_eq!(s.auth.api_tokens.len(), 2);
         match &s.executors["azure-devops"] {
             ExecutorSettings::AzureDevops(a) => match &a.auth {
