@@ -200,7 +200,10 @@ impl Db {
     /// clones made after) that leave engine work due send NOTIFY before they commit, and a
     /// connection of its own LISTENs for the other replicas' (`listen.rs`), telling `observer`.
     /// `None`, and nothing changes, on SQLite. Listening stops when the handle is dropped.
-    pub fn listen(&mut self, observer: impl listen::ListenObserver) -> Option<listen::ListenHandle> {
+    pub fn listen(
+        &mut self,
+        observer: impl listen::ListenObserver,
+    ) -> Option<listen::ListenHandle> {
         let notifying = Arc::new(listen::Notifying {
             tag: uuid::Uuid::new_v4().simple().to_string(),
             url: self.postgres_url.as_deref()?.to_owned(),

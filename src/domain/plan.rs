@@ -87,11 +87,13 @@ impl Plan {
     /// True when the plan leaves a step due by `now` (a dispatch, a cancel, a confirmation):
     /// what other replicas are woken for (a step due later waits for their tick).
     pub fn makes_work_due(&self, now: i64) -> bool {
-        self.tasks.iter().any(|t| match (t.changes.step, t.changes.due_at) {
-            (Some(Some(_)), Some(Some(due))) => due <= now,
-            // A step given without its due time: assume it may be due.
-            (Some(Some(_)), _) => true,
-            _ => false,
-        })
+        self.tasks
+            .iter()
+            .any(|t| match (t.changes.step, t.changes.due_at) {
+                (Some(Some(_)), Some(Some(due))) => due <= now,
+                // A step given without its due time: assume it may be due.
+                (Some(Some(_)), _) => true,
+                _ => false,
+            })
     }
 }
