@@ -97,3 +97,46 @@ impl Plan {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with(changes: TaskChanges) -> Plan {
+        Plan {
+            tasks: vec![TaskUpdate {
+                id: TaskId(1),
+                expected: TaskStatus::Processing,
+                expected_lease: None,
+                changes,
+            }],
+            ..Plan::default()
+        }
+    }
+
+    /// Other replicas are woken (NOTIFY) only for work they could claim now.
+    #[test]
+    fn work_is_due_when_a_step_is_due_by_now() {
+        let due = |step: Option<Option<Step>>, due_at: Option<Option<i64>>| {
+            plan_with(TaskChanges {
+                step,
+                due_at,
+                ..TaskChanges::default()
+            })
+            .makes_work_due(100)
+        };
+        assert!(due(Some(Some(Step::Dispatch)), Some(Some(100))));
+        assert!(due(Some(Some(Step::Cancel)), Some(Some(40))));
+        assert!(
+            !due(Some(Some(Step::Await)), Some(Some(101))),
+            "later: the tick"
+        );
+        assert!(!due(Some(None), Some(None)), "released");
+        assert!(!due(None, None), "no step given");
+        assert!(
+            due(Some(Some(Step::Dispatch)), None),
+            "no due time: maybe due"
+        );
+        assert!(!Plan::default().makes_work_due(100));
+    }
+}
