@@ -188,6 +188,7 @@ impl SimulatorHandle {
             max_retries: 4,
             retry_base_delay_ms: 50,
             retry_max_delay_ms: 5_000,
+            service_hook_secret: None,
         }
     }
 
