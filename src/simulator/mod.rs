@@ -57,7 +57,9 @@ mod cli;
 mod config;
 mod control;
 mod entra;
+mod hooks;
 mod listeners;
+mod logs;
 mod pipeline;
 mod state;
 #[cfg(test)]
@@ -78,6 +80,7 @@ pub use self::config::{
     Behaviour, CallbackMode, FaultKind, FaultSpec, ParameterSpec, PipelineSpec, SimResult,
     SimulatorConfig, AZURE_DEVOPS_SCOPE,
 };
+pub use self::hooks::{HookDelivery, HookSubscription, RUN_STATE_CHANGED};
 pub use self::listeners::{ListenerSinks, Received, SinkBehaviour};
 use self::state::SimState;
 pub use self::state::{CallbackRecord, RequestRecord, RunRecord, Stats};
@@ -118,6 +121,18 @@ impl Simulator {
                     web::get().to(azure::get_run),
                 )
                 .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/logs",
+                    web::get().to(logs::list),
+                )
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/logs/{log_id}",
+                    web::get().to(logs::get),
+                )
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/signedlogcontent/{log_id}",
+                    web::get().to(logs::content),
+                )
+                .route(
                     "/{org}/{project}/_apis/build/builds/{build_id}",
                     web::patch().to(azure::update_build),
                 )
@@ -133,6 +148,7 @@ impl Simulator {
         .disable_signals()
         .bind(bind)?;
         let address = server.addrs()[0];
+        state.lock().base_url = format!("http://{address}");
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
@@ -262,7 +278,26 @@ impl SimulatorHandle {
 
     /// Cancels a run now, as Builds – Update Build would (no callback); false if it had ended.
     pub fn cancel_run(&self, id: i32) -> bool {
-        self.state.lock().complete(id, "canceled")
+        let cancelled = self.state.lock().complete(id, "canceled");
+        if cancelled {
+            hooks::announce_later(Arc::clone(&self.state), id);
+        }
+        cancelled
+    }
+
+    /// From now on, each completed run is POSTed to `subscription` (a service hook).
+    pub fn add_hook(&self, subscription: HookSubscription) {
+        self.state.lock().hooks.push(subscription);
+    }
+
+    /// No more service hooks.
+    pub fn clear_hooks(&self) {
+        self.state.lock().hooks.clear();
+    }
+
+    /// The service hook events sent so far (the last 1,000), with their answers.
+    pub fn hook_deliveries(&self) -> Vec<HookDelivery> {
+        self.state.lock().hook_deliveries.iter().cloned().collect()
     }
 
     /// The run once completed (after its callback, if any), or `None` after `timeout`.
