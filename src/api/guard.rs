@@ -133,10 +133,8 @@ impl Perimeter {
                 json_body(req)?;
             }
         }
-        // Azure DevOps says nothing dependable about what it accepts: its hooks are not refused
-        // over it.
-        if route.is_some_and(|r| r.starts_with("/api/")) && access != Access::ServiceHook {
-            check_accept(req)?;
+        if let Some(route) = route.filter(|r| r.starts_with("/api/")) {
+            check_accept(req, TEXT_ROUTES.contains(&route))?;
         }
         Ok(())
     }
@@ -252,7 +250,10 @@ const ACCEPTABLE: [&str; 6] = [
     "*",
 ];
 
-fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
+/// Routes that answer text (`text/plain`) rather than JSON: a client may ask for that.
+const TEXT_ROUTES: &[&str] = &["/api/v1/pp/devops/tasks/{id}/logs"];
+
+fn check_accept(req: &HttpRequest, text_route: bool) -> Result<(), ApiError> {
     let Some(accept) = req.headers().get(ACCEPT).and_then(|a| a.to_str().ok()) else {
         return Ok(());
     };
@@ -263,7 +264,9 @@ fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        essence.is_empty() || ACCEPTABLE.contains(&essence.as_str())
+        essence.is_empty()
+            || ACCEPTABLE.contains(&essence.as_str())
+            || (text_route && matches!(essence.as_str(), "text/plain" | "text/*"))
     });
     if acceptable {
         Ok(())

@@ -136,14 +136,24 @@ async fn logs_are_the_last_max_bytes_cut_on_a_character(db: TestDb) {
     assert!(fetched(1).is_empty() && fetched(2).is_empty());
     assert_eq!(fetched(3), [200], "the long log, read to its tail");
 
-    // The whole thing when it fits.
+    azure.stop().await;
+
+    // The whole thing when it fits (a service of its own: one engine per database here).
     let whole = Azure::start(&db).await;
     let (task, _) = task_with_run(&whole, "short", MANUAL).await;
     let (_, headers, body) = get_raw(&whole.app, &logs_path(task)).await;
     assert_eq!(headers.get("x-logs-truncated").unwrap(), "false");
     assert!(String::from_utf8(body).unwrap().starts_with("==> log 1 ("));
+    // The logs may be asked for as text; the JSON routes still refuse to answer text.
+    let as_text = [("Accept", "text/plain")];
+    let text = whole
+        .app
+        .send("GET", &logs_path(task), None, &as_text)
+        .await;
+    assert_eq!(text.status, 200, "{text:?}");
+    let refused = whole.app.send("GET", &run_path(task), None, &as_text).await;
+    refused.assert_error(406, "40601");
     whole.stop().await;
-    azure.stop().await;
 }
 
 fn fault(path: &str, kind: FaultKind, count: u32, retry_after_secs: Option<u64>) -> FaultSpec {
