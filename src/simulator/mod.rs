@@ -14,6 +14,10 @@
 //! * `GET /{org}/{project}/_apis/pipelines/{pipelineId}/runs/{runId}?api-version=7.1` — Runs – Get.
 //! * `PATCH /{org}/{project}/_apis/build/builds/{buildId}?api-version=7.1` — Builds – Update
 //!   Build; `{"status": "cancelling"}` ends the run `canceled` without a callback.
+//! * `GET /{org}/{project}/_apis/pipelines/{pipelineId}/runs/{runId}/logs[/{logId}]` — Logs –
+//!   List / Get (`$expand=signedContent` adds each log's signed URL); the signed URL
+//!   (`…/signedlogcontent/{logId}?urlExpires&urlSigningMethod=HMACV1&urlSignature`) serves the
+//!   text without credentials (`logs.rs`).
 //!
 //! Every Azure route wants `api-version=7.1` and a bearer token it issued (unexpired) or a
 //! configured PAT as `Basic base64(":" + pat)`. Without valid credentials it answers like Azure:
@@ -50,6 +54,9 @@
 //!   faults, requests, tokens and counters (pipelines stay).
 //! * `/_sim/listeners/{name}…`: notification listeners that record what they receive
 //!   (`listeners.rs`).
+//! * `GET`/`POST`/`DELETE /_sim/hooks` (`{"url", "username", "password"}`): service hook
+//!   subscriptions, sent "Run state changed" with HTTP Basic when a run completes;
+//!   `GET /_sim/hooks/deliveries`: what was sent and how it was answered (`hooks.rs`).
 
 mod answer;
 mod azure;
