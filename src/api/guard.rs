@@ -40,8 +40,9 @@ pub enum Access {
 }
 
 /// The routes that need no API token, by method and pattern (as registered in `routes`). To add
-/// a route with a credential of its own (a service hook and its secret), list it here with an
-/// `Access` saying which, and check that credential in `Perimeter::authenticate`.
+/// a route with a credential of its own, list it here with an `Access` saying which, and check
+/// that credential in `Perimeter::authenticate` — or in the handler when only it knows what to
+/// check against (`ServiceHook`: the secret of the executor the path names).
 pub const NO_API_TOKEN: &[(&str, &str, Access)] = &[
     ("GET", "/health/live", Access::Public),
     ("GET", "/health/ready", Access::Public),
