@@ -244,12 +244,14 @@ impl Application {
             },
             metrics: metrics.clone(),
         });
+        let runs = api::RunViewParts::new(&settings, &identities, &metrics);
         let state = ApiState {
             lifecycle: lifecycle.clone(),
             body_limit: settings.server.body_limit_bytes,
             metrics,
             stored_work: Arc::new(api::StoredWork::default()),
             executor_api,
+            runs,
         };
         let mut server = HttpServer::new(move || {
             let edge = edge.clone();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::scenario::{self, PRODUCT, STAGES, VERSION};
-use crate::simulator::RunRecord;
+use crate::simulator::{HookDelivery, RunRecord};
 
 const RULE_WIDTH: usize = 78;
 
@@ -181,6 +181,21 @@ impl<'a> Report<'a> {
         writeln!(
             self.out,
             "    ◀ callback   PATCH callbackRef → {answer}: {told}"
+        )
+    }
+
+    /// A run without a callback step, completed through Azure DevOps' service hook.
+    pub fn service_hook(&mut self, hook: &HookDelivery) -> io::Result<()> {
+        let answer = match (hook.status, &hook.error) {
+            (Some(status), _) => format!("HTTP {status}"),
+            (None, Some(error)) => format!("not delivered ({error})"),
+            (None, None) => "not delivered".into(),
+        };
+        writeln!(
+            self.out,
+            "    ◀ service hook  no callback step: Azure DevOps' \"Run state changed\" ({}) → \
+             POST /api/v1/pp/devops/hooks/azure-devops → {answer}; the service polls the run now",
+            hook.result.as_deref().unwrap_or("no result")
         )
     }
 

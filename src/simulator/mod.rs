@@ -14,6 +14,10 @@
 //! * `GET /{org}/{project}/_apis/pipelines/{pipelineId}/runs/{runId}?api-version=7.1` — Runs – Get.
 //! * `PATCH /{org}/{project}/_apis/build/builds/{buildId}?api-version=7.1` — Builds – Update
 //!   Build; `{"status": "cancelling"}` ends the run `canceled` without a callback.
+//! * `GET /{org}/{project}/_apis/pipelines/{pipelineId}/runs/{runId}/logs[/{logId}]` — Logs –
+//!   List / Get (`$expand=signedContent` adds each log's signed URL); the signed URL
+//!   (`…/signedlogcontent/{logId}?urlExpires&urlSigningMethod=HMACV1&urlSignature`) serves the
+//!   text without credentials (`logs.rs`).
 //!
 //! Every Azure route wants `api-version=7.1` and a bearer token it issued (unexpired) or a
 //! configured PAT as `Basic base64(":" + pat)`. Without valid credentials it answers like Azure:
@@ -50,6 +54,9 @@
 //!   faults, requests, tokens and counters (pipelines stay).
 //! * `/_sim/listeners/{name}…`: notification listeners that record what they receive
 //!   (`listeners.rs`).
+//! * `GET`/`POST`/`DELETE /_sim/hooks` (`{"url", "username", "password"}`): service hook
+//!   subscriptions, sent "Run state changed" with HTTP Basic when a run completes;
+//!   `GET /_sim/hooks/deliveries`: what was sent and how it was answered (`hooks.rs`).
 
 mod answer;
 mod azure;
@@ -57,7 +64,9 @@ mod cli;
 mod config;
 mod control;
 mod entra;
+mod hooks;
 mod listeners;
+mod logs;
 mod pipeline;
 mod state;
 #[cfg(test)]
@@ -78,6 +87,7 @@ pub use self::config::{
     Behaviour, CallbackMode, FaultKind, FaultSpec, ParameterSpec, PipelineSpec, SimResult,
     SimulatorConfig, AZURE_DEVOPS_SCOPE,
 };
+pub use self::hooks::{HookDelivery, HookSubscription, RUN_STATE_CHANGED};
 pub use self::listeners::{ListenerSinks, Received, SinkBehaviour};
 use self::state::SimState;
 pub use self::state::{CallbackRecord, RequestRecord, RunRecord, Stats};
@@ -118,6 +128,18 @@ impl Simulator {
                     web::get().to(azure::get_run),
                 )
                 .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/logs",
+                    web::get().to(logs::list),
+                )
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/logs/{log_id}",
+                    web::get().to(logs::get),
+                )
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/signedlogcontent/{log_id}",
+                    web::get().to(logs::content),
+                )
+                .route(
                     "/{org}/{project}/_apis/build/builds/{build_id}",
                     web::patch().to(azure::update_build),
                 )
@@ -133,6 +155,7 @@ impl Simulator {
         .disable_signals()
         .bind(bind)?;
         let address = server.addrs()[0];
+        state.lock().base_url = format!("http://{address}");
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
@@ -188,6 +211,7 @@ impl SimulatorHandle {
             max_retries: 4,
             retry_base_delay_ms: 50,
             retry_max_delay_ms: 5_000,
+            service_hook_secret: None,
         }
     }
 
@@ -261,7 +285,26 @@ impl SimulatorHandle {
 
     /// Cancels a run now, as Builds – Update Build would (no callback); false if it had ended.
     pub fn cancel_run(&self, id: i32) -> bool {
-        self.state.lock().complete(id, "canceled")
+        let cancelled = self.state.lock().complete(id, "canceled");
+        if cancelled {
+            hooks::announce_later(Arc::clone(&self.state), id);
+        }
+        cancelled
+    }
+
+    /// From now on, each completed run is POSTed to `subscription` (a service hook).
+    pub fn add_hook(&self, subscription: HookSubscription) {
+        self.state.lock().hooks.push(subscription);
+    }
+
+    /// No more service hooks.
+    pub fn clear_hooks(&self) {
+        self.state.lock().hooks.clear();
+    }
+
+    /// The service hook events sent so far (the last 1,000), with their answers.
+    pub fn hook_deliveries(&self) -> Vec<HookDelivery> {
+        self.state.lock().hook_deliveries.iter().cloned().collect()
     }
 
     /// The run once completed (after its callback, if any), or `None` after `timeout`.

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::config::{Behaviour, FaultSpec, PipelineSpec, SimResult, SimulatorConfig};
+use super::hooks::{HookDelivery, HookSubscription};
 
 const REQUEST_LOG_LIMIT: usize = 10_000;
 
@@ -99,6 +100,12 @@ pub(crate) struct Inner {
     pub faults: VecDeque<FaultSpec>,
     pub requests: VecDeque<RequestRecord>,
     pub stats: Stats,
+    /// Service hook subscriptions (`hooks.rs`), what they were sent, and how many events.
+    pub hooks: Vec<HookSubscription>,
+    pub hook_deliveries: VecDeque<HookDelivery>,
+    pub hook_events: u64,
+    /// `http://<address>`, for the links inside events.
+    pub base_url: String,
 }
 
 impl SimState {
@@ -108,6 +115,7 @@ impl SimState {
             .iter()
             .map(|p| (key(&p.organization, &p.project, p.id), p.clone()))
             .collect();
+        let hooks = config.service_hooks.clone();
         SimState {
             inner: Mutex::new(Inner {
                 config,
@@ -120,6 +128,10 @@ impl SimState {
                 faults: VecDeque::new(),
                 requests: VecDeque::new(),
                 stats: Stats::default(),
+                hooks,
+                hook_deliveries: VecDeque::new(),
+                hook_events: 0,
+                base_url: String::new(),
             }),
         }
     }

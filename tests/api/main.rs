@@ -23,6 +23,7 @@ mod policy;
 mod registry;
 mod replicas;
 mod retries;
+mod runs;
 mod scale_out;
 mod sealing;
 mod security;

@@ -15,6 +15,8 @@ pub(crate) enum Purpose {
     Run,
     Status,
     Cancel,
+    /// Listing a run's logs, or reading one.
+    Logs,
 }
 
 impl Purpose {
@@ -23,6 +25,7 @@ impl Purpose {
             Purpose::Run => "the run request",
             Purpose::Status => "the run status request",
             Purpose::Cancel => "the cancel request",
+            Purpose::Logs => "the run logs request",
         }
     }
 }
