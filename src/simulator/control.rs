@@ -32,7 +32,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/requests", web::get().to(list_requests))
             .route("/stats", web::get().to(stats))
             .route("/tokens/expire", web::post().to(expire_tokens))
-            .route("/reset", web::post().to(reset)),
+            .route("/reset", web::post().to(reset))
+            .route("/previews", web::get().to(list_previews)),
     );
 }
 
@@ -197,7 +198,12 @@ async fn reset(state: web::Data<SimState>) -> HttpResponse {
     inner.completed.clear();
     inner.faults.clear();
     inner.requests.clear();
+    inner.previews.clear();
     inner.tokens.clear();
     inner.stats = Stats::default();
     HttpResponse::NoContent().finish()
+}
+
+async fn list_previews(state: web::Data<SimState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.lock().previews.iter().collect::<Vec<_>>())
 }

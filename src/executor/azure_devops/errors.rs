@@ -15,6 +15,9 @@ pub(crate) enum Purpose {
     Run,
     Status,
     Cancel,
+    /// The run request with `previewRun: true`: it creates nothing, so any failure is safe to
+    /// repeat.
+    Preview,
 }
 
 impl Purpose {
@@ -23,6 +26,7 @@ impl Purpose {
             Purpose::Run => "the run request",
             Purpose::Status => "the run status request",
             Purpose::Cancel => "the cancel request",
+            Purpose::Preview => "the preview run request",
         }
     }
 }

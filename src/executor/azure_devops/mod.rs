@@ -8,6 +8,7 @@
 mod auth;
 mod errors;
 mod http;
+mod preview;
 mod request;
 
 #[cfg(test)]
@@ -33,7 +34,9 @@ use self::errors::{expect_json, Purpose};
 use self::http::{HttpClient, Payload, Replay, RetryPolicy};
 use self::request::run_body;
 pub(crate) use self::request::{describe as describe_value, PipelineTarget, RunLocation};
-use super::{Executor, ExecutorError, RunRef, RunStatus, Secrets, Submission, Submitted};
+use super::{
+    Executor, ExecutorError, Preview, RunRef, RunStatus, Secrets, Submission, Submitted,
+};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings};
 use crate::metrics::ExecutorMetrics;
 
@@ -335,6 +338,10 @@ impl Executor for AzureDevOpsExecutor {
         .await?;
         span.in_scope(|| tracing::info!("pipeline run cancellation requested"));
         Ok(())
+    }
+
+    async fn preview(&self, task: &Submission) -> Result<Preview, ExecutorError> {
+        self.preview_run(task).await
     }
 }
 
