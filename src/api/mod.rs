@@ -41,6 +41,8 @@ pub struct ApiState {
     pub stored_work: Arc<StoredWork>,
     /// ODM's executor protocol; `None` when `executor_api.enabled` is false.
     pub executor_api: Option<crate::executor_api::ExecutorApiParts>,
+    /// The executors dry runs ask (`POST /activities?dryRun=true`).
+    pub dry_run: crate::lifecycle::DryRunParts,
 }
 
 /// Every route (DESIGN §5, §8).
@@ -48,6 +50,8 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let embedded_registry = state.lifecycle.registry().is_embedded();
         let executor_api = state.executor_api.clone();
+        // Built on each worker thread, as the executor API's: awc clients are !Send.
+        cfg.app_data(web::Data::new(state.dry_run.on_this_thread()));
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))

@@ -56,7 +56,11 @@ fn final_yaml(pipeline: &PipelineSpec, request: &RunRequest) -> String {
     }
     yaml.push_str("stages:\n- stage: __default\n  jobs:\n  - job: Job\n    steps:\n");
     // The callback URL is left out of the echoes: a real run's carries its token.
-    for parameter in pipeline.parameters.iter().filter(|p| p.name() != "callbackRef") {
+    for parameter in pipeline
+        .parameters
+        .iter()
+        .filter(|p| p.name() != "callbackRef")
+    {
         let name = parameter.name();
         if let Some(value) = request.template_parameters.get(name) {
             let line = format!("{name}={value}");

@@ -34,9 +34,7 @@ use self::errors::{expect_json, Purpose};
 use self::http::{HttpClient, Payload, Replay, RetryPolicy};
 use self::request::run_body;
 pub(crate) use self::request::{describe as describe_value, PipelineTarget, RunLocation};
-use super::{
-    Executor, ExecutorError, Preview, RunRef, RunStatus, Secrets, Submission, Submitted,
-};
+use super::{Executor, ExecutorError, Preview, RunRef, RunStatus, Secrets, Submission, Submitted};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings};
 use crate::metrics::ExecutorMetrics;
 
