@@ -2,8 +2,8 @@
 //! the simulator with the run request plus `previewRun: true`, every problem a create and a
 //! start would meet, and nothing stored or run. Every test runs on SQLite and on PostgreSQL.
 
-use odm_devops::config::{ListenerKind, ListenerSettings};
-use odm_devops::simulator::SimulatorConfig;
+use odm_devops::config::{ExecutorSettings, ListenerKind, ListenerSettings, OdmHttpSettings};
+use odm_devops::simulator::{FaultKind, FaultSpec, SimulatorConfig};
 use serde_json::{json, Value};
 
 use crate::azure::{
@@ -439,5 +439,91 @@ async fn a_dry_run_needs_the_api_token_and_keeps_the_create_s_errors(db: TestDb)
         .await;
     assert_eq!(listed.json(), json!([]));
     assert!(azure.sim.runs().is_empty());
+    azure.stop().await;
+}
+
+on_both_backends!(limits_a_provider_down_and_executors_that_cannot_preview);
+async fn limits_a_provider_down_and_executors_that_cannot_preview(db: TestDb) {
+    let azure = Azure::start_with(&db, simulator_config(), |settings, executor| {
+        settings.limits.configurations_bytes = 400;
+        settings.limits.placeholders_per_task = 2;
+        // Quick retries: the unavailable provider is given up on soon.
+        executor.max_retries = 1;
+        let odm = OdmHttpSettings {
+            active: true,
+            // Never contacted: an odm-http executor cannot preview a run.
+            address: format!("http://127.0.0.1:{}", crate::helpers::unused_port()),
+            check_after_callback: false,
+            connect_timeout_ms: 1000,
+            request_timeout_ms: 1000,
+        };
+        settings
+            .executors
+            .insert("gitlab".into(), ExecutorSettings::OdmHttp(odm));
+    })
+    .await;
+    let app = &azure.app;
+    let lifecycle = json!({
+        "dev": [
+            azure_task("big", SMOKE_TEST, None, json!({"params": {"endpoint": "e".repeat(500)}})),
+            azure_task("many", SMOKE_TEST, None,
+                json!({"params": {"endpoint": "${dev.status} ${dev.status} ${dev.status}"}})),
+            {"service": {"$href": "{gitlab}"}, "template": {"name": "elsewhere", "definition": {}}},
+            {"template": {"name": "no-executor"}},
+            azure_task("down", SMOKE_TEST, None, json!({"params": {"endpoint": "x"}})),
+        ],
+    });
+    app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
+        .await;
+    // Azure DevOps answers 503 to the run route for a while: the checks of `many` and `down`.
+    azure.sim.add_fault(FaultSpec {
+        path: "*/runs".into(),
+        method: Some("POST".into()),
+        kind: FaultKind::Unavailable,
+        count: 100,
+        retry_after_secs: None,
+        delay_ms: None,
+    });
+    let plan = app.dry_run("dev", &[]).await;
+    assert_eq!(plan["valid"], false);
+    let tasks = plan["tasks"].as_array().unwrap();
+
+    let big = problems(&tasks[0]);
+    assert_eq!(big.len(), 1, "{big:?}");
+    assert!(
+        big[0].starts_with(
+            "limit: the task's resolved configurations (context included) are more than 400 bytes"
+        ),
+        "{big:?}"
+    );
+    assert!(big[0].contains("limits.configurations_bytes"), "{big:?}");
+    assert_eq!(
+        tasks[0]["preview"]["status"], "NOT_CHECKED",
+        "not sendable: not sent"
+    );
+
+    let many = problems(&tasks[1]);
+    assert!(
+        many.iter().any(
+            |p| p.starts_with("limit: task 2 (many) of stage dev has 3 placeholders")
+                && p.contains("limits.placeholders_per_task")
+        ),
+        "{many:?}"
+    );
+    assert_eq!(tasks[1]["preview"]["status"], "UNAVAILABLE");
+    assert!(many.iter().any(|p| p.starts_with("preview: the run request could not be checked: Azure DevOps failed the preview run request with HTTP 503")), "{many:?}");
+
+    assert_eq!(tasks[2]["executor"], "gitlab");
+    assert_eq!(
+        tasks[2]["preview"],
+        json!({"status": "NOT_CHECKED", "finalYaml": null})
+    );
+    assert_eq!(tasks[2]["problems"], json!([]));
+    assert_eq!(tasks[3]["executor"], Value::Null);
+    assert_eq!(tasks[3]["preview"]["status"], "NOT_CHECKED");
+    assert_eq!(tasks[3]["problems"], json!([]));
+    assert_eq!(tasks[4]["preview"]["status"], "UNAVAILABLE");
+    assert!(azure.sim.runs().is_empty());
+    app.assert_nothing_stored().await;
     azure.stop().await;
 }
