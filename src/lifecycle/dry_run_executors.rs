@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::dry_run::TaskPlan;
@@ -18,6 +18,10 @@ use crate::executor::{AzureIdentities, Executor, ExecutorError, Executors, Previ
 use crate::keys::ActivitySecrets;
 use crate::metrics::Metrics;
 use crate::placeholders::OnMissing;
+
+/// Previews of one dry run in flight at the same time: a stage of many tasks does not send
+/// them all to the provider at once.
+const MAX_PREVIEWS_AT_ONCE: usize = 8;
 
 /// How a task's provider judged its run request (`preview` of a plan's task).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -96,7 +100,7 @@ impl DryRunExecutors {
         self.parts.on_missing
     }
 
-    /// Asks each task's executor about the run request a dispatch would send (all at once),
+    /// Asks each task's executor about the run request a dispatch would send (a few at a time),
     /// with the request's secrets for that executor; records the outcome and any problem.
     pub(super) async fn preview(
         &self,
@@ -129,14 +133,15 @@ impl DryRunExecutors {
             };
             asked.push((index, executor, submission));
         }
-        let answers = join_all(
-            asked
-                .iter()
-                .map(|(index, executor, submission)| async move {
-                    (*index, executor.preview(submission).await)
-                }),
-        )
-        .await;
+        let previews = asked
+            .iter()
+            .map(|(index, executor, submission)| async move {
+                (*index, executor.preview(submission).await)
+            });
+        let answers: Vec<_> = stream::iter(previews)
+            .buffer_unordered(MAX_PREVIEWS_AT_ONCE)
+            .collect()
+            .await;
         for (index, answer) in answers {
             let task = &mut tasks[index];
             task.preview = match answer {
