@@ -46,6 +46,8 @@ pub struct ApiState {
     pub executor_api: Option<crate::executor_api::ExecutorApiParts>,
     /// Run state and logs at the provider, service hooks (DESIGN §6).
     pub runs: RunViewParts,
+    /// The executors dry runs ask (`POST /activities?dryRun=true`).
+    pub dry_run: crate::lifecycle::DryRunParts,
 }
 
 /// Every route (DESIGN §5, §8).
@@ -55,6 +57,8 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
         let executor_api = state.executor_api.clone();
         // Built on each worker thread: its executors are the thread's own (awc is !Send).
         cfg.app_data(web::Data::new(state.runs.on_this_thread()));
+        // Built on each worker thread, as the executor API's: awc clients are !Send.
+        cfg.app_data(web::Data::new(state.dry_run.on_this_thread()));
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))

@@ -4,6 +4,7 @@
 //! prod through the REST API over HTTP as a user would, and tells what happens: each task's
 //! pipeline run and the parameters it was sent, the callback it got, and the lifecycle rows.
 
+mod dry_run;
 mod report;
 mod scenario;
 #[cfg(test)]
@@ -128,6 +129,7 @@ impl Demo<'_> {
             .opening(&self.base, &self.sim.base_url(), folder)
             .context(OUTPUT)?;
         let path = format!("/api/v1/pp/registry/products/{PRODUCT}/versions/{VERSION}");
+        self.dry_run_catches_the_draft_s_mistake(&path).await?;
         let (status, _) = self
             .call("PUT", &path, Some(scenario::descriptor()))
             .await?;
@@ -135,6 +137,7 @@ impl Demo<'_> {
             bail!("storing the descriptor answered HTTP {status}");
         }
         self.report.descriptor_stored(&path).context(OUTPUT)?;
+        self.dry_run_passes().await?;
         let mut early = None;
         for stage in STAGES {
             if stage == STAGES[1] {

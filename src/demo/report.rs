@@ -84,6 +84,30 @@ impl<'a> Report<'a> {
         )
     }
 
+    /// A dry run's verdict and problems, and how many runs exist (none were created by it).
+    pub fn dry_run(
+        &mut self,
+        what: &str,
+        valid: bool,
+        problems: &[String],
+        runs: u64,
+    ) -> io::Result<()> {
+        self.rule(&format!("dry run of {what}"))?;
+        writeln!(
+            self.out,
+            "  POST …/activities?dryRun=true → 200, {}; pipeline runs so far: {runs}",
+            if valid {
+                "valid: every task checked by Azure DevOps (previewRun)"
+            } else {
+                "not valid"
+            }
+        )?;
+        for problem in problems {
+            writeln!(self.out, "  ✘ {problem}")?;
+        }
+        Ok(())
+    }
+
     /// The run a task started, with the parameters exactly as Azure DevOps received them.
     pub fn run_started(
         &mut self,

@@ -67,6 +67,26 @@ async fn the_demo_promotes_the_product_through_every_stage_and_tells_each_step()
             "→ HTTP 200",
         ],
     );
+    // The dry run caught the draft's undeclared parameter before any run; the fix passed.
+    let caught = text
+        .find("── dry run of dev, draft descriptor")
+        .expect("a dry run");
+    line_with(
+        &text,
+        &["dryRun=true → 200, not valid; pipeline runs so far: 0"],
+    );
+    line_with(&text, &["✘ deploy-app:", "Unexpected parameter 'replicas'"]);
+    let passed = text
+        .find("── dry run of dev, corrected descriptor")
+        .unwrap();
+    line_with(
+        &text,
+        &["dryRun=true → 200, valid", "pipeline runs so far: 0"],
+    );
+    assert!(
+        caught < passed && passed < text.find("▶ pipeline").unwrap(),
+        "{text}"
+    );
     // The stage order's gate: prod refused while test was not reached, then started.
     let refused = text
         .find("── stage prod, too early")

@@ -118,4 +118,22 @@ pub trait Executor {
         let _ = (run, secrets, max_bytes);
         Err(ViewError::NotSupported("the logs of its runs".into()))
     }
+    /// Asks the provider whether it would accept `task` as a run, creating none (a dry run,
+    /// DESIGN §6): `task` is exactly what `submit` would be given. A refusal is the error
+    /// `submit` would meet (`InvalidTask` with the provider's message, `Unauthorized`…).
+    /// Executors whose provider cannot check a run without starting it answer `NotChecked`.
+    async fn preview(&self, task: &Submission) -> Result<Preview, ExecutorError> {
+        let _ = task;
+        Ok(Preview::NotChecked)
+    }
+}
+
+/// What an executor's provider said of a run it was asked to check without running it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preview {
+    /// It would accept the run; the pipeline's final definition when the provider gives it
+    /// (Azure DevOps: `finalYaml`, the YAML with templates expanded and parameters applied).
+    Accepted { final_yaml: Option<String> },
+    /// This executor has no way to check a run without starting it.
+    NotChecked,
 }

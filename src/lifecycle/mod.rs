@@ -5,6 +5,8 @@
 mod callbacks;
 mod commands;
 mod context;
+mod dry_run;
+mod dry_run_executors;
 pub mod engine;
 mod error;
 mod observer;
@@ -19,6 +21,8 @@ mod task_placeholders;
 mod task_templates;
 
 pub use commands::NewActivityRequest;
+pub use dry_run::{DryRun, Problem, TaskPlan};
+pub use dry_run_executors::{DryRunExecutors, DryRunParts, PreviewOutcome};
 pub use error::CommandError;
 pub use observer::Forgotten;
 pub use plumbing::{Applied, EngineTimings, Waker};

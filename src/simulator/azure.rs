@@ -127,6 +127,15 @@ fn create_run(
             )
         })?;
     let run_request = validate::run_request(&request_body, &pipeline)?;
+    if run_request.preview {
+        return Ok(super::preview::answer(
+            &mut inner,
+            &pipeline,
+            &run_request,
+            request_body,
+            auth,
+        ));
+    }
     let id = inner.next_run_id;
     inner.next_run_id += 1;
     let run = RunRecord {

@@ -37,7 +37,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/hooks", web::delete().to(clear_hooks))
             .route("/hooks/deliveries", web::get().to(list_deliveries))
             .route("/tokens/expire", web::post().to(expire_tokens))
-            .route("/reset", web::post().to(reset)),
+            .route("/reset", web::post().to(reset))
+            .route("/previews", web::get().to(list_previews)),
     );
 }
 
@@ -227,7 +228,12 @@ async fn reset(state: web::Data<SimState>) -> HttpResponse {
     inner.faults.clear();
     inner.requests.clear();
     inner.hook_deliveries.clear();
+    inner.previews.clear();
     inner.tokens.clear();
     inner.stats = Stats::default();
     HttpResponse::NoContent().finish()
+}
+
+async fn list_previews(state: web::Data<SimState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.lock().previews.iter().collect::<Vec<_>>())
 }

@@ -18,6 +18,9 @@
 //!   List / Get (`$expand=signedContent` adds each log's signed URL); the signed URL
 //!   (`…/signedlogcontent/{logId}?urlExpires&urlSigningMethod=HMACV1&urlSignature`) serves the
 //!   text without credentials (`logs.rs`).
+//! * The same Run Pipeline route with `"previewRun": true` is checked exactly like a run (the
+//!   same parameter rules) and answers 200 `{"finalYaml": …}`, the pipeline's YAML with the
+//!   given parameters as defaults; no run is created (`preview.rs`, `GET /_sim/previews`).
 //!
 //! Every Azure route wants `api-version=7.1` and a bearer token it issued (unexpired) or a
 //! configured PAT as `Basic base64(":" + pat)`. Without valid credentials it answers like Azure:
@@ -68,6 +71,7 @@ mod hooks;
 mod listeners;
 mod logs;
 mod pipeline;
+mod preview;
 mod state;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -90,7 +94,7 @@ pub use self::config::{
 pub use self::hooks::{HookDelivery, HookSubscription, RUN_STATE_CHANGED};
 pub use self::listeners::{ListenerSinks, Received, SinkBehaviour};
 use self::state::SimState;
-pub use self::state::{CallbackRecord, RequestRecord, RunRecord, Stats};
+pub use self::state::{CallbackRecord, PreviewRecord, RequestRecord, RunRecord, Stats};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings, ClientCredentialsSettings};
 use crate::secret::Secret;
 
@@ -231,6 +235,11 @@ impl SimulatorHandle {
 
     pub fn run(&self, id: i32) -> Option<RunRecord> {
         self.state.lock().runs.get(&id).cloned()
+    }
+
+    /// The preview runs (`previewRun: true`) it answered with `finalYaml`, oldest first.
+    pub fn previews(&self) -> Vec<PreviewRecord> {
+        self.state.lock().previews.iter().cloned().collect()
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {

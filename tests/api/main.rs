@@ -11,6 +11,7 @@ mod browsers;
 mod callbacks;
 mod context;
 mod database;
+mod dry_run;
 mod engine;
 mod errors;
 mod executor_api;

@@ -17,6 +17,9 @@ pub(crate) enum Purpose {
     Cancel,
     /// Listing a run's logs, or reading one.
     Logs,
+    /// The run request with `previewRun: true`: it creates nothing, so any failure is safe to
+    /// repeat.
+    Preview,
 }
 
 impl Purpose {
@@ -26,6 +29,7 @@ impl Purpose {
             Purpose::Status => "the run status request",
             Purpose::Cancel => "the cancel request",
             Purpose::Logs => "the run logs request",
+            Purpose::Preview => "the preview run request",
         }
     }
 }

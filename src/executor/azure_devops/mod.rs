@@ -9,6 +9,7 @@ mod auth;
 mod errors;
 mod http;
 mod logs;
+mod preview;
 mod request;
 
 #[cfg(test)]
@@ -35,8 +36,8 @@ use self::http::{HttpClient, Payload, Replay, RetryPolicy};
 use self::request::run_body;
 pub(crate) use self::request::{describe as describe_value, PipelineTarget, RunLocation};
 use super::{
-    Executor, ExecutorError, RunLogs, RunRef, RunStatus, RunView, Secrets, Submission, Submitted,
-    ViewError,
+    Executor, ExecutorError, Preview, RunLogs, RunRef, RunStatus, RunView, Secrets, Submission,
+    Submitted, ViewError,
 };
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings};
 use crate::metrics::ExecutorMetrics;
@@ -352,6 +353,10 @@ impl Executor for AzureDevOpsExecutor {
         max_bytes: usize,
     ) -> Result<RunLogs, ViewError> {
         Ok(self.read_logs(run, secrets, max_bytes).await?)
+    }
+
+    async fn preview(&self, task: &Submission) -> Result<Preview, ExecutorError> {
+        self.preview_run(task).await
     }
 }
 
