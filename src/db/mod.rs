@@ -8,6 +8,7 @@
 //! with `Retry-After` at the API; a transient error for the engine).
 
 mod connection;
+pub mod listen;
 pub mod models;
 mod queries;
 pub mod schema;
@@ -16,6 +17,7 @@ mod tests;
 mod types;
 mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -126,6 +128,11 @@ impl DbLimits {
 pub struct Db {
     pool: Pool<Manager>,
     writes: Writes,
+    /// PostgreSQL with `database.listen`: writes that leave engine work due wake the other
+    /// replicas (`listen.rs`). Set by `listen`.
+    notifying: Option<Arc<listen::Notifying>>,
+    /// PostgreSQL: `database.url`, for the LISTEN connection.
+    postgres_url: Option<Arc<str>>,
 }
 
 /// How writes reach the database, fixed by the backend when the database is opened.
@@ -164,13 +171,22 @@ impl Db {
             .connection_timeout(limits.pool_timeout)
             .build(manager.clone())?;
         migrate(&pool)?;
-        let writes = match manager.target {
+        let writes = match &manager.target {
             Target::SqliteFile(_) => {
-                Writes::GroupCommit(Writer::start(manager, limits.write_queue)?)
+                Writes::GroupCommit(Writer::start(manager.clone(), limits.write_queue)?)
             }
             Target::Postgres(_) => Writes::Pooled,
         };
-        Ok(Db { pool, writes })
+        let postgres_url = match manager.target {
+            Target::Postgres(url) => Some(Arc::from(url)),
+            Target::SqliteFile(_) => None,
+        };
+        Ok(Db {
+            pool,
+            writes,
+            notifying: None,
+            postgres_url,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -178,6 +194,23 @@ impl Db {
             Writes::GroupCommit(_) => Backend::Sqlite,
             Writes::Pooled => Backend::Postgres,
         }
+    }
+
+    /// PostgreSQL (`database.listen: true`): from now on, writes through this `Db` (and its
+    /// clones made after) that leave engine work due send NOTIFY before they commit, and a
+    /// connection of its own LISTENs for the other replicas' (`listen.rs`), telling `observer`.
+    /// `None`, and nothing changes, on SQLite. Listening stops when the handle is dropped.
+    pub fn listen(
+        &mut self,
+        observer: impl listen::ListenObserver,
+    ) -> Option<listen::ListenHandle> {
+        let notifying = Arc::new(listen::Notifying {
+            tag: uuid::Uuid::new_v4().simple().to_string(),
+            url: self.postgres_url.as_deref()?.to_owned(),
+        });
+        let handle = listen::spawn(&notifying, observer);
+        self.notifying = Some(notifying);
+        Some(handle)
     }
 }
 
@@ -246,12 +279,18 @@ impl Db {
         match &self.writes {
             Writes::GroupCommit(writer) => writer.write(caller, f).await,
             Writes::Pooled => {
-                let pool = self.pool.clone();
+                let (pool, notifying) = (self.pool.clone(), self.notifying.clone());
                 actix_web::web::block(move || {
                     caller.run(|| {
                         let mut pooled = pooled(&pool)?;
                         let conn: &mut DbConnection = &mut pooled;
-                        conn.transaction(f)
+                        conn.transaction(|conn| {
+                            // A mark left on this thread by a write that failed is not ours.
+                            listen::take_work_due();
+                            let done = f(conn)?;
+                            listen::notify_if_work_due(conn, notifying.as_deref())?;
+                            Ok(done)
+                        })
                     })
                 })
                 .await

@@ -9,6 +9,7 @@
 //! Label values come from fixed sets (enums, route patterns, configured executor names, HTTP
 //! status codes): never an id, a token, a product or anything else a request can choose.
 
+mod listen;
 mod render;
 mod series;
 mod text;
@@ -153,6 +154,8 @@ pub struct Metrics {
     executors: Mutex<Vec<(String, ExecutorMetrics)>>,
     /// Per configured listener: deliveries that succeeded, and that failed.
     listeners: Mutex<Vec<(String, [u64; 2])>>,
+    /// The LISTEN connection to PostgreSQL (`listen.rs`).
+    listen: listen::ListenSeries,
 }
 
 impl Default for Metrics {
@@ -168,6 +171,7 @@ impl Default for Metrics {
             next_dispatch: Histogram::new(NEXT_DISPATCH_SECONDS),
             executors: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
+            listen: Default::default(),
         }
     }
 }

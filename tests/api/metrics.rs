@@ -9,14 +9,14 @@ use crate::helpers::*;
 use crate::on_both_backends;
 
 /// One scrape: the page, and its samples keyed `name{labels}`.
-struct Scrape {
+pub(crate) struct Scrape {
     page: String,
-    samples: HashMap<String, f64>,
+    pub(crate) samples: HashMap<String, f64>,
 }
 
 impl Scrape {
     #[track_caller]
-    fn value(&self, sample: &str) -> f64 {
+    pub(crate) fn value(&self, sample: &str) -> f64 {
         *self
             .samples
             .get(sample)
@@ -24,7 +24,7 @@ impl Scrape {
     }
 }
 
-async fn scrape(app: &TestApp) -> Scrape {
+pub(crate) async fn scrape(app: &TestApp) -> Scrape {
     let mut response = app
         .client
         .get(format!("{}/metrics", app.address))
@@ -55,7 +55,7 @@ async fn scrape(app: &TestApp) -> Scrape {
 }
 
 /// Scrapes until `sample` has `value` (the engine records a step once its commit is done).
-async fn scrape_until(app: &TestApp, sample: &str, value: f64) -> Scrape {
+pub(crate) async fn scrape_until(app: &TestApp, sample: &str, value: f64) -> Scrape {
     eventually(&format!("{sample} = {value}"), || async move {
         let scrape = scrape(app).await;
         (scrape.samples.get(sample) == Some(&value)).then_some(scrape)

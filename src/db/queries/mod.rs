@@ -10,6 +10,7 @@ mod lifecycles;
 mod outbox;
 mod plans;
 mod registry;
+mod runs;
 mod tasks;
 mod work;
 
@@ -22,6 +23,7 @@ pub use lifecycles::*;
 pub use outbox::*;
 pub use plans::*;
 pub use registry::*;
+pub use runs::*;
 pub use tasks::*;
 pub use work::*;
 
