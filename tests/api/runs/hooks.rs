@@ -5,7 +5,9 @@
 
 use futures_util::future::join;
 use odm_devops::secret::Secret;
-use odm_devops::simulator::{Behaviour, CallbackMode, HookSubscription, PipelineSpec, SimResult};
+use odm_devops::simulator::{
+    Behaviour, CallbackMode, FaultKind, FaultSpec, HookSubscription, PipelineSpec, SimResult,
+};
 use serde_json::json;
 
 use super::*;
@@ -151,6 +153,42 @@ async fn pipelines_without_a_callback_step_complete_through_the_service_hook(db:
         let reads = azure.requests_to("GET", &format!("/runs/{}", run.id));
         assert_eq!(reads, [200], "run {}", run.id);
     }
+    azure.stop().await;
+}
+
+on_both_backends!(a_run_announced_before_its_run_request_is_answered_is_still_settled);
+async fn a_run_announced_before_its_run_request_is_answered_is_still_settled(db: TestDb) {
+    let azure = with_hook_secret(&db).await;
+    subscribe(&azure, SECRET);
+    let at_once = Behaviour {
+        callback: CallbackMode::None,
+        delay_ms: Some(50),
+        ..Behaviour::default()
+    };
+    azure.sim.put_pipeline(PipelineSpec::calling_back(
+        ORG,
+        PROJECT,
+        SILENT_OK,
+        "at-once",
+        &["endpoint"],
+        at_once,
+    ));
+    // Azure creates the run, which completes and is announced, 1 s before the run request's
+    // answer reaches the service.
+    azure.sim.add_fault(FaultSpec {
+        path: "*/runs".into(),
+        method: Some("POST".into()),
+        kind: FaultKind::Slow,
+        count: 1,
+        retry_after_secs: None,
+        delay_ms: Some(1_000),
+    });
+    let activity = start(&azure, "fast", SILENT_OK).await;
+    // Not 300 s later at the poll: the hook waited for the run request under way.
+    activity_once(&azure, activity, "PROCESSED").await;
+    let deliveries = azure.sim.hook_deliveries();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].status, Some(200));
     azure.stop().await;
 }
 
