@@ -205,7 +205,7 @@ async fn each_task_lists_its_problems_and_nothing_is_stored_or_run(db: TestDb) {
                 json!({"params": {"vmName": "vm-dev", "colour": "blue"}})),
             // A stage that does not exist: the create itself would refuse it.
             azure_task("deploy", DEPLOY_APP, None,
-                json!({"params": {"vmIp": "${staging.results.task1.ip}", "port": "80"}})),
+                json!({"params": {"vmIp": "${staging.results.task1.ip}", "port": "${test.results.task1.port}"}})),
             {"service": {"$href": "{gitlab}"}, "template": {"name": "elsewhere", "definition": {}}},
             // Stage test exists but never ran: a start now would fail this task before sending it.
             azure_task("smoke", SMOKE_TEST, None,
@@ -230,8 +230,17 @@ async fn each_task_lists_its_problems_and_nothing_is_stored_or_run(db: TestDb) {
     );
 
     let second = problems(&tasks[1]);
-    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(
+        second.len(),
+        2,
+        "the bad reference once, then the unresolved one: {second:?}"
+    );
     assert!(second[0].starts_with("placeholder: placeholder ${staging.results.task1.ip} at task2.configurations.params.vmIp: unknown stage staging"), "{second:?}");
+    assert!(
+        second[1]
+            .starts_with("placeholder: placeholder ${test.results.task1.port} did not resolve"),
+        "{second:?}"
+    );
     // Still previewed: the parameters are declared, so Azure has nothing against it.
     assert_eq!(tasks[1]["preview"]["status"], "PASSED");
 
