@@ -169,9 +169,16 @@ async fn limits_a_provider_down_and_executors_that_cannot_preview(db: TestDb) {
             connect_timeout_ms: 1000,
             request_timeout_ms: 1000,
         };
+        let retired = OdmHttpSettings {
+            active: false,
+            ..odm.clone()
+        };
         settings
             .executors
             .insert("gitlab".into(), ExecutorSettings::OdmHttp(odm));
+        settings
+            .executors
+            .insert("retired".into(), ExecutorSettings::OdmHttp(retired));
     })
     .await;
     let app = &azure.app;
@@ -183,6 +190,7 @@ async fn limits_a_provider_down_and_executors_that_cannot_preview(db: TestDb) {
             {"service": {"$href": "{gitlab}"}, "template": {"name": "elsewhere", "definition": {}}},
             {"template": {"name": "no-executor"}},
             azure_task("down", SMOKE_TEST, None, json!({"params": {"endpoint": "x"}})),
+            {"service": {"$href": "{retired}"}, "template": {"name": "inactive", "definition": {}}},
         ],
     });
     app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
@@ -235,6 +243,11 @@ async fn limits_a_provider_down_and_executors_that_cannot_preview(db: TestDb) {
     assert_eq!(tasks[3]["preview"]["status"], "NOT_CHECKED");
     assert_eq!(tasks[3]["problems"], json!([]));
     assert_eq!(tasks[4]["preview"]["status"], "UNAVAILABLE");
+    // An executor configured but not active is unknown, as at dispatch.
+    assert_eq!(
+        problems(&tasks[5]),
+        ["executor: Executor [retired] not supported"]
+    );
     assert!(azure.sim.runs().is_empty());
     app.assert_nothing_stored().await;
     azure.stop().await;
