@@ -148,13 +148,19 @@ impl LifecycleService {
                     .into_iter()
                     .map(|r| Problem::new("policy", format!("START would be refused: {r}"))),
             ),
-            Err(e) => {
+            // The policy service down or failing is what START would meet: a problem. Anything
+            // else (the database) is this request's own failure.
+            Err(CommandError::Policy(e)) => {
                 tracing::warn!(error = ?e, "dry run: START's gates could not be asked");
                 problems.push(Problem::new(
                     "policy",
-                    format!("START's policy check could not be made, so a start now would be refused: {e}"),
+                    format!(
+                        "START's policy check could not be made, so a start now would be \
+                         refused: {e}"
+                    ),
                 ));
             }
+            Err(other) => return Err(other),
         }
         let valid = problems.is_empty() && tasks.iter().all(|t| t.problems.is_empty());
         Ok(DryRun {

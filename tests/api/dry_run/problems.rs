@@ -6,7 +6,9 @@ use odm_devops::simulator::{FaultKind, FaultSpec};
 use serde_json::{json, Value};
 
 use super::problems;
-use crate::azure::{azure_task, simulator_config, Azure, DEPLOY_APP, PROVISION_VM, SMOKE_TEST};
+use crate::azure::{
+    azure_task, simulator_config, Azure, DEPLOY_APP, MANUAL, PROVISION_VM, SMOKE_TEST,
+};
 use crate::helpers::{descriptor, TestDb};
 use crate::on_both_backends;
 
@@ -98,7 +100,9 @@ async fn policy_refusals_a_start_would_meet_are_listed(db: TestDb) {
         None,
         json!({"params": {"endpoint": "x"}}),
     );
-    let lifecycle = json!({"dev": [task.clone()], "prod": [task]});
+    // dev's run stays in progress until finished by hand: its activity stays PROCESSING.
+    let waits = azure_task("wait", MANUAL, None, json!({}));
+    let lifecycle = json!({"dev": [waits], "prod": [task]});
     app.put_descriptor("p1", "1.0.0", &descriptor(lifecycle))
         .await;
     let plan = app.dry_run("prod", &[]).await;
@@ -117,6 +121,29 @@ async fn policy_refusals_a_start_would_meet_are_listed(db: TestDb) {
     // The first stage is always allowed.
     assert_eq!(app.dry_run("dev", &[]).await["valid"], true);
     app.assert_nothing_stored().await;
+    // Activities already there: the create would be refused, and so would a start.
+    let planned = app.create_activity("p1", "1.0.0", "prod", false).await;
+    let planned = planned.json()["id"].as_i64().unwrap();
+    let dev = app.create_activity("p1", "1.0.0", "dev", true).await;
+    assert_eq!(dev.status, 201, "{dev:?}");
+    let plan = app.dry_run("prod", &[]).await;
+    let conflicts: Vec<&str> = plan["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "conflict")
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(conflicts.len(), 2, "{plan:#}");
+    assert!(
+        conflicts[0].starts_with(&format!("activity {planned} is already PLANNED"))
+            && conflicts[0].contains("42202"),
+        "{conflicts:?}"
+    );
+    assert!(
+        conflicts[1].contains("is PROCESSING") && conflicts[1].contains("40901"),
+        "{conflicts:?}"
+    );
     azure.stop().await;
 }
 
