@@ -18,7 +18,7 @@ use crate::executor::{AzureIdentities, ExecutorCatalog, Executors};
 use crate::executor_api::ExecutorApiParts;
 use crate::keys::Keys;
 use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, Notifier, ResultGates};
-use crate::lifecycle::{EngineTimings, LifecycleParts, LifecycleService, Waker};
+use crate::lifecycle::{DryRunParts, EngineTimings, LifecycleParts, LifecycleService, Waker};
 use crate::metrics::Metrics;
 use crate::notifications::Listeners;
 use crate::policy::Policies;
@@ -248,12 +248,16 @@ impl Application {
             },
             metrics: metrics.clone(),
         });
+        let runs = api::RunViewParts::new(&settings, &identities, &metrics);
+        let dry_run = DryRunParts::new(&settings, &identities, &metrics, &public_url);
         let state = ApiState {
             lifecycle: lifecycle.clone(),
             body_limit: settings.server.body_limit_bytes,
             metrics,
             stored_work: Arc::new(api::StoredWork::default()),
             executor_api,
+            runs,
+            dry_run,
         };
         let mut server = HttpServer::new(move || {
             let edge = edge.clone();

@@ -5,6 +5,8 @@
 mod callbacks;
 mod commands;
 mod context;
+mod dry_run;
+mod dry_run_executors;
 pub mod engine;
 mod error;
 mod observer;
@@ -12,14 +14,18 @@ mod plumbing;
 mod policy_gates;
 mod queries;
 pub mod run_settings;
+mod runs;
 mod service;
 pub mod state;
 mod task_placeholders;
 mod task_templates;
 
 pub use commands::NewActivityRequest;
+pub use dry_run::{DryRun, Problem, TaskPlan};
+pub use dry_run_executors::{DryRunExecutors, DryRunParts, PreviewOutcome};
 pub use error::CommandError;
 pub use observer::Forgotten;
 pub use plumbing::{Applied, EngineTimings, Waker};
 pub use policy_gates::{StartCheck, WouldStart};
+pub use runs::TaskRun;
 pub use service::{LifecycleParts, LifecycleService};

@@ -9,6 +9,7 @@ mod lifecycles;
 mod outbox;
 mod plans;
 mod registry;
+mod runs;
 mod tasks;
 mod work;
 
@@ -20,6 +21,7 @@ pub use lifecycles::*;
 pub use outbox::*;
 pub use plans::*;
 pub use registry::*;
+pub use runs::*;
 pub use tasks::*;
 pub use work::*;
 
