@@ -76,6 +76,10 @@ impl ListenObserver for WakeOnNotify {
     fn connected(&self, up: bool) {
         self.metrics.listen_connected(up);
     }
+
+    fn peers(&self, count: u32) {
+        self.metrics.listen_peers(count);
+    }
 }
 
 /// How the engine runs: on its own (the service), or ticked by its caller (tests that step it

@@ -50,10 +50,7 @@ pub async fn receive(
         tracing::debug!(%executor, run_id = event.run_id, state = %event.state, "service hook: run not completed, nothing to do");
         return Ok(HttpResponse::Ok().json(json!({"taskId": null, "polling": false})));
     }
-    let task = state
-        .lifecycle
-        .run_completed(executor.clone(), event.pipeline_id, event.run_id)
-        .await?;
+    let task = completed(&state, &executor, &event).await?;
     match task {
         Some(task) => tracing::info!(%executor, run_id = event.run_id, task_id = task.get(),
             result = event.result.as_deref().unwrap_or(""), "service hook: run completed, polling it now"),
@@ -65,6 +62,34 @@ pub async fn receive(
         "polling": task.is_some(),
     })))
 }
+
+/// `LifecycleService::run_completed`, looked for again for a little while when no task awaits
+/// the run but a run request of the executor is under way: a run that ends at once can be
+/// announced before its run request's answer is recorded (`DISPATCH_WAIT`, then polling covers
+/// it).
+async fn completed(
+    state: &ApiState,
+    executor: &str,
+    event: &RunEvent,
+) -> Result<Option<crate::domain::TaskId>, ApiError> {
+    let started = std::time::Instant::now();
+    loop {
+        let lifecycle = &state.lifecycle;
+        let task = lifecycle
+            .run_completed(executor.to_owned(), event.pipeline_id, event.run_id)
+            .await?;
+        if task.is_some()
+            || started.elapsed() >= DISPATCH_WAIT
+            || !lifecycle.dispatching(executor.to_owned()).await?
+        {
+            return Ok(task);
+        }
+        actix_web::rt::time::sleep(DISPATCH_WAIT / 10).await;
+    }
+}
+
+/// How long a hook waits for a run request under way to be answered.
+const DISPATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// HTTP Basic, any user name, the executor's hook secret as password, compared in constant
 /// time. Every failure gets the same answer.

@@ -17,18 +17,27 @@
 //!   Azure, would need yet another crate) where libpq already speaks every `database.url`. So
 //!   a thread of its own reads the connection every `POLL_EVERY` (a non-blocking `recv`): a
 //!   wake-up from another replica lands within ~5 ms, for ~200 cheap syscalls a second.
+//! * **Only when someone listens.** Every `CHECK_EVERY` the listener counts the other
+//!   replicas' LISTEN connections on the database (`pg_stat_activity`, by `application_name`).
+//!   A replica alone sends no NOTIFY: on one replica it would cost a round trip in every
+//!   transaction that makes work due, and serialize their commits on PostgreSQL's notification
+//!   queue lock, for nobody (measured: about a tenth of the PostgreSQL throughput). A replica
+//!   that joins is heard by the others within `CHECK_EVERY`; until then their work reaches it
+//!   at its tick. When the count cannot be read, NOTIFY is sent.
 //! * **Broken connections** (a restart, `pg_terminate_backend`, a network cut) are found by the
-//!   read itself or by re-issuing `LISTEN` every `CHECK_EVERY`; the listener reconnects with
+//!   read itself or by the count's round trip every `CHECK_EVERY`; the listener reconnects with
 //!   backoff, logs the loss once (never the URL), and wakes its engine once when back, since
 //!   what was sent in between was not heard.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
-use diesel::sql_types::Text;
-use diesel::{Connection, PgConnection, QueryResult, RunQueryDsl};
+use diesel::sql_types::{BigInt, Text};
+use diesel::{Connection, PgConnection, QueryResult, QueryableByName, RunQueryDsl};
 
 use super::connection::strip_password;
 use super::DbConnection;
@@ -40,8 +49,9 @@ pub const APPLICATION_NAME: &str = "odm-devops listen";
 
 /// How often the LISTEN connection is read for notifications.
 const POLL_EVERY: Duration = Duration::from_millis(5);
-/// How often the LISTEN connection is checked with a round trip (a cut network shows no EOF).
-const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the other replicas' LISTEN connections are counted, a round trip that also checks
+/// the connection (a cut network shows no EOF).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -61,10 +71,23 @@ pub(crate) fn take_work_due() -> bool {
     WORK_DUE.with(|due| due.replace(false))
 }
 
-/// What a `Db` that notifies needs: who it is (the payload) and where to listen.
+/// What a `Db` that notifies needs: who it is (the payload), where to listen, and whether
+/// anyone else listens.
 pub(crate) struct Notifying {
     pub(crate) tag: String,
     pub(crate) url: String,
+    /// Other replicas listen on the database (true until counted, and when it cannot be).
+    peers: AtomicBool,
+}
+
+impl Notifying {
+    pub(crate) fn new(url: String) -> Notifying {
+        Notifying {
+            tag: uuid::Uuid::new_v4().simple().to_string(),
+            url,
+            peers: AtomicBool::new(true),
+        }
+    }
 }
 
 /// Sends the wake-up on `conn`, inside the caller's transaction (delivered at its commit, not at
@@ -85,7 +108,11 @@ pub(crate) fn notify_if_work_due(
 ) -> QueryResult<()> {
     let due = take_work_due();
     match (due, notifying, conn) {
-        (true, Some(notifying), DbConnection::Pg(pg)) => notify(pg, &notifying.tag),
+        (true, Some(notifying), DbConnection::Pg(pg))
+            if notifying.peers.load(Ordering::Relaxed) =>
+        {
+            notify(pg, &notifying.tag)
+        }
         _ => Ok(()),
     }
 }
@@ -100,6 +127,8 @@ pub trait ListenObserver: Send + 'static {
     fn listening(&self);
     /// The LISTEN connection is up (`true`) or lost (`false`).
     fn connected(&self, up: bool);
+    /// Other replicas' LISTEN connections on the database, as last counted.
+    fn peers(&self, count: u32);
 }
 
 /// Stops the listener's thread when dropped (it notices within `POLL_EVERY`).
@@ -108,12 +137,11 @@ pub struct ListenHandle {
 }
 
 /// Starts the listener thread for `notifying`'s database.
-pub(crate) fn spawn(notifying: &Notifying, observer: impl ListenObserver) -> ListenHandle {
+pub(crate) fn spawn(notifying: Arc<Notifying>, observer: impl ListenObserver) -> ListenHandle {
     let (stop, stopped) = mpsc::channel();
-    let (url, tag) = (notifying.url.clone(), notifying.tag.clone());
     let spawned = std::thread::Builder::new()
         .name("pg-listen".into())
-        .spawn(move || run(&url, &tag, &observer, &stopped));
+        .spawn(move || run(&notifying, &observer, &stopped));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the LISTEN thread: other replicas' work is found at each engine tick only");
     }
@@ -128,11 +156,15 @@ fn stopped_after(stopped: &mpsc::Receiver<()>, d: Duration) -> bool {
     )
 }
 
-fn run(url: &str, tag: &str, observer: &impl ListenObserver, stopped: &mpsc::Receiver<()>) {
+fn run(notifying: &Notifying, observer: &impl ListenObserver, stopped: &mpsc::Receiver<()>) {
     let mut backoff = BACKOFF_FIRST;
     let mut lost = false;
     loop {
-        let failure = match connect(url) {
+        let failure = match connect(&notifying.url).and_then(|mut conn| {
+            // Counted before it says it is up: "up, no peers" is then never a guess.
+            recount(&mut conn, notifying, observer).map_err(|e| e.to_string())?;
+            Ok(conn)
+        }) {
             Ok(mut conn) => {
                 observer.connected(true);
                 observer.listening();
@@ -141,7 +173,7 @@ fn run(url: &str, tag: &str, observer: &impl ListenObserver, stopped: &mpsc::Rec
                     lost = false;
                 }
                 backoff = BACKOFF_FIRST;
-                match listen(&mut conn, tag, observer, stopped) {
+                match listen(&mut conn, notifying, observer, stopped) {
                     None => return,
                     Some(e) => e,
                 }
@@ -149,6 +181,8 @@ fn run(url: &str, tag: &str, observer: &impl ListenObserver, stopped: &mpsc::Rec
             Err(e) => e,
         };
         observer.connected(false);
+        // Who listens is unknown now: NOTIFY, in case.
+        notifying.peers.store(true, Ordering::Relaxed);
         if !lost {
             tracing::warn!(error = %failure, "the LISTEN connection to PostgreSQL is lost; reconnecting with backoff (meanwhile other replicas' work is found at each engine tick)");
             lost = true;
@@ -174,31 +208,59 @@ fn connect(url: &str) -> Result<PgConnection, String> {
 /// Reads notifications until the connection fails (its error) or the handle is dropped (None).
 fn listen(
     conn: &mut PgConnection,
-    tag: &str,
+    notifying: &Notifying,
     observer: &impl ListenObserver,
     stopped: &mpsc::Receiver<()>,
 ) -> Option<String> {
     let mut checked = Instant::now();
     loop {
+        if checked.elapsed() >= CHECK_EVERY {
+            if let Err(e) = recount(conn, notifying, observer) {
+                return Some(e.to_string());
+            }
+            checked = Instant::now();
+        }
         if stopped_after(stopped, POLL_EVERY) {
             return None;
         }
         let mut others = false;
         for notification in conn.notifications_iter() {
             match notification {
-                Ok(n) => others |= n.payload != tag,
+                Ok(n) => others |= n.payload != notifying.tag,
                 Err(e) => return Some(e.to_string()),
             }
         }
         if others {
             observer.notified();
         }
-        if checked.elapsed() >= CHECK_EVERY {
-            // LISTEN again is harmless, and keeps `pg_stat_activity.query` saying what this is.
-            if let Err(e) = conn.batch_execute(&format!("LISTEN {CHANNEL}")) {
-                return Some(e.to_string());
-            }
-            checked = Instant::now();
-        }
     }
+}
+
+#[derive(QueryableByName)]
+struct Peers {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// Counts the other replicas listening: NOTIFY is sent only when there are some.
+fn recount(
+    conn: &mut PgConnection,
+    notifying: &Notifying,
+    observer: &impl ListenObserver,
+) -> QueryResult<()> {
+    let count = count_peers(conn)?;
+    notifying.peers.store(count > 0, Ordering::Relaxed);
+    observer.peers(u32::try_from(count).unwrap_or(u32::MAX));
+    Ok(())
+}
+
+/// The other LISTEN connections of this service on the database.
+fn count_peers(conn: &mut PgConnection) -> QueryResult<i64> {
+    diesel::sql_query(
+        "SELECT count(*) AS count FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<Text, _>(APPLICATION_NAME)
+    .get_result::<Peers>(conn)
+    .map(|p| p.count)
 }

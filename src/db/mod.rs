@@ -204,11 +204,10 @@ impl Db {
         &mut self,
         observer: impl listen::ListenObserver,
     ) -> Option<listen::ListenHandle> {
-        let notifying = Arc::new(listen::Notifying {
-            tag: uuid::Uuid::new_v4().simple().to_string(),
-            url: self.postgres_url.as_deref()?.to_owned(),
-        });
-        let handle = listen::spawn(&notifying, observer);
+        let notifying = Arc::new(listen::Notifying::new(
+            self.postgres_url.as_deref()?.to_owned(),
+        ));
+        let handle = listen::spawn(notifying.clone(), observer);
         self.notifying = Some(notifying);
         Some(handle)
     }

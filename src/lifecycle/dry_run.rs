@@ -22,7 +22,7 @@ use super::task_placeholders::{self, PlannedTask};
 use crate::db;
 use crate::descriptor::TaskDefinition;
 use crate::keys::ActivitySecrets;
-use crate::placeholders::OnMissing;
+use crate::placeholders::{OnMissing, Unresolved};
 
 /// The plan: what a create would store, with what would go wrong.
 #[derive(Debug, Serialize)]
@@ -54,6 +54,9 @@ pub struct TaskPlan {
     pub at_run_time: Vec<String>,
     pub preview: PreviewOutcome,
     pub problems: Vec<Problem>,
+    /// The placeholders the static check listed as bad (not repeated as unresolved).
+    #[serde(skip)]
+    statically_bad: Vec<String>,
 }
 
 /// One thing that would go wrong; `kind` says where it comes from.
@@ -145,13 +148,19 @@ impl LifecycleService {
                     .into_iter()
                     .map(|r| Problem::new("policy", format!("START would be refused: {r}"))),
             ),
-            Err(e) => {
+            // The policy service down or failing is what START would meet: a problem. Anything
+            // else (the database) is this request's own failure.
+            Err(CommandError::Policy(e)) => {
                 tracing::warn!(error = ?e, "dry run: START's gates could not be asked");
                 problems.push(Problem::new(
                     "policy",
-                    format!("START's policy check could not be made, so a start now would be refused: {e}"),
+                    format!(
+                        "START's policy check could not be made, so a start now would be \
+                         refused: {e}"
+                    ),
                 ));
             }
+            Err(other) => return Err(other),
         }
         let valid = problems.is_empty() && tasks.iter().all(|t| t.problems.is_empty());
         Ok(DryRun {
@@ -178,7 +187,9 @@ impl LifecycleService {
         let checked =
             task_placeholders::check_placeholders(stage, definitions, info, limits.listed_errors);
         for bad in &checked.listed {
-            tasks[bad.position - 1].problem("placeholder", bad.to_string());
+            let task = &mut tasks[bad.position - 1];
+            task.problem("placeholder", bad.to_string());
+            task.statically_bad.push(bad.placeholder.clone());
         }
         if checked.bad > checked.listed.len() {
             problems.push(Problem::new(
@@ -239,9 +250,12 @@ impl LifecycleService {
                         return None;
                     }
                 };
-                let statically_bad = task.problems.iter().any(|p| p.kind == "placeholder");
-                if on_missing == OnMissing::Fail && !statically_bad {
-                    for unresolved in &planned.unresolved {
+                if on_missing == OnMissing::Fail {
+                    // A bad reference already listed would be listed twice.
+                    let new = |u: &&Unresolved| !task.statically_bad.contains(&u.placeholder);
+                    let unresolved: Vec<&Unresolved> =
+                        planned.unresolved.iter().filter(new).collect();
+                    for unresolved in unresolved {
                         task.problem(
                             "placeholder",
                             format!("{unresolved}: the task would fail before it is sent"),
@@ -273,6 +287,7 @@ impl TaskPlan {
             at_run_time: Vec::new(),
             preview: PreviewOutcome::not_checked(),
             problems: Vec::new(),
+            statically_bad: Vec::new(),
         }
     }
 

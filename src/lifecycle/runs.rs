@@ -99,4 +99,12 @@ impl LifecycleService {
         }
         Ok(task)
     }
+
+    /// Whether `executor` has a run request under way (`run_completed` may then find the run
+    /// once its answer is recorded).
+    pub async fn dispatching(&self, executor: String) -> Result<bool, CommandError> {
+        self.db
+            .read(move |conn| Ok(db::dispatching(conn, &executor)?))
+            .await
+    }
 }

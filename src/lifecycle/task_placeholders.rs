@@ -10,7 +10,9 @@ use super::error::CommandError;
 use crate::config::LimitSettings;
 use crate::descriptor::{LifecycleInfo, TaskDefinition};
 use crate::limits::{json_size_within, over, over_with};
-use crate::placeholders::{self, Checked, OnMissing, ResolveError, StageTaskNames, TaskToCheck};
+use crate::placeholders::{
+    self, Checked, OnMissing, ResolveError, StageTaskNames, TaskToCheck, Unresolved,
+};
 
 /// The new activity's placeholders: at most `limits.placeholders_per_task` per task (422 42213),
 /// then every bad reference in one message (422 42201), the first `limits.listed_errors` of
@@ -141,8 +143,9 @@ pub struct PlannedTask {
     /// With the context under `context`, as sent.
     pub configurations: Value,
     pub at_run_time: Vec<String>,
-    /// Why each unresolved placeholder did not resolve (the text a failed dispatch would give).
-    pub unresolved: Vec<String>,
+    /// Each placeholder that did not resolve, and why (its text is what a failed dispatch
+    /// would give).
+    pub unresolved: Vec<Unresolved>,
 }
 
 pub fn plan_task(
@@ -169,7 +172,7 @@ pub fn plan_task(
     within_limit(&template.value, &configurations.value, max_bytes)?;
     let unresolved = template.unresolved.iter().chain(&configurations.unresolved);
     Ok(PlannedTask {
-        unresolved: unresolved.map(ToString::to_string).collect(),
+        unresolved: unresolved.cloned().collect(),
         at_run_time: [template.at_run_time, configurations.at_run_time].concat(),
         template: template.value,
         configurations: configurations.value,

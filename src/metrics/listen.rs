@@ -1,7 +1,8 @@
 //! The LISTEN connection of this replica (PostgreSQL, `database.listen`, `db/listen.rs`): is it
-//! up, how many engine wake-ups other replicas' NOTIFY brought, how often it was lost.
+//! up, how many other replicas listen, how many engine wake-ups their NOTIFY brought, how often
+//! it was lost.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
 use super::series::Counter;
 use super::text::{Exposition, Kind};
@@ -10,6 +11,7 @@ use super::Metrics;
 #[derive(Debug, Default)]
 pub(super) struct ListenSeries {
     connected: AtomicBool,
+    peers: AtomicU32,
     wakeups: Counter,
     lost: Counter,
 }
@@ -21,6 +23,11 @@ impl Metrics {
         if was && !up {
             self.listen.lost.inc();
         }
+    }
+
+    /// Other replicas' LISTEN connections on the database, as last counted.
+    pub fn listen_peers(&self, count: u32) {
+        self.listen.peers.store(count, Relaxed);
     }
 
     /// Another replica's NOTIFY woke this engine (once for the notifications read together).
@@ -36,6 +43,13 @@ impl Metrics {
             "1 while this replica's LISTEN connection to PostgreSQL is up; 0 when it is lost, \
              and always on SQLite or with database.listen: false.",
             [([], f64::from(u8::from(series.connected.load(Relaxed))))],
+        );
+        e.family(
+            "odm_devops_database_listen_peers",
+            Kind::Gauge,
+            "Other replicas listening on the database, counted every second while the LISTEN \
+             connection is up (0: this replica sends no NOTIFY, nobody would hear it).",
+            [([], f64::from(series.peers.load(Relaxed)))],
         );
         e.family(
             "odm_devops_database_notify_wakeups_total",

@@ -4,10 +4,11 @@
 //!
 //! * `view`: run state and logs through every state of a run, the `logs.max_bytes` bound,
 //!   Azure down, slow or throttling, tasks without a run or without a viewable executor.
-//! * `hooks`: authenticated and not, known, unknown and settled runs, racing a callback, the
-//!   route absent without a secret.
+//! * `hooks`: authenticated and not, known, unknown and settled runs, the route absent without
+//!   a secret; `race`: a hook racing the pipeline's callback.
 
 mod hooks;
+mod race;
 mod view;
 
 use actix_web::http::header::HeaderMap;

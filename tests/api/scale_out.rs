@@ -34,6 +34,7 @@ const AT_ONCE: Duration = Duration::from_secs(5);
 const LISTENING: &str = "odm_devops_database_listening";
 const WAKEUPS: &str = "odm_devops_database_notify_wakeups_total";
 const LOST: &str = "odm_devops_database_listen_lost_total";
+const PEERS: &str = "odm_devops_database_listen_peers";
 
 /// A fresh PostgreSQL database, or `None` (with the suite's notice) when none is configured.
 fn postgres() -> Option<TestDb> {
@@ -51,10 +52,17 @@ async fn metric(app: &TestApp, sample: &str) -> f64 {
     scrape(app).await.value(sample)
 }
 
-async fn wait_listening(app: &TestApp) {
-    eventually("the replica to listen", || async {
-        (metric(app, LISTENING).await == 1.0).then_some(())
-    })
+/// Until `app` listens and has counted `peers` other replicas listening (it sends NOTIFY only
+/// when there is someone to hear it).
+async fn wait_listening(app: &TestApp, peers: u32) {
+    eventually(
+        &format!("the replica to listen, with {peers} other(s)"),
+        || async {
+            let scrape = scrape(app).await;
+            let ready = scrape.value(LISTENING) == 1.0 && scrape.value(PEERS) == f64::from(peers);
+            ready.then_some(())
+        },
+    )
     .await;
 }
 
@@ -110,7 +118,8 @@ async fn a_callback_on_one_replica_is_dispatched_by_another_without_waiting_for_
     // it never does. B's engine runs, but looks for work on its own only once a minute.
     let a = spawn_stepped_app(settings(&db, &executor, SLOW_TICK_MS, true)).await;
     let b = spawn_app(settings(&db, &executor, SLOW_TICK_MS, true)).await;
-    wait_listening(&b).await;
+    wait_listening(&a, 1).await;
+    wait_listening(&b, 1).await;
     a.put_descriptor("p0", "1.0.0", &dev_and_test()).await;
     let id = a.start_activity("p0", "1.0.0", "dev").await;
     let first = executor.wait_for(1).await.remove(0);
@@ -131,18 +140,62 @@ async fn a_callback_on_one_replica_is_dispatched_by_another_without_waiting_for_
     let answer = a.call_back(&second.callback_ref, None).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     a.wait_for_activity(id, "PROCESSED").await;
-    // The service's NOTIFYs, on the one channel, each naming the replica that sent it (a
-    // replica skips its own): A's (the start, the callback) and none of them empty.
+    // One NOTIFY per transaction that left work due now, naming the replica that sent it (a
+    // replica skips its own): A's start and A's first callback. None for B's claims and its
+    // recorded runs (nothing due now), none for the last callback (nothing left to do).
     let heard = eavesdropper.heard();
-    assert!(!heard.is_empty(), "no NOTIFY was sent");
+    assert_eq!(heard.len(), 2, "{heard:?}");
     assert!(
-        heard
-            .iter()
-            .all(|n| n.channel == CHANNEL && !n.payload.is_empty()),
+        heard.iter().all(|n| n.channel == CHANNEL
+            && !n.payload.is_empty()
+            && n.payload == heard[0].payload),
         "{heard:?}"
     );
     join_all([a.stop(), b.stop()]).await;
     assert_each_sent_once(&executor.received(), 2);
+}
+
+/// A replica alone sends no NOTIFY (a round trip and a commit-time lock for nobody); once a
+/// second one listens, the first notifies it.
+#[actix_web::test]
+async fn a_lone_replica_sends_no_notify_until_another_listens() {
+    let Some(db) = postgres() else { return };
+    let executor = FakeExecutor::start().await;
+    let mut eavesdropper = Eavesdropper::start(&db);
+    let a = spawn_app(settings(&db, &executor, 100, true)).await;
+    wait_listening(&a, 0).await;
+    a.put_descriptor("p0", "1.0.0", &dev_and_test()).await;
+    a.put_descriptor("p1", "1.0.0", &dev_and_test()).await;
+    let alone = a.start_activity("p0", "1.0.0", "dev").await;
+    for n in 1..=2 {
+        let task = executor.wait_for(n).await.remove(n - 1);
+        let answer = a.call_back(&task.callback_ref, None).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    a.wait_for_activity(alone, "PROCESSED").await;
+    assert_eq!(
+        eavesdropper.heard().len(),
+        0,
+        "NOTIFY sent by a lone replica"
+    );
+
+    let b = spawn_stepped_app(settings(&db, &executor, SLOW_TICK_MS, true)).await;
+    wait_listening(&a, 1).await;
+    let together = a.start_activity("p1", "1.0.0", "dev").await;
+    let task = executor.wait_for(3).await.remove(2);
+    let answer = a.call_back(&task.callback_ref, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let task = executor.wait_for(4).await.remove(3);
+    let answer = a.call_back(&task.callback_ref, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    a.wait_for_activity(together, "PROCESSED").await;
+    let heard = eavesdropper.heard();
+    assert_eq!(
+        heard.len(),
+        2,
+        "the start and the first callback: {heard:?}"
+    );
+    join_all([a.stop(), b.stop()]).await;
 }
 
 /// PgBouncer in transaction mode cannot carry LISTEN: `database.listen: false` sends no NOTIFY,
@@ -172,6 +225,7 @@ async fn without_listen_replicas_share_the_work_through_the_tick_alone() {
     assert_eq!(eavesdropper.heard().len(), 0, "NOTIFY sent");
     for app in [&a, &b] {
         assert_eq!(metric(app, LISTENING).await, 0.0);
+        assert_eq!(metric(app, PEERS).await, 0.0);
         assert_eq!(metric(app, WAKEUPS).await, 0.0);
     }
     join_all([a.stop(), b.stop()]).await;
@@ -185,8 +239,8 @@ async fn a_lost_listen_connection_comes_back_and_wakes_the_engine_again() {
     let mut eavesdropper = Eavesdropper::start(&db);
     let a = spawn_stepped_app(settings(&db, &executor, SLOW_TICK_MS, true)).await;
     let b = spawn_app(settings(&db, &executor, SLOW_TICK_MS, true)).await;
-    wait_listening(&a).await;
-    wait_listening(&b).await;
+    wait_listening(&a, 1).await;
+    wait_listening(&b, 1).await;
     let before = eavesdropper.listeners();
     assert_eq!(
         before.len(),
@@ -213,6 +267,7 @@ async fn a_lost_listen_connection_comes_back_and_wakes_the_engine_again() {
     })
     .await;
     assert_eq!(after.len(), 2);
+    wait_listening(&a, 1).await;
 
     a.put_descriptor("p0", "1.0.0", &dev_and_test()).await;
     let created = Instant::now();
@@ -249,8 +304,8 @@ async fn a_replica_killed_with_a_batch_in_flight_loses_nothing_and_sends_nothing
     settings.callbacks.secret = Some(Secret::new(SECRET));
     settings.engine.lease_secs = 2;
     let b = spawn_app(settings).await;
-    wait_listening(&a).await;
-    wait_listening(&b).await;
+    wait_listening(&a, 1).await;
+    wait_listening(&b, 1).await;
     let url = db.url.clone();
     let store = actix_web::web::block(move || Db::connect(&url, 1))
         .await

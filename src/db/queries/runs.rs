@@ -35,6 +35,19 @@ pub fn find_task_run(conn: &mut Conn, id: TaskId) -> QueryResult<Option<TaskRunR
         .optional()
 }
 
+/// Whether a run request of `executor` is being sent right now (a leased dispatch): its run,
+/// once answered, may be the one a service hook speaks of.
+pub fn dispatching(conn: &mut Conn, executor: &str) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        tasks::table
+            .filter(tasks::step.eq(Step::Dispatch))
+            .filter(tasks::due_at.is_not_null())
+            .filter(tasks::lease_owner.is_not_null())
+            .filter(tasks::executor_ref.eq(executor)),
+    ))
+    .get_result(conn)
+}
+
 /// Tasks of `executor` awaiting a run whose reference mentions run id `run_id` (its
 /// `"runId":<id>` as stored), with their run references for the caller to check exactly.
 /// Awaiting tasks have a due step, so this reads the small index of due steps, not every task.

@@ -3,24 +3,25 @@
 //! it does not know or tasks already settled; never settles a task twice when it races the
 //! pipeline's own callback.
 
-use futures_util::future::join;
 use odm_devops::secret::Secret;
-use odm_devops::simulator::{Behaviour, CallbackMode, HookSubscription, PipelineSpec, SimResult};
+use odm_devops::simulator::{
+    Behaviour, CallbackMode, FaultKind, FaultSpec, HookSubscription, PipelineSpec, SimResult,
+};
 use serde_json::json;
 
 use super::*;
-use crate::azure::{errors_of, json_field, simulator_config, ORG, PROJECT, SMOKE_TEST};
+use crate::azure::{errors_of, simulator_config, ORG, PROJECT, SMOKE_TEST};
 use crate::helpers::{TestDb, DEVOPS};
 use crate::on_both_backends;
 
-const SECRET: &str = "hook-secret-1";
+pub(super) const SECRET: &str = "hook-secret-1";
 /// Pipelines that never call back, succeeding or failing.
-const SILENT_OK: i32 = 21;
-const SILENT_FAILS: i32 = 22;
+pub(super) const SILENT_OK: i32 = 21;
+pub(super) const SILENT_FAILS: i32 = 22;
 
 /// The service with `executors.azure-devops.service_hook_secret` set and API tokens required
 /// (the hook route needs neither), polling only after the default 300 s.
-async fn with_hook_secret(db: &TestDb) -> Azure {
+pub(super) async fn with_hook_secret(db: &TestDb) -> Azure {
     Azure::start_with(db, simulator_config(), |settings, executor| {
         executor.service_hook_secret = Some(Secret::new(SECRET));
         settings.auth.api_tokens = vec!["api-token".into()];
@@ -29,7 +30,7 @@ async fn with_hook_secret(db: &TestDb) -> Azure {
 }
 
 /// Reads with the API token.
-async fn read(azure: &Azure, path: &str) -> serde_json::Value {
+pub(super) async fn read(azure: &Azure, path: &str) -> serde_json::Value {
     let answer = azure
         .app
         .send("GET", path, None, &[("Authorization", "Bearer api-token")])
@@ -39,7 +40,7 @@ async fn read(azure: &Azure, path: &str) -> serde_json::Value {
 }
 
 /// Subscribes the service to the simulator's completed runs, as Azure DevOps would be told to.
-fn subscribe(azure: &Azure, password: &str) {
+pub(super) fn subscribe(azure: &Azure, password: &str) {
     azure.sim.add_hook(HookSubscription {
         url: format!("{}{}", azure.app.address, hook_path("azure-devops")),
         username: "azure-devops".into(),
@@ -49,7 +50,7 @@ fn subscribe(azure: &Azure, password: &str) {
 
 /// Stores a one-task stage of `pipeline` for `product` and starts it (with the API token); the
 /// activity's id.
-async fn start(azure: &Azure, product: &str, pipeline: i32) -> i64 {
+pub(super) async fn start(azure: &Azure, product: &str, pipeline: i32) -> i64 {
     let bearer = [("Authorization", "Bearer api-token")];
     let task = azure_task(
         "deploy",
@@ -84,7 +85,7 @@ async fn start(azure: &Azure, product: &str, pipeline: i32) -> i64 {
     created.json()["id"].as_i64().unwrap()
 }
 
-async fn activity_once(azure: &Azure, id: i64, status: &str) -> serde_json::Value {
+pub(super) async fn activity_once(azure: &Azure, id: i64, status: &str) -> serde_json::Value {
     crate::helpers::eventually(&format!("activity {id} {status}"), || async move {
         let activity = read(azure, &format!("{DEVOPS}/activities/{id}")).await;
         (activity["status"] == status).then_some(activity)
@@ -92,7 +93,7 @@ async fn activity_once(azure: &Azure, id: i64, status: &str) -> serde_json::Valu
     .await
 }
 
-async fn only_task(azure: &Azure, activity: i64) -> serde_json::Value {
+pub(super) async fn only_task(azure: &Azure, activity: i64) -> serde_json::Value {
     read(azure, &format!("{DEVOPS}/tasks?activityId={activity}")).await[0].clone()
 }
 
@@ -151,6 +152,42 @@ async fn pipelines_without_a_callback_step_complete_through_the_service_hook(db:
         let reads = azure.requests_to("GET", &format!("/runs/{}", run.id));
         assert_eq!(reads, [200], "run {}", run.id);
     }
+    azure.stop().await;
+}
+
+on_both_backends!(a_run_announced_before_its_run_request_is_answered_is_still_settled);
+async fn a_run_announced_before_its_run_request_is_answered_is_still_settled(db: TestDb) {
+    let azure = with_hook_secret(&db).await;
+    subscribe(&azure, SECRET);
+    let at_once = Behaviour {
+        callback: CallbackMode::None,
+        delay_ms: Some(50),
+        ..Behaviour::default()
+    };
+    azure.sim.put_pipeline(PipelineSpec::calling_back(
+        ORG,
+        PROJECT,
+        SILENT_OK,
+        "at-once",
+        &["endpoint"],
+        at_once,
+    ));
+    // Azure creates the run, which completes and is announced, 1 s before the run request's
+    // answer reaches the service.
+    azure.sim.add_fault(FaultSpec {
+        path: "*/runs".into(),
+        method: Some("POST".into()),
+        kind: FaultKind::Slow,
+        count: 1,
+        retry_after_secs: None,
+        delay_ms: Some(1_000),
+    });
+    let activity = start(&azure, "fast", SILENT_OK).await;
+    // Not 300 s later at the poll: the hook waited for the run request under way.
+    activity_once(&azure, activity, "PROCESSED").await;
+    let deliveries = azure.sim.hook_deliveries();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].status, Some(200));
     azure.stop().await;
 }
 
@@ -277,116 +314,4 @@ async fn hooks_need_the_executor_s_secret_and_change_nothing_they_do_not_know(db
     .await;
     answer.assert_error(404, "40400");
     without.stop().await;
-}
-
-on_both_backends!(a_hook_and_a_callback_racing_settle_the_task_once);
-async fn a_hook_and_a_callback_racing_settle_the_task_once(db: TestDb) {
-    let azure = with_hook_secret(&db).await;
-    azure.sim.put_pipeline(long_running(0));
-
-    // The callback first, then Azure's hook (the simulator sends it after the run's last
-    // step called back): the hook changes nothing, the callback's results stay.
-    subscribe(&azure, SECRET);
-    let first = start(&azure, "callback-first", SMOKE_TEST).await;
-    let done = activity_once(&azure, first, "PROCESSED").await;
-    assert_eq!(
-        json_field(&done, "results")["task1"]["passed"],
-        true,
-        "{done}"
-    );
-    crate::helpers::eventually("the hook delivered", || async {
-        (azure.sim.hook_deliveries().len() == 1).then_some(())
-    })
-    .await;
-    assert_eq!(azure.sim.hook_deliveries()[0].status, Some(200));
-    let task = only_task(&azure, first).await;
-    assert_eq!(
-        json_field(&task, "results")["checked"],
-        "http://x",
-        "{task}"
-    );
-
-    // The hook first: the run failed; the late callback claiming success changes nothing.
-    let second = start(&azure, "hook-first", LONG_RUNNING).await;
-    let task_id = only_task(&azure, second).await["id"].as_i64().unwrap();
-    let run = azure.wait_for_run_of_task(task_id).await;
-    crate::helpers::eventually("the run recorded", || async {
-        only_task(&azure, second).await["runUrl"]
-            .as_str()
-            .map(|_| ())
-    })
-    .await;
-    let failed = Behaviour {
-        callback: CallbackMode::None,
-        result: SimResult::Failed,
-        ..Behaviour::default()
-    };
-    assert!(azure.sim.finish_run(run.id, Some(failed)).await);
-    activity_once(&azure, second, "FAILED").await;
-    let late = azure
-        .app
-        .call_back(
-            &run.template_parameters["callbackRef"],
-            Some(json!({"status": "PROCESSED", "results": {"ok": true}})),
-        )
-        .await;
-    late.assert_error(409, "40911");
-    let task = only_task(&azure, second).await;
-    assert_eq!(task["status"], "FAILED");
-    assert_eq!(task["results"], json!(null));
-
-    // At the same moment: whichever lands first settles the task; the other changes nothing.
-    // (The test sends the hook itself, at the same time as the callback.)
-    azure.sim.clear_hooks();
-    let mut winners = Vec::new();
-    for round in 0..4 {
-        let product = format!("race-{round}");
-        let activity = start(&azure, &product, LONG_RUNNING).await;
-        let task_id = only_task(&azure, activity).await["id"].as_i64().unwrap();
-        let run = azure.wait_for_run_of_task(task_id).await;
-        crate::helpers::eventually("the run recorded", || async {
-            only_task(&azure, activity).await["runUrl"]
-                .as_str()
-                .map(|_| ())
-        })
-        .await;
-        // Azure has the run succeeded; its hook and the pipeline's callback arrive together.
-        let quiet = Behaviour {
-            callback: CallbackMode::None,
-            ..Behaviour::default()
-        };
-        assert!(azure.sim.finish_run(run.id, Some(quiet)).await);
-        let event = run_event(run.id, LONG_RUNNING, "completed", Some("succeeded"));
-        let auth = basic("azure", SECRET);
-        let callback_body = json!({"status": "PROCESSED", "results": {"from": "callback"}});
-        let (hook, callback) = join(
-            send_hook(&azure.app, "azure-devops", &event, Some(&auth)),
-            azure
-                .app
-                .call_back(&run.template_parameters["callbackRef"], Some(callback_body)),
-        )
-        .await;
-        assert_eq!(hook.status, 200, "{hook:?}");
-        let activity = activity_once(&azure, activity, "PROCESSED").await;
-        let task = only_task(&azure, activity["id"].as_i64().unwrap()).await;
-        let results = json_field(&task, "results");
-        match callback.status {
-            // The callback settled it: its results are the task's.
-            200 => {
-                assert_eq!(results, json!({"from": "callback"}), "{task}");
-                winners.push("callback");
-            }
-            // The hook's poll settled it first (no results): the callback was refused.
-            409 => {
-                assert_eq!(results, json!(null), "{task}");
-                winners.push("hook");
-            }
-            other => panic!("callback answered {other}: {callback:?}"),
-        }
-        let rows = read(&azure, &format!("{DEVOPS}/lifecycles/{product}/1.0.0")).await;
-        assert_eq!(rows.as_array().unwrap().len(), 1, "promoted once: {rows}");
-        assert!(azure.requests_to("GET", &format!("/runs/{}", run.id)).len() <= 1);
-    }
-    assert_eq!(winners.len(), 4, "{winners:?}");
-    azure.stop().await;
 }
