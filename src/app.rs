@@ -12,12 +12,13 @@ use actix_web::{App, HttpServer};
 use crate::api::{self, ApiState};
 use crate::clock::secs_to_ms;
 use crate::config::Settings;
+use crate::db::listen::{ListenHandle, ListenObserver};
 use crate::db::{self, Db, DbError};
 use crate::executor::{AzureIdentities, ExecutorCatalog, Executors};
 use crate::executor_api::ExecutorApiParts;
 use crate::keys::Keys;
 use crate::lifecycle::engine::{Engine, EngineConfig, EngineHandle, Notifier, ResultGates};
-use crate::lifecycle::{EngineTimings, LifecycleParts, LifecycleService, Waker};
+use crate::lifecycle::{DryRunParts, EngineTimings, LifecycleParts, LifecycleService, Waker};
 use crate::metrics::Metrics;
 use crate::notifications::Listeners;
 use crate::policy::Policies;
@@ -52,6 +53,33 @@ pub struct Application {
     server: Server,
     engine: RunningEngine,
     lifecycle: LifecycleService,
+    /// PostgreSQL with `database.listen`: stops listening when the application is dropped.
+    _listening: Option<ListenHandle>,
+}
+
+/// Wakes this replica's engine when another replica's NOTIFY arrives (`db/listen.rs`).
+struct WakeOnNotify {
+    waker: Waker,
+    metrics: Arc<Metrics>,
+}
+
+impl ListenObserver for WakeOnNotify {
+    fn notified(&self) {
+        self.metrics.listen_wakeup();
+        self.waker.wake();
+    }
+
+    fn listening(&self) {
+        self.waker.wake();
+    }
+
+    fn connected(&self, up: bool) {
+        self.metrics.listen_connected(up);
+    }
+
+    fn peers(&self, count: u32) {
+        self.metrics.listen_peers(count);
+    }
 }
 
 /// How the engine runs: on its own (the service), or ticked by its caller (tests that step it
@@ -106,6 +134,19 @@ impl Application {
         let db = actix_web::web::block(move || Db::connect_with(&url, limits))
             .await
             .map_err(|_| DbError::Canceled)??;
+        let waker = Waker::default();
+        let metrics = Metrics::new();
+        metrics.count_writes_of(&db);
+        let listening = settings
+            .database
+            .listen
+            .then(|| {
+                db.listen(WakeOnNotify {
+                    waker: waker.clone(),
+                    metrics: metrics.clone(),
+                })
+            })
+            .flatten();
         let (callback_secret, kept_in_database) =
             server_secret(&db, settings.callbacks.secret.clone()).await?;
         let sealing_key = settings.secrets.key.as_ref().filter(|k| !k.is_empty());
@@ -129,9 +170,6 @@ impl Application {
 
         let listeners =
             Listeners::build(&settings.notifications).map_err(StartupError::Notifications)?;
-        let waker = Waker::default();
-        let metrics = Metrics::new();
-        metrics.count_writes_of(&db);
         for listener in listeners.iter() {
             metrics.listener(&listener.name);
         }
@@ -210,12 +248,16 @@ impl Application {
             },
             metrics: metrics.clone(),
         });
+        let runs = api::RunViewParts::new(&settings, &identities, &metrics);
+        let dry_run = DryRunParts::new(&settings, &identities, &metrics, &public_url);
         let state = ApiState {
             lifecycle: lifecycle.clone(),
             body_limit: settings.server.body_limit_bytes,
             metrics,
             stored_work: Arc::new(api::StoredWork::default()),
             executor_api,
+            runs,
+            dry_run,
         };
         let mut server = HttpServer::new(move || {
             let edge = edge.clone();
@@ -241,6 +283,7 @@ impl Application {
             server,
             engine,
             lifecycle,
+            _listening: listening,
         })
     }
 

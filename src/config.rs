@@ -31,6 +31,31 @@ pub struct Settings {
     /// ODM's executor protocol served by this binary (DESIGN §6).
     #[serde(default)]
     pub executor_api: ExecutorApiSettings,
+    /// `GET /tasks/{id}/logs` (DESIGN §6, "Run status and logs").
+    #[serde(default)]
+    pub logs: LogsSettings,
+}
+
+/// `logs`: how much of a run's logs `GET /tasks/{id}/logs` answers (not `log`, the service's
+/// own logging).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsSettings {
+    /// The last this many bytes of the joined logs, cut on a UTF-8 character boundary.
+    pub max_bytes: usize,
+}
+
+impl LogsSettings {
+    /// The largest `logs.max_bytes` accepted: what one answer may hold in memory.
+    pub const MAX_MAX_BYTES: usize = 64 * 1024 * 1024;
+}
+
+impl Default for LogsSettings {
+    fn default() -> Self {
+        LogsSettings {
+            max_bytes: 1_048_576,
+        }
+    }
 }
 
 /// `executor_api`: `POST /api/v1/up/executor/tasks` and `GET …/tasks/{id}/status`, answered
@@ -78,6 +103,9 @@ pub struct DatabaseSettings {
     pub pool_timeout_ms: u64,
     /// Writes waiting for the writer thread before a 503 50301.
     pub write_queue: usize,
+    /// PostgreSQL: wake the other replicas' engines with NOTIFY and hear theirs with LISTEN
+    /// (`false` behind PgBouncer in transaction mode; ignored on SQLite).
+    pub listen: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -215,6 +243,10 @@ pub struct AzureDevOpsSettings {
     /// at once with "rate limited" and the engine reschedules the task.
     #[serde(default = "default_retry_max_delay_ms")]
     pub retry_max_delay_ms: u64,
+    /// The password of HTTP Basic that Azure DevOps service hooks send to
+    /// `POST /api/v1/pp/devops/hooks/<name>`; `None`: that route does not exist (404).
+    #[serde(default)]
+    pub service_hook_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,6 +513,25 @@ impl Settings {
                 self.engine.task_timeout_secs
             )));
         }
+        if !(1..=LogsSettings::MAX_MAX_BYTES).contains(&self.logs.max_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "logs.max_bytes must be from 1 to {}, found {}",
+                LogsSettings::MAX_MAX_BYTES,
+                self.logs.max_bytes
+            )));
+        }
+        let blank_hook_secret = self.executors.iter().find(|(_, e)| {
+            matches!(e, ExecutorSettings::AzureDevops(s)
+                if s.service_hook_secret.as_ref().is_some_and(Secret::is_empty))
+        });
+        if let Some((name, _)) = blank_hook_secret {
+            return Err(ConfigError::Invalid(format!(
+                "executors.{name}.service_hook_secret is blank (is \
+                 ODM_DEVOPS__EXECUTORS__{}__SERVICE_HOOK_SECRET empty?): give it a value, or \
+                 leave it out to turn the service hook route off",
+                name.to_uppercase().replace('-', "_")
+            )));
+        }
         self.limits.validate()
     }
 }
@@ -606,6 +657,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.database.url.expose(), "postgres://u@h/db");
         assert_eq!(s.database.pool_size, 3);
+        assert!(s.database.listen, "database.listen is on by default");
         assert_eq!(s.auth.api_tokens.len(), 2);
         match &s.executors["azure-devops"] {
             ExecutorSettings::AzureDevops(a) => match &a.auth {

@@ -120,6 +120,27 @@ impl Registry {
         }
     }
 
+    /// The descriptor of a product version as text, as the registry holds it (embedded: as put)
+    /// or answers it (remote): parsed into a `Value`, an object forgets its keys' order, and a
+    /// stage map is ordered by them.
+    pub async fn descriptor_text(
+        &self,
+        product: &str,
+        version: &str,
+    ) -> Result<String, RegistryError> {
+        let found = match &self.remote {
+            Some(remote) => remote
+                .get_text(&remote.descriptor_url(product, version))
+                .await?
+                .map(|(text, _)| text),
+            None => self.stored(product, version).await?,
+        };
+        found.ok_or_else(|| RegistryError::NotFound {
+            product: product.to_owned(),
+            version: version.to_owned(),
+        })
+    }
+
     /// A template of the remote registry (`GET …/templates/{id}`) as the registry answers it;
     /// `None` when it has no such template. The embedded registry keeps no templates.
     pub async fn template(&self, id: &str) -> Result<Option<Value>, RegistryError> {
@@ -135,12 +156,14 @@ impl Registry {
 
     /// Validates and stores a descriptor in the embedded registry; true when it is new. Over a
     /// limit (`limits.*`: names, stages, tasks per stage) it is refused, as an activity of it
-    /// would be.
+    /// would be. `text` is the descriptor as sent (`descriptor` parsed from it), stored as is:
+    /// the order of its stage map's keys is the stage order the dashboard shows.
     pub async fn put(
         &self,
         product: &str,
         version: &str,
         descriptor: &Value,
+        text: &str,
     ) -> Result<bool, RegistryError> {
         let over = |e: crate::limits::OverLimit| RegistryError::OverLimit(e.0);
         self.limits
@@ -151,11 +174,7 @@ impl Registry {
             .map_err(over)?;
         let info = descriptor::parse(descriptor).map_err(|e| RegistryError::Invalid(e.0))?;
         self.limits.check_lifecycle(&info).map_err(over)?;
-        let (product, version, content) = (
-            product.to_owned(),
-            version.to_owned(),
-            descriptor.to_string(),
-        );
+        let (product, version, content) = (product.to_owned(), version.to_owned(), text.to_owned());
         self.db
             .write(move |conn| {
                 Ok(db::put_descriptor(
@@ -216,7 +235,7 @@ impl Registry {
             let version = text_of("version")
                 .ok_or_else(|| format!("{shown}: info.version is missing"))?
                 .to_owned();
-            self.put(&product, &version, &descriptor)
+            self.put(&product, &version, &descriptor, &text)
                 .await
                 .map_err(|e| format!("{shown}: {e}"))?;
             tracing::info!(file = %shown, %product, %version, "descriptor preloaded");
@@ -226,19 +245,27 @@ impl Registry {
 }
 
 impl Remote {
-    async fn fetch(&self, product: &str, version: &str) -> Result<Option<Value>, RegistryError> {
-        self.get(&format!(
+    fn descriptor_url(&self, product: &str, version: &str) -> String {
+        format!(
             "{}/api/v1/pp/registry/products/{}/versions/{}?format=normalized",
             self.address,
             path_segment(product),
             path_segment(version)
-        ))
-        .await
+        )
+    }
+
+    async fn fetch(&self, product: &str, version: &str) -> Result<Option<Value>, RegistryError> {
+        self.get(&self.descriptor_url(product, version)).await
     }
 
     /// A JSON answer; `None` on 404. Unreachable or timed out → `Unreachable` (503 50050), any
     /// other failure of the registry → `Failed` (502 50250).
     async fn get(&self, url: &str) -> Result<Option<Value>, RegistryError> {
+        Ok(self.get_text(url).await?.map(|(_, json)| json))
+    }
+
+    /// A JSON answer as text and parsed (`get`'s failures).
+    async fn get_text(&self, url: &str) -> Result<Option<(String, Value)>, RegistryError> {
         let unreachable = |e: &dyn std::fmt::Display| {
             RegistryError::Unreachable(RemoteFailure::new(
                 "the ODM registry is unreachable",
@@ -268,11 +295,13 @@ impl Remote {
                 format!("GET {url} answered {status}: {excerpt}"),
             )));
         }
-        serde_json::from_slice(&body).map(Some).map_err(|e| {
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
+        let json = serde_json::from_slice(body).map_err(|e| {
             RegistryError::Failed(RemoteFailure::new(
                 "the ODM registry answered with invalid JSON",
                 format!("GET {url} answered with invalid JSON: {e}"),
             ))
-        })
+        })?;
+        Ok(Some((String::from_utf8_lossy(body).into_owned(), json)))
     }
 }

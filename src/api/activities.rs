@@ -10,14 +10,20 @@ use super::resources::{ActivityResource, StatusResource};
 use super::ApiState;
 use crate::db::ActivityFilter;
 use crate::domain::{ActivityId, ActivityStatus};
-use crate::lifecycle::NewActivityRequest;
+use crate::lifecycle::{DryRunExecutors, NewActivityRequest};
 
+/// `POST /activities`: 201 with the activity created (and started when asked); with
+/// `?dryRun=true`, 200 with the plan and nothing stored or run (`startAfterCreation` then
+/// changes nothing: the plan always says what a start now would meet).
 pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<ApiState>,
+    dry_runs: web::Data<DryRunExecutors>,
 ) -> Result<HttpResponse, ApiError> {
-    let start = Query::of(&req)?.flag("startAfterCreation")?;
+    let query = Query::of(&req)?;
+    let start = query.flag("startAfterCreation")?;
+    let dry_run = query.flag("dryRun")?;
     let rules = BodyRules {
         optional: false,
         any_content_type: false,
@@ -26,6 +32,13 @@ pub async fn create(
         .await?
         .unwrap_or_default();
     let request = new_activity_request(&body)?;
+    if dry_run {
+        let plan = state
+            .lifecycle
+            .dry_run(request, executor_secrets(&req), &dry_runs)
+            .await?;
+        return Ok(HttpResponse::Ok().json(plan));
+    }
     let activity = state
         .lifecycle
         .create_activity(request, start, executor_secrets(&req))

@@ -65,6 +65,19 @@ pub async fn read_json(
     limit: usize,
     rules: BodyRules,
 ) -> Result<Option<Value>, ApiError> {
+    Ok(read_json_text(req, payload, limit, rules)
+        .await?
+        .map(|(json, _)| json))
+}
+
+/// A JSON body with its text as sent (without a byte order mark): a `Value` forgets the order
+/// of an object's keys, and a descriptor's stage map is ordered by them.
+pub async fn read_json_text(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    rules: BodyRules,
+) -> Result<Option<(Value, String)>, ApiError> {
     let content_type = req.content_type();
     let body = read_bytes(payload, limit).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -87,9 +100,10 @@ pub async fn read_json(
     // RFC 8259 lets a parser ignore a byte order mark; Windows tools (PowerShell 5's UTF8
     // encoding) write one, and a refused callback would leave its task waiting until its timeout.
     let json = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
-    serde_json::from_slice(json)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    let value = serde_json::from_slice(json)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    // Valid JSON is UTF-8 throughout (serde_json checks the strings; the rest is ASCII).
+    Ok(Some((value, String::from_utf8_lossy(json).into_owned())))
 }
 
 #[cfg(test)]

@@ -34,17 +34,25 @@ pub enum Access {
     /// ODM's executor protocol: `executor_api.tokens` when set, else the API token as for
     /// `ApiToken`; nobody's with `executor_api.anonymous` (ODM's client sends no token).
     ExecutorApi,
+    /// An Azure DevOps service hook: HTTP Basic with the executor's `service_hook_secret`,
+    /// checked by the handler (`hooks.rs`), which knows the executor; no secret, no route.
+    ServiceHook,
 }
 
 /// The routes that need no API token, by method and pattern (as registered in `routes`). To add
-/// a route with a credential of its own (a service hook and its secret), list it here with an
-/// `Access` saying which, and check that credential in `Perimeter::authenticate`.
+/// a route with a credential of its own, list it here with an `Access` saying which, and check
+/// that credential in `Perimeter::authenticate` — or in the handler when only it knows what to
+/// check against (`ServiceHook`: the secret of the executor the path names).
 pub const NO_API_TOKEN: &[(&str, &str, Access)] = &[
     ("GET", "/health/live", Access::Public),
     ("GET", "/health/ready", Access::Public),
     ("GET", "/ui", Access::Public),
     ("GET", "/ui/", Access::Public),
     ("GET", "/ui/app.js", Access::Public),
+    ("GET", "/ui/common.js", Access::Public),
+    ("GET", "/ui/board.js", Access::Public),
+    ("GET", "/ui/tasks.js", Access::Public),
+    ("GET", "/ui/dryrun.js", Access::Public),
     ("GET", "/metrics", Access::Metrics),
     (
         "PATCH",
@@ -55,6 +63,11 @@ pub const NO_API_TOKEN: &[(&str, &str, Access)] = &[
         "POST",
         "/api/v1/pp/devops/tasks/{id}/status",
         Access::Callback,
+    ),
+    (
+        "POST",
+        "/api/v1/pp/devops/hooks/{executor}",
+        Access::ServiceHook,
     ),
 ];
 
@@ -125,15 +138,15 @@ impl Perimeter {
                 json_body(req)?;
             }
         }
-        if route.is_some_and(|r| r.starts_with("/api/")) {
-            check_accept(req)?;
+        if let Some(route) = route.filter(|r| r.starts_with("/api/")) {
+            check_accept(req, TEXT_ROUTES.contains(&route))?;
         }
         Ok(())
     }
 
     fn authenticate(&self, req: &HttpRequest, access: Access) -> Result<(), ApiError> {
         match access {
-            Access::Public | Access::Callback => Ok(()),
+            Access::Public | Access::Callback | Access::ServiceHook => Ok(()),
             Access::Metrics => match &self.metrics_token {
                 None => Ok(()),
                 Some(token) => bearer(req, std::slice::from_ref(token), "the metrics token"),
@@ -206,7 +219,7 @@ fn bearer(req: &HttpRequest, accepted: &[Secret], what: &str) -> Result<(), ApiE
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -242,7 +255,10 @@ const ACCEPTABLE: [&str; 6] = [
     "*",
 ];
 
-fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
+/// Routes that answer text (`text/plain`) rather than JSON: a client may ask for that.
+const TEXT_ROUTES: &[&str] = &["/api/v1/pp/devops/tasks/{id}/logs"];
+
+fn check_accept(req: &HttpRequest, text_route: bool) -> Result<(), ApiError> {
     let Some(accept) = req.headers().get(ACCEPT).and_then(|a| a.to_str().ok()) else {
         return Ok(());
     };
@@ -253,7 +269,9 @@ fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        essence.is_empty() || ACCEPTABLE.contains(&essence.as_str())
+        essence.is_empty()
+            || ACCEPTABLE.contains(&essence.as_str())
+            || (text_route && matches!(essence.as_str(), "text/plain" | "text/*"))
     });
     if acceptable {
         Ok(())

@@ -1,11 +1,13 @@
 //! The REST API: thin handlers that parse, call one lifecycle command and map the result.
 
 mod activities;
+mod board;
 mod body;
 pub mod error;
 mod executor_tasks;
 pub mod guard;
 mod health;
+mod hooks;
 mod lifecycles;
 mod metrics;
 mod notifications;
@@ -13,6 +15,7 @@ pub mod origin;
 mod registry;
 mod request;
 pub mod resources;
+mod runs;
 mod tasks;
 mod ui;
 
@@ -29,6 +32,7 @@ use tracing::Instrument;
 use self::error::ApiError;
 pub use self::guard::Perimeter;
 pub use self::metrics::StoredWork;
+pub use self::runs::RunViewParts;
 
 use crate::lifecycle::LifecycleService;
 use crate::metrics::Metrics;
@@ -41,6 +45,10 @@ pub struct ApiState {
     pub stored_work: Arc<StoredWork>,
     /// ODM's executor protocol; `None` when `executor_api.enabled` is false.
     pub executor_api: Option<crate::executor_api::ExecutorApiParts>,
+    /// Run state and logs at the provider, service hooks (DESIGN §6).
+    pub runs: RunViewParts,
+    /// The executors dry runs ask (`POST /activities?dryRun=true`).
+    pub dry_run: crate::lifecycle::DryRunParts,
 }
 
 /// Every route (DESIGN §5, §8).
@@ -48,13 +56,16 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let embedded_registry = state.lifecycle.registry().is_embedded();
         let executor_api = state.executor_api.clone();
+        // Built on each worker thread: its executors are the thread's own (awc is !Send).
+        cfg.app_data(web::Data::new(state.runs.on_this_thread()));
+        // Built on each worker thread, as the executor API's: awc clients are !Send.
+        cfg.app_data(web::Data::new(state.dry_run.on_this_thread()));
         cfg.app_data(web::Data::new(state))
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
             .route("/metrics", web::get().to(metrics::page))
             .route("/ui", web::get().to(ui::page))
             .route("/ui/", web::get().to(ui::page))
-            .route("/ui/app.js", web::get().to(ui::script))
             .route("/api/v1/pp/devops/v3/api-docs", web::get().to(openapi))
             .service(
                 web::scope("/api/v1/pp/devops")
@@ -72,6 +83,9 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/tasks/{id}/status", web::get().to(tasks::status))
                     .route("/tasks/{id}/status", web::patch().to(tasks::change_status))
                     .route("/tasks/{id}/status", web::post().to(tasks::change_status))
+                    .route("/tasks/{id}/run", web::get().to(runs::run))
+                    .route("/tasks/{id}/logs", web::get().to(runs::logs))
+                    .route("/hooks/{executor}", web::post().to(hooks::receive))
                     .route("/lifecycles", web::get().to(lifecycles::all))
                     .route(
                         "/lifecycles/{product}",
@@ -86,11 +100,15 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                         web::get().to(lifecycles::current),
                     )
                     .route("/notifications", web::get().to(notifications::list))
+                    .route("/board", web::get().to(board::board))
                     .route(
                         "/api/v1/up/observer/notifications",
                         web::post().to(notifications::observe),
                     ),
             );
+        for (path, body) in ui::SCRIPTS {
+            cfg.route(path, web::get().to(move || async move { ui::script(body) }));
+        }
         if let Some(parts) = &executor_api {
             // Built on each worker thread: its Azure client is the thread's own (awc is !Send).
             cfg.app_data(web::Data::new(parts.on_this_thread()))

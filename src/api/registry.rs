@@ -4,7 +4,7 @@ use actix_web::http::header::ContentType;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::body::{read_json, BodyRules};
+use super::body::{read_json_text, BodyRules};
 use super::error::ApiError;
 use super::request::path_text;
 use super::ApiState;
@@ -19,13 +19,13 @@ pub async fn put(
         optional: false,
         any_content_type: false,
     };
-    let descriptor = read_json(&req, payload, state.body_limit, rules)
+    let (descriptor, text) = read_json_text(&req, payload, state.body_limit, rules)
         .await?
         .unwrap_or_default();
     let created = state
         .lifecycle
         .registry()
-        .put(&product, &version, &descriptor)
+        .put(&product, &version, &descriptor, &text)
         .await?;
     let mut response = if created {
         HttpResponse::Created()

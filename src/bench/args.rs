@@ -22,6 +22,10 @@ pub struct BenchArgs {
     /// default: a temporary SQLite file.
     #[arg(long, value_name = "URL", value_parser = postgres_url)]
     pub database: Option<String>,
+    /// Server processes on the one database (PostgreSQL: needs `--database`), the load spread
+    /// across them; a task run twice is an error.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
 }
 
 /// The shape of the load, from `--concurrency` or `--rate`.
@@ -34,6 +38,19 @@ pub enum Load {
 }
 
 impl BenchArgs {
+    /// What clap cannot say: several replicas need PostgreSQL.
+    pub fn check(&self) -> Result<(), String> {
+        if self.replicas > 1 && self.database.is_none() {
+            return Err(format!(
+                "--replicas {} needs --database postgres://…: replicas scale out on PostgreSQL. On \
+                 SQLite they share one file with one writer at a time, which adds availability, \
+                 not throughput (README \"Running several replicas\")",
+                self.replicas
+            ));
+        }
+        Ok(())
+    }
+
     pub fn load(&self) -> Load {
         match (self.concurrency, self.rate) {
             (Some(concurrency), _) => Load::Closed { concurrency },

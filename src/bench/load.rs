@@ -44,7 +44,10 @@ pub(crate) struct ActivityId {
 
 pub(crate) struct Driver<'a> {
     pub client: &'a awc::Client,
+    /// The server asked for the lists.
     pub base: &'a str,
+    /// Every server (`--replicas`): activities are created on each in turn.
+    pub servers: &'a [String],
     pub simulator: &'a str,
     pub activities: u32,
     pub tasks: u32,
@@ -233,10 +236,8 @@ impl Driver<'_> {
     }
 
     async fn create(&self, index: u32) -> Created {
-        let url = format!(
-            "{}/api/v1/pp/devops/activities?startAfterCreation=true",
-            self.base
-        );
+        let server = &self.servers[index as usize % self.servers.len()];
+        let url = format!("{server}/api/v1/pp/devops/activities?startAfterCreation=true");
         let body = json!({"dataProductId": workload::PRODUCT,
                           "dataProductVersion": workload::version(index),
                           "stage": workload::STAGE});

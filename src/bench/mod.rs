@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! odm-devops bench --activities N --tasks T (--concurrency C | --rate R) [--database URL]
+//!                  [--replicas N]
 //! ```
 //!
 //! 1. Starts `simulate-azure` and `serve` from this very binary (`current_exe`, so `cargo run
@@ -10,7 +11,9 @@
 //!    file, or a fresh database on the PostgreSQL server of `--database` (dropped after). The
 //!    server's settings come from the environment (`ODM_DEVOPS__…`, log level `warn`, the
 //!    executor pointed at the simulator); `--config FILE` and any other `ODM_DEVOPS__…` of the
-//!    bench's environment reach it too.
+//!    bench's environment reach it too. `--replicas N` (PostgreSQL only) starts N servers on
+//!    the one database, each with its own `public_url`, so a pipeline calls back the replica
+//!    that dispatched it; activities are created on each in turn.
 //! 2. Ready time: from spawning the server to its first 200 on `/health/ready`. Idle RSS: its
 //!    VmRSS after a short settle, before any load.
 //! 3. Stores one descriptor per activity (`dev` stage of T tasks on the simulator's pipeline).
@@ -28,10 +31,11 @@
 //! processed; on PostgreSQL the run waits 10.5 s before the timed part for the counts to settle.
 //!
 //! Errors: non-2xx or failed requests, activities not PROCESSED or running past 60 s,
-//! callbacks refused. The last line is exactly:
+//! callbacks refused, tasks whose pipeline ran more than once (counted at the simulator). With
+//! replicas, RSS is the largest server's and ready the first one's. The last line is exactly:
 //!
 //! ```text
-//! bench: activities=N tasks=N concurrency=N rate=F seconds=F tasks_per_s=F p50_ms=F p99_ms=F peak_rss_mib=F idle_rss_mib=F ready_ms=F commits_per_task=F errors=N
+//! bench: activities=N tasks=N concurrency=N rate=F replicas=N seconds=F tasks_per_s=F p50_ms=F p99_ms=F peak_rss_mib=F idle_rss_mib=F ready_ms=F commits_per_task=F errors=N
 //! ```
 //! (`concurrency=0` in a rate run, `rate=0` in a concurrency run).
 
@@ -43,6 +47,7 @@ mod load;
 mod procs;
 mod report;
 mod rig;
+mod runs;
 #[cfg(test)]
 mod tests;
 mod workload;
@@ -85,6 +90,7 @@ async fn run_in_system(
     exe: &Path,
     config: Option<&Path>,
 ) -> anyhow::Result<Report> {
+    args.check().map_err(anyhow::Error::msg)?;
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish();
@@ -97,11 +103,19 @@ async fn run_in_system(
         rig.simulator_url,
         rig.simulator.pid()
     );
+    for replica in &rig.others {
+        println!(
+            "bench: replica {} (pid {}), same database",
+            replica.url,
+            replica.server.pid()
+        );
+    }
+    let servers = rig.server_urls();
     actix_web::rt::time::sleep(SETTLE).await;
-    let idle = rig.server.memory()?;
+    let idle_rss_mib = largest(rig.servers_mut().map(|s| s.memory().map(|m| m.rss_mib)))?;
     println!(
         "bench: ready in {:.1} ms, idle RSS {:.1} MiB",
-        rig.ready_ms, idle.rss_mib
+        rig.ready_ms, idle_rss_mib
     );
 
     let stored = Instant::now();
@@ -118,6 +132,7 @@ async fn run_in_system(
     let outcome = load::Driver {
         client: &client,
         base: &rig.server_url,
+        servers: &servers,
         simulator: &rig.simulator_url,
         activities: args.activities,
         tasks: args.tasks,
@@ -126,9 +141,11 @@ async fn run_in_system(
     .run()
     .await?;
     let sqlite_commits = commits.sqlite_after(&client).await?;
-    rig.server.check_alive()?;
+    for server in rig.servers_mut() {
+        server.check_alive()?;
+    }
     rig.simulator.check_alive()?;
-    let peak = rig.server.memory()?;
+    let peak_rss_mib = largest(rig.servers_mut().map(|s| s.memory().map(|m| m.peak_mib)))?;
 
     // After the timed part: what became of each activity, and the simulator's records.
     let mut errors = outcome.errors;
@@ -139,8 +156,12 @@ async fn run_in_system(
             .await
             .context("reading the simulator's runs")?;
     errors.callbacks = latency::failed_callbacks(&runs);
+    errors.runs_twice = runs::tasks_run_twice(&runs);
     let ready_ms = rig.ready_ms;
-    rig.server.stop();
+    // Every replica's backends publish their counts as they exit.
+    for server in rig.servers_mut() {
+        server.stop();
+    }
     let commits = match sqlite_commits {
         Some(n) => Some(n),
         None => commits.postgres_after().await?,
@@ -151,11 +172,13 @@ async fn run_in_system(
         activities: args.activities,
         tasks: args.tasks,
         load: args.load(),
+        replicas: args.replicas,
+        runs_per_replica: runs::runs_per_replica(&runs, &servers),
         seconds: outcome.seconds,
         tasks_processed: processed * u64::from(args.tasks),
         gaps_ms: latency::gaps_ms(&runs),
-        peak_rss_mib: peak.peak_mib,
-        idle_rss_mib: idle.rss_mib,
+        peak_rss_mib,
+        idle_rss_mib,
         ready_ms,
         errors,
         commits,
@@ -166,6 +189,11 @@ async fn run_in_system(
             0.0
         },
     })
+}
+
+/// The largest of the servers' values (one per replica).
+fn largest(mut values: impl Iterator<Item = anyhow::Result<f64>>) -> anyhow::Result<f64> {
+    values.try_fold(0.0, |max: f64, v| Ok(max.max(v?)))
 }
 
 /// One descriptor per activity, a few PUTs at a time.

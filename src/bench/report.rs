@@ -15,11 +15,18 @@ pub struct Errors {
     pub not_processed: u64,
     /// Simulated pipelines whose callback was refused or got no answer.
     pub callbacks: u64,
+    /// Tasks whose pipeline the simulator saw run more than once (a double dispatch).
+    pub runs_twice: u64,
 }
 
 impl Errors {
     pub fn total(&self) -> u64 {
-        self.create + self.poll + self.timeouts + self.not_processed + self.callbacks
+        self.create
+            + self.poll
+            + self.timeouts
+            + self.not_processed
+            + self.callbacks
+            + self.runs_twice
     }
 }
 
@@ -28,14 +35,20 @@ pub struct Report {
     pub activities: u32,
     pub tasks: u32,
     pub load: Load,
+    /// Server processes on the one database (`--replicas`).
+    pub replicas: u32,
+    /// Runs each of them sent to the simulator, in order (the load's spread).
+    pub runs_per_replica: Vec<u64>,
     /// The timed part: from the first activity created to the last one ended.
     pub seconds: f64,
     /// Tasks of PROCESSED activities.
     pub tasks_processed: u64,
     /// Callback answered → next task's run request received, one sample per task after the first.
     pub gaps_ms: Vec<f64>,
+    /// The largest of the servers' (one per replica).
     pub peak_rss_mib: f64,
     pub idle_rss_mib: f64,
+    /// The first server's.
     pub ready_ms: f64,
     pub errors: Errors,
     /// Transactions the server committed during the timed part (`commits.rs`).
@@ -74,11 +87,12 @@ impl Report {
         let mut gaps = self.gaps_ms.clone();
         gaps.sort_by(f64::total_cmp);
         format!(
-            "bench: activities={} tasks={} concurrency={concurrency} rate={rate} seconds={:.3} \
-             tasks_per_s={:.1} p50_ms={:.2} p99_ms={:.2} peak_rss_mib={:.1} idle_rss_mib={:.1} \
-             ready_ms={:.1} commits_per_task={:.2} errors={}",
+            "bench: activities={} tasks={} concurrency={concurrency} rate={rate} replicas={} \
+             seconds={:.3} tasks_per_s={:.1} p50_ms={:.2} p99_ms={:.2} peak_rss_mib={:.1} \
+             idle_rss_mib={:.1} ready_ms={:.1} commits_per_task={:.2} errors={}",
             self.activities,
             self.tasks,
+            self.replicas,
             self.seconds,
             self.tasks_per_s(),
             percentile(&gaps, 50.0),
@@ -108,7 +122,9 @@ impl Report {
              \x20 server           ready in {:.1} ms, idle RSS {:.1} MiB, peak RSS {:.1} MiB\n\
              \x20 commits          {} during the timed part, {:.2} per task\n\
              \x20 status polls     {} during the timed part, {:.1} ms round trip on average\n\
-             \x20 errors           {} (create {}, poll {}, timeout {}, not PROCESSED {}, callback {})",
+             \x20 replicas         {}, runs dispatched by each: {}\n\
+             \x20 errors           {} (create {}, poll {}, timeout {}, not PROCESSED {}, callback {}, \
+             task run twice {})",
             self.activities,
             self.tasks,
             self.seconds,
@@ -126,12 +142,19 @@ impl Report {
             self.commits_per_task(),
             self.polls,
             self.poll_ms,
+            self.replicas,
+            self.runs_per_replica
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" / "),
             e.total(),
             e.create,
             e.poll,
             e.timeouts,
             e.not_processed,
             e.callbacks,
+            e.runs_twice,
         )
     }
 }

@@ -5,6 +5,7 @@ use super::args::{BenchArgs, Load};
 use super::database::with_database;
 use super::latency::{failed_callbacks, gaps_ms, SimRun};
 use super::report::{percentile, Errors, Report};
+use super::runs::{runs_per_replica, tasks_run_twice};
 use super::workload;
 
 #[derive(Parser)]
@@ -68,6 +69,8 @@ fn report(load: Load) -> Report {
         activities: 1000,
         tasks: 3,
         load,
+        replicas: 2,
+        runs_per_replica: vec![1600, 1400],
         seconds: 2.5,
         tasks_processed: 3000,
         gaps_ms: (1..=100).map(f64::from).rev().collect(),
@@ -77,6 +80,7 @@ fn report(load: Load) -> Report {
         errors: Errors {
             create: 1,
             callbacks: 2,
+            runs_twice: 1,
             ..Errors::default()
         },
         commits: Some(7_500),
@@ -89,12 +93,15 @@ fn report(load: Load) -> Report {
 fn the_last_line_has_every_field_in_order() {
     assert_eq!(
         report(Load::Closed { concurrency: 64 }).last_line(),
-        "bench: activities=1000 tasks=3 concurrency=64 rate=0 seconds=2.500 tasks_per_s=1200.0 \
-         p50_ms=50.00 p99_ms=99.00 peak_rss_mib=41.2 idle_rss_mib=11.0 ready_ms=57.0 \
-         commits_per_task=2.50 errors=3"
+        "bench: activities=1000 tasks=3 concurrency=64 rate=0 replicas=2 seconds=2.500 \
+         tasks_per_s=1200.0 p50_ms=50.00 p99_ms=99.00 peak_rss_mib=41.2 idle_rss_mib=11.0 \
+         ready_ms=57.0 commits_per_task=2.50 errors=4"
     );
     let line = report(Load::Open { rate: 200.0 }).last_line();
-    assert!(line.contains(" concurrency=0 rate=200 seconds="), "{line}");
+    assert!(
+        line.contains(" concurrency=0 rate=200 replicas=2 seconds="),
+        "{line}"
+    );
     let fractional = report(Load::Open { rate: 66.5 }).last_line();
     assert!(fractional.contains(" rate=66.5 "), "{fractional}");
 }
@@ -175,4 +182,66 @@ fn descriptors_chain_each_task_to_the_previous_result() {
     let stage = &info.stages[workload::STAGE];
     assert_eq!(stage[2].name, "step3");
     assert_eq!(stage[2].executor_ref.as_deref(), Some("azure-devops"));
+}
+
+#[test]
+fn replicas_need_postgres_and_are_bounded() {
+    let two = parse(&["--concurrency", "4", "--replicas", "2"]).unwrap();
+    assert_eq!(two.replicas, 2);
+    let refused = two.check().unwrap_err();
+    assert!(
+        refused.contains("--database") && refused.contains("SQLite"),
+        "{refused}"
+    );
+    let on_postgres = parse(&[
+        "--concurrency",
+        "4",
+        "--replicas",
+        "2",
+        "--database",
+        "postgres://postgres@127.0.0.1:5432/test",
+    ])
+    .unwrap();
+    assert_eq!(on_postgres.check(), Ok(()));
+    let one = parse(&["--concurrency", "4"]).unwrap();
+    assert_eq!(
+        (one.replicas, one.check()),
+        (1, Ok(())),
+        "the default: one, on SQLite too"
+    );
+    for wrong in [
+        &["--concurrency", "1", "--replicas", "0"][..],
+        &["--concurrency", "1", "--replicas", "17"],
+    ] {
+        assert!(parse(wrong).is_err(), "{wrong:?} was accepted");
+    }
+}
+
+#[test]
+fn a_task_run_twice_is_counted_and_runs_are_told_apart_by_replica() {
+    let run = |activity: u32, task: u32, server: &str| -> SimRun {
+        serde_json::from_value(json!({
+            "templateParameters": {"activity": activity.to_string(), "task": task.to_string(),
+                                   "callbackRef": format!("{server}/api/v1/pp/devops/tasks/1/status?token=t")},
+            "receivedAtUs": 1,
+            "callback": null,
+        }))
+        .unwrap()
+    };
+    let (a, b) = ("http://127.0.0.1:8001", "http://127.0.0.1:800");
+    let runs = vec![
+        run(0, 1, a),
+        run(0, 2, b),
+        run(1, 1, b),
+        run(1, 1, a),
+        run(2, 1, a),
+        run(2, 1, a),
+    ];
+    assert_eq!(tasks_run_twice(&runs), 2, "activity 1 and 2's first tasks");
+    assert_eq!(tasks_run_twice(&runs[..3]), 0);
+    // 8001 is not 800 followed by a 1: the base URL ends at the path.
+    assert_eq!(
+        runs_per_replica(&runs, &[a.to_owned(), b.to_owned()]),
+        vec![4, 2]
+    );
 }

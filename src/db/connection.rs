@@ -85,7 +85,7 @@ impl ManageConnection for Manager {
 }
 
 /// libpq's messages can quote the connection string; keep only its kind.
-fn strip_password(e: ConnectionError) -> ConnectionError {
+pub(crate) fn strip_password(e: ConnectionError) -> ConnectionError {
     match e {
         ConnectionError::BadConnection(msg) if msg.contains("password") => {
             ConnectionError::BadConnection(

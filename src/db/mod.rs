@@ -8,6 +8,7 @@
 //! with `Retry-After` at the API; a transient error for the engine).
 
 mod connection;
+pub mod listen;
 pub mod models;
 mod queries;
 pub mod schema;
@@ -16,6 +17,7 @@ mod tests;
 mod types;
 mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -126,10 +128,13 @@ impl DbLimits {
 pub struct Db {
     /// Reads, each on a pooled connection.
     pool: Pool<Manager>,
-    /// Writes, on both backends: one thread owns a write connection and commits the writes
-    /// queued meanwhile together (group commit, `writer/`). No write takes another path.
+    /// Writes, on both backends: writer threads own write connections and commit the writes
+    /// queued meanwhile together (group commit, `writer/`), with the wake-up for the other
+    /// replicas (`listen.rs`) sent once per batch. No write takes another path.
     writer: Writer,
     backend: Backend,
+    /// PostgreSQL: `database.url`, for the LISTEN connection.
+    postgres_url: Option<Arc<str>>,
 }
 
 impl Db {
@@ -163,15 +168,16 @@ impl Db {
             .connection_timeout(limits.pool_timeout)
             .build(manager.clone())?;
         migrate(&pool)?;
-        let backend = match manager.target {
-            Target::SqliteFile(_) => Backend::Sqlite,
-            Target::Postgres(_) => Backend::Postgres,
+        let (backend, postgres_url) = match &manager.target {
+            Target::SqliteFile(_) => (Backend::Sqlite, None),
+            Target::Postgres(url) => (Backend::Postgres, Some(Arc::from(url.as_str()))),
         };
         let writer = Writer::start(manager, limits.write_queue)?;
         Ok(Db {
             pool,
             writer,
             backend,
+            postgres_url,
         })
     }
 
@@ -182,6 +188,19 @@ impl Db {
     /// The commits this process's writer made, and the writes they carried.
     pub fn write_counts(&self) -> WriteCounts {
         self.writer.counts()
+    }
+
+    /// PostgreSQL (`database.listen: true`): from now on, write batches of this `Db` (its clones
+    /// share its writer) that leave engine work due send NOTIFY before they commit, and a
+    /// connection of its own LISTENs for the other replicas' (`listen.rs`), telling `observer`.
+    /// `None`, and nothing changes, on SQLite. Listening stops when the handle is dropped.
+    pub fn listen(&self, observer: impl listen::ListenObserver) -> Option<listen::ListenHandle> {
+        let notifying = Arc::new(listen::Notifying::new(
+            self.postgres_url.as_deref()?.to_owned(),
+        ));
+        let handle = listen::spawn(notifying.clone(), observer);
+        self.writer.notify_with(notifying);
+        Some(handle)
     }
 }
 

@@ -4,6 +4,7 @@
 //! prod through the REST API over HTTP as a user would, and tells what happens: each task's
 //! pipeline run and the parameters it was sent, the callback it got, and the lifecycle rows.
 
+mod dry_run;
 mod report;
 mod scenario;
 #[cfg(test)]
@@ -21,7 +22,7 @@ use self::report::Report;
 use self::scenario::{PRODUCT, STAGES, VERSION};
 use crate::app::Application;
 use crate::config::{LogFormat, LogSettings};
-use crate::simulator::{RunRecord, Simulator, SimulatorHandle};
+use crate::simulator::{HookSubscription, RunRecord, Simulator, SimulatorHandle};
 
 const DEVOPS: &str = "/api/v1/pp/devops";
 const POLL: Duration = Duration::from_millis(50);
@@ -83,6 +84,11 @@ async fn serve_and_play(
         .await
         .context("the service did not start")?;
     let base = format!("http://127.0.0.1:{}", app.port());
+    sim.add_hook(HookSubscription {
+        url: format!("{base}{DEVOPS}/hooks/azure-devops"),
+        username: "azure-devops".into(),
+        password: scenario::HOOK_SECRET.into(),
+    });
     let server = app.server_handle();
     let service = actix_web::rt::spawn(app.run_until_stopped());
     let mut demo = Demo {
@@ -123,6 +129,7 @@ impl Demo<'_> {
             .opening(&self.base, &self.sim.base_url(), folder)
             .context(OUTPUT)?;
         let path = format!("/api/v1/pp/registry/products/{PRODUCT}/versions/{VERSION}");
+        self.dry_run_catches_the_draft_s_mistake(&path).await?;
         let (status, _) = self
             .call("PUT", &path, Some(scenario::descriptor()))
             .await?;
@@ -130,6 +137,7 @@ impl Demo<'_> {
             bail!("storing the descriptor answered HTTP {status}");
         }
         self.report.descriptor_stored(&path).context(OUTPUT)?;
+        self.dry_run_passes().await?;
         let mut early = None;
         for stage in STAGES {
             if stage == STAGES[1] {
@@ -272,7 +280,16 @@ impl Demo<'_> {
             return Ok(());
         }
         if !told.callback {
-            self.report.callback(&run).context(OUTPUT)?;
+            if run.callback.is_some() {
+                self.report.callback(&run).context(OUTPUT)?;
+            } else {
+                // No callback step: told once Azure's service hook was delivered.
+                let hooks = self.sim.hook_deliveries();
+                let Some(hook) = hooks.iter().find(|d| d.run_id == run.id) else {
+                    return Ok(());
+                };
+                self.report.service_hook(hook).context(OUTPUT)?;
+            }
             told.callback = true;
         }
         let status = task["status"].as_str().unwrap_or_default();

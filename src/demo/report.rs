@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::scenario::{self, PRODUCT, STAGES, VERSION};
-use crate::simulator::RunRecord;
+use crate::simulator::{HookDelivery, RunRecord};
 
 const RULE_WIDTH: usize = 78;
 
@@ -82,6 +82,30 @@ impl<'a> Report<'a> {
             self.out,
             "  PATCH …/activities/{activity}/status?action=START → 422, the activity stays PLANNED:\n  {why}"
         )
+    }
+
+    /// A dry run's verdict and problems, and how many runs exist (none were created by it).
+    pub fn dry_run(
+        &mut self,
+        what: &str,
+        valid: bool,
+        problems: &[String],
+        runs: u64,
+    ) -> io::Result<()> {
+        self.rule(&format!("dry run of {what}"))?;
+        writeln!(
+            self.out,
+            "  POST …/activities?dryRun=true → 200, {}; pipeline runs so far: {runs}",
+            if valid {
+                "valid: every task checked by Azure DevOps (previewRun)"
+            } else {
+                "not valid"
+            }
+        )?;
+        for problem in problems {
+            writeln!(self.out, "  ✘ {problem}")?;
+        }
+        Ok(())
     }
 
     /// The run a task started, with the parameters exactly as Azure DevOps received them.
@@ -181,6 +205,21 @@ impl<'a> Report<'a> {
         writeln!(
             self.out,
             "    ◀ callback   PATCH callbackRef → {answer}: {told}"
+        )
+    }
+
+    /// A run without a callback step, completed through Azure DevOps' service hook.
+    pub fn service_hook(&mut self, hook: &HookDelivery) -> io::Result<()> {
+        let answer = match (hook.status, &hook.error) {
+            (Some(status), _) => format!("HTTP {status}"),
+            (None, Some(error)) => format!("not delivered ({error})"),
+            (None, None) => "not delivered".into(),
+        };
+        writeln!(
+            self.out,
+            "    ◀ service hook  no callback step: Azure DevOps' \"Run state changed\" ({}) → \
+             POST /api/v1/pp/devops/hooks/azure-devops → {answer}; the service polls the run now",
+            hook.result.as_deref().unwrap_or("no result")
         )
     }
 

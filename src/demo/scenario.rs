@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::{ExecutorSettings, ListenerKind, ListenerSettings, Settings};
 use crate::secret::Secret;
-use crate::simulator::{Behaviour, PipelineSpec, SimulatorConfig, SimulatorHandle};
+use crate::simulator::{Behaviour, CallbackMode, PipelineSpec, SimulatorConfig, SimulatorHandle};
 
 pub const PRODUCT: &str = "trip-execution";
 pub const VERSION: &str = "1.0.0";
@@ -20,6 +20,9 @@ pub const PROJECT: &str = "Data Products";
 
 /// The ODM observer the demo's events go to (a listener of the simulator).
 pub const LISTENER: &str = "demo-observer";
+/// The smoke test has no callback step: Azure DevOps' service hook (a simulator subscription
+/// with this password) tells the service its run completed.
+pub const HOOK_SECRET: &str = "demo-service-hook-secret";
 
 const PROVISION_VM: i32 = 1;
 const DEPLOY_APP: i32 = 2;
@@ -113,12 +116,19 @@ pub fn simulator_config(run_delay: Duration) -> SimulatorConfig {
                 json!({"url": "http://${{ parameters.vmIp }}:${{ parameters.port }}/trips",
                        "version": "${{ parameters.appVersion }}"}),
             ),
-            pipeline(
+            PipelineSpec::calling_back(
+                ORGANIZATION,
+                PROJECT,
                 SMOKE_TEST,
                 "smoke-test",
                 &["endpoint", "suite"],
-                json!({"endpoint": "${{ parameters.endpoint }}", "suite": "${{ parameters.suite }}",
-                       "passed": 42, "failed": 0}),
+                Behaviour {
+                    callback: CallbackMode::None,
+                    // Real runs take minutes; this one at least long enough for the service
+                    // to have recorded it before its hook arrives.
+                    delay_ms: Some(run_delay.max(Duration::from_millis(1_500)).as_millis() as u64),
+                    ..Behaviour::default()
+                },
             ),
         ],
         ..SimulatorConfig::default()
@@ -140,10 +150,11 @@ pub fn settings(dir: &Path, sim: &SimulatorHandle) -> anyhow::Result<Settings> {
     // The built-in policy gate: a stage starts only once the one before it was reached.
     settings.policy.stage_order = STAGES.iter().map(|s| s.to_string()).collect();
     settings.executors.clear();
-    settings.executors.insert(
-        "azure-devops".into(),
-        ExecutorSettings::AzureDevops(sim.executor_settings()),
-    );
+    let mut azure = sim.executor_settings();
+    azure.service_hook_secret = Some(Secret::new(HOOK_SECRET));
+    settings
+        .executors
+        .insert("azure-devops".into(), ExecutorSettings::AzureDevops(azure));
     settings.notifications.listeners = vec![ListenerSettings {
         name: LISTENER.into(),
         address: sim.listener_address(LISTENER),

@@ -57,6 +57,36 @@ async fn the_demo_promotes_the_product_through_every_stage_and_tells_each_step()
         line_with(&text, &[&format!("── stage {stage} ")]);
         line_with(&text, &[&format!("✔ stage {stage} reached in")]);
     }
+    // The smoke test has no callback step: Azure's service hook completed it.
+    line_with(
+        &text,
+        &[
+            "◀ service hook",
+            "Run state changed",
+            "(succeeded)",
+            "→ HTTP 200",
+        ],
+    );
+    // The dry run caught the draft's undeclared parameter before any run; the fix passed.
+    let caught = text
+        .find("── dry run of dev, draft descriptor")
+        .expect("a dry run");
+    line_with(
+        &text,
+        &["dryRun=true → 200, not valid; pipeline runs so far: 0"],
+    );
+    line_with(&text, &["✘ deploy-app:", "Unexpected parameter 'replicas'"]);
+    let passed = text
+        .find("── dry run of dev, corrected descriptor")
+        .unwrap();
+    line_with(
+        &text,
+        &["dryRun=true → 200, valid", "pipeline runs so far: 0"],
+    );
+    assert!(
+        caught < passed && passed < text.find("▶ pipeline").unwrap(),
+        "{text}"
+    );
     // The stage order's gate: prod refused while test was not reached, then started.
     let refused = text
         .find("── stage prod, too early")
@@ -112,11 +142,13 @@ async fn the_demo_promotes_the_product_through_every_stage_and_tells_each_step()
         ],
     );
     assert_eq!(text.matches("▶ pipeline").count(), 5, "{text}");
+    // Four pipelines call back; the smoke test is completed by the service hook.
     assert_eq!(
         text.matches("◀ callback   PATCH callbackRef → HTTP 200: PROCESSED")
             .count(),
-        5
+        4
     );
+    assert_eq!(text.matches("◀ service hook").count(), 1, "{text}");
     assert_eq!(text.matches("✔ task PROCESSED in").count(), 5, "{text}");
     // The callback token is the pipeline's credential: never printed.
     assert_eq!(
@@ -140,7 +172,7 @@ async fn the_demo_promotes_the_product_through_every_stage_and_tells_each_step()
     );
     line_with(
         &text,
-        &["3 stages, 5 pipeline runs, 5 callbacks, 1 Entra token for them all."],
+        &["3 stages, 5 pipeline runs, 4 callbacks, 1 Entra token for them all."],
     );
     assert_left_nothing(&parent);
 }

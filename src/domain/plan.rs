@@ -83,4 +83,60 @@ impl Plan {
             .iter()
             .any(|t| matches!(t.changes.step, Some(Some(_))))
     }
+
+    /// True when the plan leaves a step due by `now` (a dispatch, a cancel, a confirmation):
+    /// what other replicas are woken for (a step due later waits for their tick).
+    pub fn makes_work_due(&self, now: i64) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| match (t.changes.step, t.changes.due_at) {
+                (Some(Some(_)), Some(Some(due))) => due <= now,
+                // A step given without its due time: assume it may be due.
+                (Some(Some(_)), _) => true,
+                _ => false,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with(changes: TaskChanges) -> Plan {
+        Plan {
+            tasks: vec![TaskUpdate {
+                id: TaskId(1),
+                expected: TaskStatus::Processing,
+                expected_lease: None,
+                changes,
+            }],
+            ..Plan::default()
+        }
+    }
+
+    /// Other replicas are woken (NOTIFY) only for work they could claim now.
+    #[test]
+    fn work_is_due_when_a_step_is_due_by_now() {
+        let due = |step: Option<Option<Step>>, due_at: Option<Option<i64>>| {
+            plan_with(TaskChanges {
+                step,
+                due_at,
+                ..TaskChanges::default()
+            })
+            .makes_work_due(100)
+        };
+        assert!(due(Some(Some(Step::Dispatch)), Some(Some(100))));
+        assert!(due(Some(Some(Step::Cancel)), Some(Some(40))));
+        assert!(
+            !due(Some(Some(Step::Await)), Some(Some(101))),
+            "later: the tick"
+        );
+        assert!(!due(Some(None), Some(None)), "released");
+        assert!(!due(None, None), "no step given");
+        assert!(
+            due(Some(Some(Step::Dispatch)), None),
+            "no due time: maybe due"
+        );
+        assert!(!Plan::default().makes_work_due(100));
+    }
 }

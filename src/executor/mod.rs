@@ -13,8 +13,10 @@ use crate::secret::Secret;
 
 pub mod odm_http;
 mod set;
+pub mod view;
 
 pub use set::{AzureIdentities, ExecutorCatalog, Executors};
+pub use view::{RunLogs, RunView, ViewError};
 
 /// Secrets given with the request that created or started the activity, for one executor,
 /// keyed by their type (`pat`, `token`, …: the `<type>` of `x-odm-<executor>-executor-secret-<type>`).
@@ -100,4 +102,38 @@ pub trait Executor {
     /// `secrets` are the activity's, as for `submit` (a per-activity PAT authenticates these too).
     async fn status(&self, run: &RunRef, secrets: &Secrets) -> Result<RunStatus, ExecutorError>;
     async fn cancel(&self, run: &RunRef, secrets: &Secrets) -> Result<(), ExecutorError>;
+    /// The run as the provider shows it now, for people (`GET /tasks/{id}/run`). Executors
+    /// that cannot tell (ODM's executor protocol has no such route) keep this default.
+    async fn run_view(&self, run: &RunRef, secrets: &Secrets) -> Result<RunView, ViewError> {
+        let _ = (run, secrets);
+        Err(ViewError::NotSupported("the state of its runs".into()))
+    }
+    /// The last `max_bytes` bytes of the run's logs, joined (`GET /tasks/{id}/logs`).
+    async fn logs(
+        &self,
+        run: &RunRef,
+        secrets: &Secrets,
+        max_bytes: usize,
+    ) -> Result<RunLogs, ViewError> {
+        let _ = (run, secrets, max_bytes);
+        Err(ViewError::NotSupported("the logs of its runs".into()))
+    }
+    /// Asks the provider whether it would accept `task` as a run, creating none (a dry run,
+    /// DESIGN §6): `task` is exactly what `submit` would be given. A refusal is the error
+    /// `submit` would meet (`InvalidTask` with the provider's message, `Unauthorized`…).
+    /// Executors whose provider cannot check a run without starting it answer `NotChecked`.
+    async fn preview(&self, task: &Submission) -> Result<Preview, ExecutorError> {
+        let _ = task;
+        Ok(Preview::NotChecked)
+    }
+}
+
+/// What an executor's provider said of a run it was asked to check without running it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preview {
+    /// It would accept the run; the pipeline's final definition when the provider gives it
+    /// (Azure DevOps: `finalYaml`, the YAML with templates expanded and parameters applied).
+    Accepted { final_yaml: Option<String> },
+    /// This executor has no way to check a run without starting it.
+    NotChecked,
 }

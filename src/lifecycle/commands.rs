@@ -28,28 +28,7 @@ impl LifecycleService {
         start: bool,
         secrets: ActivitySecrets,
     ) -> Result<ActivityRow, CommandError> {
-        let over = |e: crate::limits::OverLimit| CommandError::OverLimit(e.0);
-        for (field, name) in [
-            ("dataProductId", &request.data_product_id),
-            ("dataProductVersion", &request.data_product_version),
-            ("stage", &request.stage),
-        ] {
-            self.limits.check_name(field, name).map_err(over)?;
-        }
-        let descriptor = self
-            .registry
-            .descriptor(&request.data_product_id, &request.data_product_version)
-            .await?;
-        let info = descriptor::parse(&descriptor).map_err(|e| {
-            CommandError::InvalidActivity(format!(
-                "the descriptor of version {} of product {} is invalid: {e}",
-                request.data_product_version, request.data_product_id
-            ))
-        })?;
-        self.limits.check_lifecycle(&info).map_err(over)?;
-        let definitions = stage_tasks(&info, &request)?;
-        let definitions =
-            super::task_templates::resolve(&self.registry, &request.stage, definitions).await?;
+        let (info, definitions) = self.stage_definitions(&request).await?;
         super::task_placeholders::check_new_activity(
             &request.stage,
             &definitions,
@@ -112,6 +91,37 @@ impl LifecycleService {
             .await?;
         applied.committed(&self.metrics, &self.waker);
         Ok(activity)
+    }
+
+    /// The descriptor's lifecycle and the tasks of the request's stage (templates resolved),
+    /// or why no activity can be made of them (the request, the descriptor, the stage).
+    pub(super) async fn stage_definitions(
+        &self,
+        request: &NewActivityRequest,
+    ) -> Result<(LifecycleInfo, Vec<TaskDefinition>), CommandError> {
+        let over = |e: crate::limits::OverLimit| CommandError::OverLimit(e.0);
+        for (field, name) in [
+            ("dataProductId", &request.data_product_id),
+            ("dataProductVersion", &request.data_product_version),
+            ("stage", &request.stage),
+        ] {
+            self.limits.check_name(field, name).map_err(over)?;
+        }
+        let descriptor = self
+            .registry
+            .descriptor(&request.data_product_id, &request.data_product_version)
+            .await?;
+        let info = descriptor::parse(&descriptor).map_err(|e| {
+            CommandError::InvalidActivity(format!(
+                "the descriptor of version {} of product {} is invalid: {e}",
+                request.data_product_version, request.data_product_id
+            ))
+        })?;
+        self.limits.check_lifecycle(&info).map_err(over)?;
+        let definitions = stage_tasks(&info, request)?;
+        let definitions =
+            super::task_templates::resolve(&self.registry, &request.stage, definitions).await?;
+        Ok((info, definitions))
     }
 
     pub async fn start_activity(

@@ -58,6 +58,35 @@ pub fn load(conn: &mut DbConnection, current: &ActivityKeys) -> QueryResult<Task
     Ok(TaskContext { context, names })
 }
 
+/// The context a task of a new activity of `stage` would be given if that activity started now
+/// (a dry run): the stored stages as `load` reads them, and `stage` itself RUNNING with no
+/// results yet, its task names those of the new activity (`own_names`, position order).
+pub fn load_for_new(
+    conn: &mut DbConnection,
+    data_product_id: &str,
+    data_product_version: &str,
+    stage: &str,
+    own_names: &[String],
+) -> QueryResult<TaskContext> {
+    let nothing_stored = ActivityKeys {
+        // No stored activity has id 0: only PROCESSED ones are read.
+        id: ActivityId(0),
+        data_product_id: data_product_id.to_owned(),
+        data_product_version: data_product_version.to_owned(),
+        stage: stage.to_owned(),
+        sealed_secrets: None,
+    };
+    let mut loaded = load(conn, &nothing_stored)?;
+    if let Value::Object(stages) = &mut loaded.context {
+        stages.insert(
+            stage.to_owned(),
+            json!({"status": "RUNNING", "finishedAt": null, "results": null}),
+        );
+    }
+    loaded.names.add_stage(stage, own_names);
+    Ok(loaded)
+}
+
 /// The task names of each stage's activity in the context, in position order.
 fn stage_names(
     rows: Vec<(ActivityId, i32, String)>,

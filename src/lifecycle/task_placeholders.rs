@@ -10,7 +10,9 @@ use super::error::CommandError;
 use crate::config::LimitSettings;
 use crate::descriptor::{LifecycleInfo, TaskDefinition};
 use crate::limits::{json_size_within, over, over_with};
-use crate::placeholders::{self, OnMissing, ResolveError, StageTaskNames, TaskToCheck};
+use crate::placeholders::{
+    self, Checked, OnMissing, ResolveError, StageTaskNames, TaskToCheck, Unresolved,
+};
 
 /// The new activity's placeholders: at most `limits.placeholders_per_task` per task (422 42213),
 /// then every bad reference in one message (422 42201), the first `limits.listed_errors` of
@@ -21,36 +23,13 @@ pub fn check_new_activity(
     info: &LifecycleInfo,
     limits: &LimitSettings,
 ) -> Result<(), CommandError> {
-    let known: BTreeSet<String> = info.stages.keys().cloned().collect();
-    let mut names = StageTaskNames::new();
-    for (name, defs) in &info.stages {
-        names.add_stage(name.clone(), defs.iter().map(|d| d.name.as_str()));
-    }
-    let empty = Value::Object(Default::default());
-    let to_check: Vec<TaskToCheck<'_>> = tasks
-        .iter()
-        .map(|d| TaskToCheck {
-            position: d.position,
-            name: &d.name,
-            template: d.template.as_ref().unwrap_or(&empty),
-            configurations: d.configurations.as_ref().unwrap_or(&empty),
-        })
-        .collect();
-    let checked =
-        placeholders::check_activity(stage, &to_check, &known, &names, limits.listed_errors);
+    let checked = check_placeholders(stage, tasks, info, limits.listed_errors);
     let max = limits.placeholders_per_task;
     if let Some(&(position, count)) = checked.placeholders.iter().find(|(_, n)| *n > max) {
         let name = &tasks[position - 1].name;
-        return Err(CommandError::OverLimit(
-            over(
-                &format!("task {position} ({name}) of stage {stage}"),
-                count,
-                "placeholders",
-                max,
-                "limits.placeholders_per_task",
-            )
-            .0,
-        ));
+        return Err(CommandError::OverLimit(too_many_placeholders(
+            stage, position, name, count, max,
+        )));
     }
     if checked.bad == 0 {
         return Ok(());
@@ -71,6 +50,50 @@ pub fn check_new_activity(
     )))
 }
 
+/// The static check of the new activity's placeholders (`placeholders::check_activity`), the
+/// first `max_listed` bad references listed.
+pub fn check_placeholders(
+    stage: &str,
+    tasks: &[TaskDefinition],
+    info: &LifecycleInfo,
+    max_listed: usize,
+) -> Checked {
+    let known: BTreeSet<String> = info.stages.keys().cloned().collect();
+    let mut names = StageTaskNames::new();
+    for (name, defs) in &info.stages {
+        names.add_stage(name.clone(), defs.iter().map(|d| d.name.as_str()));
+    }
+    let empty = Value::Object(Default::default());
+    let to_check: Vec<TaskToCheck<'_>> = tasks
+        .iter()
+        .map(|d| TaskToCheck {
+            position: d.position,
+            name: &d.name,
+            template: d.template.as_ref().unwrap_or(&empty),
+            configurations: d.configurations.as_ref().unwrap_or(&empty),
+        })
+        .collect();
+    placeholders::check_activity(stage, &to_check, &known, &names, max_listed)
+}
+
+/// The refusal of a task holding more than `limits.placeholders_per_task` placeholders.
+pub fn too_many_placeholders(
+    stage: &str,
+    position: usize,
+    name: &str,
+    count: usize,
+    max: usize,
+) -> String {
+    over(
+        &format!("task {position} ({name}) of stage {stage}"),
+        count,
+        "placeholders",
+        max,
+        "limits.placeholders_per_task",
+    )
+    .0
+}
+
 /// What a dispatched task carries: its template and its configurations with placeholders
 /// resolved, the context under `configurations.context`. Each is at most `max_bytes` of JSON
 /// (`limits.configurations_bytes`), else the task fails before anything is sent, naming the
@@ -87,9 +110,15 @@ pub fn resolve_task(
     if let Value::Object(map) = &mut configurations {
         map.insert("context".into(), task_context.context.clone());
     }
+    within_limit(&template, &configurations, max_bytes)?;
+    Ok((template, configurations))
+}
+
+/// A resolved template and configurations (context included) are each at most `max_bytes`.
+fn within_limit(template: &Value, configurations: &Value, max_bytes: usize) -> Result<(), String> {
     for (what, value) in [
-        ("template is", &template),
-        ("configurations (context included) are", &configurations),
+        ("template is", template),
+        ("configurations (context included) are", configurations),
     ] {
         if json_size_within(value, max_bytes).is_none() {
             return Err(over_with(
@@ -102,7 +131,52 @@ pub fn resolve_task(
             .0);
         }
     }
-    Ok((template, configurations))
+    Ok(())
+}
+
+/// A task of a new activity of `own_stage` as it would be dispatched now (a dry run):
+/// `resolve_task`, except that references to the activity's own results stay as written
+/// (listed in `at_run_time`) and those that do not resolve are listed rather than fatal.
+#[derive(Debug, Clone)]
+pub struct PlannedTask {
+    pub template: Value,
+    /// With the context under `context`, as sent.
+    pub configurations: Value,
+    pub at_run_time: Vec<String>,
+    /// Each placeholder that did not resolve, and why (its text is what a failed dispatch
+    /// would give).
+    pub unresolved: Vec<Unresolved>,
+}
+
+pub fn plan_task(
+    template: &Value,
+    configurations: &Value,
+    task_context: &TaskContext,
+    own_stage: &str,
+    max_bytes: usize,
+) -> Result<PlannedTask, String> {
+    let plan = |value: &Value| {
+        placeholders::resolve_planned(
+            value,
+            &task_context.context,
+            &task_context.names,
+            own_stage,
+            max_bytes,
+        )
+        .map_err(resolve_error)
+    };
+    let (template, mut configurations) = (plan(template)?, plan(configurations)?);
+    if let Value::Object(map) = &mut configurations.value {
+        map.insert("context".into(), task_context.context.clone());
+    }
+    within_limit(&template.value, &configurations.value, max_bytes)?;
+    let unresolved = template.unresolved.iter().chain(&configurations.unresolved);
+    Ok(PlannedTask {
+        unresolved: unresolved.cloned().collect(),
+        at_run_time: [template.at_run_time, configurations.at_run_time].concat(),
+        template: template.value,
+        configurations: configurations.value,
+    })
 }
 
 /// `value` with its placeholders resolved; what they insert may add up to `max_bytes`.
@@ -119,7 +193,11 @@ pub fn resolve(
         on_missing,
         max_bytes,
     )
-    .map_err(|e| match e {
+    .map_err(resolve_error)
+}
+
+fn resolve_error(e: ResolveError) -> String {
+    match e {
         ResolveError::Unresolved(unresolved) => unresolved.to_string(),
         ResolveError::TooLarge { max } => {
             over_with(
@@ -131,7 +209,7 @@ pub fn resolve(
             )
             .0
         }
-    })
+    }
 }
 
 #[cfg(test)]

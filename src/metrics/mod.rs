@@ -10,6 +10,7 @@
 //! status codes): never an id, a token, a product or anything else a request can choose.
 
 mod database;
+mod listen;
 mod render;
 mod series;
 mod text;
@@ -156,6 +157,8 @@ pub struct Metrics {
     listeners: Mutex<Vec<(String, [u64; 2])>>,
     /// The database writer's commits (`count_writes_of`).
     writes: database::WriteSource,
+    /// The LISTEN connection to PostgreSQL (`listen.rs`).
+    listen: listen::ListenSeries,
 }
 
 impl Default for Metrics {
@@ -172,6 +175,7 @@ impl Default for Metrics {
             executors: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             writes: Default::default(),
+            listen: Default::default(),
         }
     }
 }

@@ -38,6 +38,7 @@ impl Metrics {
         self.notifications(&mut e, work, now_ms);
         self.http(&mut e);
         self.engine(&mut e);
+        self.render_listen(&mut e);
         self.executors(&mut e);
         self.database(&mut e);
         e.finish()

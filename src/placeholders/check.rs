@@ -23,6 +23,8 @@ pub struct TaskToCheck<'a> {
 /// A reference that can never work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadReference {
+    /// The position of the task it is in.
+    pub position: usize,
     /// The placeholder exactly as written.
     pub placeholder: String,
     /// Where it is, e.g. `task2.configurations.params.vmIp`.
@@ -92,6 +94,7 @@ pub fn check_activity(
                             checked.bad += 1;
                             if checked.listed.len() < max_listed {
                                 checked.listed.push(BadReference {
+                                    position: task.position,
                                     placeholder: text.to_owned(),
                                     location: location.to_owned(),
                                     reason,

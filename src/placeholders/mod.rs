@@ -6,6 +6,9 @@
 //!
 //! * [`StageTaskNames`]: the task names of every stage, to translate `results.<name>` to a position.
 //! * [`resolve`]`(value, context, names, on_missing, max_inserted) -> Result<Value, ResolveError>`.
+//! * [`resolve_planned`]`(value, context, names, own_stage, max_inserted)`: the same for a dry
+//!   run's plan, leaving references to the new activity's own results as written (listed as
+//!   resolving at run time) and listing those that do not resolve instead of stopping.
 //! * [`check_activity`]`(stage, tasks, known_stages, names, max_listed) -> Checked` (the first
 //!   bad references, how many in all, and how many placeholders each task holds).
 //!
@@ -73,7 +76,7 @@ pub(crate) mod tests;
 use std::collections::HashMap;
 
 pub use check::{check_activity, BadReference, Checked, TaskToCheck};
-pub use resolve::resolve;
+pub use resolve::{resolve, resolve_planned, PlannedValue};
 
 /// What resolving does with a placeholder that does not resolve (`placeholders.on_missing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

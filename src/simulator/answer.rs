@@ -15,6 +15,8 @@ pub(crate) enum Answer {
     SignIn,
     /// 429 with `Retry-After` seconds.
     RateLimited(u64),
+    /// Plain text (a log's content).
+    Text(StatusCode, String),
 }
 
 /// The error shape of Azure DevOps: `{"$id", "innerException", "message", "typeName",
@@ -116,6 +118,9 @@ pub(crate) async fn respond(
                 json!({"message": "Request was blocked due to exceeding usage of resource \
                                      'ATCPU' (injected by the simulator)."}),
             ),
+        (_, Answer::Text(status, text)) => HttpResponse::build(status)
+            .content_type("text/plain; charset=utf-8")
+            .body(text),
         (kind, Answer::Json(status, body)) => {
             let mut bytes = Vec::new();
             if kind == Some(FaultKind::Bom) {

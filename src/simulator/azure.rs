@@ -88,10 +88,12 @@ pub(crate) async fn update_build(
             // Cancelled before its last step: it never calls back.
             let cancelled = inner.complete(build_id, "canceled");
             let run = &inner.runs[&build_id];
-            Ok(Answer::Json(
-                StatusCode::OK,
-                build_json(run, &base_url(&req), cancelled),
-            ))
+            let answer = build_json(run, &base_url(&req), cancelled);
+            drop(inner);
+            if cancelled {
+                super::hooks::announce_later(Arc::clone(&state), build_id);
+            }
+            Ok(Answer::Json(StatusCode::OK, answer))
         })
         .unwrap_or_else(|refusal| refusal);
     respond(&state, &req, gate.fault.as_ref(), answer).await
@@ -125,6 +127,15 @@ fn create_run(
             )
         })?;
     let run_request = validate::run_request(&request_body, &pipeline)?;
+    if run_request.preview {
+        return Ok(super::preview::answer(
+            &mut inner,
+            &pipeline,
+            &run_request,
+            request_body,
+            auth,
+        ));
+    }
     let id = inner.next_run_id;
     inner.next_run_id += 1;
     let run = RunRecord {
@@ -165,13 +176,13 @@ fn create_run(
 
 /// The fault this request consumed, and how the request fared at the door: how it
 /// authenticated, or the refusal.
-struct Gate {
-    fault: Option<FaultSpec>,
-    admitted: Result<&'static str, Answer>,
+pub(super) struct Gate {
+    pub(super) fault: Option<FaultSpec>,
+    pub(super) admitted: Result<&'static str, Answer>,
 }
 
 /// Fault, then credentials, then api-version, as Azure checks them.
-fn guard(state: &SimState, req: &HttpRequest) -> Gate {
+pub(super) fn guard(state: &SimState, req: &HttpRequest) -> Gate {
     let (fault, refusal) = take_fault(state, req);
     let admitted = match refusal {
         Some(answer) => Err(answer),
@@ -230,7 +241,7 @@ fn authenticate(state: &SimState, req: &HttpRequest) -> Result<&'static str, Ans
     })
 }
 
-fn find_run<'a>(
+pub(super) fn find_run<'a>(
     inner: &'a Inner,
     organization: &str,
     project: &str,
@@ -242,7 +253,7 @@ fn find_run<'a>(
     })
 }
 
-fn run_not_found(id: i32) -> Answer {
+pub(super) fn run_not_found(id: i32) -> Answer {
     azure_error(
         StatusCode::NOT_FOUND,
         format!("Run with ID {id} does not exist or you do not have permission to view it."),
@@ -268,12 +279,12 @@ fn validate_only_cancel(status: &str) -> Answer {
     )
 }
 
-fn base_url(req: &HttpRequest) -> String {
+pub(super) fn base_url(req: &HttpRequest) -> String {
     let info = req.connection_info();
     format!("{}://{}", info.scheme(), info.host())
 }
 
-fn project_url(run: &RunRecord, base: &str) -> String {
+pub(super) fn project_url(run: &RunRecord, base: &str) -> String {
     format!(
         "{base}/{}/{}",
         encode_segment(&run.organization),
@@ -282,7 +293,7 @@ fn project_url(run: &RunRecord, base: &str) -> String {
 }
 
 /// The Run shape of the 7.1 description, as Azure fills it.
-fn run_json(run: &RunRecord, base: &str) -> Value {
+pub(super) fn run_json(run: &RunRecord, base: &str) -> Value {
     let project = project_url(run, base);
     let self_url = format!(
         "{project}/_apis/pipelines/{}/runs/{}",

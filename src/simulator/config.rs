@@ -41,6 +41,9 @@ pub struct SimulatorConfig {
     pub retain_runs: usize,
     #[serde(default)]
     pub pipelines: Vec<PipelineSpec>,
+    /// Web Hooks subscriptions to "Run state changed": each completed run is POSTed to them.
+    #[serde(default)]
+    pub service_hooks: Vec<super::hooks::HookSubscription>,
 }
 
 /// A pipeline as its YAML would declare it, and how its runs behave.
@@ -155,6 +158,9 @@ pub struct Behaviour {
     /// Stay in progress until `POST /_sim/runs/{id}/finish`.
     #[serde(default)]
     pub manual: bool,
+    /// Lines of output the pipeline's step writes to its log, beyond its parameters.
+    #[serde(default)]
+    pub log_lines: usize,
 }
 
 impl Default for Behaviour {
@@ -166,6 +172,7 @@ impl Default for Behaviour {
             results: Value::Null,
             errors: default_errors(),
             manual: false,
+            log_lines: 0,
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::config::{Behaviour, FaultSpec, ParameterSpec, PipelineSpec};
+use super::hooks::HookSubscription;
 use super::pipeline;
 use super::state::{key, SimState, Stats};
 
@@ -31,8 +32,13 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/runs/{id}/finish", web::post().to(finish_run))
             .route("/requests", web::get().to(list_requests))
             .route("/stats", web::get().to(stats))
+            .route("/hooks", web::get().to(list_hooks))
+            .route("/hooks", web::post().to(add_hook))
+            .route("/hooks", web::delete().to(clear_hooks))
+            .route("/hooks/deliveries", web::get().to(list_deliveries))
             .route("/tokens/expire", web::post().to(expire_tokens))
-            .route("/reset", web::post().to(reset)),
+            .route("/reset", web::post().to(reset))
+            .route("/previews", web::get().to(list_previews)),
     );
 }
 
@@ -175,6 +181,30 @@ async fn finish_run(
     HttpResponse::Ok().json(run)
 }
 
+async fn list_hooks(state: web::Data<SimState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.lock().hooks)
+}
+
+/// Subscribes `{"url", "username", "password"}` to completed runs.
+async fn add_hook(body: web::Bytes, state: web::Data<SimState>) -> HttpResponse {
+    match parse::<HookSubscription>(&body) {
+        Ok(hook) => {
+            state.lock().hooks.push(hook.clone());
+            HttpResponse::Created().json(hook)
+        }
+        Err(message) => bad(message),
+    }
+}
+
+async fn clear_hooks(state: web::Data<SimState>) -> HttpResponse {
+    state.lock().hooks.clear();
+    HttpResponse::NoContent().finish()
+}
+
+async fn list_deliveries(state: web::Data<SimState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.lock().hook_deliveries)
+}
+
 async fn list_requests(state: web::Data<SimState>) -> HttpResponse {
     HttpResponse::Ok().json(&state.lock().requests)
 }
@@ -197,7 +227,13 @@ async fn reset(state: web::Data<SimState>) -> HttpResponse {
     inner.completed.clear();
     inner.faults.clear();
     inner.requests.clear();
+    inner.hook_deliveries.clear();
+    inner.previews.clear();
     inner.tokens.clear();
     inner.stats = Stats::default();
     HttpResponse::NoContent().finish()
+}
+
+async fn list_previews(state: web::Data<SimState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.lock().previews.iter().collect::<Vec<_>>())
 }

@@ -14,6 +14,13 @@
 //! * `GET /{org}/{project}/_apis/pipelines/{pipelineId}/runs/{runId}?api-version=7.1` — Runs – Get.
 //! * `PATCH /{org}/{project}/_apis/build/builds/{buildId}?api-version=7.1` — Builds – Update
 //!   Build; `{"status": "cancelling"}` ends the run `canceled` without a callback.
+//! * `GET /{org}/{project}/_apis/pipelines/{pipelineId}/runs/{runId}/logs[/{logId}]` — Logs –
+//!   List / Get (`$expand=signedContent` adds each log's signed URL); the signed URL
+//!   (`…/signedlogcontent/{logId}?urlExpires&urlSigningMethod=HMACV1&urlSignature`) serves the
+//!   text without credentials (`logs.rs`).
+//! * The same Run Pipeline route with `"previewRun": true` is checked exactly like a run (the
+//!   same parameter rules) and answers 200 `{"finalYaml": …}`, the pipeline's YAML with the
+//!   given parameters as defaults; no run is created (`preview.rs`, `GET /_sim/previews`).
 //!
 //! Every Azure route wants `api-version=7.1` and a bearer token it issued (unexpired) or a
 //! configured PAT as `Basic base64(":" + pat)`. Without valid credentials it answers like Azure:
@@ -50,6 +57,9 @@
 //!   faults, requests, tokens and counters (pipelines stay).
 //! * `/_sim/listeners/{name}…`: notification listeners that record what they receive
 //!   (`listeners.rs`).
+//! * `GET`/`POST`/`DELETE /_sim/hooks` (`{"url", "username", "password"}`): service hook
+//!   subscriptions, sent "Run state changed" with HTTP Basic when a run completes;
+//!   `GET /_sim/hooks/deliveries`: what was sent and how it was answered (`hooks.rs`).
 
 mod answer;
 mod azure;
@@ -57,8 +67,11 @@ mod cli;
 mod config;
 mod control;
 mod entra;
+mod hooks;
 mod listeners;
+mod logs;
 mod pipeline;
+mod preview;
 mod state;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -78,9 +91,10 @@ pub use self::config::{
     Behaviour, CallbackMode, FaultKind, FaultSpec, ParameterSpec, PipelineSpec, SimResult,
     SimulatorConfig, AZURE_DEVOPS_SCOPE,
 };
+pub use self::hooks::{HookDelivery, HookSubscription, RUN_STATE_CHANGED};
 pub use self::listeners::{ListenerSinks, Received, SinkBehaviour};
 use self::state::SimState;
-pub use self::state::{CallbackRecord, RequestRecord, RunRecord, Stats};
+pub use self::state::{CallbackRecord, PreviewRecord, RequestRecord, RunRecord, Stats};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings, ClientCredentialsSettings};
 use crate::secret::Secret;
 
@@ -118,6 +132,18 @@ impl Simulator {
                     web::get().to(azure::get_run),
                 )
                 .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/logs",
+                    web::get().to(logs::list),
+                )
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/logs/{log_id}",
+                    web::get().to(logs::get),
+                )
+                .route(
+                    "/{org}/{project}/_apis/pipelines/{pipeline_id}/runs/{run_id}/signedlogcontent/{log_id}",
+                    web::get().to(logs::content),
+                )
+                .route(
                     "/{org}/{project}/_apis/build/builds/{build_id}",
                     web::patch().to(azure::update_build),
                 )
@@ -133,6 +159,7 @@ impl Simulator {
         .disable_signals()
         .bind(bind)?;
         let address = server.addrs()[0];
+        state.lock().base_url = format!("http://{address}");
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
@@ -188,6 +215,7 @@ impl SimulatorHandle {
             max_retries: 4,
             retry_base_delay_ms: 50,
             retry_max_delay_ms: 5_000,
+            service_hook_secret: None,
         }
     }
 
@@ -207,6 +235,11 @@ impl SimulatorHandle {
 
     pub fn run(&self, id: i32) -> Option<RunRecord> {
         self.state.lock().runs.get(&id).cloned()
+    }
+
+    /// The preview runs (`previewRun: true`) it answered with `finalYaml`, oldest first.
+    pub fn previews(&self) -> Vec<PreviewRecord> {
+        self.state.lock().previews.iter().cloned().collect()
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {
@@ -261,7 +294,26 @@ impl SimulatorHandle {
 
     /// Cancels a run now, as Builds – Update Build would (no callback); false if it had ended.
     pub fn cancel_run(&self, id: i32) -> bool {
-        self.state.lock().complete(id, "canceled")
+        let cancelled = self.state.lock().complete(id, "canceled");
+        if cancelled {
+            hooks::announce_later(Arc::clone(&self.state), id);
+        }
+        cancelled
+    }
+
+    /// From now on, each completed run is POSTed to `subscription` (a service hook).
+    pub fn add_hook(&self, subscription: HookSubscription) {
+        self.state.lock().hooks.push(subscription);
+    }
+
+    /// No more service hooks.
+    pub fn clear_hooks(&self) {
+        self.state.lock().hooks.clear();
+    }
+
+    /// The service hook events sent so far (the last 1,000), with their answers.
+    pub fn hook_deliveries(&self) -> Vec<HookDelivery> {
+        self.state.lock().hook_deliveries.iter().cloned().collect()
     }
 
     /// The run once completed (after its callback, if any), or `None` after `timeout`.

@@ -74,7 +74,11 @@ pub(crate) async fn finish(state: &SimState, run_id: i32, behaviour: &Behaviour)
             run.callback = Some(record);
         }
     }
-    state.lock().complete(run_id, behaviour.result.as_str())
+    let completed = state.lock().complete(run_id, behaviour.result.as_str());
+    if completed {
+        super::hooks::announce(state, run_id).await;
+    }
+    completed
 }
 
 async fn call_back(url: String, body: Option<Value>) -> CallbackRecord {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::config::{Behaviour, FaultSpec, PipelineSpec, SimResult, SimulatorConfig};
+use super::hooks::{HookDelivery, HookSubscription};
 
 const REQUEST_LOG_LIMIT: usize = 10_000;
 
@@ -57,6 +58,19 @@ pub struct CallbackRecord {
     pub error: Option<String>,
 }
 
+/// A preview run (`previewRun: true`) the simulator accepted: what it was asked, how it
+/// authenticated. No run exists for it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewRecord {
+    pub pipeline_id: i32,
+    /// The RunPipelineParameters body exactly as received.
+    pub request_body: Value,
+    pub template_parameters: BTreeMap<String, String>,
+    /// `bearer` or `pat` (never the credential).
+    pub authenticated_with: String,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestRecord {
@@ -75,6 +89,8 @@ pub struct Stats {
     /// Run requests received, whatever their answer (faults included).
     pub run_requests: u64,
     pub runs_created: u64,
+    /// Preview runs answered with `finalYaml` (they create no run).
+    pub previews: u64,
     pub callbacks_sent: u64,
     pub requests: u64,
     /// Tokens issued for a federated token (workload identity), and assertions refused.
@@ -98,7 +114,15 @@ pub(crate) struct Inner {
     pub tokens: HashMap<String, Instant>,
     pub faults: VecDeque<FaultSpec>,
     pub requests: VecDeque<RequestRecord>,
+    /// The last previews answered (at most `REQUEST_LOG_LIMIT`).
+    pub previews: VecDeque<PreviewRecord>,
     pub stats: Stats,
+    /// Service hook subscriptions (`hooks.rs`), what they were sent, and how many events.
+    pub hooks: Vec<HookSubscription>,
+    pub hook_deliveries: VecDeque<HookDelivery>,
+    pub hook_events: u64,
+    /// `http://<address>`, for the links inside events.
+    pub base_url: String,
 }
 
 impl SimState {
@@ -108,6 +132,7 @@ impl SimState {
             .iter()
             .map(|p| (key(&p.organization, &p.project, p.id), p.clone()))
             .collect();
+        let hooks = config.service_hooks.clone();
         SimState {
             inner: Mutex::new(Inner {
                 config,
@@ -119,7 +144,12 @@ impl SimState {
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
                 requests: VecDeque::new(),
+                previews: VecDeque::new(),
                 stats: Stats::default(),
+                hooks,
+                hook_deliveries: VecDeque::new(),
+                hook_events: 0,
+                base_url: String::new(),
             }),
         }
     }
@@ -162,6 +192,14 @@ impl Inner {
             self.faults.remove(index);
         }
         Some(fault)
+    }
+
+    pub fn log_preview(&mut self, record: PreviewRecord) {
+        self.stats.previews += 1;
+        if self.previews.len() == REQUEST_LOG_LIMIT {
+            self.previews.pop_front();
+        }
+        self.previews.push_back(record);
     }
 
     pub fn log_request(&mut self, record: RequestRecord) {

@@ -47,6 +47,8 @@ const BUILD_STATUSES: &[&str] = &[
 pub(crate) struct RunRequest {
     pub template_parameters: BTreeMap<String, String>,
     pub ref_name: Option<String>,
+    /// `previewRun: true`: checked like a run, answered with `finalYaml`, no run created.
+    pub preview: bool,
 }
 
 pub(crate) fn api_version(req: &HttpRequest) -> Result<(), Answer> {
@@ -98,21 +100,17 @@ pub(crate) fn json_body(bytes: &[u8], what: &str) -> Result<Value, Answer> {
 pub(crate) fn run_request(body: &Value, pipeline: &PipelineSpec) -> Result<RunRequest, Answer> {
     let fields = object(body, "RunPipelineParameters")?;
     known_keys(fields, RUN_KEYS, "RunPipelineParameters")?;
-    if let Some(preview) = fields.get("previewRun") {
-        match preview {
-            Value::Bool(false) => {}
-            Value::Bool(true) => {
-                return Err(bad_request(
-                    "previewRun is not simulated: the simulator only creates runs.",
-                ))
-            }
-            other => return Err(wrong_type("previewRun", "a boolean", other)),
-        }
-    }
+    let preview = match fields.get("previewRun") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => return Err(wrong_type("previewRun", "a boolean", other)),
+    };
     if fields.contains_key("yamlOverride") {
-        return Err(bad_request(
-            "yamlOverride is only allowed with previewRun, which is not simulated.",
-        ));
+        return Err(bad_request(if preview {
+            "yamlOverride is not simulated: the simulator previews the declared pipeline only."
+        } else {
+            "yamlOverride is only allowed with previewRun."
+        }));
     }
     let ref_name = match fields.get("resources") {
         None | Some(Value::Null) => None,
@@ -186,6 +184,7 @@ pub(crate) fn run_request(body: &Value, pipeline: &PipelineSpec) -> Result<RunRe
     Ok(RunRequest {
         template_parameters,
         ref_name,
+        preview,
     })
 }
 

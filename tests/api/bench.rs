@@ -17,6 +17,7 @@ fn tiny(load: Load, database: Option<String>) -> BenchArgs {
         concurrency,
         rate,
         database,
+        replicas: 1,
     }
 }
 
@@ -65,4 +66,52 @@ fn a_tiny_open_loop_run_on_postgres() {
             eprintln!("*** {POSTGRES_URL_VAR} is not set: the PostgreSQL bench run is SKIPPED ***")
         }
     }
+}
+
+#[test]
+fn a_tiny_run_on_two_replicas_on_postgres_runs_each_task_once() {
+    let Ok(url) = std::env::var(POSTGRES_URL_VAR) else {
+        eprintln!("*** {POSTGRES_URL_VAR} is not set: the PostgreSQL bench run on two replicas is SKIPPED ***");
+        return;
+    };
+    let args = BenchArgs {
+        activities: 10,
+        replicas: 2,
+        ..tiny(Load::Closed { concurrency: 4 }, Some(url))
+    };
+    let exe = Path::new(env!("CARGO_BIN_EXE_odm-devops"));
+    let report = odm_devops::bench::run(&args, exe, None).unwrap();
+    let line = report.last_line();
+    assert_eq!(report.errors.total(), 0, "{}", report.summary());
+    assert_eq!(report.errors.runs_twice, 0, "{}", report.summary());
+    assert_eq!(report.tasks_processed, 20, "{}", report.summary());
+    // Every run was sent by one of the two servers, and both took part.
+    assert_eq!(
+        report.runs_per_replica.iter().sum::<u64>(),
+        20,
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.runs_per_replica.iter().all(|n| *n > 0),
+        "{}",
+        report.summary()
+    );
+    assert!(line.contains(" replicas=2 "), "{line}");
+}
+
+#[test]
+fn replicas_on_sqlite_are_refused_before_anything_starts() {
+    let args = BenchArgs {
+        replicas: 2,
+        ..tiny(Load::Closed { concurrency: 1 }, None)
+    };
+    let exe = Path::new(env!("CARGO_BIN_EXE_odm-devops"));
+    let refused = odm_devops::bench::run(&args, exe, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("--replicas 2 needs --database"),
+        "{refused}"
+    );
 }

@@ -126,7 +126,11 @@ async fn writes_queued_together_share_one_commit_and_a_refused_one_rolls_back_al
     // on its own).
     let (commits_after, writes_after) = commits_and_writes(app).await;
     let late = (PRODUCTS as u64 - 1) - queued;
-    assert_eq!(writes_after - writes, PRODUCTS as f64, "writes of the burst");
+    assert_eq!(
+        writes_after - writes,
+        PRODUCTS as f64,
+        "writes of the burst"
+    );
     assert!(
         commits_after - commits <= (2 + late) as f64,
         "{} commits for {PRODUCTS} writes, {queued} of them queued together",

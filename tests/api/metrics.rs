@@ -11,7 +11,7 @@ use crate::on_both_backends;
 /// One scrape: the page, and its samples keyed `name{labels}`.
 pub(crate) struct Scrape {
     page: String,
-    samples: HashMap<String, f64>,
+    pub(crate) samples: HashMap<String, f64>,
 }
 
 impl Scrape {
@@ -55,7 +55,7 @@ pub(crate) async fn scrape(app: &TestApp) -> Scrape {
 }
 
 /// Scrapes until `sample` has `value` (the engine records a step once its commit is done).
-async fn scrape_until(app: &TestApp, sample: &str, value: f64) -> Scrape {
+pub(crate) async fn scrape_until(app: &TestApp, sample: &str, value: f64) -> Scrape {
     eventually(&format!("{sample} = {value}"), || async move {
         let scrape = scrape(app).await;
         (scrape.samples.get(sample) == Some(&value)).then_some(scrape)

@@ -22,12 +22,12 @@ use crate::on_both_backends;
 
 const PRODUCTS: usize = 20;
 
-fn product(n: usize) -> String {
+pub(crate) fn product(n: usize) -> String {
     format!("p{n}")
 }
 
 /// Two tasks in dev, one in test.
-fn dev_and_test() -> Value {
+pub(crate) fn dev_and_test() -> Value {
     descriptor(json!({
         "dev": [fake_task("build", json!({})), fake_task("deploy", json!({}))],
         "test": [fake_task("smoke", json!({}))]
@@ -35,7 +35,7 @@ fn dev_and_test() -> Value {
 }
 
 /// What `spawn_app_process` needs beside its defaults to be the replica `test_settings` makes.
-fn process_env(db: &TestDb, executor: &FakeExecutor) -> Vec<(&'static str, String)> {
+pub(crate) fn process_env(db: &TestDb, executor: &FakeExecutor) -> Vec<(&'static str, String)> {
     vec![
         ("DATABASE__URL", db.url.clone()),
         ("EXECUTORS__FAKE__KIND", "odm-http".into()),
@@ -54,7 +54,7 @@ fn submissions_per_task(received: &[Received]) -> HashMap<i64, usize> {
 
 /// Every task was sent to the executor exactly once.
 #[track_caller]
-fn assert_each_sent_once(received: &[Received], tasks: usize) {
+pub(crate) fn assert_each_sent_once(received: &[Received], tasks: usize) {
     let counts = submissions_per_task(received);
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "tasks sent more than once: {twice:?}");
@@ -62,7 +62,7 @@ fn assert_each_sent_once(received: &[Received], tasks: usize) {
 }
 
 /// The product version's lifecycle rows are `stages`, in order, and only the last is current.
-async fn assert_lifecycle(app: &TestApp, product: &str, stages: &[&str]) {
+pub(crate) async fn assert_lifecycle(app: &TestApp, product: &str, stages: &[&str]) {
     let rows = app
         .get(&format!("{DEVOPS}/lifecycles/{product}/1.0.0"))
         .await
@@ -179,7 +179,7 @@ async fn two_replicas_share_the_work_and_do_every_step_once(db: TestDb) {
 }
 
 /// `(step, lease owner)` of each task, read straight from the database.
-async fn engine_hold(store: &Db, ids: &[i64]) -> Vec<(Option<String>, Option<String>)> {
+pub(crate) async fn engine_hold(store: &Db, ids: &[i64]) -> Vec<(Option<String>, Option<String>)> {
     let ids = ids.to_vec();
     store
         .read(move |conn| {

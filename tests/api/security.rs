@@ -256,6 +256,7 @@ async fn every_route_but_the_public_ones_needs_the_api_token() {
     let db = TestDb::new(Backend::Sqlite).unwrap();
     let mut settings = test_settings(&db, None);
     settings.auth.api_tokens = vec![TOKEN.into()];
+    with_hook_secret(&mut settings);
     let app = spawn_app(settings).await;
     let doc = as_team(&app, "GET", &format!("{DEVOPS}/v3/api-docs"), None)
         .await
@@ -269,6 +270,10 @@ async fn every_route_but_the_public_ones_needs_the_api_token() {
     for extra in [
         "/ui/",
         "/ui/app.js",
+        "/ui/common.js",
+        "/ui/board.js",
+        "/ui/tasks.js",
+        "/ui/dryrun.js",
         "/nothing/here",
         "/api/v1/pp/devops/nothing",
     ] {
@@ -288,16 +293,26 @@ async fn every_route_but_the_public_ones_needs_the_api_token() {
         "/ui",
         "/ui/",
         "/ui/app.js",
+        "/ui/common.js",
+        "/ui/board.js",
+        "/ui/tasks.js",
+        "/ui/dryrun.js",
     ];
     let mut protected = 0;
     for (method, path) in &operations {
         let concrete = path
             .replace("{id}", "1")
             .replace("{product}", "p")
-            .replace("{version}", "v");
+            .replace("{version}", "v")
+            .replace("{executor}", "azure-devops");
         let answer = app.send(method, &concrete, None, &[]).await;
         if method == "GET" && public.contains(&path.as_str()) {
             assert_eq!(answer.status, 200, "{method} {path} is public: {answer:?}");
+        } else if path.ends_with("/hooks/{executor}") {
+            // Its own credential instead: the executor's service hook secret.
+            let message = answer.assert_error(401, "40101");
+            assert!(message.contains("service_hook_secret"), "{message}");
+            protected += 1;
         } else {
             assert_eq!(
                 answer.status, 401,
@@ -396,9 +411,12 @@ async fn every_route_that_needs_no_api_token_is_a_real_route() {
     let db = TestDb::new(Backend::Sqlite).unwrap();
     let mut settings = test_settings(&db, None);
     settings.auth.api_tokens = vec![TOKEN.into()];
+    with_hook_secret(&mut settings);
     let app = spawn_app(settings).await;
     for (method, pattern, access) in NO_API_TOKEN {
-        let mut path = pattern.replace("{id}", "1");
+        let mut path = pattern
+            .replace("{id}", "1")
+            .replace("{executor}", "azure-devops");
         if *access == Access::Callback {
             path.push_str("?action=STOP&token=x");
         }
@@ -413,4 +431,12 @@ async fn every_route_that_needs_no_api_token_is_a_real_route() {
         assert!(metrics.contains(&label), "{label} in\n{metrics}");
     }
     app.stop().await;
+}
+
+/// The service hook route of `azure-devops` exists only with its secret.
+fn with_hook_secret(settings: &mut odm_devops::config::Settings) {
+    use odm_devops::config::ExecutorSettings;
+    if let Some(ExecutorSettings::AzureDevops(azure)) = settings.executors.get_mut("azure-devops") {
+        azure.service_hook_secret = Some("hook-secret".into());
+    }
 }

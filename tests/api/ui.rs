@@ -15,10 +15,14 @@ async fn the_dashboard_is_served_without_a_token_but_its_data_needs_one() {
     let mut settings = test_settings(&db, None);
     settings.auth.api_tokens = vec![Secret::new("s3cret".to_owned())];
     let app = spawn_app(settings).await;
-    for (path, content_type) in [
-        ("/ui", "text/html; charset=utf-8"),
-        ("/ui/app.js", "text/javascript; charset=utf-8"),
-    ] {
+    let scripts = ["common", "board", "tasks", "dryrun", "app"].map(|s| format!("/ui/{s}.js"));
+    let mut paths = vec![("/ui".to_owned(), "text/html; charset=utf-8")];
+    paths.extend(
+        scripts
+            .iter()
+            .map(|s| (s.clone(), "text/javascript; charset=utf-8")),
+    );
+    for (path, content_type) in paths {
         let mut answer = app
             .client
             .get(format!("{}{path}", app.address))
@@ -38,13 +42,19 @@ async fn the_dashboard_is_served_without_a_token_but_its_data_needs_one() {
             let policy = header("content-security-policy").unwrap();
             assert!(policy.contains("script-src 'self'") && !policy.contains("unsafe-eval"));
             let page = answer.body().await.unwrap();
-            assert!(String::from_utf8_lossy(&page).contains(r#"<script src="/ui/app.js">"#));
+            let page = String::from_utf8_lossy(&page);
+            for script in &scripts {
+                let tag = format!(r#"<script src="{script}">"#);
+                assert!(page.contains(&tag), "{tag}");
+            }
         }
     }
     // The page holds no data: what it shows comes from the API, which still asks for the token.
-    app.get(&format!("{DEVOPS}/activities"))
-        .await
-        .assert_error(401, "40101");
+    for data in ["activities", "board", "tasks?activityId=1"] {
+        app.get(&format!("{DEVOPS}/{data}"))
+            .await
+            .assert_error(401, "40101");
+    }
     app.stop().await;
 }
 
@@ -77,7 +87,7 @@ async fn the_dashboard_shows_activities_tasks_and_current_stages_as_text() {
     assert!(activities.contains(r#"<span class="status PLANNED">PLANNED</span>"#));
     assert!(activities.contains(r#"<span class="status PROCESSED">PROCESSED</span>"#));
     assert!(
-        activities.contains("<button>Start</button>"),
+        activities.contains(r#"<button type="button">Start</button>"#),
         "a PLANNED activity can be started"
     );
     let tasks = section(&dom, "tasks");
@@ -86,16 +96,42 @@ async fn the_dashboard_shows_activities_tasks_and_current_stages_as_text() {
         "{tasks}"
     );
     assert!(!dom.contains("<img"), "data never becomes markup");
-    let stages = section(&dom, "lifecycles");
+    let board = section(&dom, "board");
     assert!(
-        stages.contains("<td>sales</td><td>1.0.0</td><td>dev</td>"),
-        "{stages}"
+        board.contains("<td>sales</td><td>1.0.0</td><td>dev</td>"),
+        "the current stage: {board}"
     );
     app.stop().await;
 }
 
 /// The page as the browser left it after running its script for a few (virtual) seconds.
-fn render(chromium: &str, url: &str) -> String {
+pub fn render(chromium: &str, url: &str) -> String {
+    let output = headless(chromium, url, &["--dump-dom"]);
+    String::from_utf8(output).unwrap()
+}
+
+/// A PNG of the page (`width` × `height`) as the browser drew it after running its script.
+pub fn screenshot(chromium: &str, url: &str, width: u32, height: u32) -> Vec<u8> {
+    let file = tempfile_dir().join("page.png");
+    let args = [
+        format!("--screenshot={}", file.display()),
+        format!("--window-size={width},{height}"),
+        "--hide-scrollbars".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    headless(chromium, url, &args);
+    let png = std::fs::read(&file).unwrap_or_else(|e| panic!("no screenshot at {file:?}: {e}"));
+    // To look at what the test saw: ODM_TEST_SCREENSHOTS=<folder>.
+    if let Ok(folder) = std::env::var("ODM_TEST_SCREENSHOTS") {
+        let name = format!("ui-{}.png", uuid::Uuid::new_v4().simple());
+        std::fs::write(std::path::Path::new(&folder).join(name), &png).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    png
+}
+
+/// Runs headless Chromium on `url` with `args`; its standard output.
+fn headless(chromium: &str, url: &str, args: &[&str]) -> Vec<u8> {
     let profile = tempfile_dir();
     let output = Command::new(chromium)
         .args([
@@ -103,8 +139,8 @@ fn render(chromium: &str, url: &str) -> String {
             "--no-sandbox",
             "--disable-gpu",
             "--virtual-time-budget=5000",
-            "--dump-dom",
         ])
+        .args(args)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .output()
@@ -115,10 +151,10 @@ fn render(chromium: &str, url: &str) -> String {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8(output.stdout).unwrap()
+    output.stdout
 }
 
-fn section<'a>(dom: &'a str, tbody: &str) -> &'a str {
+pub fn section<'a>(dom: &'a str, tbody: &str) -> &'a str {
     let start = dom
         .find(&format!(r#"<tbody id="{tbody}">"#))
         .unwrap_or_else(|| panic!("no {tbody} table in {dom}"));
@@ -133,7 +169,7 @@ fn tempfile_dir() -> std::path::PathBuf {
 }
 
 /// Chromium from `ODM_TEST_CHROMIUM` or the PATH; `None`, with a notice, when there is none.
-fn chromium() -> Option<String> {
+pub fn chromium() -> Option<String> {
     let found = std::env::var("ODM_TEST_CHROMIUM").ok().or_else(|| {
         ["chromium", "chromium-browser", "google-chrome"]
             .into_iter()

@@ -2,6 +2,7 @@
 //! one `Db::write` transaction.
 
 mod activities;
+mod board;
 mod deletions;
 mod engine;
 mod executor_runs;
@@ -9,10 +10,12 @@ mod lifecycles;
 mod outbox;
 mod plans;
 mod registry;
+mod runs;
 mod tasks;
 mod work;
 
 pub use activities::*;
+pub use board::*;
 pub use deletions::*;
 pub use engine::*;
 pub use executor_runs::*;
@@ -20,6 +23,7 @@ pub use lifecycles::*;
 pub use outbox::*;
 pub use plans::*;
 pub use registry::*;
+pub use runs::*;
 pub use tasks::*;
 pub use work::*;
 

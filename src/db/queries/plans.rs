@@ -314,6 +314,10 @@ pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyErr
             .expect("a promotion comes with its activity");
         promote_lifecycle(conn, id, now)?;
     }
+    if plan.makes_work_due(now) {
+        // Other replicas are woken with NOTIFY when this transaction commits (PostgreSQL).
+        crate::db::listen::mark_work_due();
+    }
     Ok(())
 }
 

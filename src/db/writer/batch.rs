@@ -5,11 +5,15 @@
 //! open in one message, a write that succeeded releases its savepoint and opens the next one in
 //! one message, and the last one is released by the COMMIT. Savepoints a write opens itself
 //! (diesel's nested transactions) nest inside.
+//!
+//! On PostgreSQL the batch also carries the wake-up of the other replicas (`listen.rs`): one
+//! NOTIFY before the COMMIT when a write that stayed left engine work due, not one per write.
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::Connection;
 
 use super::{QueuedWrite, Ran};
+use crate::db::listen::{self, Notifying};
 use crate::db::{DbConnection, DbError};
 
 /// Runs `batch` in one transaction and commits it. A write that fails is rolled back to its
@@ -23,11 +27,18 @@ use crate::db::{DbConnection, DbError};
 pub(super) fn run_batch(
     conn: &mut DbConnection,
     batch: &mut [Box<dyn QueuedWrite>],
+    notifying: Option<&Notifying>,
 ) -> Result<(), DbError> {
     begin(conn)?;
+    // A mark left on this thread by a batch that failed is not this batch's.
+    listen::take_work_due();
+    let mut work_due = false;
     let last = batch.len().saturating_sub(1);
     for (i, write) in batch.iter_mut().enumerate() {
-        match write.run(conn) {
+        let ran = write.run(conn);
+        // Only a write that stays counts: a rolled-back one made nothing due.
+        work_due |= listen::take_work_due() && matches!(ran, Ran::Succeeded);
+        match ran {
             Ran::Succeeded if i == last => {}
             Ran::Succeeded => conn.batch_execute(NEXT_SAVEPOINT)?,
             // The savepoint stays defined: the next write starts inside it again.
@@ -41,8 +52,9 @@ pub(super) fn run_batch(
             }
         }
     }
-    if let DbConnection::Pg(_) = conn {
-        before_postgres_commit(conn)?;
+    if work_due {
+        listen::mark_work_due();
+        listen::notify_if_work_due(conn, notifying)?;
     }
     <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
         .map_err(DbError::from)
@@ -64,12 +76,5 @@ fn begin(conn: &mut DbConnection) -> Result<(), DbError> {
             AnsiTransactionManager::begin_transaction_sql(pg, "BEGIN; SAVEPOINT odm_write")?
         }
     }
-    Ok(())
-}
-
-/// The last statement of every PostgreSQL batch, inside its transaction: what must commit with
-/// the batch's writes, once per batch rather than once per write (e.g. the wake-up sent to the
-/// other replicas).
-fn before_postgres_commit(_conn: &mut DbConnection) -> Result<(), DbError> {
     Ok(())
 }

@@ -22,13 +22,14 @@ mod tests;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 
 use tokio::sync::oneshot;
 
 use diesel::r2d2::ManageConnection;
 
 use super::connection::Manager;
+use super::listen::Notifying;
 use super::{DbConnection, DbError, Overload};
 use crate::telemetry::{error_chain, CallerSpan};
 use batch::run_batch;
@@ -105,6 +106,8 @@ pub(crate) struct Writer {
     queue: mpsc::SyncSender<Box<dyn QueuedWrite>>,
     limit: usize,
     counted: Arc<Counted>,
+    /// Set once `Db::listen` starts: batches that leave work due wake the other replicas.
+    notifying: Arc<OnceLock<Arc<Notifying>>>,
 }
 
 /// What the writer did since the process started (for `/metrics` and the benchmark).
@@ -135,16 +138,24 @@ impl Writer {
         let limit = limit.max(1);
         let (queue, incoming) = mpsc::sync_channel::<Box<dyn QueuedWrite>>(limit);
         let counted = Arc::new(Counted::default());
-        let counts = counted.clone();
+        let notifying = Arc::new(OnceLock::new());
+        let (counts, notifies) = (counted.clone(), notifying.clone());
         std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || write_loop(manager, conn, incoming, &counts))
+            .spawn(move || write_loop(manager, conn, incoming, &counts, &notifies))
             .expect("the writer thread starts");
         Ok(Writer {
             queue,
             limit,
             counted,
+            notifying,
         })
+    }
+
+    /// From now on, a PostgreSQL batch that leaves engine work due sends one NOTIFY before its
+    /// commit (`listen.rs`). Set once: a second call is ignored.
+    pub(crate) fn notify_with(&self, notifying: Arc<Notifying>) {
+        let _ = self.notifying.set(notifying);
     }
 
     pub(crate) fn counts(&self) -> WriteCounts {
@@ -195,6 +206,7 @@ fn write_loop(
     mut conn: DbConnection,
     incoming: mpsc::Receiver<Box<dyn QueuedWrite>>,
     counted: &Counted,
+    notifying: &OnceLock<Arc<Notifying>>,
 ) {
     while let Ok(first) = incoming.recv() {
         let mut batch = vec![first];
@@ -207,7 +219,7 @@ fn write_loop(
         counted
             .queued
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        let committed = run_batch(&mut conn, &mut batch);
+        let committed = run_batch(&mut conn, &mut batch, notifying.get().map(|n| &**n));
         if committed.is_ok() {
             counted.commits.fetch_add(1, Ordering::Relaxed);
             counted

@@ -15,6 +15,11 @@ pub(crate) enum Purpose {
     Run,
     Status,
     Cancel,
+    /// Listing a run's logs, or reading one.
+    Logs,
+    /// The run request with `previewRun: true`: it creates nothing, so any failure is safe to
+    /// repeat.
+    Preview,
 }
 
 impl Purpose {
@@ -23,6 +28,8 @@ impl Purpose {
             Purpose::Run => "the run request",
             Purpose::Status => "the run status request",
             Purpose::Cancel => "the cancel request",
+            Purpose::Logs => "the run logs request",
+            Purpose::Preview => "the preview run request",
         }
     }
 }

@@ -25,14 +25,18 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::rt::time::sleep;
 use actix_web::web::Bytes;
 use awc::error::SendRequestError;
+use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::Value;
 
 use super::errors::parse_retry_after;
+use crate::executor::view::Tail;
 use crate::executor::ExecutorError;
 use crate::metrics::{ExecutorMetrics, WaitReason};
 
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// What is read of a non-2xx answer to a log content request: enough for Azure's error JSON.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 const USER_AGENT_VALUE: &str = concat!("odm-devops/", env!("CARGO_PKG_VERSION"));
 
 /// An answer, read whole.
@@ -243,6 +247,95 @@ impl HttpClient {
             headers,
             body,
         })
+    }
+
+    /// GETs a pre-signed `url` (no credentials: it carries its own signature, and the host is
+    /// whatever Azure DevOps named) keeping only the last `keep` bytes of its body. Retried as a
+    /// status read is (429, 5xx, lost connections). `Ok(Err(reply))`: a final non-2xx answer.
+    pub async fn get_tail(
+        &self,
+        url: &str,
+        keep: usize,
+    ) -> Result<Result<(Vec<u8>, bool), Reply>, ExecutorError> {
+        let mut attempt = 0;
+        loop {
+            self.wait_for_budget().await;
+            let outcome = self.get_tail_once(url, keep).await;
+            match &outcome {
+                Ok(Ok(_)) => self.metrics.answered(200),
+                Ok(Err(reply)) => self.metrics.answered(reply.status.as_u16()),
+                Err(Failure::NotSent(_) | Failure::MaybeSent(_)) => self.metrics.no_answer(),
+                Err(Failure::Broken(_)) => {}
+            }
+            let last = attempt >= self.policy.max_retries;
+            let (delay, reason) = match outcome {
+                Ok(Ok(tail)) => return Ok(Ok(tail)),
+                Ok(Err(reply)) => {
+                    self.note_budget(&reply);
+                    let retryable = matches!(reply.status.as_u16(), 429 | 500 | 502 | 503 | 504);
+                    if !retryable || last {
+                        return Ok(Err(reply));
+                    }
+                    match reply.retry_after() {
+                        Some(wait) if wait > self.policy.max_delay => return Ok(Err(reply)),
+                        Some(wait) => (wait, WaitReason::RetryAfter),
+                        None => (self.policy.backoff(attempt), WaitReason::Backoff),
+                    }
+                }
+                Err(Failure::Broken(message)) => return Err(ExecutorError::InvalidTask(message)),
+                Err(Failure::MaybeSent(message) | Failure::NotSent(message)) => {
+                    if last {
+                        return Err(ExecutorError::Transient(format!(
+                            "{message} (after {} attempts)",
+                            attempt + 1
+                        )));
+                    }
+                    (self.policy.backoff(attempt), WaitReason::Backoff)
+                }
+            };
+            self.metrics.retry();
+            self.metrics.waited(reason, delay);
+            sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn get_tail_once(
+        &self,
+        url: &str,
+        keep: usize,
+    ) -> Result<Result<(Vec<u8>, bool), Reply>, Failure> {
+        let mut response = self
+            .client
+            .get(url)
+            .insert_header((ACCEPT, "text/plain"))
+            .insert_header((USER_AGENT, USER_AGENT_VALUE))
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status();
+        // 203 is Azure's sign-in page: no log text.
+        if !status.is_success() || status == StatusCode::NON_AUTHORITATIVE_INFORMATION {
+            let headers = response.headers().clone();
+            let body = response
+                .body()
+                .limit(ERROR_BODY_LIMIT)
+                .await
+                .unwrap_or_default();
+            return Ok(Err(Reply {
+                status,
+                headers,
+                body,
+            }));
+        }
+        let mut tail = Tail::new(keep);
+        while let Some(chunk) = response.next().await {
+            let chunk = chunk.map_err(|e| {
+                Failure::MaybeSent(format!("the log text could not be read whole: {e}"))
+            })?;
+            tail.push(&chunk);
+        }
+        Ok(Ok(tail.finish()))
     }
 
     async fn wait_for_budget(&self) {

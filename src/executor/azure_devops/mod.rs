@@ -8,6 +8,8 @@
 mod auth;
 mod errors;
 mod http;
+mod logs;
+mod preview;
 mod request;
 
 #[cfg(test)]
@@ -33,7 +35,10 @@ use self::errors::{expect_json, Purpose};
 use self::http::{HttpClient, Payload, Replay, RetryPolicy};
 use self::request::run_body;
 pub(crate) use self::request::{describe as describe_value, PipelineTarget, RunLocation};
-use super::{Executor, ExecutorError, RunRef, RunStatus, Secrets, Submission, Submitted};
+use super::{
+    Executor, ExecutorError, Preview, RunLogs, RunRef, RunStatus, RunView, Secrets, Submission,
+    Submitted, ViewError,
+};
 use crate::config::{AzureAuthSettings, AzureDevOpsSettings};
 use crate::metrics::ExecutorMetrics;
 
@@ -335,6 +340,23 @@ impl Executor for AzureDevOpsExecutor {
         .await?;
         span.in_scope(|| tracing::info!("pipeline run cancellation requested"));
         Ok(())
+    }
+
+    async fn run_view(&self, run: &RunRef, secrets: &Secrets) -> Result<RunView, ViewError> {
+        Ok(self.view_run(run, secrets).await?)
+    }
+
+    async fn logs(
+        &self,
+        run: &RunRef,
+        secrets: &Secrets,
+        max_bytes: usize,
+    ) -> Result<RunLogs, ViewError> {
+        Ok(self.read_logs(run, secrets, max_bytes).await?)
+    }
+
+    async fn preview(&self, task: &Submission) -> Result<Preview, ExecutorError> {
+        self.preview_run(task).await
     }
 }
 

@@ -128,6 +128,17 @@ impl RunLocation {
         )
     }
 
+    /// Logs – List (`log_id` None) or Logs – Get, each with a signed URL of the log's text.
+    pub fn logs_url(&self, base_url: &str, log_id: Option<i32>) -> String {
+        format!(
+            "{}/_apis/pipelines/{}/runs/{}/logs{}?$expand=signedContent&api-version=7.1",
+            project_url(base_url, &self.organization, &self.project),
+            self.pipeline_id,
+            self.run_id,
+            log_id.map(|id| format!("/{id}")).unwrap_or_default()
+        )
+    }
+
     /// Runs have no cancel route; a run is a build, and builds are cancelled by updating them.
     pub fn build_url(&self, base_url: &str) -> String {
         format!(

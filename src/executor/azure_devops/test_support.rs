@@ -29,6 +29,7 @@ pub fn settings(base_url: &str, auth: AzureAuthSettings) -> AzureDevOpsSettings 
         max_retries: 3,
         retry_base_delay_ms: 10,
         retry_max_delay_ms: 2_000,
+        service_hook_secret: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod callback;
 mod claimed;
 #[cfg(test)]
 mod claimed_tests;
+mod hook;
 #[cfg(test)]
 mod retry_tests;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use claimed::{
     await_unknown_dispatch, claim, finish_step, gated, requeue_step, retry_step, step_done,
     still_owned, submitted, wait_for_policy, ResultVerdict, Submittal,
 };
+pub use hook::poll_now;
 
 /// The clock and the engine timings a transition needs.
 #[derive(Debug, Clone, Copy)]

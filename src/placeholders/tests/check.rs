@@ -162,6 +162,7 @@ fn static_check_table() {
 #[test]
 fn bad_reference_display() {
     let bad = BadReference {
+        position: 2,
         placeholder: "${dev.results.task2.x}".into(),
         location: "task2.configurations.params.vmIp".into(),
         reason: "task2 cannot use the results of task2 of its own stage dev".into(),

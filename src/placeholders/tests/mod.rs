@@ -2,6 +2,7 @@
 
 mod check;
 pub(crate) mod generated;
+mod planned;
 mod resolve;
 mod scanner;
 
