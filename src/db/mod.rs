@@ -17,7 +17,8 @@ mod tests;
 mod types;
 mod writer;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -27,10 +28,15 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 pub use connection::{Backend, DbConnection};
 pub use queries::*;
 
+use crate::domain::{ActivityId, TaskId};
 use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
 pub use writer::WriteCounts;
-use writer::Writer;
+use writer::{Lane, Writer};
+
+/// Writer threads on PostgreSQL: one for writes of no activity, the others each for a share of
+/// the activities (`writer/`). SQLite has one writer at a time, so one thread.
+pub const POSTGRES_WRITE_LANES: usize = 3;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -135,7 +141,13 @@ pub struct Db {
     backend: Backend,
     /// PostgreSQL: `database.url`, for the LISTEN connection.
     postgres_url: Option<Arc<str>>,
+    /// The activity of tasks claimed lately, so that a callback finds its writer thread
+    /// without a read (`write_for_task`). A task never changes activity.
+    task_activities: Arc<Mutex<HashMap<TaskId, ActivityId>>>,
 }
+
+/// Most tasks `task_activities` remembers; it starts afresh when full (a miss costs a read).
+const REMEMBERED_TASKS: usize = 65_536;
 
 impl Db {
     /// Opens the pool (creating the SQLite file and its folder if needed) and runs migrations,
@@ -172,12 +184,17 @@ impl Db {
             Target::SqliteFile(_) => (Backend::Sqlite, None),
             Target::Postgres(url) => (Backend::Postgres, Some(Arc::from(url.as_str()))),
         };
-        let writer = Writer::start(manager, limits.write_queue)?;
+        let lanes = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WRITE_LANES,
+        };
+        let writer = Writer::start(manager, limits.write_queue, lanes)?;
         Ok(Db {
             pool,
             writer,
             backend,
             postgres_url,
+            task_activities: Arc::default(),
         })
     }
 
@@ -266,7 +283,72 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        self.writer.write(CallerSpan::capture(), f).await
+        self.writer.write(CallerSpan::capture(), Lane::Any, f).await
+    }
+
+    /// `write` of changes to one activity (what locks its row): on PostgreSQL, every write of
+    /// an activity goes to the same writer thread, and different activities' writes run side by
+    /// side (`writer/`).
+    pub async fn write_for<T, E, F>(&self, activity: ActivityId, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let lane = Lane::Activity(activity.get());
+        self.writer.write(CallerSpan::capture(), lane, f).await
+    }
+
+    /// `write_for` the activity of `task`, known from a claim (`remember_activities`) or read
+    /// first. An unknown task, or a failed read, takes the general writer thread: as correct,
+    /// only less parallel (the write itself finds the task missing). SQLite: no read, one thread.
+    pub async fn write_for_task<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        if self.writer.lanes() == 1 {
+            return self.write(f).await;
+        }
+        let known = self.remembered().get(&task).copied();
+        let activity = match known {
+            Some(activity) => Some(activity),
+            None => self
+                .read(move |conn| queries::activity_of_task(conn, task).map_err(DbError::from))
+                .await
+                .unwrap_or_else(|e: DbError| {
+                    tracing::warn!(task_id = task.get(), error = %crate::telemetry::error_chain(&e), "reading a task's activity failed");
+                    None
+                }),
+        };
+        match activity {
+            Some(activity) => {
+                self.remember_activities([(task, activity)]);
+                self.write_for(activity, f).await
+            }
+            None => self.write(f).await,
+        }
+    }
+
+    /// Tasks and their activities, for `write_for_task`.
+    pub fn remember_activities(&self, tasks: impl IntoIterator<Item = (TaskId, ActivityId)>) {
+        if self.writer.lanes() == 1 {
+            return;
+        }
+        let mut remembered = self.remembered();
+        for (task, activity) in tasks {
+            if remembered.len() >= REMEMBERED_TASKS {
+                remembered.clear();
+            }
+            remembered.insert(task, activity);
+        }
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, ActivityId>> {
+        self.task_activities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {

@@ -30,41 +30,40 @@ impl LifecycleService {
         });
         let rules = self.callbacks.clone();
         let (timings, listeners) = (self.timings, self.listeners.clone());
-        let recorded = self
-            .db
-            .write(move |conn| -> Result<Recorded, CommandError> {
-                // The activity is locked before its tasks are read: the token is checked against
-                // the attempt as it is, not as it was before a concurrent change.
-                let snapshot = db::load_snapshot(conn, SnapshotOf::CallbackTask(task_id))?;
-                let task = snapshot.as_ref().and_then(|s| s.task(task_id));
-                if rules.require_token {
-                    rules.verify_token(task_id, task, token.as_deref())?;
+        let write = move |conn: &mut db::DbConnection| -> Result<Recorded, CommandError> {
+            // The activity is locked before its tasks are read: the token is checked against
+            // the attempt as it is, not as it was before a concurrent change.
+            let snapshot = db::load_snapshot(conn, SnapshotOf::CallbackTask(task_id))?;
+            let task = snapshot.as_ref().and_then(|s| s.task(task_id));
+            if rules.require_token {
+                rules.verify_token(task_id, task, token.as_deref())?;
+            }
+            if let Some(refusal) = too_large {
+                tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
+                return Err(refusal);
+            }
+            let snapshot = snapshot.ok_or(CommandError::TaskNotFound(task_id))?;
+            let task = snapshot.task(task_id).expect("the snapshot of its task");
+            let confirm_first = rules.hold_for_policy
+                || rules.catalog.check_after_callback(task.executor.as_deref());
+            let timing = timings.at(now_ms());
+            match state::callback(&snapshot, task_id, report, confirm_first, &timing) {
+                Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),
+                Ok(CallbackDecision::Apply(plan)) => {
+                    let applied = apply(conn, &plan, snapshot.activity.id, &listeners)?;
+                    Ok((
+                        plan.task_status_after(task_id, TaskStatus::Processing),
+                        Some(applied),
+                    ))
                 }
-                if let Some(refusal) = too_large {
+                Err(refusal) => {
                     tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
-                    return Err(refusal);
+                    Err(refusal.into())
                 }
-                let snapshot = snapshot.ok_or(CommandError::TaskNotFound(task_id))?;
-                let task = snapshot.task(task_id).expect("the snapshot of its task");
-                let confirm_first = rules.hold_for_policy
-                    || rules.catalog.check_after_callback(task.executor.as_deref());
-                let timing = timings.at(now_ms());
-                match state::callback(&snapshot, task_id, report, confirm_first, &timing) {
-                    Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),
-                    Ok(CallbackDecision::Apply(plan)) => {
-                        let applied = apply(conn, &plan, snapshot.activity.id, &listeners)?;
-                        Ok((
-                            plan.task_status_after(task_id, TaskStatus::Processing),
-                            Some(applied),
-                        ))
-                    }
-                    Err(refusal) => {
-                        tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
-                        Err(refusal.into())
-                    }
-                }
-            })
-            .await;
+            }
+        };
+        // On PostgreSQL, on the writer thread of the task's activity (`Db::write_for_task`).
+        let recorded = self.db.write_for_task(task_id, write).await;
         self.metrics.callback(callback_answer(&recorded));
         let (status, applied) = recorded?;
         applied

@@ -82,7 +82,8 @@ impl LifecycleService {
         let listeners = self.listeners.clone();
         let (activity, applied) = self
             .db
-            .write(
+            .write_for(
+                id,
                 move |conn| -> Result<(ActivityRow, Applied), CommandError> {
                     let applied = start_in(conn, id, None, seen, &listeners, timings.at(now_ms()))?;
                     Ok((db::find_activity(conn, id)?.expect("just started"), applied))
@@ -134,7 +135,7 @@ impl LifecycleService {
         let (timings, listeners) = (self.timings, self.listeners.clone());
         let applied = self
             .db
-            .write(move |conn| {
+            .write_for(id, move |conn| {
                 let fresh = (!secrets.is_empty()).then_some((keys, secrets));
                 start_in(conn, id, fresh, seen, &listeners, timings.at(now_ms()))
             })
@@ -147,7 +148,7 @@ impl LifecycleService {
         let (timings, listeners) = (self.timings, self.listeners.clone());
         let applied = self
             .db
-            .write(move |conn| {
+            .write_for(id, move |conn| {
                 let snapshot = snapshot(conn, SnapshotOf::Activity(id), || {
                     CommandError::ActivityNotFound(id)
                 })?;
@@ -162,7 +163,7 @@ impl LifecycleService {
     /// Deletes a PLANNED activity; returns it as it was.
     pub async fn delete_activity(&self, id: ActivityId) -> Result<ActivityRow, CommandError> {
         self.db
-            .write(move |conn| {
+            .write_for(id, move |conn| {
                 let activity =
                     db::find_activity(conn, id)?.ok_or(CommandError::ActivityNotFound(id))?;
                 if db::delete_planned_activity(conn, id)? == 0 {

@@ -38,3 +38,4 @@ mod ui_driver;
 mod ui_dry_run;
 mod ui_runs;
 mod walkthrough;
+mod write_lanes;

@@ -23,6 +23,15 @@ pub fn find_task(conn: &mut Conn, id: TaskId) -> QueryResult<Option<TaskRow>> {
         .optional()
 }
 
+/// The activity a task belongs to (a task never changes activity).
+pub fn activity_of_task(conn: &mut Conn, id: TaskId) -> QueryResult<Option<ActivityId>> {
+    tasks::table
+        .find(id)
+        .select(tasks::activity_id)
+        .first(conn)
+        .optional()
+}
+
 /// The ids of an activity's tasks, in position order.
 pub fn task_ids_of(conn: &mut Conn, activity: ActivityId) -> QueryResult<Vec<TaskId>> {
     tasks::table

@@ -1,16 +1,22 @@
 //! Group commit, on both backends. A durable commit costs a disk flush (SQLite: one fsync,
 //! 0.2–3.5 ms on a cloud disk; PostgreSQL: a WAL flush and a round trip), so one commit per
 //! request caps the service at a few hundred writes/s, and on PostgreSQL each commit also costs
-//! its backend CPU the two cores share with the service. Here one thread owns the write
-//! connection: it takes every write queued while the previous commit was flushing, runs each in
+//! its backend CPU the two cores share with the service. Here a writer thread owns a write
+//! connection: it takes every write queued while its previous commit was flushing, runs each in
 //! its own savepoint (a failed write rolls back alone) and commits them together (`batch.rs`).
 //! Callers hear back only after that COMMIT: an answered write is durable, as before. An idle
 //! writer starts at once: no added latency.
 //!
-//! One writer per process, not a few: SQLite has a single writer anyway, and on PostgreSQL one
-//! connection means this replica's writes never wait for each other's row locks (a second
-//! writer's batch could hold an activity the first needs until its commit, or deadlock with it);
-//! the batch simply grows with the load. Reads stay on the pool.
+//! How many threads (`Lane`): SQLite has a single writer anyway, so one. On PostgreSQL one thread
+//! chains every write's round trips (about 18 per task, each waiting for a PostgreSQL process
+//! to be scheduled on the same two cores): measured, the CPU sat 30% idle while one writer
+//! gave ~200 tasks/s, and two replicas (two writers) twice that. Several threads that take any
+//! write deadlock, though: each batch holds the activities it locked until its commit, and two
+//! batches wanting each other's activities wait for each other (measured with four: errors and
+//! 5 s stalls). So an activity's writes always go to the same thread (`Db::write_for`,
+//! `write_for_task`) and the first thread takes the writes of no activity (claims skip locked
+//! rows; creations lock only new rows): `POSTGRES_WRITE_LANES` (3) measured ~1.7x one thread;
+//! five were no faster. Reads stay on the pool.
 //!
 //! The queue is bounded (`database.write_queue`): a write that finds it full is refused at
 //! once with `Overload::WriteQueueFull`, before any of it runs, rather than wait behind a
@@ -101,9 +107,22 @@ where
     }
 }
 
+/// Which writer thread takes a write. PostgreSQL runs each statement in another process, so one
+/// thread chains every write's round trips; several threads run batches side by side. Their
+/// batches must not wait for each other's row locks (two batches each holding what the other
+/// needs are a deadlock PostgreSQL breaks by failing one): an activity's writes, which lock its
+/// row, always go to the same thread, and the first thread takes the rest (claims, which skip
+/// locked rows; creations, which lock only new rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Any,
+    Activity(i64),
+}
+
 #[derive(Clone)]
 pub(crate) struct Writer {
-    queue: mpsc::SyncSender<Box<dyn QueuedWrite>>,
+    /// One queue per lane (`Lane`), each taken by a thread of its own.
+    lanes: Arc<[mpsc::SyncSender<Box<dyn QueuedWrite>>]>,
     limit: usize,
     counted: Arc<Counted>,
     /// Set once `Db::listen` starts: batches that leave work due wake the other replicas.
@@ -129,23 +148,28 @@ struct Counted {
 }
 
 impl Writer {
-    /// Starts the writer thread on a connection of its own, taking at most `limit` writes
-    /// waiting (at least one).
-    pub(crate) fn start(manager: Manager, limit: usize) -> Result<Writer, DbError> {
-        let conn = manager
-            .connect()
-            .map_err(|e| DbError::Config(e.to_string()))?;
+    /// Starts `lanes` writer threads (at least one), each on a connection of its own, taking at
+    /// most `limit` writes waiting in all (at least one).
+    pub(crate) fn start(manager: Manager, limit: usize, lanes: usize) -> Result<Writer, DbError> {
         let limit = limit.max(1);
-        let (queue, incoming) = mpsc::sync_channel::<Box<dyn QueuedWrite>>(limit);
         let counted = Arc::new(Counted::default());
         let notifying = Arc::new(OnceLock::new());
-        let (counts, notifies) = (counted.clone(), notifying.clone());
-        std::thread::Builder::new()
-            .name("db-writer".into())
-            .spawn(move || write_loop(manager, conn, incoming, &counts, &notifies))
-            .expect("the writer thread starts");
+        let mut queues = Vec::new();
+        for n in 0..lanes.max(1) {
+            let conn = manager
+                .connect()
+                .map_err(|e| DbError::Config(e.to_string()))?;
+            // The shared count bounds the queues together; each channel could hold them all.
+            let (queue, incoming) = mpsc::sync_channel::<Box<dyn QueuedWrite>>(limit);
+            let (manager, counts, notifies) = (manager.clone(), counted.clone(), notifying.clone());
+            std::thread::Builder::new()
+                .name(format!("db-writer-{n}"))
+                .spawn(move || write_loop(manager, conn, incoming, &counts, &notifies))
+                .expect("the writer thread starts");
+            queues.push(queue);
+        }
         Ok(Writer {
-            queue,
+            lanes: queues.into(),
             limit,
             counted,
             notifying,
@@ -166,8 +190,30 @@ impl Writer {
         }
     }
 
-    /// Queues `work` (never waiting for room) and waits for its group's commit.
-    pub(crate) async fn write<T, E, F>(&self, caller: CallerSpan, work: F) -> Result<T, E>
+    /// Writer threads (lanes).
+    pub(crate) fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The lane of a write: `Lane::Any` on the first, an activity's always on the same one of
+    /// the others (the first when there is only one).
+    fn queue(&self, lane: Lane) -> &mpsc::SyncSender<Box<dyn QueuedWrite>> {
+        let keyed = self.lanes.len() - 1;
+        match lane {
+            Lane::Activity(id) if keyed > 0 => {
+                &self.lanes[1 + id.rem_euclid(keyed as i64) as usize]
+            }
+            _ => &self.lanes[0],
+        }
+    }
+
+    /// Queues `work` on `lane` (never waiting for room) and waits for its group's commit.
+    pub(crate) async fn write<T, E, F>(
+        &self,
+        caller: CallerSpan,
+        lane: Lane,
+        work: F,
+    ) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -181,19 +227,28 @@ impl Writer {
             reply: Some(reply),
         };
         // Counted before it can be taken, so that the count never goes below zero.
-        self.counted.queued.fetch_add(1, Ordering::Relaxed);
-        let sent = self.queue.try_send(Box::new(write));
+        let waiting = self.counted.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = if waiting >= self.limit as u64 {
+            Err(mpsc::TrySendError::Full(()))
+        } else {
+            self.queue(lane)
+                .try_send(Box::new(write))
+                .map_err(|e| match e {
+                    mpsc::TrySendError::Full(_) => mpsc::TrySendError::Full(()),
+                    mpsc::TrySendError::Disconnected(_) => mpsc::TrySendError::Disconnected(()),
+                })
+        };
         if sent.is_err() {
             self.counted.queued.fetch_sub(1, Ordering::Relaxed);
         }
         match sent {
             Ok(()) => {}
-            Err(mpsc::TrySendError::Full(_)) => {
+            Err(mpsc::TrySendError::Full(())) => {
                 let overload = Overload::WriteQueueFull { limit: self.limit };
                 tracing::warn!(error = %overload, "database overloaded");
                 return Err(E::from(DbError::Overloaded(overload)));
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(E::from(DbError::Canceled)),
+            Err(mpsc::TrySendError::Disconnected(())) => return Err(E::from(DbError::Canceled)),
         }
         answer
             .await

@@ -308,6 +308,11 @@ impl Engine {
                 )?)
             })
             .await
+            .inspect(|claimed: &Vec<ClaimedStep>| {
+                // Their callbacks then find their writer thread without a read.
+                let tasks = claimed.iter().map(|c| (c.task.id, c.task.activity_id));
+                self.db.remember_activities(tasks);
+            })
     }
 
     async fn carry_out(&self, claimed: ClaimedStep) -> StepReport {
@@ -333,7 +338,7 @@ impl Engine {
         let decided = self
             .while_database_fails(|| {
                 let (decide, listeners) = (decide.clone(), listeners.clone());
-                self.db.write(move |conn| {
+                self.db.write_for(activity_id, move |conn| {
                     apply_decision(conn, activity_id, timings, &listeners, decide)
                 })
             })

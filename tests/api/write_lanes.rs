@@ -1,0 +1,78 @@
+//! PostgreSQL's writer threads (DESIGN §10, `src/db/writer/`): an activity's writes always take
+//! the same thread, so two batches never wait for each other's locks of one activity, and
+//! writes of other activities go on side by side while one thread waits.
+
+use std::time::Duration;
+
+use odm_devops::db::{meta_get_or_insert, Db, DbError, POSTGRES_WRITE_LANES};
+use odm_devops::domain::ActivityId;
+
+use crate::helpers::*;
+
+/// Activities 1 and 1 + keyed lanes share a thread; activity 2 has another.
+const KEYED: i64 = POSTGRES_WRITE_LANES as i64 - 1;
+
+#[actix_web::test]
+async fn a_waiting_write_holds_up_its_activity_s_thread_only() {
+    let Some(db) = TestDb::new(Backend::Postgres) else {
+        return;
+    };
+    assert!(KEYED >= 2, "the test needs two keyed writer threads");
+    let store = Db::connect(&db.url, 2).unwrap();
+    let (started, running) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let held = actix_web::rt::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write_for(ActivityId(1), move |conn| {
+                    let _ = started.send(());
+                    released.recv().expect("released");
+                    meta_get_or_insert(conn, "held", "1").map_err(DbError::from)
+                })
+                .await
+        }
+    });
+    running.await.unwrap();
+
+    let same_thread = actix_web::rt::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write_for(ActivityId(1 + KEYED), |conn| {
+                    meta_get_or_insert(conn, "same", "1").map_err(DbError::from)
+                })
+                .await
+        }
+    });
+    // Another activity's write, and a write of no activity, commit while activity 1's thread
+    // is held.
+    let other = store.write_for(ActivityId(2), |conn| {
+        meta_get_or_insert(conn, "other", "1").map_err(DbError::from)
+    });
+    let general =
+        store.write(|conn| meta_get_or_insert(conn, "general", "1").map_err(DbError::from));
+    let within = Duration::from_secs(10);
+    assert_eq!(
+        actix_web::rt::time::timeout(within, other)
+            .await
+            .unwrap()
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        actix_web::rt::time::timeout(within, general)
+            .await
+            .unwrap()
+            .unwrap(),
+        "1"
+    );
+    assert!(
+        !same_thread.is_finished(),
+        "a write of the held thread's activities waited"
+    );
+
+    release.send(()).unwrap();
+    assert_eq!(held.await.unwrap().unwrap(), "1");
+    assert_eq!(same_thread.await.unwrap().unwrap(), "1");
+}
