@@ -59,6 +59,26 @@ pub enum DbError {
     Overloaded(#[from] Overload),
 }
 
+impl DbError {
+    /// PostgreSQL broke a deadlock (SQLSTATE 40P01) or a serialization conflict (40001) by
+    /// failing this write: nothing of it stayed (its savepoint was rolled back), and the same
+    /// write may succeed at once. Replicas' write batches can meet this way: each holds the
+    /// activities it locked until its commit. diesel names 40001 but not 40P01, whose message
+    /// is PostgreSQL's own (English unless `lc_messages` says otherwise).
+    pub fn is_lock_conflict(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            DbError::Query(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
+                true
+            }
+            DbError::Query(Error::DatabaseError(_, info)) => {
+                info.message().starts_with("deadlock detected")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The database cannot take more work right now; the same request may succeed a moment later.
 /// The message is for the client: it names the limit and its config key, nothing internal.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,9 @@ use crate::metrics::CallbackAnswer;
 /// A callback's task status after it, and what it changed (`None`: a replay, nothing).
 type Recorded = (TaskStatus, Option<Applied>);
 
+/// How many times a callback is tried again after PostgreSQL broke a deadlock with it.
+const LOCK_CONFLICT_TRIES: u32 = 3;
+
 impl LifecycleService {
     /// Records the outcome in one transaction and wakes the engine.
     pub async fn callback(
@@ -26,11 +29,44 @@ impl LifecycleService {
             self.limits
                 .check_results("the callback's", results)
                 .err()
-                .map(|e| CommandError::ResultsTooLarge(e.0))
+                .map(|e| e.0)
         });
+        // On PostgreSQL, on the writer thread of the task's activity (`Db::write_for_task`);
+        // a write another replica's batch deadlocked with is tried again at once (a failed
+        // callback would fail its pipeline's last step).
+        let mut conflicts = 0;
+        let recorded = loop {
+            let write =
+                self.record_callback(task_id, token.clone(), report.clone(), too_large.clone());
+            match self.db.write_for_task(task_id, write).await {
+                Err(CommandError::Db(e))
+                    if e.is_lock_conflict() && conflicts < LOCK_CONFLICT_TRIES =>
+                {
+                    conflicts += 1;
+                    tracing::warn!(task_id = task_id.get(), error = %crate::telemetry::error_chain(&e), "callback met another write; trying again");
+                }
+                recorded => break recorded,
+            }
+        };
+        self.metrics.callback(callback_answer(&recorded));
+        let (status, applied) = recorded?;
+        applied
+            .unwrap_or_default()
+            .committed(&self.metrics, &self.waker);
+        Ok(status)
+    }
+
+    /// The write that records a callback.
+    fn record_callback(
+        &self,
+        task_id: TaskId,
+        token: Option<String>,
+        report: Report,
+        too_large: Option<String>,
+    ) -> impl FnOnce(&mut db::DbConnection) -> Result<Recorded, CommandError> + Send + 'static {
         let rules = self.callbacks.clone();
         let (timings, listeners) = (self.timings, self.listeners.clone());
-        let write = move |conn: &mut db::DbConnection| -> Result<Recorded, CommandError> {
+        move |conn: &mut db::DbConnection| -> Result<Recorded, CommandError> {
             // The activity is locked before its tasks are read: the token is checked against
             // the attempt as it is, not as it was before a concurrent change.
             let snapshot = db::load_snapshot(conn, SnapshotOf::CallbackTask(task_id))?;
@@ -40,7 +76,7 @@ impl LifecycleService {
             }
             if let Some(refusal) = too_large {
                 tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
-                return Err(refusal);
+                return Err(CommandError::ResultsTooLarge(refusal));
             }
             let snapshot = snapshot.ok_or(CommandError::TaskNotFound(task_id))?;
             let task = snapshot.task(task_id).expect("the snapshot of its task");
@@ -61,15 +97,7 @@ impl LifecycleService {
                     Err(refusal.into())
                 }
             }
-        };
-        // On PostgreSQL, on the writer thread of the task's activity (`Db::write_for_task`).
-        let recorded = self.db.write_for_task(task_id, write).await;
-        self.metrics.callback(callback_answer(&recorded));
-        let (status, applied) = recorded?;
-        applied
-            .unwrap_or_default()
-            .committed(&self.metrics, &self.waker);
-        Ok(status)
+        }
     }
 }
 
