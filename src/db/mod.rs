@@ -36,7 +36,7 @@ use writer::{Lane, Writer};
 
 /// Writer threads on PostgreSQL: one for writes of no activity, the others each for a share of
 /// the activities (`writer/`). SQLite has one writer at a time, so one thread.
-pub const POSTGRES_WRITE_LANES: usize = 3;
+pub const POSTGRES_WRITE_LANES: usize = 4;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -304,6 +304,19 @@ impl Db {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         self.writer.write(CallerSpan::capture(), Lane::Any, f).await
+    }
+
+    /// `write` of the engine's claim: on PostgreSQL on a writer thread of its own, so that the
+    /// claim of a task made due by a callback does not wait behind other writes (`writer/`).
+    pub async fn write_claim<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        self.writer
+            .write(CallerSpan::capture(), Lane::Claim, f)
+            .await
     }
 
     /// `write` of changes to one activity (what locks its row): on PostgreSQL, every write of

@@ -82,11 +82,12 @@ pub(crate) async fn assert_lifecycle(app: &TestApp, product: &str, stages: &[&st
 /// Replicas started at once on fresh databases. Whether two of them meet while creating the
 /// schema or the generated secret is a matter of timing: several databases make it likely.
 /// PostgreSQL: fewer, as each replica holds its pool, its writer threads and its LISTEN
-/// connection (3 × 3 × 8 connections stay well under the default `max_connections`, 100).
+/// connection (2 × 3 × 9 connections stay well under the default `max_connections`, 100, with
+/// another test running beside).
 fn fresh_databases(backend: Backend) -> usize {
     match backend {
         Backend::Sqlite => 5,
-        Backend::Postgres => 3,
+        Backend::Postgres => 2,
     }
 }
 

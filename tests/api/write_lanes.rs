@@ -10,7 +10,7 @@ use odm_devops::domain::ActivityId;
 use crate::helpers::*;
 
 /// Activities 1 and 1 + keyed lanes share a thread; activity 2 has another.
-const KEYED: i64 = POSTGRES_WRITE_LANES as i64 - 1;
+const KEYED: i64 = POSTGRES_WRITE_LANES as i64 - 2;
 const _: () = assert!(KEYED >= 2, "the tests need two keyed writer threads");
 
 #[actix_web::test]
@@ -45,13 +45,15 @@ async fn a_waiting_write_holds_up_its_activity_s_thread_only() {
                 .await
         }
     });
-    // Another activity's write, and a write of no activity, commit while activity 1's thread
-    // is held.
+    // Another activity's write, a write of no activity and a claim commit while activity 1's
+    // thread is held.
     let other = store.write_for(ActivityId(2), |conn| {
         meta_get_or_insert(conn, "other", "1").map_err(DbError::from)
     });
     let general =
         store.write(|conn| meta_get_or_insert(conn, "general", "1").map_err(DbError::from));
+    let claim =
+        store.write_claim(|conn| meta_get_or_insert(conn, "claim", "1").map_err(DbError::from));
     let within = Duration::from_secs(10);
     assert_eq!(
         actix_web::rt::time::timeout(within, other)
@@ -62,6 +64,13 @@ async fn a_waiting_write_holds_up_its_activity_s_thread_only() {
     );
     assert_eq!(
         actix_web::rt::time::timeout(within, general)
+            .await
+            .unwrap()
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        actix_web::rt::time::timeout(within, claim)
             .await
             .unwrap()
             .unwrap(),

@@ -297,7 +297,7 @@ impl Engine {
         let claim = self.next_claim();
         let lease_ms = self.config.lease_ms;
         self.db
-            .write(move |conn| {
+            .write_claim(move |conn| {
                 let now = now_ms();
                 Ok(claim_due_steps(
                     conn,
