@@ -157,6 +157,13 @@ async fn run_in_system(
             .context("reading the simulator's runs")?;
     errors.callbacks = latency::failed_callbacks(&runs);
     errors.runs_twice = runs::tasks_run_twice(&runs);
+    if errors.total() > 0 {
+        println!(
+            "bench: {} errors: the servers' and the simulator's logs are kept in {}",
+            errors.total(),
+            rig.dir.keep().display()
+        );
+    }
     let ready_ms = rig.ready_ms;
     // Every replica's backends publish their counts as they exit.
     for server in rig.servers_mut() {

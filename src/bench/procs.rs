@@ -112,9 +112,17 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 }
 
 /// A folder of our own under the system's temporary folder, removed when dropped.
-pub(crate) struct TempDir(pub PathBuf);
+/// The run's folder (the servers' and the simulator's logs, the SQLite file), removed at the
+/// end unless `keep` was called.
+pub(crate) struct TempDir(pub PathBuf, bool);
 
 impl TempDir {
+    /// Leaves the folder in place when dropped (a run with errors: its logs say why).
+    pub fn keep(&mut self) -> &std::path::Path {
+        self.1 = true;
+        &self.0
+    }
+
     pub fn new() -> anyhow::Result<TempDir> {
         let dir = std::env::temp_dir().join(format!(
             "odm-devops-bench-{}",
@@ -122,12 +130,15 @@ impl TempDir {
         ));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the folder {}", dir.display()))?;
-        Ok(TempDir(dir))
+        Ok(TempDir(dir, false))
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -24,7 +24,8 @@ pub(crate) struct Rig {
     pub simulator_url: String,
     pub ready_ms: f64,
     pub database: BenchDb,
-    _dir: TempDir,
+    /// The run's folder: logs, the SQLite file; kept when the run had errors.
+    pub dir: TempDir,
 }
 
 impl Rig {
@@ -92,7 +93,7 @@ impl Rig {
             ready_ms,
             others,
             database,
-            _dir: dir,
+            dir,
         })
     }
 

@@ -245,3 +245,22 @@ fn a_task_run_twice_is_counted_and_runs_are_told_apart_by_replica() {
         vec![4, 2]
     );
 }
+
+#[test]
+fn the_run_s_folder_is_removed_unless_kept() {
+    use super::procs::TempDir;
+    let removed = TempDir::new().unwrap();
+    let path = removed.0.clone();
+    drop(removed);
+    assert!(!path.exists(), "{} is removed", path.display());
+
+    let mut kept = TempDir::new().unwrap();
+    let path = kept.keep().to_path_buf();
+    std::fs::write(path.join("server.log"), "why").unwrap();
+    drop(kept);
+    assert_eq!(
+        std::fs::read_to_string(path.join("server.log")).unwrap(),
+        "why"
+    );
+    std::fs::remove_dir_all(path).unwrap();
+}
