@@ -5,6 +5,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -16,7 +17,7 @@ use super::ApiState;
 use crate::clock::{format_ms, now_ms};
 use crate::config::{ExecutorSettings, Settings};
 use crate::domain::TaskId;
-use crate::executor::{AzureIdentities, ExecutorError, Executors, ViewError};
+use crate::executor::{AzureIdentities, Executor, ExecutorError, Executors, ViewError};
 use crate::lifecycle::TaskRun;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -94,18 +95,28 @@ struct RunResource {
     checked_at: String,
 }
 
+/// The task of the path, its run, and the executor that can show it.
+async fn task_and_executor(
+    req: &HttpRequest,
+    state: &ApiState,
+    views: &RunViews,
+) -> Result<(TaskId, TaskRun, Rc<dyn Executor>), ApiError> {
+    let id = TaskId(path_id(req, "task")?);
+    let task = task_run(state, id).await?;
+    let executor = views
+        .executors()
+        .lookup(&task.executor)
+        .map_err(|why| not_offered(&why))?;
+    Ok((id, task, executor))
+}
+
 /// `{"state", "result", "url", "checkedAt"}` as the provider reports the run now.
 pub async fn run(
     req: HttpRequest,
     state: web::Data<ApiState>,
     views: web::Data<RunViews>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = TaskId(path_id(&req, "task")?);
-    let task = task_run(&state, id).await?;
-    let executor = views
-        .executors()
-        .lookup(&task.executor)
-        .map_err(|why| not_offered(&why))?;
+    let (id, task, executor) = task_and_executor(&req, &state, &views).await?;
     let view = executor
         .run_view(&task.run, &task.secrets)
         .await
@@ -125,12 +136,7 @@ pub async fn logs(
     state: web::Data<ApiState>,
     views: web::Data<RunViews>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = TaskId(path_id(&req, "task")?);
-    let task = task_run(&state, id).await?;
-    let executor = views
-        .executors()
-        .lookup(&task.executor)
-        .map_err(|why| not_offered(&why))?;
+    let (id, task, executor) = task_and_executor(&req, &state, &views).await?;
     let logs = executor
         .logs(&task.run, &task.secrets, views.parts.max_bytes)
         .await

@@ -100,17 +100,14 @@ pub fn notify(conn: &mut PgConnection, tag: &str) -> QueryResult<()> {
         .map(|_| ())
 }
 
-/// Just before a write transaction commits: one NOTIFY when something in it marked work due
-/// (and the `Db` notifies, on PostgreSQL). Always clears the mark.
-pub(crate) fn notify_if_work_due(
+/// Just before a write batch that left work due commits: one NOTIFY, when the `Db` notifies
+/// (PostgreSQL with `database.listen`) and other replicas listen.
+pub(crate) fn notify_others(
     conn: &mut DbConnection,
     notifying: Option<&Notifying>,
 ) -> QueryResult<()> {
-    let due = take_work_due();
-    match (due, notifying, conn) {
-        (true, Some(notifying), DbConnection::Pg(pg))
-            if notifying.peers.load(Ordering::Relaxed) =>
-        {
+    match (notifying, conn) {
+        (Some(notifying), DbConnection::Pg(pg)) if notifying.peers.load(Ordering::Relaxed) => {
             notify(pg, &notifying.tag)
         }
         _ => Ok(()),

@@ -53,8 +53,7 @@ pub(super) fn run_batch(
         }
     }
     if work_due {
-        listen::mark_work_due();
-        listen::notify_if_work_due(conn, notifying)?;
+        listen::notify_others(conn, notifying)?;
     }
     <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
         .map_err(DbError::from)

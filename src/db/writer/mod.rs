@@ -153,14 +153,18 @@ struct Counted {
 }
 
 impl Writer {
-    /// Starts `lanes` writer threads (at least one), each on a connection of its own, taking at
+    /// Starts `lanes` writer threads (one, or at least three), each on a connection of its own, taking at
     /// most `limit` writes waiting in all (at least one).
     pub(crate) fn start(manager: Manager, limit: usize, lanes: usize) -> Result<Writer, DbError> {
+        assert!(
+            lanes == 1 || lanes >= 3,
+            "one lane, or one for writes of no activity, one for claims and some for activities"
+        );
         let limit = limit.max(1);
         let counted = Arc::new(Counted::default());
         let notifying = Arc::new(OnceLock::new());
         let mut queues = Vec::new();
-        for n in 0..lanes.max(1) {
+        for n in 0..lanes {
             let conn = manager
                 .connect()
                 .map_err(|e| DbError::Config(e.to_string()))?;
@@ -200,16 +204,15 @@ impl Writer {
         self.lanes.len()
     }
 
-    /// The lane of a write: `Lane::Any` on the first, `Lane::Claim` on the second (from four
-    /// lanes on), an activity's always on the same one of
-    /// the others (the first when there is only one).
+    /// The lane of a write: with one lane, that one; else `Lane::Any` on the first, `Lane::Claim`
+    /// on the second, an activity's always on the same one of the others.
     fn queue(&self, lane: Lane) -> &mpsc::SyncSender<Box<dyn QueuedWrite>> {
         let n = self.lanes.len();
         match lane {
-            Lane::Claim if n >= 4 => &self.lanes[1],
-            Lane::Activity(id) if n >= 4 => &self.lanes[2 + id.rem_euclid(n as i64 - 2) as usize],
-            Lane::Activity(id) if n > 1 => &self.lanes[1 + id.rem_euclid(n as i64 - 1) as usize],
-            _ => &self.lanes[0],
+            _ if n == 1 => &self.lanes[0],
+            Lane::Any => &self.lanes[0],
+            Lane::Claim => &self.lanes[1],
+            Lane::Activity(id) => &self.lanes[2 + id.rem_euclid(n as i64 - 2) as usize],
         }
     }
 

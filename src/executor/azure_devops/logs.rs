@@ -31,17 +31,7 @@ impl AzureDevOpsExecutor {
         let location = RunLocation::from_json(&run.0)?;
         let span = tracing::info_span!("azure_devops_run_view", executor = %self.name,
             pipeline = location.pipeline_id, run_id = location.run_id);
-        let answer = self
-            .call(
-                Method::GET,
-                &location.run_url(&self.base_url),
-                Payload::Empty,
-                Replay::Safe,
-                secrets,
-                Purpose::Status,
-            )
-            .instrument(span)
-            .await?;
+        let answer = self.get_run(&location, secrets).instrument(span).await?;
         let text = |pointer: &str| {
             answer
                 .pointer(pointer)

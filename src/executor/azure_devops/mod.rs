@@ -200,6 +200,23 @@ impl AzureDevOpsExecutor {
         expect_json(&reply, purpose)
     }
 
+    /// Runs – Get: the run as Azure DevOps describes it now (for its state, and for people).
+    async fn get_run(
+        &self,
+        location: &RunLocation,
+        secrets: &Secrets,
+    ) -> Result<Value, ExecutorError> {
+        self.call(
+            Method::GET,
+            &location.run_url(&self.base_url),
+            Payload::Empty,
+            Replay::Safe,
+            secrets,
+            Purpose::Status,
+        )
+        .await
+    }
+
     /// The run's state as Azure DevOps reports it now (Runs – Get), and what it means.
     pub async fn run_state(
         &self,
@@ -214,14 +231,7 @@ impl AzureDevOpsExecutor {
             run_id = location.run_id,
         );
         let answer = self
-            .call(
-                Method::GET,
-                &location.run_url(&self.base_url),
-                Payload::Empty,
-                Replay::Safe,
-                secrets,
-                Purpose::Status,
-            )
+            .get_run(&location, secrets)
             .instrument(span.clone())
             .await?;
         let text = |key: &str| answer.get(key).and_then(Value::as_str).map(str::to_owned);
