@@ -2,6 +2,8 @@
 //! a page at a time, and the light columns of their activities and lifecycle rows (never
 //! `results`, `errors` or secrets: a board of many versions must stay cheap).
 
+use std::collections::HashMap;
+
 use diesel::dsl::min;
 use diesel::prelude::*;
 
@@ -61,43 +63,80 @@ pub fn board_versions(conn: &mut Conn, page: Page) -> QueryResult<Vec<BoardVersi
     query.load(conn)
 }
 
-/// A version's activities, by id.
-pub fn board_activities(
+/// The activities and lifecycle rows of `versions`, each version's by id: two statements for
+/// the whole page (not two per version). Rows are selected by product and by version, then
+/// matched to their pair here.
+pub fn board_rows(
     conn: &mut Conn,
-    product: &str,
-    version: &str,
-) -> QueryResult<Vec<BoardActivity>> {
-    activities::table
-        .filter(activities::data_product_id.eq(product))
-        .filter(activities::data_product_version.eq(version))
+    versions: &[BoardVersion],
+) -> QueryResult<Vec<(Vec<BoardActivity>, Vec<BoardLifecycle>)>> {
+    let products: Vec<&str> = versions
+        .iter()
+        .map(|v| v.data_product_id.as_str())
+        .collect();
+    let numbers: Vec<&str> = versions
+        .iter()
+        .map(|v| v.data_product_version.as_str())
+        .collect();
+    let activities: Vec<((String, String), BoardActivity)> = activities::table
+        .filter(activities::data_product_id.eq_any(&products))
+        .filter(activities::data_product_version.eq_any(&numbers))
         .order(activities::id)
         .select((
-            activities::id,
-            activities::stage,
-            activities::status,
-            activities::created_at,
-            activities::started_at,
-            activities::finished_at,
+            (
+                activities::data_product_id,
+                activities::data_product_version,
+            ),
+            (
+                activities::id,
+                activities::stage,
+                activities::status,
+                activities::created_at,
+                activities::started_at,
+                activities::finished_at,
+            ),
         ))
-        .load(conn)
-}
-
-/// A version's lifecycle rows, by id (the last one without `finished_at` is the current stage).
-pub fn board_lifecycles(
-    conn: &mut Conn,
-    product: &str,
-    version: &str,
-) -> QueryResult<Vec<BoardLifecycle>> {
-    lifecycles::table
-        .filter(lifecycles::data_product_id.eq(product))
-        .filter(lifecycles::data_product_version.eq(version))
+        .load(conn)?;
+    let lifecycles: Vec<((String, String), BoardLifecycle)> = lifecycles::table
+        .filter(lifecycles::data_product_id.eq_any(&products))
+        .filter(lifecycles::data_product_version.eq_any(&numbers))
         .order(lifecycles::id)
         .select((
-            lifecycles::id,
-            lifecycles::stage,
-            lifecycles::activity_id,
-            lifecycles::started_at,
-            lifecycles::finished_at,
+            (
+                lifecycles::data_product_id,
+                lifecycles::data_product_version,
+            ),
+            (
+                lifecycles::id,
+                lifecycles::stage,
+                lifecycles::activity_id,
+                lifecycles::started_at,
+                lifecycles::finished_at,
+            ),
         ))
-        .load(conn)
+        .load(conn)?;
+    // Each version's place in the page.
+    let place: HashMap<(&str, &str), usize> = versions
+        .iter()
+        .enumerate()
+        .map(|(n, v)| {
+            (
+                (v.data_product_id.as_str(), v.data_product_version.as_str()),
+                n,
+            )
+        })
+        .collect();
+    let mut rows: Vec<(Vec<BoardActivity>, Vec<BoardLifecycle>)> =
+        versions.iter().map(|_| Default::default()).collect();
+    for ((product, version), activity) in activities {
+        if let Some(&n) = place.get(&(product.as_str(), version.as_str())) {
+            rows[n].0.push(activity);
+        }
+    }
+    for ((product, version), lifecycle) in lifecycles {
+        if let Some(&n) = place.get(&(product.as_str(), version.as_str())) {
+            rows[n].1.push(lifecycle);
+        }
+    }
+    Ok(rows)
 }

@@ -43,15 +43,14 @@ impl LifecycleService {
             .db
             .read(move |conn| {
                 let versions = db::board_versions(conn, page)?;
-                let mut rows = Vec::with_capacity(versions.len());
-                for v in versions {
-                    let activities =
-                        db::board_activities(conn, &v.data_product_id, &v.data_product_version)?;
-                    let lifecycles =
-                        db::board_lifecycles(conn, &v.data_product_id, &v.data_product_version)?;
-                    rows.push((v, activities, lifecycles));
-                }
-                Ok::<_, CommandError>(rows)
+                let rows = db::board_rows(conn, &versions)?;
+                Ok::<_, CommandError>(
+                    versions
+                        .into_iter()
+                        .zip(rows)
+                        .map(|(v, (activities, lifecycles))| (v, activities, lifecycles))
+                        .collect::<Vec<_>>(),
+                )
             })
             .await?;
         let rows = stream::iter(versions)
