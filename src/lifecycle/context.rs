@@ -17,7 +17,10 @@ pub struct TaskContext {
 }
 
 pub fn load(conn: &mut DbConnection, current: &ActivityKeys) -> QueryResult<TaskContext> {
-    let rows = db::context_activities(
+    let db::ContextRows {
+        activities: rows,
+        task_names,
+    } = db::context_rows(
         conn,
         &current.data_product_id,
         &current.data_product_version,
@@ -42,13 +45,7 @@ pub fn load(conn: &mut DbConnection, current: &ActivityKeys) -> QueryResult<Task
     }
     let stage_of: BTreeMap<ActivityId, String> =
         stages.iter().map(|(s, (id, _))| (*id, s.clone())).collect();
-    let rows = db::context_task_names(
-        conn,
-        &current.data_product_id,
-        &current.data_product_version,
-        current.id,
-    )?;
-    let names = stage_names(rows, &stage_of);
+    let names = stage_names(task_names, &stage_of);
     let context = Value::Object(
         stages
             .into_iter()

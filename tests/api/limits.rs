@@ -83,6 +83,32 @@ async fn tasks_per_stage_is_checked_where_descriptors_enter(db: TestDb) {
     app.stop().await;
 }
 
+on_both_backends!(a_stage_larger_than_one_insert_statement_is_stored_whole);
+/// Tasks are inserted a thousand to a statement (PostgreSQL binds at most 65,535 values in one):
+/// a stage of 2,001 tasks takes three, and comes back whole and in order.
+async fn a_stage_larger_than_one_insert_statement_is_stored_whole(db: TestDb) {
+    let app = spawn_app(with_limits(test_settings(&db, None), |l| {
+        l.tasks_per_stage = 2_001
+    }))
+    .await;
+    assert_eq!(
+        app.put_raw("p", "1", &descriptor(json!({"dev": stage_of(2_001)})))
+            .await
+            .status,
+        201
+    );
+    let id = app.planned_activity("p", "1", "dev").await;
+    let names: Vec<String> = app
+        .tasks_of(id)
+        .await
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=2_001).map(|i| format!("t{i}")).collect();
+    assert_eq!(names, expected);
+    app.stop().await;
+}
+
 on_both_backends!(stages_per_descriptor_just_under_and_just_over);
 async fn stages_per_descriptor_just_under_and_just_over(db: TestDb) {
     let app = spawn_app(test_settings(&db, None)).await;

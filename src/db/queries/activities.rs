@@ -1,11 +1,11 @@
 //! Activities: insert, find, list, delete.
 
 use diesel::prelude::*;
-use diesel::result::Error as DieselError;
 
 use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::{activities, tasks};
+use crate::db::DbConnection;
 use crate::domain::{ActivityId, ActivityStatus};
 
 #[derive(Debug, Default, Clone)]
@@ -17,25 +17,47 @@ pub struct ActivityFilter {
     pub page: Page,
 }
 
+/// Tasks inserted per statement: PostgreSQL takes at most 65,535 bound values in one, and a
+/// task binds 13 (`limits.tasks_per_stage` may be raised past what one statement holds).
+const TASKS_PER_INSERT: usize = 1_000;
+
+/// Inserts the activity and its tasks: one statement for the activity (the row comes back with
+/// it) and one per `TASKS_PER_INSERT` tasks; on PostgreSQL each statement is a round trip.
 pub fn insert_activity(
     conn: &mut Conn,
     activity: NewActivity<'_>,
     new_tasks: Vec<NewTask<'_>>,
 ) -> QueryResult<ActivityRow> {
-    // MultiConnection supports neither `as_returning` nor batch inserts: one row at a time.
-    let id: ActivityId = diesel::insert_into(activities::table)
-        .values(&activity)
-        .returning(activities::id)
-        .get_result(conn)?;
-    for task in new_tasks {
-        diesel::insert_into(tasks::table)
-            .values(&NewTask {
-                activity_id: id,
-                ..task
-            })
-            .execute(conn)?;
+    // MultiConnection supports neither `as_returning` nor batch inserts: the same statements,
+    // built for the connection's backend.
+    let row: ActivityRow = match conn {
+        DbConnection::Pg(pg) => diesel::insert_into(activities::table)
+            .values(&activity)
+            .returning(ActivityRow::as_returning())
+            .get_result(pg)?,
+        DbConnection::Sqlite(sqlite) => diesel::insert_into(activities::table)
+            .values(&activity)
+            .returning(ActivityRow::as_returning())
+            .get_result(sqlite)?,
+    };
+    let new_tasks: Vec<NewTask<'_>> = new_tasks
+        .into_iter()
+        .map(|task| NewTask {
+            activity_id: row.id,
+            ..task
+        })
+        .collect();
+    for chunk in new_tasks.chunks(TASKS_PER_INSERT) {
+        match conn {
+            DbConnection::Pg(pg) => diesel::insert_into(tasks::table)
+                .values(chunk)
+                .execute(pg)?,
+            DbConnection::Sqlite(sqlite) => diesel::insert_into(tasks::table)
+                .values(chunk)
+                .execute(sqlite)?,
+        };
     }
-    find_activity(conn, id)?.ok_or(DieselError::NotFound)
+    Ok(row)
 }
 
 pub fn find_activity(conn: &mut Conn, id: ActivityId) -> QueryResult<Option<ActivityRow>> {
