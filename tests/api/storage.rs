@@ -168,3 +168,72 @@ async fn a_status_the_service_does_not_know_is_an_error_never_a_guess(db: TestDb
     assert_eq!(stored, ["RUNNING"], "left as it was");
     app.stop().await;
 }
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+on_both_backends!(a_plans_updates_are_kept_prepared);
+/// diesel prepares every UPDATE afresh (on PostgreSQL a parse and a plan per execution); the
+/// plans' updates are kept prepared by their SQL (`db/queries/prepared.rs`): two updates of the
+/// same shape leave one prepared statement on the connection, and both apply.
+async fn a_plans_updates_are_kept_prepared(db: TestDb) {
+    use diesel::connection::SimpleConnection;
+    use odm_devops::db::{apply_plan, DbError};
+    use odm_devops::domain::{Plan, Step, TaskChanges, TaskId, TaskStatus, TaskUpdate};
+
+    let (url, backend) = (db.url.clone(), db.backend);
+    let store = actix_web::web::block(move || Db::connect(&url, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let due_at = |at: i64| Plan {
+        activity: None,
+        tasks: vec![TaskUpdate {
+            id: TaskId(1),
+            expected: TaskStatus::Planned,
+            expected_lease: None,
+            changes: TaskChanges {
+                step: Some(Some(Step::Dispatch)),
+                due_at: Some(Some(at)),
+                ..TaskChanges::default()
+            },
+        }],
+        promote_lifecycle: false,
+    };
+    let (prepared, stored) = store
+        .write(move |conn| {
+            conn.batch_execute(
+                "INSERT INTO activities (id, data_product_id, data_product_version, stage, status, created_at)
+                     VALUES (1, 'p1', '1.0.0', 'dev', 'PROCESSING', 0);
+                 INSERT INTO tasks (id, activity_id, position, name, status, created_at)
+                     VALUES (1, 1, 1, 't', 'PLANNED', 0);",
+            )?;
+            for at in [10, 20] {
+                apply_plan(conn, &due_at(at), at).map_err(|e| DbError::Config(e.to_string()))?;
+            }
+            let prepared = match backend {
+                Backend::Postgres => Some(
+                    diesel::sql_query(
+                        "SELECT count(*) AS n FROM pg_prepared_statements \
+                         WHERE statement LIKE 'UPDATE \"tasks\"%'",
+                    )
+                    .get_result::<Count>(conn)?
+                    .n,
+                ),
+                Backend::Sqlite => None,
+            };
+            let stored = diesel::sql_query("SELECT due_at AS n FROM tasks WHERE id = 1")
+                .get_result::<Count>(conn)?
+                .n;
+            Ok::<_, DbError>((prepared, stored))
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, 20, "both updates applied");
+    if backend == Backend::Postgres {
+        assert_eq!(prepared, Some(1), "one prepared UPDATE for both");
+    }
+}

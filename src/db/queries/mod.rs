@@ -9,6 +9,7 @@ mod executor_runs;
 mod lifecycles;
 mod outbox;
 mod plans;
+mod prepared;
 mod registry;
 mod runs;
 mod tasks;

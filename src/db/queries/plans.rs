@@ -4,6 +4,7 @@ use diesel::dsl::{case_when, IsNotNull};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
+use super::prepared::Update;
 use super::Conn;
 use crate::db::schema::{activities, lifecycles, tasks};
 use crate::db::DbConnection;
@@ -311,16 +312,27 @@ impl<'a> TaskChangeset<'a> {
     }
 }
 
-/// Applies a state-machine plan with compare-and-set updates. Call inside `Db::write`.
+/// Applies a state-machine plan with compare-and-set updates, kept prepared (`prepared.rs`).
+/// Call inside `Db::write`.
 pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyError> {
     if let Some(update) = &plan.activity {
-        let changed = diesel::update(
-            activities::table
-                .filter(activities::id.eq(update.id))
-                .filter(activities::status.eq(update.expected)),
-        )
-        .set(ActivityChangeset::of(&update.changes))
-        .execute(conn)?;
+        let changes = ActivityChangeset::of(&update.changes);
+        let filter = activities::id
+            .eq(update.id)
+            .and(activities::status.eq(update.expected));
+        let changed = if update.changes == ActivityChanges::default() {
+            // Nothing to set: diesel refuses it, as before.
+            diesel::update(activities::table.filter(filter))
+                .set(changes)
+                .execute(conn)?
+        } else {
+            Update {
+                table: activities::table,
+                set: changes.as_changeset(),
+                filter,
+            }
+            .execute(conn)?
+        };
         if changed == 0 {
             return Err(ApplyError::Conflict(format!(
                 "activity {} is no longer {}",
@@ -329,15 +341,32 @@ pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyErr
         }
     }
     for update in &plan.tasks {
-        let target = tasks::table
-            .filter(tasks::id.eq(update.id))
-            .filter(tasks::status.eq(update.expected));
         let changes = TaskChangeset::of(&update.changes);
+        let expected = tasks::id
+            .eq(update.id)
+            .and(tasks::status.eq(update.expected));
+        let empty = update.changes == TaskChanges::default();
+        // Kept prepared (`prepared.rs`), one shape with the claim's lease and one without.
+        macro_rules! update {
+            ($filter:expr) => {
+                if empty {
+                    // Nothing to set: diesel refuses it, as before.
+                    diesel::update(tasks::table.filter($filter))
+                        .set(changes)
+                        .execute(conn)?
+                } else {
+                    Update {
+                        table: tasks::table,
+                        set: changes.as_changeset(),
+                        filter: $filter,
+                    }
+                    .execute(conn)?
+                }
+            };
+        }
         let changed = match &update.expected_lease {
-            Some(lease) => diesel::update(target.filter(tasks::lease_owner.eq(lease)))
-                .set(changes)
-                .execute(conn)?,
-            None => diesel::update(target).set(changes).execute(conn)?,
+            Some(lease) => update!(expected.and(tasks::lease_owner.eq(lease))),
+            None => update!(expected),
         };
         if changed == 0 {
             return Err(ApplyError::Conflict(format!(
@@ -375,13 +404,15 @@ fn promote_lifecycle(conn: &mut Conn, activity_id: ActivityId, now: i64) -> Quer
     let version = activity()
         .select(activities::data_product_version)
         .single_value();
-    diesel::update(
-        lifecycles::table
-            .filter(lifecycles::data_product_id.nullable().eq(product))
-            .filter(lifecycles::data_product_version.nullable().eq(version))
-            .filter(lifecycles::finished_at.is_null()),
-    )
-    .set(lifecycles::finished_at.eq(now))
+    Update {
+        table: lifecycles::table,
+        set: lifecycles::finished_at.eq(now).as_changeset(),
+        filter: lifecycles::data_product_id
+            .nullable()
+            .eq(product)
+            .and(lifecycles::data_product_version.nullable().eq(version))
+            .and(lifecycles::finished_at.is_null()),
+    }
     .execute(conn)?;
     let opened = diesel::insert_into(lifecycles::table)
         .values(activity().select((
