@@ -32,7 +32,7 @@ use crate::domain::{ActivityId, TaskId};
 use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
 pub use writer::WriteCounts;
-use writer::{Lane, Writer};
+use writer::{Lane, Once, Rerun, Work, Writer};
 
 /// Writer threads on PostgreSQL: one for writes of no activity, the others each for a share of
 /// the activities (`writer/`). SQLite has one writer at a time, so one thread.
@@ -162,7 +162,7 @@ pub struct Db {
     /// PostgreSQL: `database.url`, for the LISTEN connection.
     postgres_url: Option<Arc<str>>,
     /// The activity of tasks claimed lately, so that a callback finds its writer thread
-    /// without a read (`write_for_task`). A task never changes activity.
+    /// without a read (`write_for_task_rerunnable`). A task never changes activity.
     task_activities: Arc<Mutex<HashMap<TaskId, ActivityId>>>,
 }
 
@@ -303,7 +303,9 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        self.writer.write(CallerSpan::capture(), Lane::Any, f).await
+        self.writer
+            .write(CallerSpan::capture(), Lane::Any, Once::new(f))
+            .await
     }
 
     /// `write` of the engine's claim: on PostgreSQL on a writer thread of its own, so that the
@@ -315,7 +317,7 @@ impl Db {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         self.writer
-            .write(CallerSpan::capture(), Lane::Claim, f)
+            .write(CallerSpan::capture(), Lane::Claim, Once::new(f))
             .await
     }
 
@@ -328,21 +330,47 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let lane = Lane::Activity(activity.get());
-        self.writer.write(CallerSpan::capture(), lane, f).await
+        self.queue_for(activity, Once::new(f)).await
     }
 
-    /// `write_for` the activity of `task`, known from a claim (`remember_activities`) or read
-    /// first. An unknown task, or a failed read, takes the general writer thread: as correct,
-    /// only less parallel (the write itself finds the task missing). SQLite: no read, one thread.
-    pub async fn write_for_task<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
+    /// `write_for` a write that decides afresh from what it reads, which its batch may roll
+    /// back and run again before it commits (`writer/batch.rs`): it saves the batch a
+    /// savepoint. What it does outside the database must bear being done again.
+    pub async fn write_for_rerunnable<T, E, F>(&self, activity: ActivityId, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
+        self.queue_for(activity, Rerun(f)).await
+    }
+
+    async fn queue_for<T, E, W>(&self, activity: ActivityId, work: W) -> Result<T, E>
+    where
+        W: Work<T, E>,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let lane = Lane::Activity(activity.get());
+        self.writer.write(CallerSpan::capture(), lane, work).await
+    }
+
+    /// `write_for_rerunnable` the activity of `task`, known from a claim
+    /// (`remember_activities`) or read first. An unknown task, or a failed read, takes the
+    /// general writer thread: as correct, only less parallel (the write itself finds the task
+    /// missing). SQLite: no read, one thread.
+    pub async fn write_for_task_rerunnable<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let work = Rerun(f);
         if self.writer.lanes() == 1 {
-            return self.write(f).await;
+            return self
+                .writer
+                .write(CallerSpan::capture(), Lane::Any, work)
+                .await;
         }
         let known = self.remembered().get(&task).copied();
         let activity = match known {
@@ -358,13 +386,17 @@ impl Db {
         match activity {
             Some(activity) => {
                 self.remember_activities([(task, activity)]);
-                self.write_for(activity, f).await
+                self.queue_for(activity, work).await
             }
-            None => self.write(f).await,
+            None => {
+                self.writer
+                    .write(CallerSpan::capture(), Lane::Any, work)
+                    .await
+            }
         }
     }
 
-    /// Tasks and their activities, for `write_for_task`.
+    /// Tasks and their activities, for `write_for_task_rerunnable`.
     pub fn remember_activities(&self, tasks: impl IntoIterator<Item = (TaskId, ActivityId)>) {
         if self.writer.lanes() == 1 {
             return;

@@ -31,14 +31,15 @@ impl LifecycleService {
                 .err()
                 .map(|e| e.0)
         });
-        // On PostgreSQL, on the writer thread of the task's activity (`Db::write_for_task`);
+        // On PostgreSQL, on the writer thread of the task's activity, rerunnable: it decides
+        // afresh from what it reads (`Db::write_for_task_rerunnable`);
         // a write another replica's batch deadlocked with is tried again at once (a failed
         // callback would fail its pipeline's last step).
         let mut conflicts = 0;
         let recorded = loop {
             let write =
                 self.record_callback(task_id, token.clone(), report.clone(), too_large.clone());
-            match self.db.write_for_task(task_id, write).await {
+            match self.db.write_for_task_rerunnable(task_id, write).await {
                 Err(CommandError::Db(e))
                     if e.is_lock_conflict() && conflicts < LOCK_CONFLICT_TRIES =>
                 {
@@ -63,7 +64,8 @@ impl LifecycleService {
         token: Option<String>,
         report: Report,
         too_large: Option<String>,
-    ) -> impl FnOnce(&mut db::DbConnection) -> Result<Recorded, CommandError> + Send + 'static {
+    ) -> impl FnOnce(&mut db::DbConnection) -> Result<Recorded, CommandError> + Clone + Send + 'static
+    {
         let rules = self.callbacks.clone();
         let (timings, listeners) = (self.timings, self.listeners.clone());
         move |conn: &mut db::DbConnection| -> Result<Recorded, CommandError> {

@@ -2,8 +2,10 @@
 //! 0.2–3.5 ms on a cloud disk; PostgreSQL: a WAL flush and a round trip), so one commit per
 //! request caps the service at a few hundred writes/s, and on PostgreSQL each commit also costs
 //! its backend CPU the two cores share with the service. Here a writer thread owns a write
-//! connection: it takes every write queued while its previous commit was flushing, runs each in
-//! its own savepoint (a failed write rolls back alone) and commits them together (`batch.rs`).
+//! connection: it takes every write queued while its previous commit was flushing, runs them so
+//! that a failed write rolls back alone (behind a savepoint of its own, or, for writes that may
+//! run again, behind a shared one, the others then run again) and commits them together
+//! (`batch.rs`).
 //! Callers hear back only after that COMMIT: an answered write is durable, as before. An idle
 //! writer starts at once: no added latency.
 //!
@@ -14,7 +16,7 @@
 //! write deadlock, though: each batch holds the activities it locked until its commit, and two
 //! batches wanting each other's activities wait for each other (measured with four: errors and
 //! 5 s stalls). So an activity's writes always go to the same thread (`Db::write_for`,
-//! `write_for_task`) and the first thread takes the writes of no activity (claims skip locked
+//! `write_for_task_rerunnable`) and the first thread takes the writes of no activity (claims skip locked
 //! rows; creations lock only new rows): three threads measured ~1.7x one thread, five were no
 //! faster. The engine's claims have a thread of their own (`Lane::Claim`): behind creations
 //! and the like, the claim that dispatches the next task waited, and p99 callback → next
@@ -49,8 +51,11 @@ const MAX_BATCH: usize = 256;
 
 /// One queued write, type-erased so writes of any result type share a batch.
 pub(super) trait QueuedWrite: Send {
-    /// Runs the write on the batch's connection (`batch.rs` sets its savepoint around it).
+    /// Runs the write on the batch's connection (`batch.rs` sets its savepoint around it). A
+    /// `rerunnable` write may be run again after what it wrote was rolled back.
     fn run(&mut self, conn: &mut DbConnection) -> Ran;
+    /// Whether running it again is allowed (`Rerun`): then it needs no savepoint of its own.
+    fn rerunnable(&self) -> bool;
     /// Delivers the outcome once the batch's commit is known.
     fn finish(self: Box<Self>, commit: Result<(), &DbError>);
 }
@@ -65,23 +70,67 @@ pub(super) enum Ran {
     Panicked,
 }
 
-struct Write<T, E, F> {
+/// What a write does, once (`Once`) or as many times as the batch needs (`Rerun`).
+pub(crate) trait Work<T, E>: Send + 'static {
+    /// May be run again after a rollback.
+    const RERUNNABLE: bool;
+    fn work(&mut self, conn: &mut DbConnection) -> Result<T, E>;
+}
+
+/// A write that runs once: it gets a savepoint of its own in its batch.
+pub(crate) struct Once<F>(Option<F>);
+
+impl<F> Once<F> {
+    pub(crate) fn new(work: F) -> Self {
+        Once(Some(work))
+    }
+}
+
+impl<T, E, F> Work<T, E> for Once<F>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+{
+    const RERUNNABLE: bool = false;
+    fn work(&mut self, conn: &mut DbConnection) -> Result<T, E> {
+        (self.0.take().expect("a write of Once runs once"))(conn)
+    }
+}
+
+/// A write that decides afresh from what it reads each time it runs (an engine decision, a
+/// callback), so the batch may roll it back and run it again: it needs no savepoint of its own,
+/// a round trip saved per write on PostgreSQL (`batch.rs`).
+pub(crate) struct Rerun<F>(pub F);
+
+impl<T, E, F> Work<T, E> for Rerun<F>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
+{
+    const RERUNNABLE: bool = true;
+    fn work(&mut self, conn: &mut DbConnection) -> Result<T, E> {
+        (self.0.clone())(conn)
+    }
+}
+
+struct Write<T, E, W> {
     caller: CallerSpan,
-    work: Option<F>,
+    work: W,
     outcome: Option<Result<T, E>>,
     reply: Option<oneshot::Sender<Result<T, E>>>,
 }
 
-impl<T, E, F> QueuedWrite for Write<T, E, F>
+impl<T, E, W> QueuedWrite for Write<T, E, W>
 where
-    F: FnOnce(&mut DbConnection) -> Result<T, E> + Send,
+    W: Work<T, E>,
     T: Send,
     E: From<DbError> + From<diesel::result::Error> + Send,
 {
+    fn rerunnable(&self) -> bool {
+        W::RERUNNABLE
+    }
+
     fn run(&mut self, conn: &mut DbConnection) -> Ran {
-        let work = self.work.take().expect("a write runs once");
-        let caller = &self.caller;
-        match catch_unwind(AssertUnwindSafe(|| caller.run(|| work(conn)))) {
+        let (work, caller) = (&mut self.work, &self.caller);
+        match catch_unwind(AssertUnwindSafe(|| caller.run(|| work.work(conn)))) {
             Ok(outcome) => {
                 let ran = if outcome.is_ok() {
                     Ran::Succeeded
@@ -217,21 +266,21 @@ impl Writer {
     }
 
     /// Queues `work` on `lane` (never waiting for room) and waits for its group's commit.
-    pub(crate) async fn write<T, E, F>(
+    pub(crate) async fn write<T, E, W>(
         &self,
         caller: CallerSpan,
         lane: Lane,
-        work: F,
+        work: W,
     ) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        W: Work<T, E>,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let write = Write {
             caller,
-            work: Some(work),
+            work,
             outcome: None,
             reply: Some(reply),
         };

@@ -51,6 +51,45 @@ async fn a_panicking_write_fails_its_group_and_the_writer_recovers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The writer thread busy with a write (storing "blocker") until `release` is sent.
+async fn busy_writer(
+    db: &Db,
+) -> (
+    actix_web::rt::task::JoinHandle<Result<String, DbError>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started, writer_busy) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let blocker = actix_web::rt::spawn({
+        let db = db.clone();
+        async move {
+            db.write(move |conn| {
+                let _ = started.send(());
+                released.recv().expect("released");
+                meta_get_or_insert(conn, "blocker", "v").map_err(DbError::from)
+            })
+            .await
+        }
+    });
+    writer_busy.await.unwrap();
+    (blocker, release)
+}
+
+/// Which of `names` are stored in `service_meta`, sorted.
+async fn stored_of(db: &Db, names: &[&'static str]) -> Vec<&'static str> {
+    let stored: Vec<String> = db
+        .read(|conn| Ok::<_, DbError>(service_meta::table.select(service_meta::name).load(conn)?))
+        .await
+        .unwrap();
+    let mut ours: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| stored.iter().any(|s| s == name))
+        .collect();
+    ours.sort_unstable();
+    ours
+}
+
 /// Polls a future once: enough for a write to be queued (or refused).
 async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) {
     std::future::poll_fn(|cx| {
@@ -69,21 +108,7 @@ async fn a_full_queue_refuses_a_write_before_it_runs_and_loses_none_queued() {
     };
     let db = Db::connect_with(&format!("sqlite://{}", dir.join("w.db").display()), limits).unwrap();
 
-    // The writer thread busy with a write that waits to be released.
-    let (started, writer_busy) = tokio::sync::oneshot::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let blocker = actix_web::rt::spawn({
-        let db = db.clone();
-        async move {
-            db.write(move |conn| {
-                let _ = started.send(());
-                released.recv().expect("released");
-                meta_get_or_insert(conn, "blocker", "v").map_err(DbError::from)
-            })
-            .await
-        }
-    });
-    writer_busy.await.unwrap();
+    let (blocker, release) = busy_writer(&db).await;
 
     // Two writes fill the queue.
     let mut queued: Vec<_> = (0..2)
@@ -127,17 +152,10 @@ async fn a_full_queue_refuses_a_write_before_it_runs_and_loses_none_queued() {
         !ran.load(std::sync::atomic::Ordering::SeqCst),
         "the refused write ran"
     );
-    let stored: Vec<String> = db
-        .read(|conn| Ok::<_, DbError>(service_meta::table.select(service_meta::name).load(conn)?))
-        .await
-        .unwrap();
-    let mut ours: Vec<&str> = stored
-        .iter()
-        .map(String::as_str)
-        .filter(|name| ["blocker", "queued0", "queued1", "refused"].contains(name))
-        .collect();
-    ours.sort_unstable();
-    assert_eq!(ours, ["blocker", "queued0", "queued1"]);
+    assert_eq!(
+        stored_of(&db, &["blocker", "queued0", "queued1", "refused"]).await,
+        ["blocker", "queued0", "queued1"]
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -160,5 +178,69 @@ async fn sqlite_is_built_with_stable_query_plans() {
         .await
         .unwrap();
     assert!(options.iter().any(|o| o == "ENABLE_QPSG"), "{options:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A write that inserts `name` (a second insert of it would break the primary key: it shows
+/// that a run was rolled back before the next), counting its runs, and fails when `fails`.
+fn insert_named(
+    name: &'static str,
+    fails: bool,
+    runs: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl FnOnce(&mut crate::db::DbConnection) -> Result<(), DbError> + Clone + Send + 'static {
+    let runs = runs.clone();
+    move |conn| {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        diesel::insert_into(service_meta::table)
+            .values((service_meta::name.eq(name), service_meta::value.eq("v")))
+            .execute(conn)?;
+        match fails {
+            true => Err(DbError::Config(format!("{name} refused after writing"))),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Rerunnable writes share a savepoint: when one fails, the batch rolls back to it and runs the
+/// others again. What stays is exactly what would have stayed with a savepoint per write, and
+/// a write that runs once (`Db::write`) is never run twice.
+#[actix_web::test]
+async fn a_failed_rerunnable_write_undoes_only_itself_and_its_batch_mates_run_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    let (db, dir) = temp_db();
+    let activity = crate::domain::ActivityId(1);
+    // The writes below queue up behind the blocker and run as one batch.
+    let (blocker, release) = busy_writer(&db).await;
+
+    let runs: Vec<Arc<AtomicUsize>> = (0..5).map(|_| Arc::default()).collect();
+    let mut writes = vec![
+        Box::pin(db.write_for_rerunnable(activity, insert_named("r0", false, &runs[0])))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DbError>>>>,
+        Box::pin(db.write_for_rerunnable(activity, insert_named("r1", true, &runs[1]))),
+        Box::pin(db.write_for_rerunnable(activity, insert_named("r2", false, &runs[2]))),
+        Box::pin(db.write(insert_named("n3", false, &runs[3]))),
+        Box::pin(db.write_for_rerunnable(activity, insert_named("r4", true, &runs[4]))),
+    ];
+    for write in &mut writes {
+        poll_once(write).await;
+    }
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    let mut outcomes = Vec::new();
+    for write in writes {
+        outcomes.push(write.await.is_ok());
+    }
+
+    assert_eq!(outcomes, [true, false, true, true, false]);
+    assert_eq!(
+        stored_of(&db, &["r0", "r1", "r2", "n3", "r4"]).await,
+        ["n3", "r0", "r2"]
+    );
+    // r0 ran again after r1 failed (they shared a savepoint); n3 had its own, so r4's failure
+    // undid nothing else.
+    let counted: Vec<usize> = runs.iter().map(|r| r.load(SeqCst)).collect();
+    assert_eq!(counted, [2, 1, 1, 1, 1]);
     let _ = std::fs::remove_dir_all(dir);
 }

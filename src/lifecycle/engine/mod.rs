@@ -338,7 +338,7 @@ impl Engine {
         let decided = self
             .while_database_fails(|| {
                 let (decide, listeners) = (decide.clone(), listeners.clone());
-                self.db.write_for(activity_id, move |conn| {
+                self.db.write_for_rerunnable(activity_id, move |conn| {
                     apply_decision(conn, activity_id, timings, &listeners, decide)
                 })
             })
