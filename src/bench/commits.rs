@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use diesel::sql_types::{BigInt, Text};
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 
@@ -95,19 +95,7 @@ impl Commits {
 
 /// `odm_devops_database_commits_total` on the server's metrics page.
 async fn writer_commits(client: &awc::Client, url: &str) -> anyhow::Result<u64> {
-    let mut response = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| anyhow!("{url}: {e}"))?;
-    if !response.status().is_success() {
-        bail!("{url}: {} (is metrics.token set?)", response.status());
-    }
-    let page = response
-        .body()
-        .limit(16 << 20)
-        .await
-        .with_context(|| format!("{url}: no page"))?;
+    let page = super::load::get(client, url, 16 << 20, " (is metrics.token set?)").await?;
     let page = String::from_utf8_lossy(&page);
     page.lines()
         .find_map(|line| line.strip_prefix("odm_devops_database_commits_total "))

@@ -282,6 +282,18 @@ pub(crate) async fn list<T: serde::de::DeserializeOwned>(
     client: &awc::Client,
     url: &str,
 ) -> anyhow::Result<Vec<T>> {
+    let body = get(client, url, 512 * 1024 * 1024, "").await?;
+    serde_json::from_slice(&body).with_context(|| format!("{url}: not the JSON list expected"))
+}
+
+/// The body of a successful GET of `url`, at most `limit` bytes; a refusal names the status,
+/// followed by `hint`.
+pub(crate) async fn get(
+    client: &awc::Client,
+    url: &str,
+    limit: usize,
+    hint: &str,
+) -> anyhow::Result<actix_web::web::Bytes> {
     // awc's send error is not `Send`: keep its text.
     let mut response = client
         .get(url)
@@ -289,11 +301,11 @@ pub(crate) async fn list<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| anyhow!("{url}: {e}"))?;
     if !response.status().is_success() {
-        bail!("{url}: {}", response.status());
+        bail!("{url}: {}{hint}", response.status());
     }
     response
-        .json::<Vec<T>>()
-        .limit(512 * 1024 * 1024)
+        .body()
+        .limit(limit)
         .await
-        .with_context(|| format!("{url}: not the JSON list expected"))
+        .with_context(|| format!("{url}: no body"))
 }
