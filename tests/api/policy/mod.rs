@@ -25,7 +25,9 @@ pub async fn gated_app(
     if let Some(policy) = policy {
         settings.policy.active = true;
         settings.policy.address = Some(policy.address());
-        settings.policy.timeout_ms = 2_000;
+        // Generous: a verdict that comes late on a stalled machine must not read as "no
+        // answer" (the fake answers at once, or refuses connections when down).
+        settings.policy.timeout_ms = 30_000;
     }
     let app = spawn_stepped_app(settings).await;
     let dev: Vec<Value> = dev_tasks.iter().map(|n| fake_task(n, json!({}))).collect();

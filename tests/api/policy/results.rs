@@ -200,19 +200,44 @@ async fn a_result_waiting_past_the_tasks_timeout_fails_the_task(db: TestDb) {
     settings.policy.active = true;
     settings.policy.address = Some(policy.address());
     let app = spawn_stepped_app(settings).await;
+    // A deadline far away, moved into the past below: a wall-clock deadline of a second was
+    // missed on a stalled CI machine before the callback came, and the test then saw the
+    // run's own time-out rather than the policy wait's.
     let id = app
-        .start_dev(json!({"dev": [fake_task("slow", json!({"timeout": 1}))]}))
+        .start_dev(json!({"dev": [fake_task("slow", json!({"timeout": 3600}))]}))
         .await;
     let sent = app.dispatched(&executor, 1).await;
     policy.down().await;
     app.call_back(&sent.callback_ref, None).await;
     app.drive_until_idle().await;
-    let errors = app.task(sent.id).await["errors"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let task = app.task(sent.id).await;
+    assert_eq!(task["status"], "PROCESSING", "{task}");
+    let errors = task["errors"].as_str().unwrap();
+    assert!(
+        errors.starts_with("waiting for ODM's policy service"),
+        "{errors}"
+    );
     assert!(errors.contains("ACTIVITY_EXECUTION_RESULT"), "{errors}");
-    actix_web::rt::time::sleep(Duration::from_millis(1200)).await;
+
+    let past = chrono::Utc::now().timestamp_millis() - 1;
+    let moved = format!(
+        "UPDATE tasks SET deadline_at = {past}, due_at = {past} WHERE id = {}",
+        sent.id
+    );
+    let url = db.url.clone();
+    let store = actix_web::web::block(move || odm_devops::db::Db::connect(&url, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .write(move |conn| {
+            use diesel::RunQueryDsl;
+            diesel::sql_query(moved)
+                .execute(conn)
+                .map_err(odm_devops::db::DbError::from)
+        })
+        .await
+        .unwrap();
     app.drive_until_idle().await;
     let task = app.task(sent.id).await;
     assert_eq!(task["status"], "FAILED");
