@@ -175,8 +175,9 @@ impl Registry {
         let info = descriptor::parse(descriptor).map_err(|e| RegistryError::Invalid(e.0))?;
         self.limits.check_lifecycle(&info).map_err(over)?;
         let (product, version, content) = (product.to_owned(), version.to_owned(), text.to_owned());
+        // Rerunnable (it writes what it was given, whatever it finds): no savepoint of its own.
         self.db
-            .write(move |conn| {
+            .write_rerunnable(move |conn| {
                 Ok(db::put_descriptor(
                     conn,
                     &product,

@@ -308,6 +308,19 @@ impl Db {
             .await
     }
 
+    /// `write` of a write that its batch may roll back and run again before it commits, as
+    /// `write_for_rerunnable`, on the general writer thread.
+    pub async fn write_rerunnable<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        self.writer
+            .write(CallerSpan::capture(), Lane::Any, Rerun(f))
+            .await
+    }
+
     /// `write` of the engine's claim: on PostgreSQL on a writer thread of its own, so that the
     /// claim of a task made due by a callback does not wait behind other writes (`writer/`).
     pub async fn write_claim<T, E, F>(&self, f: F) -> Result<T, E>

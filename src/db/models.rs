@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 
 use super::schema::{activities, lifecycles, tasks};
-use crate::domain::{ActivityId, ActivityStatus, Step, TaskId, TaskStatus};
+use crate::domain::{ActivityChanges, ActivityId, ActivityStatus, Step, TaskId, TaskStatus};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = activities)]
@@ -21,6 +21,40 @@ pub struct ActivityRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+}
+
+impl ActivityRow {
+    /// The row as `apply_plan` leaves it after `changes`: what a command that wrote it
+    /// answers, without reading it back (a round trip on PostgreSQL).
+    pub fn changed_by(mut self, changes: &ActivityChanges) -> ActivityRow {
+        let ActivityChanges {
+            status,
+            results,
+            errors,
+            drop_secrets,
+            started_at,
+            finished_at,
+        } = changes;
+        if let Some(status) = status {
+            self.status = *status;
+        }
+        if let Some(results) = results {
+            self.results.clone_from(results);
+        }
+        if let Some(errors) = errors {
+            self.errors.clone_from(errors);
+        }
+        if *drop_secrets {
+            self.sealed_secrets = None;
+        }
+        if let Some(started_at) = started_at {
+            self.started_at = *started_at;
+        }
+        if let Some(finished_at) = finished_at {
+            self.finished_at = *finished_at;
+        }
+        self
+    }
 }
 
 #[derive(Debug, Insertable)]

@@ -41,16 +41,18 @@ impl LifecycleService {
         let start_now = start && !gated;
         let (keys, timings) = (self.keys().clone(), self.timings);
         let listeners = self.listeners.clone();
+        // Rerunnable: its batch may roll it back and run it again (nothing it does outside
+        // the database, sealing included, minds), which saves the batch a savepoint.
         let activity = self
             .db
-            .write(move |conn| -> Result<ActivityRow, CommandError> {
+            .write_rerunnable(move |conn| -> Result<ActivityRow, CommandError> {
                 let now = now_ms();
                 let new = Planned {
                     request: &request,
                     definitions: &definitions,
                     settings: &settings,
                 };
-                let activity = insert_planned(conn, new, now)?;
+                let (mut activity, in_the_way) = insert_planned(conn, new, now)?;
                 if !listeners.is_empty() {
                     let tasks = db::task_ids_of(conn, activity.id)?;
                     let created = Event::created(activity.id, &tasks);
@@ -60,12 +62,15 @@ impl LifecycleService {
                 if !secrets.is_empty() {
                     let sealed = keys.seal(activity.id.get(), &secrets);
                     db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
+                    activity.sealed_secrets = Some(sealed);
                 }
                 if !start_now {
                     return Ok(activity);
                 }
-                start_in(conn, activity.id, None, None, &listeners, timings.at(now))?;
-                Ok(db::find_activity(conn, activity.id)?.expect("just written"))
+                let starting = Starting::Inserted(Box::new(activity), in_the_way.processing);
+                let (_, started) =
+                    start_in(conn, starting, None, None, &listeners, timings.at(now))?;
+                Ok(started)
             })
             .await?;
         if start_now {
@@ -80,13 +85,13 @@ impl LifecycleService {
         let id = activity.id;
         let seen = self.pass_start_gates(id, true).await?;
         let listeners = self.listeners.clone();
-        let (activity, applied) = self
+        let (applied, activity) = self
             .db
             .write_for(
                 id,
-                move |conn| -> Result<(ActivityRow, Applied), CommandError> {
-                    let applied = start_in(conn, id, None, seen, &listeners, timings.at(now_ms()))?;
-                    Ok((db::find_activity(conn, id)?.expect("just started"), applied))
+                move |conn| -> Result<(Applied, ActivityRow), CommandError> {
+                    let starting = Starting::Stored(id);
+                    start_in(conn, starting, None, seen, &listeners, timings.at(now_ms()))
                 },
             )
             .await?;
@@ -133,11 +138,19 @@ impl LifecycleService {
         let seen = self.pass_start_gates(id, false).await?;
         let keys = self.keys().clone();
         let (timings, listeners) = (self.timings, self.listeners.clone());
-        let applied = self
+        let (applied, _) = self
             .db
             .write_for(id, move |conn| {
                 let fresh = (!secrets.is_empty()).then_some((keys, secrets));
-                start_in(conn, id, fresh, seen, &listeners, timings.at(now_ms()))
+                let starting = Starting::Stored(id);
+                start_in(
+                    conn,
+                    starting,
+                    fresh,
+                    seen,
+                    &listeners,
+                    timings.at(now_ms()),
+                )
             })
             .await?;
         applied.committed(&self.metrics, &self.waker);
@@ -250,11 +263,13 @@ struct Planned<'a> {
     settings: &'a [RunSettings],
 }
 
+/// Inserts the PLANNED activity and its tasks; it, and the activities in its way that did not
+/// stop it (the version's PROCESSING one, which only stops a start).
 fn insert_planned(
     conn: &mut DbConnection,
     new: Planned<'_>,
     now: i64,
-) -> Result<ActivityRow, CommandError> {
+) -> Result<(ActivityRow, db::ActivitiesInTheWay), CommandError> {
     let request = new.request;
     let (product, version, stage) = (
         &request.data_product_id,
@@ -266,7 +281,8 @@ fn insert_planned(
             "a PLANNED activity for product {product}, version {version}, stage {stage} already exists"
         ))
     };
-    if let Some(existing) = db::planned_activity(conn, product, version, stage)? {
+    let in_the_way = db::activities_in_the_way(conn, product, version, stage)?;
+    if let Some(existing) = in_the_way.planned {
         return Err(CommandError::DuplicatePlanned(format!(
             "activity {existing} is already PLANNED for product {product}, version {version}, stage {stage}: start or delete it"
         )));
@@ -302,32 +318,61 @@ fn insert_planned(
         sealed_secrets: None,
         created_at: now,
     };
-    db::insert_activity(conn, activity, tasks).map_err(|e| {
+    let inserted = db::insert_activity(conn, activity, tasks).map_err(|e| {
         let e = crate::db::DbError::from(e);
         if e.is_unique_violation() {
             duplicate()
         } else {
             e.into()
         }
-    })
+    })?;
+    Ok((inserted, in_the_way))
+}
+
+/// The activity `start_in` starts.
+enum Starting {
+    /// Stored by an earlier transaction: read once locked, and the version's PROCESSING
+    /// activity looked for.
+    Stored(ActivityId),
+    /// Inserted by this transaction, as it is, with the version's PROCESSING activity found
+    /// just before the insert.
+    Inserted(Box<ActivityRow>, Option<ActivityId>),
 }
 
 /// Starts an activity inside the caller's transaction, adding freshly given secrets. When its
 /// gates were passed, `gated_on` is the lifecycle row (its id) their answer was based on: the
 /// start is refused if the version's lifecycle moved since.
+/// Returns what it did and the activity as it left it.
 fn start_in(
     conn: &mut DbConnection,
-    id: ActivityId,
+    starting: Starting,
     fresh_secrets: Option<(Keys, ActivitySecrets)>,
     gated_on: Option<Option<i64>>,
     listeners: &Listeners,
     timing: Timing,
-) -> Result<Applied, CommandError> {
+) -> Result<(Applied, ActivityRow), CommandError> {
+    let id = match &starting {
+        Starting::Stored(id) => *id,
+        Starting::Inserted(row, _) => row.id,
+    };
     let missing = || CommandError::ActivityNotFound(id);
     let snapshot = snapshot(conn, SnapshotOf::Activity(id), missing)?;
     let plan = state::start(&snapshot, &timing)?;
-    // Read after the snapshot, which locked it: its keys and secrets for what follows.
-    let a = db::find_activity(conn, id)?.ok_or_else(missing)?;
+    let (mut a, processing) = match starting {
+        // Read after the snapshot, which locked it: its keys and secrets for what follows.
+        Starting::Stored(id) => {
+            let a = db::find_activity(conn, id)?.ok_or_else(missing)?;
+            let processing = db::activities_in_the_way(
+                conn,
+                &a.data_product_id,
+                &a.data_product_version,
+                &a.stage,
+            )?
+            .processing;
+            (a, processing)
+        }
+        Starting::Inserted(a, processing) => (*a, processing),
+    };
     if let Some(seen) = gated_on {
         let now = db::current_lifecycle(conn, &a.data_product_id, &a.data_product_version)?;
         if now.map(|l| l.id) != seen {
@@ -338,8 +383,7 @@ fn start_in(
             )));
         }
     }
-    if let Some(other) = db::processing_activity(conn, &a.data_product_id, &a.data_product_version)?
-    {
+    if let Some(other) = processing {
         return Err(CommandError::ActivityConflict(format!(
             "activity {other} of product {}, version {} is PROCESSING: only one activity of a product version runs at a time",
             a.data_product_id, a.data_product_version
@@ -355,6 +399,9 @@ fn start_in(
         }
         other => other,
     })?;
+    if let Some(update) = &plan.activity {
+        a = a.changed_by(&update.changes);
+    }
     if let Some((keys, fresh)) = fresh_secrets {
         let mut secrets = match &a.sealed_secrets {
             Some(sealed) => keys
@@ -365,7 +412,9 @@ fn start_in(
         for (executor, given) in fresh {
             secrets.entry(executor).or_default().extend(given);
         }
-        db::set_sealed_secrets(conn, id, Some(&keys.seal(id.get(), &secrets)))?;
+        let sealed = keys.seal(id.get(), &secrets);
+        db::set_sealed_secrets(conn, id, Some(&sealed))?;
+        a.sealed_secrets = Some(sealed);
     }
-    Ok(applied)
+    Ok((applied, a))
 }

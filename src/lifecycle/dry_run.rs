@@ -94,16 +94,15 @@ impl LifecycleService {
             request.data_product_id.clone(),
             request.data_product_version.clone(),
         );
-        let (task_context, planned, processing) = self
+        let (task_context, in_the_way) = self
             .db
             .read(move |conn| -> Result<_, CommandError> {
                 let task_context = context::load_for_new(conn, &product, &version, &stage, &names)?;
-                let planned = db::planned_activity(conn, &product, &version, &stage)?;
-                let processing = db::processing_activity(conn, &product, &version)?;
-                Ok((task_context, planned, processing))
+                let in_the_way = db::activities_in_the_way(conn, &product, &version, &stage)?;
+                Ok((task_context, in_the_way))
             })
             .await?;
-        if let Some(id) = planned {
+        if let Some(id) = in_the_way.planned {
             problems.push(Problem::new(
                 "conflict",
                 format!(
@@ -112,7 +111,7 @@ impl LifecycleService {
                 ),
             ));
         }
-        if let Some(id) = processing {
+        if let Some(id) = in_the_way.processing {
             problems.push(Problem::new(
                 "conflict",
                 format!(

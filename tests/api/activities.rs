@@ -77,6 +77,12 @@ async fn start_after_creation_dispatches_the_first_task(db: TestDb) {
     let activity = answer.json();
     assert_eq!(activity["status"], "PROCESSING");
     assert!(activity["startedAt"].is_string());
+    let id = activity["id"].as_i64().unwrap();
+    assert_eq!(
+        app.activity(id).await,
+        activity,
+        "the answer is the activity as stored"
+    );
     let received = app.dispatched(&executor, 1).await;
     assert_eq!(received.activity_id, activity["id"].to_string());
     assert_eq!(received.template, json!({"pipeline": "provision"}));

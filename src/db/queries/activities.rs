@@ -114,34 +114,39 @@ pub fn set_sealed_secrets(
         .execute(conn)
 }
 
-/// The PROCESSING activity of a product version, if any.
-pub fn processing_activity(
-    conn: &mut Conn,
-    product: &str,
-    version: &str,
-) -> QueryResult<Option<ActivityId>> {
-    activities::table
-        .filter(activities::data_product_id.eq(product))
-        .filter(activities::data_product_version.eq(version))
-        .filter(activities::status.eq(ActivityStatus::Processing))
-        .select(activities::id)
-        .first(conn)
-        .optional()
+/// The activities a new one of a product version's stage may meet: the PLANNED one of the
+/// stage and the PROCESSING one of the version (unique indexes allow one of each).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ActivitiesInTheWay {
+    pub planned: Option<ActivityId>,
+    pub processing: Option<ActivityId>,
 }
 
-/// The PLANNED activity of a product version's stage, if any.
-pub fn planned_activity(
+/// `ActivitiesInTheWay` of a product version's stage, in one statement (creating an activity
+/// asked two, a round trip each on PostgreSQL).
+pub fn activities_in_the_way(
     conn: &mut Conn,
     product: &str,
     version: &str,
     stage: &str,
-) -> QueryResult<Option<ActivityId>> {
-    activities::table
+) -> QueryResult<ActivitiesInTheWay> {
+    let planned_here = activities::stage
+        .eq(stage)
+        .and(activities::status.eq(ActivityStatus::Planned));
+    let found: Vec<(ActivityId, ActivityStatus)> = activities::table
         .filter(activities::data_product_id.eq(product))
         .filter(activities::data_product_version.eq(version))
-        .filter(activities::stage.eq(stage))
-        .filter(activities::status.eq(ActivityStatus::Planned))
-        .select(activities::id)
-        .first(conn)
-        .optional()
+        .filter(
+            activities::status
+                .eq(ActivityStatus::Processing)
+                .or(planned_here),
+        )
+        .select((activities::id, activities::status))
+        .limit(2)
+        .load(conn)?;
+    let of = |status| found.iter().find(|(_, s)| *s == status).map(|(id, _)| *id);
+    Ok(ActivitiesInTheWay {
+        planned: of(ActivityStatus::Planned),
+        processing: of(ActivityStatus::Processing),
+    })
 }

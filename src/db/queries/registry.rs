@@ -6,7 +6,8 @@ use super::Conn;
 use crate::db::schema::{descriptors, service_meta};
 use crate::db::DbConnection;
 
-/// Stores a descriptor; true when it was new.
+/// Stores a descriptor; true when it was new. Inserted first: a new version (the usual PUT)
+/// then costs one statement, a replaced one two.
 pub fn put_descriptor(
     conn: &mut Conn,
     product: &str,
@@ -14,24 +15,29 @@ pub fn put_descriptor(
     content: &str,
     now: i64,
 ) -> QueryResult<bool> {
-    let updated = diesel::update(descriptors::table.find((product, version)))
-        .set((
-            descriptors::content.eq(content),
-            descriptors::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    if updated > 0 {
-        return Ok(false);
-    }
-    diesel::insert_into(descriptors::table)
+    let inserted = diesel::insert_into(descriptors::table)
         .values((
             descriptors::data_product_id.eq(product),
             descriptors::version.eq(version),
             descriptors::content.eq(content),
             descriptors::updated_at.eq(now),
         ))
+        .on_conflict_do_nothing();
+    // Per backend: diesel's multi-backend connection has no ON CONFLICT of its own.
+    let inserted = match conn {
+        DbConnection::Pg(pg) => inserted.execute(pg)?,
+        DbConnection::Sqlite(sqlite) => inserted.execute(sqlite)?,
+    };
+    if inserted > 0 {
+        return Ok(true);
+    }
+    diesel::update(descriptors::table.find((product, version)))
+        .set((
+            descriptors::content.eq(content),
+            descriptors::updated_at.eq(now),
+        ))
         .execute(conn)?;
-    Ok(true)
+    Ok(false)
 }
 
 pub fn get_descriptor(

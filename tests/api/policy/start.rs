@@ -108,7 +108,16 @@ async fn the_lifecycle_row_goes_with_the_stage_transition(db: TestDb) {
     app.run_to_end(&executor, dev).await;
     let lifecycle = app.current_stage().await;
     assert_eq!(lifecycle["stage"], "dev");
-    app.start_activity("p1", "1.0.0", "test").await;
+    let answer = app.create_activity("p1", "1.0.0", "test", true).await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let started = answer.json();
+    assert_eq!(started["status"], "PROCESSING");
+    let id = started["id"].as_i64().unwrap();
+    assert_eq!(
+        app.activity(id).await,
+        started,
+        "a gated start answers the activity as stored"
+    );
     let asked = policy.received_for(PolicyEvent::ActivityStageTransition);
     let last = asked.last().unwrap();
     assert_eq!(last["currentState"], json!({"lifecycle": lifecycle}));
