@@ -237,3 +237,123 @@ async fn a_plans_updates_are_kept_prepared(db: TestDb) {
         assert_eq!(prepared, Some(1), "one prepared UPDATE for both");
     }
 }
+
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = Nullable<Text>)]
+    results: Option<String>,
+    #[diesel(sql_type = Text)]
+    first: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    second_due: Option<i64>,
+}
+
+on_both_backends!(a_plans_updates_apply_together_and_a_row_that_moved_undoes_them_all);
+/// A callback's plan changes the activity and two tasks; on PostgreSQL in one statement
+/// (`db/queries/combined.rs`). Either way: all apply, or, when one row no longer matches, the
+/// plan is refused naming that row and none of its changes stay.
+async fn a_plans_updates_apply_together_and_a_row_that_moved_undoes_them_all(db: TestDb) {
+    use diesel::connection::SimpleConnection;
+    use odm_devops::db::{apply_plan, DbError};
+    use odm_devops::domain::{
+        ActivityChanges, ActivityId, ActivityStatus, ActivityUpdate, Plan, Step, TaskChanges,
+        TaskId, TaskStatus, TaskUpdate,
+    };
+
+    let (url, backend) = (db.url.clone(), db.backend);
+    let store = actix_web::web::block(move || Db::connect(&url, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let finish_first = |results: &str, due: i64| Plan {
+        activity: Some(ActivityUpdate {
+            id: ActivityId(1),
+            expected: ActivityStatus::Processing,
+            changes: ActivityChanges {
+                results: Some(Some(results.to_owned())),
+                ..ActivityChanges::default()
+            },
+        }),
+        tasks: vec![
+            TaskUpdate {
+                id: TaskId(1),
+                expected: TaskStatus::Processing,
+                expected_lease: Some("replica-a".into()),
+                changes: TaskChanges {
+                    status: Some(TaskStatus::Processed),
+                    ..TaskChanges::default()
+                },
+            },
+            TaskUpdate {
+                id: TaskId(2),
+                expected: TaskStatus::Planned,
+                expected_lease: None,
+                changes: TaskChanges {
+                    step: Some(Some(Step::Dispatch)),
+                    due_at: Some(Some(due)),
+                    ..TaskChanges::default()
+                },
+            },
+        ],
+        promote_lifecycle: false,
+    };
+    let read = |conn: &mut odm_devops::db::DbConnection| {
+        diesel::sql_query(
+            "SELECT a.results AS results, t1.status AS first, t2.due_at AS second_due \
+             FROM activities a, tasks t1, tasks t2 WHERE a.id = 1 AND t1.id = 1 AND t2.id = 2",
+        )
+        .get_result::<Stored>(conn)
+    };
+    let (applied, combined) = store
+        .write(move |conn| {
+            conn.batch_execute(
+                "INSERT INTO activities (id, data_product_id, data_product_version, stage, status, created_at)
+                     VALUES (1, 'p1', '1.0.0', 'dev', 'PROCESSING', 0);
+                 INSERT INTO tasks (id, activity_id, position, name, status, lease_owner, created_at)
+                     VALUES (1, 1, 1, 'a', 'PROCESSING', 'replica-a', 0),
+                            (2, 1, 2, 'b', 'PLANNED', NULL, 0);",
+            )?;
+            apply_plan(conn, &finish_first("{\"task1\":1}", 10), 10)
+                .map_err(|e| DbError::Config(e.to_string()))?;
+            let combined = match backend {
+                Backend::Postgres => diesel::sql_query(
+                    "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'WITH %'",
+                )
+                .get_result::<Count>(conn)?
+                .n,
+                Backend::Sqlite => 0,
+            };
+            Ok::<_, DbError>((read(conn)?, combined))
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.results.as_deref(), Some("{\"task1\":1}"));
+    assert_eq!(applied.first, "PROCESSED");
+    assert_eq!(applied.second_due, Some(10));
+    if backend == Backend::Postgres {
+        assert_eq!(combined, 1, "the three updates went as one statement");
+    }
+
+    // Task 1 is no longer PROCESSING: the same plan again is refused, naming it, and the
+    // activity's and task 2's changes, made before the refusal, do not stay.
+    let refused = store
+        .write(move |conn| {
+            apply_plan(conn, &finish_first("{\"task1\":2}", 20), 20)
+                .map_err(|e| DbError::Config(e.to_string()))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("task 1 is no longer PROCESSING"),
+        "{refused}"
+    );
+    let after = store
+        .read(move |conn| Ok::<_, DbError>(read(conn)?))
+        .await
+        .unwrap();
+    assert_eq!(after.results.as_deref(), Some("{\"task1\":1}"));
+    assert_eq!(after.first, "PROCESSED");
+    assert_eq!(after.second_due, Some(10));
+}

@@ -3,6 +3,7 @@
 
 mod activities;
 mod board;
+mod combined;
 mod deletions;
 mod engine;
 mod executor_runs;

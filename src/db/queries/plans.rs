@@ -4,13 +4,15 @@ use diesel::dsl::{case_when, IsNotNull};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
+use super::combined::{apply_combined, combinable};
 use super::prepared::Update;
 use super::Conn;
 use crate::db::schema::{activities, lifecycles, tasks};
 use crate::db::DbConnection;
 use crate::domain::{
-    ActivityChanges, ActivityId, ActivityState, ActivityStatus, Plan, Recorded, Report,
-    RetryPolicy, RunSettings, Snapshot, Step, TaskChanges, TaskId, TaskState, TaskStatus,
+    ActivityChanges, ActivityId, ActivityState, ActivityStatus, ActivityUpdate, Plan, Recorded,
+    Report, RetryPolicy, RunSettings, Snapshot, Step, TaskChanges, TaskId, TaskState, TaskStatus,
+    TaskUpdate,
 };
 
 #[derive(Queryable, Selectable)]
@@ -240,7 +242,7 @@ pub enum ApplyError {
 
 #[derive(AsChangeset)]
 #[diesel(table_name = activities)]
-struct ActivityChangeset<'a> {
+pub(super) struct ActivityChangeset<'a> {
     status: Option<ActivityStatus>,
     results: Option<Option<&'a str>>,
     errors: Option<Option<&'a str>>,
@@ -250,7 +252,7 @@ struct ActivityChangeset<'a> {
 }
 
 impl<'a> ActivityChangeset<'a> {
-    fn of(c: &'a ActivityChanges) -> Self {
+    pub(super) fn of(c: &'a ActivityChanges) -> Self {
         ActivityChangeset {
             status: c.status,
             results: c.results.as_ref().map(Option::as_deref),
@@ -264,7 +266,7 @@ impl<'a> ActivityChangeset<'a> {
 
 #[derive(AsChangeset)]
 #[diesel(table_name = tasks)]
-struct TaskChangeset<'a> {
+pub(super) struct TaskChangeset<'a> {
     status: Option<TaskStatus>,
     results: Option<Option<&'a str>>,
     errors: Option<Option<&'a str>>,
@@ -285,7 +287,7 @@ struct TaskChangeset<'a> {
 }
 
 impl<'a> TaskChangeset<'a> {
-    fn of(c: &'a TaskChanges) -> Self {
+    pub(super) fn of(c: &'a TaskChanges) -> Self {
         let text = |v: &'a Option<Option<String>>| v.as_ref().map(Option::as_deref);
         TaskChangeset {
             status: c.status,
@@ -312,9 +314,44 @@ impl<'a> TaskChangeset<'a> {
     }
 }
 
-/// Applies a state-machine plan with compare-and-set updates, kept prepared (`prepared.rs`).
-/// Call inside `Db::write`.
+/// Applies a state-machine plan with compare-and-set updates, kept prepared (`prepared.rs`);
+/// on PostgreSQL, several as one statement (`combined.rs`). Call inside `Db::write`.
 pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyError> {
+    match conn {
+        DbConnection::Pg(pg) if combinable(plan) => apply_combined(pg, plan)?,
+        _ => apply_one_by_one(conn, plan)?,
+    }
+    if plan.promote_lifecycle {
+        let id = plan
+            .activity
+            .as_ref()
+            .map(|a| a.id)
+            .expect("a promotion comes with its activity");
+        promote_lifecycle(conn, id, now)?;
+    }
+    if plan.makes_work_due(now) {
+        // Other replicas are woken with NOTIFY when this transaction commits (PostgreSQL).
+        crate::db::listen::mark_work_due();
+    }
+    Ok(())
+}
+
+pub(super) fn conflict_of_activity(update: &ActivityUpdate) -> ApplyError {
+    ApplyError::Conflict(format!(
+        "activity {} is no longer {}",
+        update.id, update.expected
+    ))
+}
+
+pub(super) fn conflict_of_task(update: &TaskUpdate) -> ApplyError {
+    ApplyError::Conflict(format!(
+        "task {} is no longer {}",
+        update.id, update.expected
+    ))
+}
+
+/// A statement per update.
+fn apply_one_by_one(conn: &mut Conn, plan: &Plan) -> Result<(), ApplyError> {
     if let Some(update) = &plan.activity {
         let changes = ActivityChangeset::of(&update.changes);
         let filter = activities::id
@@ -334,10 +371,7 @@ pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyErr
             .execute(conn)?
         };
         if changed == 0 {
-            return Err(ApplyError::Conflict(format!(
-                "activity {} is no longer {}",
-                update.id, update.expected
-            )));
+            return Err(conflict_of_activity(update));
         }
     }
     for update in &plan.tasks {
@@ -369,23 +403,8 @@ pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyErr
             None => update!(expected),
         };
         if changed == 0 {
-            return Err(ApplyError::Conflict(format!(
-                "task {} is no longer {}",
-                update.id, update.expected
-            )));
+            return Err(conflict_of_task(update));
         }
-    }
-    if plan.promote_lifecycle {
-        let id = plan
-            .activity
-            .as_ref()
-            .map(|a| a.id)
-            .expect("a promotion comes with its activity");
-        promote_lifecycle(conn, id, now)?;
-    }
-    if plan.makes_work_due(now) {
-        // Other replicas are woken with NOTIFY when this transaction commits (PostgreSQL).
-        crate::db::listen::mark_work_due();
     }
     Ok(())
 }

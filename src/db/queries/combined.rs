@@ -1,0 +1,138 @@
+//! PostgreSQL: a plan's compare-and-set updates in one statement.
+//!
+//! A callback that finishes a task changes the task, makes the next one due and merges the
+//! results into the activity: three UPDATEs, three round trips, each waking the server's
+//! backend and the writer thread (issue 15's profile: a task cost ~35 context switches, the
+//! server and PostgreSQL CPU-bound on round trips, not on the statements' work). Here they go
+//! as one statement of data-modifying CTEs that answers how many rows each changed, so the
+//! compare-and-set still names the row that moved. SQLite has no such CTEs, and needs none:
+//! its statements cost no round trip.
+//!
+//! The CTEs run on one snapshot and in no set order, so a plan is combined only when no row is
+//! updated twice (`combinable`); the lifecycle promotion stays apart (its UPDATE must close the
+//! open row before its INSERT opens the next, under a unique index).
+
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt};
+use diesel::PgConnection;
+
+use super::plans::{conflict_of_activity, conflict_of_task, ActivityChangeset, TaskChangeset};
+use super::prepared::Update;
+use super::ApplyError;
+use crate::db::schema::{activities, tasks};
+use crate::domain::{ActivityChanges, Plan, TaskChanges};
+
+/// Whether `plan`'s updates may go as one statement: several, none empty (diesel refuses an
+/// empty SET), no task twice.
+pub(super) fn combinable(plan: &Plan) -> bool {
+    let updates = plan.tasks.len() + usize::from(plan.activity.is_some());
+    let empty_activity = plan
+        .activity
+        .as_ref()
+        .is_some_and(|a| a.changes == ActivityChanges::default());
+    let empty_task = plan
+        .tasks
+        .iter()
+        .any(|t| t.changes == TaskChanges::default());
+    let mut ids: Vec<_> = plan.tasks.iter().map(|t| t.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    updates >= 2 && !empty_activity && !empty_task && ids.len() == plan.tasks.len()
+}
+
+/// Applies `plan`'s updates (not its promotion) in one statement; a `Conflict` names the first
+/// row that no longer matched, as the one-by-one path does.
+pub(super) fn apply_combined(pg: &mut PgConnection, plan: &Plan) -> Result<(), ApplyError> {
+    let activity_set = plan
+        .activity
+        .as_ref()
+        .map(|a| ActivityChangeset::of(&a.changes));
+    let task_sets: Vec<TaskChangeset<'_>> = plan
+        .tasks
+        .iter()
+        .map(|t| TaskChangeset::of(&t.changes))
+        .collect();
+    let mut parts: Vec<Box<dyn QueryFragment<Pg> + '_>> = Vec::new();
+    if let (Some(update), Some(set)) = (&plan.activity, &activity_set) {
+        parts.push(Box::new(Update {
+            table: activities::table,
+            set: set.as_changeset(),
+            filter: activities::id
+                .eq(update.id)
+                .and(activities::status.eq(update.expected)),
+        }));
+    }
+    for (update, set) in plan.tasks.iter().zip(&task_sets) {
+        let expected = tasks::id
+            .eq(update.id)
+            .and(tasks::status.eq(update.expected));
+        // The two shapes of the one-by-one path: with the claim's lease, and without.
+        match &update.expected_lease {
+            Some(lease) => parts.push(Box::new(Update {
+                table: tasks::table,
+                set: set.as_changeset(),
+                filter: expected.and(tasks::lease_owner.eq(lease)),
+            })),
+            None => parts.push(Box::new(Update {
+                table: tasks::table,
+                set: set.as_changeset(),
+                filter: expected,
+            })),
+        }
+    }
+    let changed: Vec<i64> = Combined { parts }.get_result(pg)?;
+    let mut changed = changed.into_iter();
+    if let Some(update) = &plan.activity {
+        if changed.next() != Some(1) {
+            return Err(conflict_of_activity(update));
+        }
+    }
+    for update in &plan.tasks {
+        if changed.next() != Some(1) {
+            return Err(conflict_of_task(update));
+        }
+    }
+    Ok(())
+}
+
+/// `WITH u0 AS (UPDATE … RETURNING 1), u1 AS (…) SELECT ARRAY[count of u0, count of u1, …]`,
+/// kept prepared by its SQL text like `Update` (its shapes: which columns each update sets).
+struct Combined<'a> {
+    parts: Vec<Box<dyn QueryFragment<Pg> + 'a>>,
+}
+
+impl QueryId for Combined<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for Combined<'_> {
+    type SqlType = Array<BigInt>;
+}
+
+impl QueryFragment<Pg> for Combined<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH ");
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_sql(&format!("u{i} AS ("));
+            part.walk_ast(out.reborrow())?;
+            out.push_sql(" RETURNING 1)");
+        }
+        out.push_sql(" SELECT ARRAY[");
+        for i in 0..self.parts.len() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_sql(&format!("(SELECT count(*) FROM u{i})"));
+        }
+        out.push_sql("]");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<PgConnection> for Combined<'_> {}
