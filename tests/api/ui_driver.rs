@@ -165,7 +165,7 @@ impl Page {
                 return value;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(10),
+                started.elapsed() < crate::helpers::PATIENCE,
                 "the page never showed {what}: {expression} is {value}"
             );
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;

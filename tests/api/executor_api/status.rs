@@ -25,8 +25,9 @@ async fn the_status_follows_every_azure_state(db: TestDb) {
         let asked = Instant::now();
         let answer = task_status(app, id, &[]).await;
         assert_eq!((answer.status, answer.json()), (200, json!("PROCESSING")));
+        // Under ODM's 10 s sleep with room for a stalled CI machine (not a speed test).
         assert!(
-            asked.elapsed() < Duration::from_secs(2),
+            asked.elapsed() < Duration::from_secs(9),
             "{:?}",
             asked.elapsed()
         );

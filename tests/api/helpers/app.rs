@@ -116,8 +116,9 @@ async fn spawn_process(env: &[(&str, String)], config: Option<&std::path::Path>)
             return TestApp::new(port, Running::Process(process));
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the service's process is not ready after 10 s"
+            started.elapsed() < super::PATIENCE,
+            "the service's process is not ready after {:?}",
+            super::PATIENCE
         );
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }

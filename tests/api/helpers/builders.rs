@@ -108,7 +108,7 @@ impl TestApp {
     }
 
     /// The activity once it is `status`: once the stepped engine is idle, or polled until then
-    /// (10 s at most) with the running one.
+    /// (`PATIENCE` at most) with the running one.
     pub async fn wait_for_activity(&self, id: i64, status: &str) -> Value {
         if self.is_stepped() {
             self.drive_until_idle().await;
