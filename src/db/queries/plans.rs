@@ -119,7 +119,11 @@ pub enum SnapshotOf {
 ///
 /// PostgreSQL locks the tasks' rows as well as the activity's (`FOR UPDATE` of a join): claims
 /// pass them by (`SKIP LOCKED`) until the commit, as they pass by a task this transaction
-/// updates; writers of the same activity wait for the activity's lock first either way.
+/// updates; writers of the same activity wait for the activity's lock first either way. The
+/// tasks' locks are needed: with the activity's alone (`FOR UPDATE OF activities`, tried), a
+/// writer that waited for it gets the activity re-read after the other's commit but the tasks
+/// as they were when its statement started (READ COMMITTED re-reads only locked rows), and
+/// decides on stale tasks (`runs::race` fails).
 pub fn load_snapshot(conn: &mut Conn, of: SnapshotOf) -> QueryResult<Option<Snapshot>> {
     let subject = match of {
         SnapshotOf::CallbackTask(task) => Some(task),
