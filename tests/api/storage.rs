@@ -131,20 +131,11 @@ async fn a_status_the_service_does_not_know_is_an_error_never_a_guess(db: TestDb
     )
     .await;
     let id = app.planned_activity("p1", "1.0.0", "dev").await;
-    let url = db.url.clone();
-    let store = actix_web::web::block(move || Db::connect(&url, 1))
-        .await
-        .unwrap()
-        .unwrap();
-    let set = format!("UPDATE activities SET status = 'RUNNING' WHERE id = {id}");
-    store
-        .write(move |conn| {
-            diesel::sql_query(set)
-                .execute(conn)
-                .map_err(odm_devops::db::DbError::from)
-        })
-        .await
-        .unwrap();
+    let store = db.open().await;
+    db.execute(format!(
+        "UPDATE activities SET status = 'RUNNING' WHERE id = {id}"
+    ))
+    .await;
 
     let read = app.get(&format!("{DEVOPS}/activities/{id}")).await;
     let message = read.assert_error(500, "50001");
@@ -184,11 +175,7 @@ async fn a_plans_updates_are_kept_prepared(db: TestDb) {
     use odm_devops::db::{apply_plan, DbError};
     use odm_devops::domain::{Plan, Step, TaskChanges, TaskId, TaskStatus, TaskUpdate};
 
-    let (url, backend) = (db.url.clone(), db.backend);
-    let store = actix_web::web::block(move || Db::connect(&url, 1))
-        .await
-        .unwrap()
-        .unwrap();
+    let (backend, store) = (db.backend, db.open().await);
     let due_at = |at: i64| Plan {
         activity: None,
         tasks: vec![TaskUpdate {
@@ -260,11 +247,7 @@ async fn a_plans_updates_apply_together_and_a_row_that_moved_undoes_them_all(db:
         TaskId, TaskStatus, TaskUpdate,
     };
 
-    let (url, backend) = (db.url.clone(), db.backend);
-    let store = actix_web::web::block(move || Db::connect(&url, 1))
-        .await
-        .unwrap()
-        .unwrap();
+    let (backend, store) = (db.backend, db.open().await);
     let finish_first = |results: &str, due: i64| Plan {
         activity: Some(ActivityUpdate {
             id: ActivityId(1),

@@ -96,6 +96,31 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The test's database opened beside the service (one connection), for what a test sets up
+    /// or changes behind the service's back.
+    pub async fn open(&self) -> odm_devops::db::Db {
+        let url = self.url.clone();
+        actix_web::web::block(move || odm_devops::db::Db::connect(&url, 1))
+            .await
+            .unwrap()
+            .expect("the test's database opens")
+    }
+
+    /// Runs `sql` (statements that return no rows) on the test's database, beside the service.
+    pub async fn execute(&self, sql: String) {
+        self.open()
+            .await
+            .write(move |conn| {
+                diesel::sql_query(sql)
+                    .execute(conn)
+                    .map_err(odm_devops::db::DbError::from)
+            })
+            .await
+            .expect("the statement runs");
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(dir) = &self.sqlite_dir {

@@ -224,20 +224,7 @@ async fn a_result_waiting_past_the_tasks_timeout_fails_the_task(db: TestDb) {
         "UPDATE tasks SET deadline_at = {past}, due_at = {past} WHERE id = {}",
         sent.id
     );
-    let url = db.url.clone();
-    let store = actix_web::web::block(move || odm_devops::db::Db::connect(&url, 1))
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .write(move |conn| {
-            use diesel::RunQueryDsl;
-            diesel::sql_query(moved)
-                .execute(conn)
-                .map_err(odm_devops::db::DbError::from)
-        })
-        .await
-        .unwrap();
+    db.execute(moved).await;
     app.drive_until_idle().await;
     let task = app.task(sent.id).await;
     assert_eq!(task["status"], "FAILED");
