@@ -77,24 +77,29 @@ impl Plan {
             .unwrap_or(current)
     }
 
-    /// True when the plan leaves a step for the engine to do.
+    /// True when the plan leaves a step for the engine to claim. A step the plan leases itself
+    /// (handed to the engine at once, `state::hand_off`) is nobody else's to claim.
     pub fn schedules_work(&self) -> bool {
-        self.tasks
-            .iter()
+        self.steps_to_claim()
             .any(|t| matches!(t.changes.step, Some(Some(_))))
     }
 
-    /// True when the plan leaves a step due by `now` (a dispatch, a cancel, a confirmation):
-    /// what other replicas are woken for (a step due later waits for their tick).
+    /// True when the plan leaves a step due by `now` (a dispatch, a cancel, a confirmation) for a
+    /// claim: what other replicas are woken for (a step due later waits for their tick).
     pub fn makes_work_due(&self, now: i64) -> bool {
-        self.tasks
-            .iter()
+        self.steps_to_claim()
             .any(|t| match (t.changes.step, t.changes.due_at) {
                 (Some(Some(_)), Some(Some(due))) => due <= now,
                 // A step given without its due time: assume it may be due.
                 (Some(Some(_)), _) => true,
                 _ => false,
             })
+    }
+
+    fn steps_to_claim(&self) -> impl Iterator<Item = &TaskUpdate> {
+        self.tasks
+            .iter()
+            .filter(|t| !matches!(t.changes.lease_owner, Some(Some(_))))
     }
 }
 
@@ -138,5 +143,27 @@ mod tests {
             "no due time: maybe due"
         );
         assert!(!Plan::default().makes_work_due(100));
+    }
+
+    /// A dispatch the plan leases itself is handed to its engine: no replica is woken for it,
+    /// not even the local engine's claim.
+    #[test]
+    fn a_step_the_plan_leases_is_nobody_elses_work() {
+        let handed = plan_with(TaskChanges {
+            step: Some(Some(Step::Dispatch)),
+            due_at: Some(Some(100)),
+            lease_owner: Some(Some("replica-1".into())),
+            ..TaskChanges::default()
+        });
+        assert!(!handed.makes_work_due(100));
+        assert!(!handed.schedules_work());
+        let released = plan_with(TaskChanges {
+            step: Some(Some(Step::Dispatch)),
+            due_at: Some(Some(100)),
+            lease_owner: Some(None),
+            ..TaskChanges::default()
+        });
+        assert!(released.makes_work_due(100));
+        assert!(released.schedules_work());
     }
 }

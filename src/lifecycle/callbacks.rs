@@ -2,6 +2,7 @@
 //! transaction that records it, and the outcome recorded there.
 
 use super::error::CommandError;
+use super::handoff::HandoffLease;
 use super::plumbing::Applied;
 use super::service::{apply, CallbackRules, LifecycleService};
 use super::state::{self, CallbackDecision};
@@ -35,10 +36,18 @@ impl LifecycleService {
         // afresh from what it reads (`Db::write_for_task_rerunnable`);
         // a write another replica's batch deadlocked with is tried again at once (a failed
         // callback would fail its pipeline's last step).
+        // A callback that starts the next task hands its dispatch to this replica's engine.
+        let reservation = self.waker.reserve();
+        let lease = reservation.as_ref().map(|r| r.lease().clone());
         let mut conflicts = 0;
         let recorded = loop {
-            let write =
-                self.record_callback(task_id, token.clone(), report.clone(), too_large.clone());
+            let write = self.record_callback(
+                task_id,
+                token.clone(),
+                report.clone(),
+                too_large.clone(),
+                lease.clone(),
+            );
             match self.db.write_for_task_rerunnable(task_id, write).await {
                 Err(CommandError::Db(e))
                     if e.is_lock_conflict() && conflicts < LOCK_CONFLICT_TRIES =>
@@ -50,6 +59,13 @@ impl LifecycleService {
             }
         };
         self.metrics.callback(callback_answer(&recorded));
+        let handed = recorded
+            .as_ref()
+            .ok()
+            .and_then(|(_, a)| a.as_ref()?.handed());
+        if let Some(reservation) = reservation {
+            reservation.deliver(handed);
+        }
         let (status, applied) = recorded?;
         applied
             .unwrap_or_default()
@@ -64,6 +80,7 @@ impl LifecycleService {
         token: Option<String>,
         report: Report,
         too_large: Option<String>,
+        handoff: Option<HandoffLease>,
     ) -> impl FnOnce(&mut db::DbConnection) -> Result<Recorded, CommandError> + Clone + Send + 'static
     {
         let rules = self.callbacks.clone();
@@ -87,8 +104,12 @@ impl LifecycleService {
             let timing = timings.at(now_ms());
             match state::callback(&snapshot, task_id, report, confirm_first, &timing) {
                 Ok(CallbackDecision::AlreadyRecorded(status)) => Ok((status, None)),
-                Ok(CallbackDecision::Apply(plan)) => {
-                    let applied = apply(conn, &plan, snapshot.activity.id, &listeners)?;
+                Ok(CallbackDecision::Apply(mut plan)) => {
+                    let handed = handoff
+                        .as_ref()
+                        .and_then(|lease| lease.take(&mut plan, &snapshot, timing.now));
+                    let applied =
+                        apply(conn, &plan, snapshot.activity.id, &listeners)?.handing(handed);
                     Ok((
                         plan.task_status_after(task_id, TaskStatus::Processing),
                         Some(applied),

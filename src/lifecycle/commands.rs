@@ -2,6 +2,7 @@
 //! `callbacks.rs`.
 
 use super::error::CommandError;
+use super::handoff::{HandoffLease, Reservation};
 use super::plumbing::Applied;
 use super::service::{apply, snapshot, LifecycleService};
 use super::state::{self, Timing};
@@ -41,41 +42,51 @@ impl LifecycleService {
         let start_now = start && !gated;
         let (keys, timings) = (self.keys().clone(), self.timings);
         let listeners = self.listeners.clone();
+        // Started now: its first dispatch is handed to this replica's engine.
+        let reservation = start_now.then(|| self.waker.reserve()).flatten();
+        let lease = reservation.as_ref().map(|r| r.lease().clone());
         // Rerunnable: its batch may roll it back and run it again (nothing it does outside
         // the database, sealing included, minds), which saves the batch a savepoint.
-        let activity = self
+        let created = self
             .db
-            .write_rerunnable(move |conn| -> Result<ActivityRow, CommandError> {
-                let now = now_ms();
-                let new = Planned {
-                    request: &request,
-                    definitions: &definitions,
-                    settings: &settings,
-                };
-                let (mut activity, in_the_way) = insert_planned(conn, new, now)?;
-                if !listeners.is_empty() {
-                    let tasks = db::task_ids_of(conn, activity.id)?;
-                    let created = Event::created(activity.id, &tasks);
-                    notifications::record(conn, &listeners, &created, now)?;
-                }
-                // Sealed once the id is known: it binds the secrets to this activity.
-                if !secrets.is_empty() {
-                    let sealed = keys.seal(activity.id.get(), &secrets);
-                    db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
-                    activity.sealed_secrets = Some(sealed);
-                }
-                if !start_now {
-                    return Ok(activity);
-                }
-                let starting = Starting::Inserted(Box::new(activity), in_the_way.processing);
-                let (_, started) =
-                    start_in(conn, starting, None, None, &listeners, timings.at(now))?;
-                Ok(started)
-            })
-            .await?;
-        if start_now {
-            self.waker.wake();
-        }
+            .write_rerunnable(
+                move |conn| -> Result<(ActivityRow, Applied), CommandError> {
+                    let now = now_ms();
+                    let new = Planned {
+                        request: &request,
+                        definitions: &definitions,
+                        settings: &settings,
+                    };
+                    let (mut activity, in_the_way) = insert_planned(conn, new, now)?;
+                    if !listeners.is_empty() {
+                        let tasks = db::task_ids_of(conn, activity.id)?;
+                        let created = Event::created(activity.id, &tasks);
+                        notifications::record(conn, &listeners, &created, now)?;
+                    }
+                    // Sealed once the id is known: it binds the secrets to this activity.
+                    if !secrets.is_empty() {
+                        let sealed = keys.seal(activity.id.get(), &secrets);
+                        db::set_sealed_secrets(conn, activity.id, Some(&sealed))?;
+                        activity.sealed_secrets = Some(sealed);
+                    }
+                    if !start_now {
+                        return Ok((activity, Applied::default()));
+                    }
+                    let starting = Starting::Inserted(Box::new(activity), in_the_way.processing);
+                    let (applied, started) = start_in(
+                        conn,
+                        starting,
+                        None,
+                        None,
+                        (&listeners, lease.as_ref()),
+                        timings.at(now),
+                    )?;
+                    Ok((started, applied))
+                },
+            )
+            .await;
+        let (activity, applied) = delivered(reservation, created)?;
+        applied.committed(&self.metrics, &self.waker);
         if !self.listeners.is_empty() {
             self.waker.outbox_due();
         }
@@ -85,16 +96,22 @@ impl LifecycleService {
         let id = activity.id;
         let seen = self.pass_start_gates(id, true).await?;
         let listeners = self.listeners.clone();
-        let (applied, activity) = self
+        let reservation = self.waker.reserve();
+        let lease = reservation.as_ref().map(|r| r.lease().clone());
+        let started = self
             .db
             .write_for(
                 id,
-                move |conn| -> Result<(Applied, ActivityRow), CommandError> {
+                move |conn| -> Result<(ActivityRow, Applied), CommandError> {
                     let starting = Starting::Stored(id);
-                    start_in(conn, starting, None, seen, &listeners, timings.at(now_ms()))
+                    let with = (&listeners, lease.as_ref());
+                    let (applied, activity) =
+                        start_in(conn, starting, None, seen, with, timings.at(now_ms()))?;
+                    Ok((activity, applied))
                 },
             )
-            .await?;
+            .await;
+        let (activity, applied) = delivered(reservation, started)?;
         applied.committed(&self.metrics, &self.waker);
         Ok(activity)
     }
@@ -138,21 +155,20 @@ impl LifecycleService {
         let seen = self.pass_start_gates(id, false).await?;
         let keys = self.keys().clone();
         let (timings, listeners) = (self.timings, self.listeners.clone());
-        let (applied, _) = self
+        let reservation = self.waker.reserve();
+        let lease = reservation.as_ref().map(|r| r.lease().clone());
+        let started = self
             .db
             .write_for(id, move |conn| {
                 let fresh = (!secrets.is_empty()).then_some((keys, secrets));
                 let starting = Starting::Stored(id);
-                start_in(
-                    conn,
-                    starting,
-                    fresh,
-                    seen,
-                    &listeners,
-                    timings.at(now_ms()),
-                )
+                let with = (&listeners, lease.as_ref());
+                let (applied, a) =
+                    start_in(conn, starting, fresh, seen, with, timings.at(now_ms()))?;
+                Ok((a, applied))
             })
-            .await?;
+            .await;
+        let (_, applied) = delivered(reservation, started)?;
         applied.committed(&self.metrics, &self.waker);
         Ok(ActivityStatus::Processing)
     }
@@ -341,14 +357,15 @@ enum Starting {
 
 /// Starts an activity inside the caller's transaction, adding freshly given secrets. When its
 /// gates were passed, `gated_on` is the lifecycle row (its id) their answer was based on: the
-/// start is refused if the version's lifecycle moved since.
+/// start is refused if the version's lifecycle moved since. Its events are recorded for the
+/// listeners, and its first dispatch handed to the engine when room was reserved for it.
 /// Returns what it did and the activity as it left it.
 fn start_in(
     conn: &mut DbConnection,
     starting: Starting,
     fresh_secrets: Option<(Keys, ActivitySecrets)>,
     gated_on: Option<Option<i64>>,
-    listeners: &Listeners,
+    (listeners, handoff): (&Listeners, Option<&HandoffLease>),
     timing: Timing,
 ) -> Result<(Applied, ActivityRow), CommandError> {
     let id = match &starting {
@@ -357,7 +374,7 @@ fn start_in(
     };
     let missing = || CommandError::ActivityNotFound(id);
     let snapshot = snapshot(conn, SnapshotOf::Activity(id), missing)?;
-    let plan = state::start(&snapshot, &timing)?;
+    let mut plan = state::start(&snapshot, &timing)?;
     let (mut a, processing) = match starting {
         // Read after the snapshot, which locked it: its keys and secrets for what follows.
         Starting::Stored(id) => {
@@ -389,16 +406,19 @@ fn start_in(
             a.data_product_id, a.data_product_version
         )));
     }
-    let applied = apply(conn, &plan, id, listeners).map_err(|e| match e {
-        CommandError::Db(db) if db.is_unique_violation() => {
-            CommandError::ActivityConflict(format!(
+    let handed = handoff.and_then(|lease| lease.take(&mut plan, &snapshot, timing.now));
+    let applied = apply(conn, &plan, id, listeners)
+        .map_err(|e| match e {
+            CommandError::Db(db) if db.is_unique_violation() => {
+                CommandError::ActivityConflict(format!(
                 "another activity of product {}, version {} became PROCESSING at the same time: \
                  only one activity of a product version runs at a time",
                 a.data_product_id, a.data_product_version
             ))
-        }
-        other => other,
-    })?;
+            }
+            other => other,
+        })?
+        .handing(handed);
     if let Some(update) = &plan.activity {
         a = a.changed_by(&update.changes);
     }
@@ -417,4 +437,20 @@ fn start_in(
         a.sealed_secrets = Some(sealed);
     }
     Ok((applied, a))
+}
+
+/// A start's outcome, once its write is over: the dispatch it handed goes to the engine (or the
+/// reserved room back).
+fn delivered<T>(
+    reservation: Option<Reservation>,
+    started: Result<(T, Applied), CommandError>,
+) -> Result<(T, Applied), CommandError> {
+    if let Some(reservation) = reservation {
+        let handed = started
+            .as_ref()
+            .ok()
+            .and_then(|(_, applied)| applied.handed());
+        reservation.deliver(handed);
+    }
+    started
 }

@@ -1,14 +1,16 @@
 //! What the command service and the engine share, owned by neither: the waker that tells the
-//! engine work is due, the engine's timings every decision needs, and what a committed plan
-//! did (`Applied`: tasks ended, for the metrics; work left due, to wake the engine).
+//! engine work is due (or hands it a dispatch, `handoff.rs`), the engine's timings every
+//! decision needs, and what a committed plan did (`Applied`: tasks ended, for the metrics; work
+//! left due, to wake the engine; the dispatch it handed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
+use super::handoff::{Handoffs, Reservation};
 use super::state::Timing;
-use crate::domain::{Plan, TaskStatus};
+use crate::domain::{Plan, TaskId, TaskStatus};
 use crate::metrics::{Metrics, TaskOutcome, TaskOutcomes};
 
 /// Wakes the engine at once instead of at its next tick. Shared by every thread.
@@ -22,6 +24,8 @@ struct Wake {
     outbox: AtomicBool,
     /// An ODM observer asked for activities to be deleted.
     deletions: AtomicBool,
+    /// Set by the engine this waker wakes: it takes dispatches handed to it.
+    handoffs: OnceLock<Arc<Handoffs>>,
 }
 
 impl Waker {
@@ -52,6 +56,17 @@ impl Waker {
     pub fn take_deletions_due(&self) -> bool {
         self.0.deletions.swap(false, Ordering::AcqRel)
     }
+
+    /// The engine takes dispatches handed to it from now on. Set once.
+    pub(super) fn accept_handoffs(&self, handoffs: Arc<Handoffs>) {
+        let _ = self.0.handoffs.set(handoffs);
+    }
+
+    /// Room for one dispatch on the engine, for a write that may make one due (`handoff.rs`);
+    /// none without an engine taking hand-offs or without room.
+    pub fn reserve(&self) -> Option<Reservation> {
+        self.0.handoffs.get()?.reserve()
+    }
 }
 
 /// `engine.poll_after_secs` and `engine.task_timeout_secs`, in milliseconds.
@@ -78,10 +93,13 @@ pub struct Applied {
     outcomes: TaskOutcomes,
     /// Outbox rows were written.
     announced: bool,
+    /// The dispatch the plan leased for this replica's engine (`handoff.rs`).
+    handed: Option<TaskId>,
 }
 
 impl Applied {
-    pub fn of(plan: &Plan) -> Applied {
+    /// What `plan`, applied at `now`, did.
+    pub fn of(plan: &Plan, now: i64) -> Applied {
         let mut outcomes = TaskOutcomes::default();
         for update in &plan.tasks {
             match update.changes.status {
@@ -95,10 +113,22 @@ impl Applied {
             }
         }
         Applied {
-            scheduled: plan.schedules_work(),
+            // A step due later is claimed by a later tick: waking the engine for it now would
+            // only cost a claim that finds nothing.
+            scheduled: plan.makes_work_due(now),
             outcomes,
             announced: false,
+            handed: None,
         }
+    }
+
+    /// `handed`: the dispatch the plan leased for the engine.
+    pub fn handing(self, handed: Option<TaskId>) -> Applied {
+        Applied { handed, ..self }
+    }
+
+    pub fn handed(&self) -> Option<TaskId> {
+        self.handed
     }
 
     /// `announced`: outbox rows were written with it.

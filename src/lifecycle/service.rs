@@ -111,5 +111,5 @@ pub(super) fn apply(
     let now = now_ms();
     db::apply_plan(conn, plan, now)?;
     let announced = notifications::record(conn, listeners, &plan.events(activity), now)?;
-    Ok(Applied::of(plan).announcing(announced))
+    Ok(Applied::of(plan, now).announcing(announced))
 }

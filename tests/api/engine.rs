@@ -288,7 +288,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
         ActivityChanges, ActivityId, ActivityStatus, ActivityUpdate, Plan, TaskChanges, TaskStatus,
         TaskUpdate,
     };
-    use odm_devops::lifecycle::engine::{apply_decision, EngineError};
+    use odm_devops::lifecycle::engine::{apply_decision, Decision, EngineError};
     use odm_devops::lifecycle::EngineTimings;
     use odm_devops::notifications::Listeners;
 
@@ -307,7 +307,12 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
     };
     let decided = db
         .write(move |conn| {
-            apply_decision(conn, id, timings, &Listeners::none(), |s, _| Plan {
+            let with = Decision {
+                timings,
+                listeners: &Listeners::none(),
+                handoff: None,
+            };
+            apply_decision(conn, id, with, |s, _| Plan {
                 activity: Some(ActivityUpdate {
                     id: s.activity.id,
                     expected: ActivityStatus::Planned,

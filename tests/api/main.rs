@@ -17,6 +17,7 @@ mod engine;
 mod errors;
 mod executor_api;
 mod group_commit;
+mod handoff;
 mod limits;
 mod lists;
 mod metrics;

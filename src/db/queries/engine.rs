@@ -123,36 +123,76 @@ pub fn take_claimed(
         DbConnection::Pg(pg) => lease!(pg)?,
         DbConnection::Sqlite(sqlite) => lease!(sqlite)?,
     };
-    let mut activity_ids: Vec<ActivityId> = leased.iter().map(|t| t.activity_id).collect();
-    activity_ids.sort_unstable();
-    activity_ids.dedup();
-    let keys: Vec<ActivityKeysRow> = activities::table
-        .filter(activities::id.eq_any(&activity_ids))
-        .select(ActivityKeysRow::as_select())
-        .load(conn)?;
-    let keys: HashMap<ActivityId, ActivityKeysRow> = keys.into_iter().map(|k| (k.id, k)).collect();
+    let keys = activity_keys(conn, &leased)?;
     leased
         .into_iter()
         .filter_map(|task| {
             let step = candidates.iter().find(|c| c.task == task.id)?.step;
             // Steps of one activity claimed together each take a copy of its keys.
             let activity = keys.get(&task.activity_id)?.clone();
-            Some(claimed_step(claim, step, decision, task, activity))
+            let abandoned = decision.abandoned.contains(&task.id);
+            Some(claimed_step(claim, step, abandoned, task, activity))
         })
         .collect()
+}
+
+/// The dispatches writes handed to this engine (`lifecycle::handoff`: task, claim), read as a
+/// claim reads its steps. A task whose lease moved on since it was handed (aborted, or its
+/// lease expired and another replica took it over) is left out.
+pub fn handed_steps(conn: &mut Conn, handed: &[(TaskId, String)]) -> QueryResult<Vec<ClaimedStep>> {
+    let ids: Vec<TaskId> = handed.iter().map(|(task, _)| *task).collect();
+    let rows: Vec<(ClaimedTaskRow, Option<String>, Option<Step>)> = tasks::table
+        .filter(tasks::id.eq_any(&ids))
+        .select((ClaimedTaskRow::as_select(), tasks::lease_owner, tasks::step))
+        .load(conn)?;
+    let still_handed: Vec<(ClaimedTaskRow, &str)> = rows
+        .into_iter()
+        .filter(|(_, _, step)| *step == Some(Step::Dispatch))
+        .filter_map(|(task, owner, _)| {
+            let (_, claim) = handed.iter().find(|(id, _)| *id == task.id)?;
+            (owner.as_deref() == Some(claim.as_str())).then_some((task, claim.as_str()))
+        })
+        .collect();
+    let tasks: Vec<&ClaimedTaskRow> = still_handed.iter().map(|(task, _)| task).collect();
+    let keys = activity_keys(conn, tasks)?;
+    still_handed
+        .into_iter()
+        .filter_map(|(task, claim)| {
+            let activity = keys.get(&task.activity_id)?.clone();
+            Some(claimed_step(claim, Step::Dispatch, false, task, activity))
+        })
+        .collect()
+}
+
+/// The keys and sealed secrets of the activities of `tasks`.
+fn activity_keys<'a>(
+    conn: &mut Conn,
+    tasks: impl IntoIterator<Item = &'a ClaimedTaskRow>,
+) -> QueryResult<HashMap<ActivityId, ActivityKeysRow>> {
+    let mut activity_ids: Vec<ActivityId> = tasks.into_iter().map(|t| t.activity_id).collect();
+    if activity_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    activity_ids.sort_unstable();
+    activity_ids.dedup();
+    let keys: Vec<ActivityKeysRow> = activities::table
+        .filter(activities::id.eq_any(&activity_ids))
+        .select(ActivityKeysRow::as_select())
+        .load(conn)?;
+    Ok(keys.into_iter().map(|k| (k.id, k)).collect())
 }
 
 fn claimed_step(
     claim: &str,
     step: Step,
-    decision: &ClaimDecision,
+    abandoned: bool,
     t: ClaimedTaskRow,
     a: ActivityKeysRow,
 ) -> QueryResult<ClaimedStep> {
     Ok(ClaimedStep {
         claim: claim.to_owned(),
         step,
-        abandoned: decision.abandoned.contains(&t.id),
+        abandoned,
         task: ClaimedTask {
             id: t.id,
             activity_id: t.activity_id,

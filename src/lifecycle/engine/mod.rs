@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::handoff::{Handed, HandoffLease, Handoffs};
 use super::plumbing::{Applied, EngineTimings, Waker};
 use super::state::{self, Timing};
 use crate::clock::now_ms;
@@ -99,9 +100,13 @@ pub struct Engine {
     waker: Waker,
     metrics: Arc<Metrics>,
     replica: String,
-    claims: Cell<u64>,
     /// One permit per step under way: bounds the steps this replica carries out at once.
     in_flight: Arc<Semaphore>,
+    /// Names claims; reserves room for the dispatches writes hand this engine (`handoff.rs`).
+    handoffs: Arc<Handoffs>,
+    /// The dispatches handed over, once their writes committed.
+    /// (A tokio mutex: the loop holds it while it waits; `tick` never runs during that wait.)
+    handed: tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>,
     /// Sends notifications, when listeners are configured (`with_notifications`).
     notifier: Option<Notifier>,
     /// Deletions asked by an ODM observer may wait (true at start: they are looked for once).
@@ -171,17 +176,21 @@ impl Engine {
         waker: Waker,
         metrics: Arc<Metrics>,
     ) -> Engine {
+        let replica = uuid::Uuid::new_v4().simple().to_string();
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+        let (handoffs, handed) = Handoffs::new(replica.clone(), config.lease_ms, in_flight.clone());
         Engine {
             db,
             executors,
             keys,
             timings,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            in_flight,
+            handoffs: Arc::new(handoffs),
+            handed: tokio::sync::Mutex::new(handed),
             config,
             waker,
             metrics,
-            replica: uuid::Uuid::new_v4().simple().to_string(),
-            claims: Cell::new(0),
+            replica,
             notifier: None,
             deletions_pending: Cell::new(true),
             gates: None,
@@ -194,8 +203,16 @@ impl Engine {
         self
     }
 
+    /// Writes of this replica hand the dispatches they make due to this engine from now on
+    /// (`handoff.rs`): its loop takes them at once, a stepped engine at its next `tick`. Until
+    /// then (and for an engine that never runs) they are left to claims, any replica's.
+    pub fn accept_handoffs(&self) {
+        self.waker.accept_handoffs(self.handoffs.clone());
+    }
+
     /// Starts the loop on the current actix System thread.
     pub fn spawn(self) -> EngineHandle {
+        self.accept_handoffs();
         let (stop, stopped) = watch::channel(false);
         let join = actix_web::rt::spawn(Rc::new(self).run(stopped));
         EngineHandle { stop, join }
@@ -206,32 +223,25 @@ impl Engine {
     pub async fn tick(self: &Rc<Self>) -> Result<Tick, DbError> {
         self.housekeeping().await;
         let deliveries = self.claim_notifications().await;
+        let mut under_way = self.start_handed(self.arrived(None)).await;
         let room = self.in_flight.available_permits().min(self.config.batch);
         if room == 0 {
             return Ok(Tick {
                 saturated: false,
-                under_way: Vec::new(),
+                under_way,
                 deliveries,
             });
         }
         let steps = self.claim(room).await?;
         let saturated = steps.len() == room;
-        let under_way = steps
-            .into_iter()
-            .map(|step| {
-                let permit = self
-                    .in_flight
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("room was counted");
-                let engine = self.clone();
-                actix_web::rt::spawn(async move {
-                    let report = engine.carry_out(step).await;
-                    drop(permit);
-                    report
-                })
-            })
-            .collect();
+        under_way.extend(steps.into_iter().map(|step| {
+            let permit = self
+                .in_flight
+                .clone()
+                .try_acquire_owned()
+                .expect("room was counted");
+            self.start(step, permit)
+        }));
         Ok(Tick {
             saturated,
             under_way,
@@ -239,9 +249,71 @@ impl Engine {
         })
     }
 
+    /// `first` and the dispatches handed over since, without waiting.
+    fn arrived(&self, first: Option<Handed>) -> Vec<Handed> {
+        let mut handed: Vec<Handed> = first.into_iter().collect();
+        if let Ok(mut received) = self.handed.try_lock() {
+            handed.extend(std::iter::from_fn(|| received.try_recv().ok()));
+        }
+        handed
+    }
+
+    /// Carries `step` out in the background, holding `permit` until it is done.
+    fn start(
+        self: &Rc<Self>,
+        step: ClaimedStep,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> tokio::task::JoinHandle<StepReport> {
+        let engine = self.clone();
+        actix_web::rt::spawn(async move {
+            let report = engine.carry_out(step).await;
+            drop(permit);
+            report
+        })
+    }
+
+    /// Starts the dispatches handed to this engine (`handoff.rs`): what each needs is read as a
+    /// claim reads it, in one go; one whose lease moved on meanwhile (an abort) is let go.
+    async fn start_handed(
+        self: &Rc<Self>,
+        handed: Vec<Handed>,
+    ) -> Vec<tokio::task::JoinHandle<StepReport>> {
+        if handed.is_empty() {
+            return Vec::new();
+        }
+        let leases: Vec<(TaskId, String)> =
+            handed.iter().map(|h| (h.task, h.claim.clone())).collect();
+        let read = self
+            .while_database_fails(|| {
+                let leases = leases.clone();
+                self.db
+                    .read(move |conn| Ok(db::handed_steps(conn, &leases)?))
+            })
+            .await;
+        let steps = match read {
+            Ok(steps) => steps,
+            Err(e) => {
+                // As for a claimed step whose database work failed: the leases run out and the
+                // dispatches are taken over (not sent again blindly).
+                tracing::error!(error = %chain(&e), handed = handed.len(), "reading dispatches handed to the engine failed");
+                return Vec::new();
+            }
+        };
+        let tasks = steps.iter().map(|c| (c.task.id, c.task.activity_id));
+        self.db.remember_activities(tasks);
+        let mut permits: Vec<Handed> = handed;
+        steps
+            .into_iter()
+            .filter_map(|step| {
+                let at = permits.iter().position(|h| h.task == step.task.id)?;
+                Some(self.start(step, permits.swap_remove(at).permit))
+            })
+            .collect()
+    }
+
     async fn run(self: Rc<Self>, mut stopped: watch::Receiver<bool>) {
         tracing::info!(replica = %self.replica, "engine started");
-        loop {
+        'ticks: loop {
             if *stopped.borrow() {
                 break;
             }
@@ -262,27 +334,48 @@ impl Engine {
                 actix_web::rt::task::yield_now().await;
                 continue;
             }
-            tokio::select! {
-                _ = self.waker.woken() => {}
-                _ = actix_web::rt::time::sleep(self.config.tick) => {}
-                _ = stopped.changed() => {}
+            let next_tick = actix_web::rt::time::Instant::now() + self.config.tick;
+            loop {
+                // Dispatches handed over are started without a tick (which would claim).
+                let handed = tokio::select! {
+                    handed = self.next_handed() => handed,
+                    _ = self.waker.woken() => continue 'ticks,
+                    _ = actix_web::rt::time::sleep_until(next_tick) => continue 'ticks,
+                    _ = stopped.changed() => continue 'ticks,
+                };
+                drop(self.start_handed(self.arrived(Some(handed))).await);
             }
         }
         // A step cut between its claim and its send would leave its task waiting for a callback
-        // that never comes (it is not sent again blindly): let the steps under way finish.
+        // that never comes (it is not sent again blindly): let the steps under way finish, and
+        // the dispatches handed over before the close (their writes hold permits) start.
+        self.handoffs.close();
         let all = self.config.max_in_flight as u32;
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.in_flight.acquire_many(all)).await;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            loop {
+                tokio::select! {
+                    _ = self.in_flight.acquire_many(all) => break,
+                    handed = self.next_handed() => {
+                        drop(self.start_handed(vec![handed]).await)
+                    }
+                }
+            }
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!(replica = %self.replica, "engine stopped with steps still under way; their leases will expire");
         }
         tracing::info!(replica = %self.replica, "engine stopped");
     }
 
-    /// A name of its own for each claim: a lease says which claim holds it.
-    fn next_claim(&self) -> String {
-        let n = self.claims.get() + 1;
-        self.claims.set(n);
-        format!("{}-{n}", self.replica)
+    /// The next dispatch handed over.
+    async fn next_handed(&self) -> Handed {
+        let handed = self.handed.lock().await.recv().await;
+        match handed {
+            Some(handed) => handed,
+            // `self.handoffs` keeps a sender: the channel outlives the engine.
+            None => std::future::pending().await,
+        }
     }
 
     /// The listeners a decision's events are recorded for.
@@ -294,7 +387,7 @@ impl Engine {
     }
 
     async fn claim(&self, limit: usize) -> Result<Vec<ClaimedStep>, DbError> {
-        let claim = self.next_claim();
+        let claim = self.handoffs.next_claim();
         let lease_ms = self.config.lease_ms;
         self.db
             .write_claim(move |conn| {
@@ -335,14 +428,25 @@ impl Engine {
         F: FnOnce(&Snapshot, &Timing) -> Plan + Clone + Send + 'static,
     {
         let (timings, listeners) = (self.timings, self.listeners());
+        let reservation = self.handoffs.reserve();
+        let lease = reservation.as_ref().map(|r| r.lease().clone());
         let decided = self
             .while_database_fails(|| {
-                let (decide, listeners) = (decide.clone(), listeners.clone());
+                let (decide, listeners, lease) = (decide.clone(), listeners.clone(), lease.clone());
                 self.db.write_for_rerunnable(activity_id, move |conn| {
-                    apply_decision(conn, activity_id, timings, &listeners, decide)
+                    let decision = Decision {
+                        timings,
+                        listeners: &listeners,
+                        handoff: lease.as_ref(),
+                    };
+                    apply_decision(conn, activity_id, decision, decide)
                 })
             })
             .await;
+        let handed = decided.as_ref().ok().and_then(Applied::handed);
+        if let Some(reservation) = reservation {
+            reservation.deliver(handed);
+        }
         match decided {
             Ok(applied) => applied.committed(&self.metrics, &self.waker),
             // Someone else (a callback, an abort, a claim) moved the task first: their word stands.
@@ -403,15 +507,24 @@ pub fn claim_due_steps(
     db::take_claimed(conn, claim, &candidates, &decision, now, lease_until)
 }
 
+/// What an engine decision is taken with.
+pub struct Decision<'a> {
+    pub timings: EngineTimings,
+    /// Whom its events are recorded for.
+    pub listeners: &'a Listeners,
+    /// Room the engine reserved for a dispatch the decision makes due now (`handoff.rs`).
+    pub handoff: Option<&'a HandoffLease>,
+}
+
 /// The engine's transaction: the plan `decide` makes from the activity's snapshot, applied in
-/// full with the outbox rows of its events; what it did, to report once committed. A plan that no longer fits (someone moved first) is
-/// `Superseded`, an error so that the caller's transaction rolls back: the updates applied
-/// before the conflict must not stay without the rest.
+/// full with the outbox rows of its events; what it did, to report once committed. A plan that
+/// no longer fits (someone moved first) is `Superseded`, an error so that the caller's
+/// transaction rolls back: the updates applied before the conflict must not stay without the
+/// rest.
 pub fn apply_decision<F>(
     conn: &mut DbConnection,
     activity_id: ActivityId,
-    timings: EngineTimings,
-    listeners: &Listeners,
+    with: Decision<'_>,
     decide: F,
 ) -> Result<Applied, EngineError>
 where
@@ -420,13 +533,18 @@ where
     let snapshot = db::load_snapshot(conn, SnapshotOf::Activity(activity_id))?
         .ok_or(EngineError::Gone(activity_id))?;
     let now = now_ms();
-    let plan = decide(&snapshot, &timings.at(now));
+    let mut plan = decide(&snapshot, &with.timings.at(now));
     if plan.is_empty() {
         return Ok(Applied::default());
     }
+    let handed = with
+        .handoff
+        .and_then(|lease| lease.take(&mut plan, &snapshot, now));
     db::apply_plan(conn, &plan, now)?;
-    let announced = notifications::record(conn, listeners, &plan.events(activity_id), now)?;
-    Ok(Applied::of(&plan).announcing(announced))
+    let announced = notifications::record(conn, with.listeners, &plan.events(activity_id), now)?;
+    Ok(Applied::of(&plan, now)
+        .announcing(announced)
+        .handing(handed))
 }
 
 /// Exponential backoff with jitter from 1 s, capped, never shorter than the provider asked.

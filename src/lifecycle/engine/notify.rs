@@ -110,7 +110,7 @@ impl Engine {
             if room == 0 {
                 continue;
             }
-            let claim = self.next_claim();
+            let claim = self.handoffs.next_claim();
             let (name, lease_ms, owner) =
                 (listener.name.clone(), self.config.lease_ms, claim.clone());
             let claimed = self

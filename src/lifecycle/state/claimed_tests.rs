@@ -271,3 +271,73 @@ fn a_result_waiting_for_the_policy_service_keeps_its_step_and_says_why() {
     let lost = wait_for_policy(&s, TaskId(10), "other", Step::Confirm, NOW, "w".into());
     assert!(lost.is_empty(), "only while the claim holds");
 }
+
+/// A callback that starts the next task hands its dispatch to the engine: the same lease and
+/// new attempt a claim would give it, in the callback's own update of that task.
+#[test]
+fn a_dispatch_made_due_now_is_handed_off_as_a_claim_would_take_it() {
+    let s = snapshot(
+        ActivityStatus::Processing,
+        vec![
+            task(10, 1, TaskStatus::Processing),
+            task(11, 2, TaskStatus::Planned),
+            task(12, 3, TaskStatus::Planned),
+        ],
+    );
+    let done = Outcome::Processed { results: None };
+    let mut plan = finish_task(&s, TaskId(10), done, false, None, &timing());
+    let handed = hand_off(&mut plan, &s, "me-h1", NOW + 30_000, NOW);
+    assert_eq!(handed, Some(TaskId(11)));
+    let next = update_of(&plan, 11);
+    assert_eq!(next.changes.step, Some(Some(Step::Dispatch)));
+    assert_eq!(next.changes.lease_owner, Some(Some("me-h1".into())));
+    assert_eq!(next.changes.lease_until, Some(Some(NOW + 30_000)));
+    // What `claim` decides for a dispatch nobody held: a new attempt (and callback token).
+    let claimed = claim(&[ClaimCandidate {
+        task: TaskId(11),
+        step: Step::Dispatch,
+        held_by: None,
+    }]);
+    assert_eq!(claimed.new_attempts, vec![TaskId(11)]);
+    assert_eq!(next.changes.attempt, Some(2), "task 11 was at attempt 1");
+    assert!(!plan.makes_work_due(NOW), "nobody else is woken for it");
+    assert_eq!(update_of(&plan, 10).changes.lease_owner, Some(None));
+}
+
+/// A run retried later, a step other than a dispatch, or a plan without one: nothing is handed,
+/// the claim takes it when due.
+#[test]
+fn only_a_dispatch_due_now_is_handed_off() {
+    let mut t = task(10, 1, TaskStatus::Processing);
+    t.settings.retry = Some(crate::domain::RetryPolicy {
+        max: 2,
+        backoff_ms: 5_000,
+    });
+    t.deadline_at = Some(NOW + 3_600_000);
+    let s = snapshot(ActivityStatus::Processing, vec![t]);
+    let failed = Outcome::RunFailed {
+        errors: "boom".into(),
+    };
+    let mut retried = finish_task(&s, TaskId(10), failed, false, None, &timing());
+    assert_eq!(
+        update_of(&retried, 10).changes.step,
+        Some(Some(Step::Dispatch))
+    );
+    assert_eq!(hand_off(&mut retried, &s, "me-h1", NOW + 30_000, NOW), None);
+    assert_eq!(update_of(&retried, 10).changes.lease_owner, Some(None));
+
+    let s = snapshot(
+        ActivityStatus::Processing,
+        vec![claimed(
+            task(10, 1, TaskStatus::Processing),
+            Step::Dispatch,
+            "me",
+        )],
+    );
+    let mut awaiting = submitted(&s, TaskId(10), "me", submittal(), &timing());
+    assert_eq!(
+        hand_off(&mut awaiting, &s, "me-h1", NOW + 30_000, NOW),
+        None
+    );
+    assert_eq!(update_of(&awaiting, 10).changes.lease_owner, Some(None));
+}

@@ -69,7 +69,7 @@ fn a_failed_run_is_followed_by_a_new_one_after_the_backoff() {
     let mut retried = TaskOutcomes::default();
     retried.add(TaskOutcome::Retried);
     assert_eq!(
-        Applied::of(&plan).outcomes(),
+        Applied::of(&plan, NOW).outcomes(),
         retried,
         "counted as retried, not ended"
     );
@@ -115,7 +115,7 @@ fn when_every_run_failed_the_task_and_activity_fail() {
     let mut ended = TaskOutcomes::default();
     ended.add(TaskOutcome::Failed);
     ended.add(TaskOutcome::Aborted);
-    assert_eq!(Applied::of(&plan).outcomes(), ended);
+    assert_eq!(Applied::of(&plan, NOW).outcomes(), ended);
     let activity = plan.activity.unwrap();
     assert_eq!(activity.changes.status, Some(ActivityStatus::Failed));
 }

@@ -182,6 +182,15 @@ impl TestApp {
         }
     }
 
+    /// The stepped engine takes the dispatches this app's writes make due, as a running one
+    /// does (`Engine::accept_handoffs`), instead of leaving them to claims.
+    pub fn accept_handoffs(&self) {
+        self.engine
+            .as_ref()
+            .expect("accept_handoffs needs a stepped app (spawn_stepped_app)")
+            .accept_handoffs();
+    }
+
     /// Built with `spawn_stepped_app`: nothing happens in the engine unless the test drives it.
     pub fn is_stepped(&self) -> bool {
         self.engine.is_some()

@@ -1,0 +1,99 @@
+//! Hand-offs (`src/lifecycle/handoff.rs`): a write that makes a dispatch due now leases it to
+//! its own replica's engine in the same update, instead of leaving it for a claim.
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use odm_devops::db::schema::tasks;
+use odm_devops::db::DbError;
+use odm_devops::lifecycle::engine::claim_due_steps;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+fn two_tasks() -> Value {
+    json!({"dev": [fake_task("first", json!({})), fake_task("second", json!({}))]})
+}
+
+/// `(step, lease_owner, attempt)` of the task at `position` of activity `id`, as stored.
+async fn stored_task(db: &TestDb, id: i64, position: i32) -> (Option<String>, Option<String>, i32) {
+    db.open()
+        .await
+        .read(move |conn| {
+            tasks::table
+                .filter(tasks::activity_id.eq(id))
+                .filter(tasks::position.eq(position))
+                .select((tasks::step, tasks::lease_owner, tasks::attempt))
+                .first::<(Option<String>, Option<String>, i32)>(conn)
+                .map_err(DbError::from)
+        })
+        .await
+        .unwrap()
+}
+
+/// What another replica's claim would take now.
+async fn claimable(db: &TestDb) -> usize {
+    db.open()
+        .await
+        .write(|conn| {
+            let now = odm_devops::clock::now_ms();
+            claim_due_steps(conn, "another-replica-1", now, now + 60_000, 10).map_err(DbError::from)
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+on_both_backends!(a_start_and_a_callback_hand_their_dispatch_to_their_own_engine);
+async fn a_start_and_a_callback_hand_their_dispatch_to_their_own_engine(db: TestDb) {
+    let (app, executor) = stepped_app_with_fake(&db).await;
+    app.accept_handoffs();
+    let id = app.start_dev(two_tasks()).await;
+    // Leased by the start itself, with the new attempt a claim would start: nobody else's.
+    let (step, owner, attempt) = stored_task(&db, id, 1).await;
+    assert_eq!((step.as_deref(), attempt), (Some("dispatch"), 1));
+    assert!(owner.is_some(), "the first task is leased by the start");
+    assert_eq!(
+        claimable(&db).await,
+        0,
+        "another replica found the first task"
+    );
+
+    let first = app.dispatched(&executor, 1).await;
+    let answer = app.call_back(&first.callback_ref, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let (step, next_owner, attempt) = stored_task(&db, id, 2).await;
+    assert_eq!((step.as_deref(), attempt), (Some("dispatch"), 1));
+    assert!(
+        next_owner.is_some(),
+        "the second task is leased by the callback"
+    );
+    assert_ne!(next_owner, owner, "each hand-off is a lease of its own");
+    assert_eq!(
+        claimable(&db).await,
+        0,
+        "another replica found the second task"
+    );
+
+    // The attempt's callback token is the one the engine sends with it.
+    let second = app.dispatched(&executor, 2).await;
+    let answer = app.call_back(&second.callback_ref, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    app.wait_for_activity(id, "PROCESSED").await;
+    assert_eq!(executor.received().len(), 2, "each task sent once");
+    app.stop().await;
+}
+
+on_both_backends!(a_handed_dispatch_aborted_before_the_engine_took_it_is_not_sent);
+async fn a_handed_dispatch_aborted_before_the_engine_took_it_is_not_sent(db: TestDb) {
+    let (app, executor) = stepped_app_with_fake(&db).await;
+    app.accept_handoffs();
+    let id = app.start_dev(two_tasks()).await;
+    let answer = app.activity_action(id, "ABORT").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    app.drive_until_idle().await;
+    assert_eq!(executor.received().len(), 0, "an aborted task was sent");
+    let activity = app.activity(id).await;
+    assert_eq!(activity["status"], "ABORTED", "{activity}");
+    app.stop().await;
+}
