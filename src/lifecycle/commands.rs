@@ -10,7 +10,9 @@ use crate::clock::now_ms;
 use crate::db::models::{ActivityRow, NewActivity, NewTask};
 use crate::db::{self, DbConnection, SnapshotOf};
 use crate::descriptor::{self, LifecycleInfo, TaskDefinition};
-use crate::domain::{ActivityId, ActivityStatus, Event, RunSettings, TaskId, TaskStatus};
+use crate::domain::{
+    ActivityId, ActivityStatus, Event, RunSettings, TaskId, TaskState, TaskStatus,
+};
 use crate::keys::{ActivitySecrets, Keys};
 use crate::notifications::{self, Listeners};
 
@@ -57,10 +59,10 @@ impl LifecycleService {
                         definitions: &definitions,
                         settings: &settings,
                     };
-                    let (mut activity, in_the_way) = insert_planned(conn, new, now)?;
+                    let (mut activity, tasks, in_the_way) = insert_planned(conn, new, now)?;
                     if !listeners.is_empty() {
-                        let tasks = db::task_ids_of(conn, activity.id)?;
-                        let created = Event::created(activity.id, &tasks);
+                        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+                        let created = Event::created(activity.id, &ids);
                         notifications::record(conn, &listeners, &created, now)?;
                     }
                     // Sealed once the id is known: it binds the secrets to this activity.
@@ -72,7 +74,11 @@ impl LifecycleService {
                     if !start_now {
                         return Ok((activity, Applied::default()));
                     }
-                    let starting = Starting::Inserted(Box::new(activity), in_the_way.processing);
+                    let starting = Starting::Inserted {
+                        activity: Box::new(activity),
+                        tasks,
+                        processing: in_the_way.processing,
+                    };
                     let (applied, started) = start_in(
                         conn,
                         starting,
@@ -285,7 +291,7 @@ fn insert_planned(
     conn: &mut DbConnection,
     new: Planned<'_>,
     now: i64,
-) -> Result<(ActivityRow, db::ActivitiesInTheWay), CommandError> {
+) -> Result<(ActivityRow, Vec<TaskState>, db::ActivitiesInTheWay), CommandError> {
     let request = new.request;
     let (product, version, stage) = (
         &request.data_product_id,
@@ -334,7 +340,7 @@ fn insert_planned(
         sealed_secrets: None,
         created_at: now,
     };
-    let inserted = db::insert_activity(conn, activity, tasks).map_err(|e| {
+    let (inserted, tasks) = db::insert_activity(conn, activity, tasks).map_err(|e| {
         let e = crate::db::DbError::from(e);
         if e.is_unique_violation() {
             duplicate()
@@ -342,7 +348,7 @@ fn insert_planned(
             e.into()
         }
     })?;
-    Ok((inserted, in_the_way))
+    Ok((inserted, tasks, in_the_way))
 }
 
 /// The activity `start_in` starts.
@@ -350,9 +356,13 @@ enum Starting {
     /// Stored by an earlier transaction: read once locked, and the version's PROCESSING
     /// activity looked for.
     Stored(ActivityId),
-    /// Inserted by this transaction, as it is, with the version's PROCESSING activity found
-    /// just before the insert.
-    Inserted(Box<ActivityRow>, Option<ActivityId>),
+    /// Inserted by this transaction, as it is (its tasks as they came back from their INSERT),
+    /// with the version's PROCESSING activity found just before the insert.
+    Inserted {
+        activity: Box<ActivityRow>,
+        tasks: Vec<TaskState>,
+        processing: Option<ActivityId>,
+    },
 }
 
 /// Starts an activity inside the caller's transaction, adding freshly given secrets. When its
@@ -370,10 +380,16 @@ fn start_in(
 ) -> Result<(Applied, ActivityRow), CommandError> {
     let id = match &starting {
         Starting::Stored(id) => *id,
-        Starting::Inserted(row, _) => row.id,
+        Starting::Inserted { activity, .. } => activity.id,
     };
     let missing = || CommandError::ActivityNotFound(id);
-    let snapshot = snapshot(conn, SnapshotOf::Activity(id), missing)?;
+    let snapshot = match &starting {
+        Starting::Stored(_) => snapshot(conn, SnapshotOf::Activity(id), missing)?,
+        // Its own transaction inserted it: nothing to read, nothing anyone else can lock.
+        Starting::Inserted {
+            activity, tasks, ..
+        } => db::inserted_snapshot(activity, tasks.clone()),
+    };
     let mut plan = state::start(&snapshot, &timing)?;
     let (mut a, processing) = match starting {
         // Read after the snapshot, which locked it: its keys and secrets for what follows.
@@ -388,7 +404,11 @@ fn start_in(
             .processing;
             (a, processing)
         }
-        Starting::Inserted(a, processing) => (*a, processing),
+        Starting::Inserted {
+            activity,
+            processing,
+            ..
+        } => (*activity, processing),
     };
     if let Some(seen) = gated_on {
         let now = db::current_lifecycle(conn, &a.data_product_id, &a.data_product_version)?;

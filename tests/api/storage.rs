@@ -340,3 +340,54 @@ async fn a_plans_updates_apply_together_and_a_row_that_moved_undoes_them_all(db:
     assert_eq!(after.first, "PROCESSED");
     assert_eq!(after.second_due, Some(10));
 }
+
+on_both_backends!(an_inserted_activity_is_what_reading_it_back_gives);
+/// A start of an activity its own transaction inserted decides on what the inserts answered
+/// (`db::inserted_snapshot`) instead of reading it back: that must be exactly what a read would
+/// give, defaults the database fills in included.
+async fn an_inserted_activity_is_what_reading_it_back_gives(db: TestDb) {
+    use odm_devops::db::models::{NewActivity, NewTask};
+    use odm_devops::db::{self as store, DbError, SnapshotOf};
+    use odm_devops::domain::{ActivityId, ActivityStatus, TaskStatus};
+
+    let app = spawn_stepped_app(test_settings(&db, None)).await;
+    app.stop().await;
+    let (inserted, read) = db
+        .open()
+        .await
+        .write(|conn| {
+            let activity = NewActivity {
+                data_product_id: "p1",
+                data_product_version: "1.0.0",
+                stage: "dev",
+                status: ActivityStatus::Planned,
+                sealed_secrets: Some("sealed"),
+                created_at: 1,
+            };
+            let task = |position: i32, name: &'static str, timeout_ms: Option<i64>| NewTask {
+                activity_id: ActivityId(0),
+                position,
+                name,
+                description: None,
+                executor_ref: Some("fake"),
+                template: Some("{}".into()),
+                configurations: None,
+                planned_configurations: None,
+                status: TaskStatus::Planned,
+                created_at: 1,
+                timeout_ms,
+                retry_max: timeout_ms.map(|_| 2),
+                retry_backoff_ms: timeout_ms.map(|_| 1_500),
+            };
+            // Given out of order: the snapshot lists tasks by position.
+            let tasks = vec![task(2, "second", None), task(1, "first", Some(90_000))];
+            let (row, tasks) = store::insert_activity(conn, activity, tasks)?;
+            let inserted = store::inserted_snapshot(&row, tasks);
+            let read = store::load_snapshot(conn, SnapshotOf::Activity(row.id))?;
+            Ok::<_, DbError>((inserted, read.expect("the activity just inserted")))
+        })
+        .await
+        .unwrap();
+    assert_eq!(format!("{inserted:?}"), format!("{read:?}"));
+    assert_eq!(inserted.tasks.len(), 2);
+}

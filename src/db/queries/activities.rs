@@ -2,11 +2,12 @@
 
 use diesel::prelude::*;
 
+use super::plans::TaskStateRow;
 use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::{activities, tasks};
 use crate::db::DbConnection;
-use crate::domain::{ActivityId, ActivityStatus};
+use crate::domain::{ActivityId, ActivityStatus, TaskState};
 
 #[derive(Debug, Default, Clone)]
 pub struct ActivityFilter {
@@ -21,13 +22,15 @@ pub struct ActivityFilter {
 /// task binds 13 (`limits.tasks_per_stage` may be raised past what one statement holds).
 const TASKS_PER_INSERT: usize = 1_000;
 
-/// Inserts the activity and its tasks: one statement for the activity (the row comes back with
-/// it) and one per `TASKS_PER_INSERT` tasks; on PostgreSQL each statement is a round trip.
+/// Inserts the activity and its tasks: one statement for the activity and one per
+/// `TASKS_PER_INSERT` tasks (on PostgreSQL each statement is a round trip). The activity's row
+/// and its tasks' light state (`TaskState`, by position) come back with them, as the database
+/// filled them in: what a start decides on, with nothing read.
 pub fn insert_activity(
     conn: &mut Conn,
     activity: NewActivity<'_>,
     new_tasks: Vec<NewTask<'_>>,
-) -> QueryResult<ActivityRow> {
+) -> QueryResult<(ActivityRow, Vec<TaskState>)> {
     // MultiConnection supports neither `as_returning` nor batch inserts: the same statements,
     // built for the connection's backend.
     let row: ActivityRow = match conn {
@@ -47,17 +50,22 @@ pub fn insert_activity(
             ..task
         })
         .collect();
+    let mut inserted: Vec<TaskStateRow> = Vec::with_capacity(new_tasks.len());
     for chunk in new_tasks.chunks(TASKS_PER_INSERT) {
-        match conn {
+        inserted.extend(match conn {
             DbConnection::Pg(pg) => diesel::insert_into(tasks::table)
                 .values(chunk)
-                .execute(pg)?,
+                .returning(TaskStateRow::as_returning())
+                .get_results(pg)?,
             DbConnection::Sqlite(sqlite) => diesel::insert_into(tasks::table)
                 .values(chunk)
-                .execute(sqlite)?,
-        };
+                .returning(TaskStateRow::as_returning())
+                .get_results(sqlite)?,
+        });
     }
-    Ok(row)
+    let mut tasks: Vec<TaskState> = inserted.into_iter().map(TaskStateRow::into_state).collect();
+    tasks.sort_by_key(|t| t.position);
+    Ok((row, tasks))
 }
 
 pub fn find_activity(conn: &mut Conn, id: ActivityId) -> QueryResult<Option<ActivityRow>> {

@@ -40,7 +40,7 @@ impl ActivityStateRow {
 /// The light columns of a task: what any decision may need of any task.
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = tasks)]
-struct TaskStateRow {
+pub(super) struct TaskStateRow {
     id: TaskId,
     position: i32,
     name: String,
@@ -64,7 +64,7 @@ struct TaskStateRow {
 }
 
 impl TaskStateRow {
-    fn into_state(self) -> TaskState {
+    pub(super) fn into_state(self) -> TaskState {
         let retry = match (self.retry_max, self.retry_backoff_ms) {
             (Some(max), Some(backoff_ms)) => Some(RetryPolicy {
                 max: max.max(0) as u32,
@@ -91,6 +91,25 @@ impl TaskStateRow {
                 retry,
             },
         }
+    }
+}
+
+/// The snapshot of an activity its own transaction inserted with `tasks` (as they came back
+/// from their INSERT): nothing to read, and nothing another transaction could change or lock
+/// before the commit.
+pub fn inserted_snapshot(
+    activity: &crate::db::models::ActivityRow,
+    tasks: Vec<TaskState>,
+) -> Snapshot {
+    Snapshot {
+        activity: ActivityState {
+            id: activity.id,
+            status: activity.status,
+            results: activity.results.clone(),
+            holds_secrets: activity.sealed_secrets.is_some(),
+        },
+        tasks,
+        recorded: None,
     }
 }
 

@@ -32,15 +32,6 @@ pub fn activity_of_task(conn: &mut Conn, id: TaskId) -> QueryResult<Option<Activ
         .optional()
 }
 
-/// The ids of an activity's tasks, in position order.
-pub fn task_ids_of(conn: &mut Conn, activity: ActivityId) -> QueryResult<Vec<TaskId>> {
-    tasks::table
-        .filter(tasks::activity_id.eq(activity))
-        .order(tasks::position)
-        .select(tasks::id)
-        .load(conn)
-}
-
 pub fn list_tasks(conn: &mut Conn, filter: &TaskFilter) -> QueryResult<Vec<TaskRow>> {
     let mut query = tasks::table.into_boxed();
     if let Some(v) = filter.activity_id {
