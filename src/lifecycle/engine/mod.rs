@@ -343,7 +343,9 @@ impl Engine {
                     _ = actix_web::rt::time::sleep_until(next_tick) => continue 'ticks,
                     _ = stopped.changed() => continue 'ticks,
                 };
-                drop(self.start_handed(self.arrived(Some(handed))).await);
+                // Read and started beside the loop, which goes back to waiting at once.
+                let (engine, handed) = (self.clone(), self.arrived(Some(handed)));
+                actix_web::rt::spawn(async move { engine.start_handed(handed).await });
             }
         }
         // A step cut between its claim and its send would leave its task waiting for a callback
