@@ -138,3 +138,59 @@ impl HandoffLease {
         state::hand_off(plan, s, &self.claim, lease_until, now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handoffs(room: usize) -> (Handoffs, mpsc::UnboundedReceiver<Handed>, Arc<Semaphore>) {
+        let in_flight = Arc::new(Semaphore::new(room));
+        let (handoffs, received) = Handoffs::new("r".into(), 30_000, in_flight.clone());
+        (handoffs, received, in_flight)
+    }
+
+    /// A hand-off takes one of the engine's permits until the step it carries is done: a full
+    /// engine, or a stopping one, takes none and the dispatch is left to a claim.
+    #[test]
+    fn room_is_reserved_on_the_engine_and_given_back_when_nothing_is_handed() {
+        let (handoffs, mut received, in_flight) = handoffs(1);
+        let first = handoffs.reserve().expect("room for one");
+        assert!(handoffs.reserve().is_none(), "no room left");
+        first.deliver(None);
+        assert_eq!(in_flight.available_permits(), 1, "the room is given back");
+        assert!(received.try_recv().is_err(), "nothing was handed");
+
+        handoffs.close();
+        assert!(
+            handoffs.reserve().is_none(),
+            "a stopping engine takes no hand-offs"
+        );
+    }
+
+    #[test]
+    fn a_handed_task_reaches_the_engine_with_its_lease_and_its_room() {
+        let (handoffs, mut received, in_flight) = handoffs(2);
+        let one = handoffs.reserve().unwrap();
+        let other = handoffs.reserve().unwrap();
+        assert_ne!(
+            one.lease().claim,
+            other.lease().claim,
+            "a lease names one hand-off"
+        );
+        let claim = one.lease().claim.clone();
+        one.deliver(Some(TaskId(7)));
+        let handed = received.try_recv().expect("the task reached the engine");
+        assert_eq!(
+            (handed.task, handed.claim.as_str()),
+            (TaskId(7), claim.as_str())
+        );
+        assert_eq!(
+            in_flight.available_permits(),
+            0,
+            "held until the step is done"
+        );
+        drop(handed);
+        drop(other);
+        assert_eq!(in_flight.available_permits(), 2);
+    }
+}
