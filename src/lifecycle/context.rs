@@ -1,7 +1,7 @@
 //! The Context a task receives (DESIGN §4): one entry per stage of the product version — the
 //! latest PROCESSED activity of each stage, and the running one as `RUNNING`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use diesel::QueryResult;
 use serde_json::{json, Map, Value};
@@ -17,15 +17,35 @@ pub struct TaskContext {
 }
 
 pub fn load(conn: &mut DbConnection, current: &ActivityKeys) -> QueryResult<TaskContext> {
-    let db::ContextRows {
-        activities: rows,
-        task_names,
-    } = db::context_rows(
+    let rows = db::context_rows(
         conn,
         &current.data_product_id,
         &current.data_product_version,
         current.id,
     )?;
+    Ok(of_rows(rows, current))
+}
+
+/// The Contexts of several activities at once (dispatches started together), by activity.
+pub fn load_each(
+    conn: &mut DbConnection,
+    currents: &[ActivityKeys],
+) -> QueryResult<HashMap<ActivityId, TaskContext>> {
+    let mut rows = db::contexts_of(conn, currents)?;
+    Ok(currents
+        .iter()
+        .filter_map(|current| {
+            let of_current = rows.remove(&current.id)?;
+            Some((current.id, of_rows(of_current, current)))
+        })
+        .collect())
+}
+
+fn of_rows(rows: db::ContextRows, current: &ActivityKeys) -> TaskContext {
+    let db::ContextRows {
+        activities: rows,
+        task_names,
+    } = rows;
     // Rows come oldest first, so a later PROCESSED activity of a stage replaces an earlier one;
     // the running activity is written last and wins over any of its stage.
     let mut stages: BTreeMap<String, (ActivityId, Value)> = BTreeMap::new();
@@ -52,7 +72,7 @@ pub fn load(conn: &mut DbConnection, current: &ActivityKeys) -> QueryResult<Task
             .map(|(stage, (_, entry))| (stage, entry))
             .collect::<Map<_, _>>(),
     );
-    Ok(TaskContext { context, names })
+    TaskContext { context, names }
 }
 
 /// The context a task of a new activity of `stage` would be given if that activity started now

@@ -243,3 +243,65 @@ async fn failed_activities_stay_out_of_the_context(db: TestDb) {
     );
     app.stop().await;
 }
+
+on_both_backends!(contexts_read_together_are_each_what_reading_it_alone_gives);
+/// Dispatches handed over together read their Contexts together (on PostgreSQL one statement,
+/// `db::contexts_of`): each must be exactly what its own read gives, its version's PROCESSED
+/// stages and itself, never another version's or another product's.
+async fn contexts_read_together_are_each_what_reading_it_alone_gives(db: TestDb) {
+    use odm_devops::db::{self as store, DbError};
+    use odm_devops::domain::{ActivityId, ActivityKeys};
+
+    let (app, executor) = stepped_app_with_fake(&db).await;
+    let stages = json!({"dev": [fake_task("d", json!({}))], "test": [fake_task("t", json!({}))]});
+    for (product, version) in [("p1", "1.0.0"), ("p1", "2.0.0"), ("p2", "1.0.0")] {
+        app.put_descriptor(product, version, &descriptor(stages.clone()))
+            .await;
+    }
+    // p1 1.0.0: dev PROCESSED, then test running; p2 1.0.0: dev PROCESSED; p1 2.0.0: dev running.
+    for (n, product) in [(1, "p1"), (2, "p2")] {
+        let dev = app.start_activity(product, "1.0.0", "dev").await;
+        let sent = app.dispatched(&executor, n).await;
+        let answer = app.call_back(&sent.callback_ref, Some(results(URL))).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        app.wait_for_activity(dev, "PROCESSED").await;
+    }
+    let test = app.start_activity("p1", "1.0.0", "test").await;
+    let newer = app.start_activity("p1", "2.0.0", "dev").await;
+    app.drive_until_idle().await;
+    app.stop().await;
+
+    let keys = |id: i64, version: &str, stage: &str| ActivityKeys {
+        id: ActivityId(id),
+        data_product_id: "p1".into(),
+        data_product_version: version.into(),
+        stage: stage.into(),
+        sealed_secrets: None,
+    };
+    let currents = vec![keys(test, "1.0.0", "test"), keys(newer, "2.0.0", "dev")];
+    let (together, alone) = db
+        .open()
+        .await
+        .read(move |conn| {
+            let together = store::contexts_of(conn, &currents)?;
+            let mut alone = Vec::new();
+            for c in &currents {
+                let (product, version) = (&c.data_product_id, &c.data_product_version);
+                alone.push(store::context_rows(conn, product, version, c.id)?);
+            }
+            Ok::<_, DbError>((together, alone))
+        })
+        .await
+        .unwrap();
+    for (current, alone) in [test, newer].into_iter().zip(alone) {
+        let read_together = &together[&ActivityId(current)];
+        assert_eq!(format!("{read_together:?}"), format!("{alone:?}"));
+    }
+    let stages_of = |id: i64| together[&ActivityId(id)].activities.len();
+    assert_eq!(stages_of(test), 2, "dev PROCESSED and test itself");
+    assert_eq!(
+        stages_of(newer),
+        1,
+        "only itself: 1.0.0's dev is another version's"
+    );
+}

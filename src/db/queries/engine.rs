@@ -249,70 +249,148 @@ pub struct ContextRows {
     pub task_names: Vec<(ActivityId, i32, String)>,
 }
 
-/// Reads `ContextRows`: the activities and their tasks' names as one `UNION ALL` of fixed shape
-/// (an `IN (…)` list would be compiled again on every dispatch). A row with a position is a
-/// task's (its name in `stage`), a row without is an activity's.
+/// One row of the Context's `UNION ALL`: `(product, version, activity id, stage or task name,
+/// status, finished_at, results, position)`. A row with a position is a task's (its name in the
+/// text column), a row without is an activity's.
+type ContextRow = (
+    String,
+    String,
+    ActivityId,
+    String,
+    Option<ActivityStatus>,
+    Option<i64>,
+    Option<String>,
+    Option<i32>,
+);
+
+/// The activities `$filter` picks and their tasks' names, as one `UNION ALL` of fixed shape (an
+/// `IN (…)` list per activity would be compiled again on every dispatch). MultiConnection has
+/// no UNION: the same statement, built for the connection's backend.
+macro_rules! context_union {
+    ($conn:expr, $filter:expr) => {
+        activities::table
+            .filter($filter)
+            .select((
+                activities::data_product_id,
+                activities::data_product_version,
+                activities::id,
+                activities::stage,
+                activities::status.nullable(),
+                activities::finished_at,
+                activities::results,
+                None::<i32>.into_sql::<Nullable<Integer>>(),
+            ))
+            .union_all(
+                tasks::table
+                    .inner_join(activities::table)
+                    .filter($filter)
+                    .select((
+                        activities::data_product_id,
+                        activities::data_product_version,
+                        tasks::activity_id,
+                        tasks::name,
+                        None::<String>.into_sql::<Nullable<Text>>(),
+                        None::<i64>.into_sql::<Nullable<BigInt>>(),
+                        None::<String>.into_sql::<Nullable<Text>>(),
+                        tasks::position.nullable(),
+                    )),
+            )
+            .load::<ContextRow>($conn)
+    };
+}
+
+/// Reads `ContextRows` (see `in_context`) in one statement.
 pub fn context_rows(
     conn: &mut Conn,
     product: &str,
     version: &str,
     current: ActivityId,
 ) -> QueryResult<ContextRows> {
-    type Row = (
-        ActivityId,
-        String,
-        Option<ActivityStatus>,
-        Option<i64>,
-        Option<String>,
-        Option<i32>,
-    );
-    // MultiConnection has no UNION: the same statement, built for the connection's backend.
-    macro_rules! rows {
-        ($conn:expr) => {
-            activities::table
-                .filter(in_context(product, version, current))
-                .select((
-                    activities::id,
-                    activities::stage,
-                    activities::status.nullable(),
-                    activities::finished_at,
-                    activities::results,
-                    None::<i32>.into_sql::<Nullable<Integer>>(),
-                ))
-                .union_all(
-                    tasks::table
-                        .inner_join(activities::table)
-                        .filter(in_context(product, version, current))
-                        .select((
-                            tasks::activity_id,
-                            tasks::name,
-                            None::<String>.into_sql::<Nullable<Text>>(),
-                            None::<i64>.into_sql::<Nullable<BigInt>>(),
-                            None::<String>.into_sql::<Nullable<Text>>(),
-                            tasks::position.nullable(),
-                        )),
-                )
-                .load::<Row>($conn)
-        };
-    }
     let rows = match conn {
-        DbConnection::Sqlite(c) => rows!(c)?,
-        DbConnection::Pg(c) => rows!(c)?,
+        DbConnection::Sqlite(c) => context_union!(c, in_context(product, version, current))?,
+        DbConnection::Pg(c) => context_union!(c, in_context(product, version, current))?,
     };
+    Ok(context_of(&rows, product, version, current))
+}
+
+/// The Context rows of several activities (`ContextRows` of each, by activity), for dispatches
+/// carried out together. PostgreSQL: one statement for all (on a connection to another
+/// process, each statement is a round trip; issue 15), each one's rows picked here. SQLite: one
+/// statement each, kept prepared (in process a statement is no round trip, and a list of
+/// variable length would be compiled again each time).
+pub fn contexts_of(
+    conn: &mut Conn,
+    currents: &[ActivityKeys],
+) -> QueryResult<HashMap<ActivityId, ContextRows>> {
+    let mut contexts = HashMap::new();
+    let pg = match conn {
+        DbConnection::Pg(pg) if !currents.is_empty() => pg,
+        _ => {
+            for c in currents {
+                let (product, version) = (&c.data_product_id, &c.data_product_version);
+                contexts.insert(c.id, context_rows(conn, product, version, c.id)?);
+            }
+            return Ok(contexts);
+        }
+    };
+    let products: Vec<&str> = currents
+        .iter()
+        .map(|c| c.data_product_id.as_str())
+        .collect();
+    let versions: Vec<&str> = currents
+        .iter()
+        .map(|c| c.data_product_version.as_str())
+        .collect();
+    let ids: Vec<ActivityId> = currents.iter().map(|c| c.id).collect();
+    let processed: ActivityStatus = ActivityStatus::Processed;
+    // A superset (each product with each version): `context_of` picks each one's rows.
+    let in_any = || {
+        activities::data_product_id
+            .eq_any(&products)
+            .and(activities::data_product_version.eq_any(&versions))
+            .and(
+                activities::status
+                    .eq(processed)
+                    .or(activities::id.eq_any(&ids)),
+            )
+    };
+    let rows = context_union!(pg, in_any())?;
+    for c in currents {
+        let (product, version) = (&c.data_product_id, &c.data_product_version);
+        contexts.insert(c.id, context_of(&rows, product, version, c.id));
+    }
+    Ok(contexts)
+}
+
+/// The rows of `rows` in the Context of `current` (see `in_context`).
+fn context_of(
+    rows: &[ContextRow],
+    product: &str,
+    version: &str,
+    current: ActivityId,
+) -> ContextRows {
+    let of_version = |r: &&ContextRow| r.0 == product && r.1 == version;
     let mut context = ContextRows::default();
-    for (id, text, status, finished_at, results, position) in rows {
-        match (position, status) {
-            (Some(position), _) => context.task_names.push((id, position, text)),
-            (None, Some(status)) => context.activities.push(StageActivity {
-                id,
-                stage: text,
-                status,
-                finished_at,
-                results,
-            }),
-            (None, None) => {}
+    for (_, _, id, stage, status, finished_at, results, _) in rows.iter().filter(of_version) {
+        match status {
+            Some(status) if *status == ActivityStatus::Processed || *id == current => {
+                context.activities.push(StageActivity {
+                    id: *id,
+                    stage: stage.clone(),
+                    status: *status,
+                    finished_at: *finished_at,
+                    results: results.clone(),
+                })
+            }
+            _ => {}
+        }
+    }
+    let taken: Vec<ActivityId> = context.activities.iter().map(|a| a.id).collect();
+    for (_, _, id, name, _, _, _, position) in rows.iter().filter(of_version) {
+        if let (Some(position), true) = (position, taken.contains(id)) {
+            context.task_names.push((*id, *position, name.clone()));
         }
     }
     context.activities.sort_by_key(|a| a.id);
-    Ok(context)
+    context
 }

@@ -36,7 +36,12 @@ impl Engine {
         Ok(StepResult::OutcomeUnknown)
     }
 
-    pub(super) async fn dispatch(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
+    /// `context`: the task's Context when it was read already (with the dispatch's hand-off).
+    pub(super) async fn dispatch(
+        &self,
+        claimed: ClaimedStep,
+        context: Option<TaskContext>,
+    ) -> Result<StepResult, EngineError> {
         let task = &claimed.task;
         let Some(executor_name) = task.executor.clone() else {
             tracing::info!(
@@ -47,7 +52,7 @@ impl Engine {
             return self.finish(&claimed, Step::Dispatch, done, false).await;
         };
         let prepared = self
-            .prepare(task, &claimed.activity, &executor_name)
+            .prepare(task, &claimed.activity, &executor_name, context)
             .await?;
         let (executor, submission) = match prepared {
             Ok(prepared) => prepared,
@@ -167,12 +172,16 @@ impl Engine {
         task: &ClaimedTask,
         activity: &ActivityKeys,
         executor_name: &str,
+        context: Option<TaskContext>,
     ) -> Result<Result<(Rc<dyn Executor>, Submission), String>, EngineError> {
         let executor = match self.executors.lookup(executor_name) {
             Ok(executor) => executor,
             Err(why) => return Ok(Err(why)),
         };
-        let task_context = self.load_context(activity).await?;
+        let task_context = match context {
+            Some(read_already) => read_already,
+            None => self.load_context(activity).await?,
+        };
         let submission =
             self.resolve(task, &task_context)
                 .and_then(|(template, configurations)| {

@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::context::{self, TaskContext};
 use super::handoff::{Handed, HandoffLease, Handoffs};
 use super::plumbing::{Applied, EngineTimings, Waker};
 use super::state::{self, Timing};
 use crate::clock::now_ms;
 use crate::config::LimitSettings;
 use crate::db::{self, ApplyError, Db, DbConnection, DbError, SnapshotOf};
-use crate::domain::{ActivityId, ClaimedStep, Plan, Snapshot, Step, TaskId};
+use crate::domain::{ActivityId, ActivityKeys, ClaimedStep, Plan, Snapshot, Step, TaskId};
 use crate::executor::Executors;
 use crate::keys::Keys;
 use crate::metrics::{Metrics, StepResult};
@@ -240,7 +241,7 @@ impl Engine {
                 .clone()
                 .try_acquire_owned()
                 .expect("room was counted");
-            self.start(step, permit)
+            self.start(step, None, permit)
         }));
         Ok(Tick {
             saturated,
@@ -258,22 +259,26 @@ impl Engine {
         handed
     }
 
-    /// Carries `step` out in the background, holding `permit` until it is done.
+    /// Carries `step` out in the background (with its Context when it was read already),
+    /// holding `permit` until it is done.
     fn start(
         self: &Rc<Self>,
         step: ClaimedStep,
+        context: Option<TaskContext>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> tokio::task::JoinHandle<StepReport> {
         let engine = self.clone();
         actix_web::rt::spawn(async move {
-            let report = engine.carry_out(step).await;
+            let report = engine.carry_out(step, context).await;
             drop(permit);
             report
         })
     }
 
     /// Starts the dispatches handed to this engine (`handoff.rs`): what each needs is read as a
-    /// claim reads it, in one go; one whose lease moved on meanwhile (an abort) is let go.
+    /// claim reads it, and their Contexts with it, in one go (on PostgreSQL three statements for
+    /// all of them, not one more per dispatch); one whose lease moved on meanwhile (an abort) is
+    /// let go.
     async fn start_handed(
         self: &Rc<Self>,
         handed: Vec<Handed>,
@@ -286,12 +291,19 @@ impl Engine {
         let read = self
             .while_database_fails(|| {
                 let leases = leases.clone();
-                self.db
-                    .read(move |conn| Ok(db::handed_steps(conn, &leases)?))
+                self.db.read(move |conn| {
+                    let steps = db::handed_steps(conn, &leases)?;
+                    let mut activities: Vec<ActivityKeys> =
+                        steps.iter().map(|s| s.activity.clone()).collect();
+                    activities.sort_by_key(|a| a.id);
+                    activities.dedup_by_key(|a| a.id);
+                    let contexts = context::load_each(conn, &activities)?;
+                    Ok::<_, EngineError>((steps, contexts))
+                })
             })
             .await;
-        let steps = match read {
-            Ok(steps) => steps,
+        let (steps, mut contexts) = match read {
+            Ok(read) => read,
             Err(e) => {
                 // As for a claimed step whose database work failed: the leases run out and the
                 // dispatches are taken over (not sent again blindly).
@@ -306,7 +318,8 @@ impl Engine {
             .into_iter()
             .filter_map(|step| {
                 let at = permits.iter().position(|h| h.task == step.task.id)?;
-                Some(self.start(step, permits.swap_remove(at).permit))
+                let context = contexts.remove(&step.activity.id);
+                Some(self.start(step, context, permits.swap_remove(at).permit))
             })
             .collect()
     }
@@ -410,10 +423,10 @@ impl Engine {
             })
     }
 
-    async fn carry_out(&self, claimed: ClaimedStep) -> StepReport {
+    async fn carry_out(&self, claimed: ClaimedStep, context: Option<TaskContext>) -> StepReport {
         let (task, step) = (claimed.task.id, claimed.step);
         let started = Instant::now();
-        let result = self.run_step(claimed).await.unwrap_or_else(|e| {
+        let result = self.run_step(claimed, context).await.unwrap_or_else(|e| {
             // The lease runs out and the step is claimed again (a dispatch then waits for its
             // callback rather than risk starting a second run).
             tracing::error!(task_id = task.get(), error = %chain(&e), "engine step failed");

@@ -8,14 +8,20 @@ use super::{backoff_ms, Engine, EngineError, CONFIRM_CAP_MS, MAX_CANCEL_ATTEMPTS
 use crate::clock::now_ms;
 use crate::domain::{ClaimedStep, ClaimedTask, Outcome, Step, TaskId};
 use crate::executor::{Executor, RunRef, RunStatus, Secrets};
+use crate::lifecycle::context::TaskContext;
 use crate::lifecycle::state::{self, ResultVerdict};
 use crate::metrics::StepResult;
 
 impl Engine {
-    pub(super) async fn run_step(&self, claimed: ClaimedStep) -> Result<StepResult, EngineError> {
+    /// `context`: a dispatch's Context, when it was read with its hand-off.
+    pub(super) async fn run_step(
+        &self,
+        claimed: ClaimedStep,
+        context: Option<TaskContext>,
+    ) -> Result<StepResult, EngineError> {
         match claimed.step {
             Step::Dispatch if claimed.abandoned => self.dispatch_abandoned(claimed).await,
-            Step::Dispatch => self.dispatch(claimed).await,
+            Step::Dispatch => self.dispatch(claimed, context).await,
             Step::Await => self.check_run(claimed).await,
             Step::Confirm => self.confirm(claimed).await,
             Step::Cancel => self.cancel(claimed).await,
