@@ -10,6 +10,7 @@
 
 mod dispatch;
 mod gates;
+mod handed;
 mod notify;
 mod steps;
 
@@ -23,14 +24,14 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::context::{self, TaskContext};
+use super::context::TaskContext;
 use super::handoff::{Handed, HandoffLease, Handoffs};
 use super::plumbing::{Applied, EngineTimings, Waker};
 use super::state::{self, Timing};
 use crate::clock::now_ms;
 use crate::config::LimitSettings;
 use crate::db::{self, ApplyError, Db, DbConnection, DbError, SnapshotOf};
-use crate::domain::{ActivityId, ActivityKeys, ClaimedStep, Plan, Snapshot, Step, TaskId};
+use crate::domain::{ActivityId, ClaimedStep, Plan, Snapshot, Step, TaskId};
 use crate::executor::Executors;
 use crate::keys::Keys;
 use crate::metrics::{Metrics, StepResult};
@@ -250,15 +251,6 @@ impl Engine {
         })
     }
 
-    /// `first` and the dispatches handed over since, without waiting.
-    fn arrived(&self, first: Option<Handed>) -> Vec<Handed> {
-        let mut handed: Vec<Handed> = first.into_iter().collect();
-        if let Ok(mut received) = self.handed.try_lock() {
-            handed.extend(std::iter::from_fn(|| received.try_recv().ok()));
-        }
-        handed
-    }
-
     /// Carries `step` out in the background (with its Context when it was read already),
     /// holding `permit` until it is done.
     fn start(
@@ -273,55 +265,6 @@ impl Engine {
             drop(permit);
             report
         })
-    }
-
-    /// Starts the dispatches handed to this engine (`handoff.rs`): what each needs is read as a
-    /// claim reads it, and their Contexts with it, in one go (on PostgreSQL three statements for
-    /// all of them, not one more per dispatch); one whose lease moved on meanwhile (an abort) is
-    /// let go.
-    async fn start_handed(
-        self: &Rc<Self>,
-        handed: Vec<Handed>,
-    ) -> Vec<tokio::task::JoinHandle<StepReport>> {
-        if handed.is_empty() {
-            return Vec::new();
-        }
-        let leases: Vec<(TaskId, String)> =
-            handed.iter().map(|h| (h.task, h.claim.clone())).collect();
-        let read = self
-            .while_database_fails(|| {
-                let leases = leases.clone();
-                self.db.read(move |conn| {
-                    let steps = db::handed_steps(conn, &leases)?;
-                    let mut activities: Vec<ActivityKeys> =
-                        steps.iter().map(|s| s.activity.clone()).collect();
-                    activities.sort_by_key(|a| a.id);
-                    activities.dedup_by_key(|a| a.id);
-                    let contexts = context::load_each(conn, &activities)?;
-                    Ok::<_, EngineError>((steps, contexts))
-                })
-            })
-            .await;
-        let (steps, mut contexts) = match read {
-            Ok(read) => read,
-            Err(e) => {
-                // As for a claimed step whose database work failed: the leases run out and the
-                // dispatches are taken over (not sent again blindly).
-                tracing::error!(error = %chain(&e), handed = handed.len(), "reading dispatches handed to the engine failed");
-                return Vec::new();
-            }
-        };
-        let tasks = steps.iter().map(|c| (c.task.id, c.task.activity_id));
-        self.db.remember_activities(tasks);
-        let mut permits: Vec<Handed> = handed;
-        steps
-            .into_iter()
-            .filter_map(|step| {
-                let at = permits.iter().position(|h| h.task == step.task.id)?;
-                let context = contexts.remove(&step.activity.id);
-                Some(self.start(step, context, permits.swap_remove(at).permit))
-            })
-            .collect()
     }
 
     async fn run(self: Rc<Self>, mut stopped: watch::Receiver<bool>) {
@@ -381,16 +324,6 @@ impl Engine {
             tracing::warn!(replica = %self.replica, "engine stopped with steps still under way; their leases will expire");
         }
         tracing::info!(replica = %self.replica, "engine stopped");
-    }
-
-    /// The next dispatch handed over.
-    async fn next_handed(&self) -> Handed {
-        let handed = self.handed.lock().await.recv().await;
-        match handed {
-            Some(handed) => handed,
-            // `self.handoffs` keeps a sender: the channel outlives the engine.
-            None => std::future::pending().await,
-        }
     }
 
     /// The listeners a decision's events are recorded for.
