@@ -38,7 +38,7 @@ impl LifecycleService {
         // callback would fail its pipeline's last step).
         // A callback that starts the next task hands its dispatch to this replica's engine.
         let reservation = self.waker.reserve();
-        let lease = reservation.as_ref().map(|r| r.lease().clone());
+        let lease = reservation.lease();
         let mut conflicts = 0;
         let recorded = loop {
             let write = self.record_callback(
@@ -63,9 +63,7 @@ impl LifecycleService {
             .as_ref()
             .ok()
             .and_then(|(_, a)| a.as_ref()?.handed());
-        if let Some(reservation) = reservation {
-            reservation.deliver(handed);
-        }
+        reservation.deliver(handed);
         let (status, applied) = recorded?;
         applied
             .unwrap_or_default()

@@ -45,8 +45,12 @@ impl LifecycleService {
         let (keys, timings) = (self.keys().clone(), self.timings);
         let listeners = self.listeners.clone();
         // Started now: its first dispatch is handed to this replica's engine.
-        let reservation = start_now.then(|| self.waker.reserve()).flatten();
-        let lease = reservation.as_ref().map(|r| r.lease().clone());
+        let reservation = if start_now {
+            self.waker.reserve()
+        } else {
+            Reservation::default()
+        };
+        let lease = reservation.lease();
         // Rerunnable: its batch may roll it back and run it again (nothing it does outside
         // the database, sealing included, minds), which saves the batch a savepoint.
         let created = self
@@ -103,7 +107,7 @@ impl LifecycleService {
         let seen = self.pass_start_gates(id, true).await?;
         let listeners = self.listeners.clone();
         let reservation = self.waker.reserve();
-        let lease = reservation.as_ref().map(|r| r.lease().clone());
+        let lease = reservation.lease();
         let started = self
             .db
             .write_for(
@@ -162,7 +166,7 @@ impl LifecycleService {
         let keys = self.keys().clone();
         let (timings, listeners) = (self.timings, self.listeners.clone());
         let reservation = self.waker.reserve();
-        let lease = reservation.as_ref().map(|r| r.lease().clone());
+        let lease = reservation.lease();
         let started = self
             .db
             .write_for(id, move |conn| {
@@ -462,15 +466,9 @@ fn start_in(
 /// A start's outcome, once its write is over: the dispatch it handed goes to the engine (or the
 /// reserved room back).
 fn delivered<T>(
-    reservation: Option<Reservation>,
+    reservation: Reservation,
     started: Result<(T, Applied), CommandError>,
 ) -> Result<(T, Applied), CommandError> {
-    if let Some(reservation) = reservation {
-        let handed = started
-            .as_ref()
-            .ok()
-            .and_then(|(_, applied)| applied.handed());
-        reservation.deliver(handed);
-    }
+    reservation.deliver(started.as_ref().ok().and_then(|(_, a)| a.handed()));
     started
 }

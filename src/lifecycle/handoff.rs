@@ -44,8 +44,12 @@ pub struct Handed {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// Room on the engine, reserved before a write that may hand it a dispatch.
-pub struct Reservation {
+/// Room on the engine, reserved before a write that may hand it a dispatch; empty when there
+/// was none (no engine taking hand-offs, no room, or not asked for).
+#[derive(Default)]
+pub struct Reservation(Option<Reserved>);
+
+struct Reserved {
     lease: HandoffLease,
     permit: OwnedSemaphorePermit,
     to_engine: mpsc::UnboundedSender<Handed>,
@@ -82,19 +86,21 @@ impl Handoffs {
         format!("{}-{n}", self.replica)
     }
 
-    pub(super) fn reserve(&self) -> Option<Reservation> {
+    pub(super) fn reserve(&self) -> Reservation {
         if self.closed.load(Ordering::Acquire) {
-            return None;
+            return Reservation::default();
         }
-        let permit = self.in_flight.clone().try_acquire_owned().ok()?;
-        Some(Reservation {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return Reservation::default();
+        };
+        Reservation(Some(Reserved {
             lease: HandoffLease {
                 claim: self.next_claim(),
                 lease_ms: self.lease_ms,
             },
             permit,
             to_engine: self.to_engine.clone(),
-        })
+        }))
     }
 
     /// The engine stops: writes leave their dispatches to claims from now on. A reservation
@@ -105,20 +111,21 @@ impl Handoffs {
 }
 
 impl Reservation {
-    pub fn lease(&self) -> &HandoffLease {
-        &self.lease
+    /// What the write takes when there is room (`HandoffLease::take`); none without.
+    pub fn lease(&self) -> Option<HandoffLease> {
+        self.0.as_ref().map(|r| r.lease.clone())
     }
 
-    /// Once the write committed: the task it handed goes to the engine; without one, the
-    /// room is given back.
+    /// Once the write is over: the task it handed goes to the engine; without one (nothing
+    /// handed, or the write failed), the room is given back.
     pub fn deliver(self, handed: Option<TaskId>) {
-        if let Some(task) = handed {
+        if let (Some(reserved), Some(task)) = (self.0, handed) {
             let handed = Handed {
                 task,
-                claim: self.lease.claim,
-                permit: self.permit,
+                claim: reserved.lease.claim,
+                permit: reserved.permit,
             };
-            if self.to_engine.send(handed).is_err() {
+            if reserved.to_engine.send(handed).is_err() {
                 // Only once the engine has stopped for good, with its permits all back: not
                 // while a reservation is out. The lease expires and the task is taken over.
                 tracing::warn!(
@@ -154,15 +161,16 @@ mod tests {
     #[test]
     fn room_is_reserved_on_the_engine_and_given_back_when_nothing_is_handed() {
         let (handoffs, mut received, in_flight) = handoffs(1);
-        let first = handoffs.reserve().expect("room for one");
-        assert!(handoffs.reserve().is_none(), "no room left");
+        let first = handoffs.reserve();
+        assert!(first.lease().is_some(), "room for one");
+        assert!(handoffs.reserve().lease().is_none(), "no room left");
         first.deliver(None);
         assert_eq!(in_flight.available_permits(), 1, "the room is given back");
         assert!(received.try_recv().is_err(), "nothing was handed");
 
         handoffs.close();
         assert!(
-            handoffs.reserve().is_none(),
+            handoffs.reserve().lease().is_none(),
             "a stopping engine takes no hand-offs"
         );
     }
@@ -170,14 +178,13 @@ mod tests {
     #[test]
     fn a_handed_task_reaches_the_engine_with_its_lease_and_its_room() {
         let (handoffs, mut received, in_flight) = handoffs(2);
-        let one = handoffs.reserve().unwrap();
-        let other = handoffs.reserve().unwrap();
+        let (one, other) = (handoffs.reserve(), handoffs.reserve());
         assert_ne!(
-            one.lease().claim,
-            other.lease().claim,
+            one.lease().unwrap().claim,
+            other.lease().unwrap().claim,
             "a lease names one hand-off"
         );
-        let claim = one.lease().claim.clone();
+        let claim = one.lease().unwrap().claim;
         one.deliver(Some(TaskId(7)));
         let handed = received.try_recv().expect("the task reached the engine");
         assert_eq!(

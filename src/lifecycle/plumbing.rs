@@ -64,8 +64,11 @@ impl Waker {
 
     /// Room for one dispatch on the engine, for a write that may make one due (`handoff.rs`);
     /// none without an engine taking hand-offs or without room.
-    pub fn reserve(&self) -> Option<Reservation> {
-        self.0.handoffs.get()?.reserve()
+    pub fn reserve(&self) -> Reservation {
+        match self.0.handoffs.get() {
+            Some(handoffs) => handoffs.reserve(),
+            None => Reservation::default(),
+        }
     }
 }
 

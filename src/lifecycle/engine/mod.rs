@@ -377,7 +377,7 @@ impl Engine {
     {
         let (timings, listeners) = (self.timings, self.listeners());
         let reservation = self.handoffs.reserve();
-        let lease = reservation.as_ref().map(|r| r.lease().clone());
+        let lease = reservation.lease();
         let decided = self
             .while_database_fails(|| {
                 let (decide, listeners, lease) = (decide.clone(), listeners.clone(), lease.clone());
@@ -392,9 +392,7 @@ impl Engine {
             })
             .await;
         let handed = decided.as_ref().ok().and_then(Applied::handed);
-        if let Some(reservation) = reservation {
-            reservation.deliver(handed);
-        }
+        reservation.deliver(handed);
         match decided {
             Ok(applied) => applied.committed(&self.metrics, &self.waker),
             // Someone else (a callback, an abort, a claim) moved the task first: their word stands.
