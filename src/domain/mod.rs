@@ -20,7 +20,7 @@ pub use claim::{ActivityKeys, ClaimCandidate, ClaimDecision, ClaimedStep, Claime
 pub use events::{Event, EventType};
 pub use ids::{ActivityId, TaskId};
 pub use outcome::{without_nul, Outcome, Report, ReportedStatus};
-pub use plan::{ActivityChanges, ActivityUpdate, Plan, TaskChanges, TaskUpdate};
+pub use plan::{ActivityChanges, ActivityUpdate, Plan, TaskChanges, TaskUpdate, UpdateOnClaim};
 pub use run_settings::{RetryPolicy, RunSettings, MAX_RETRY_DELAY_MS};
 pub use snapshot::{ActivityState, Recorded, Snapshot, TaskState};
 pub(crate) use status::stored_enum;

@@ -28,6 +28,28 @@ pub struct TaskUpdate {
     pub changes: TaskChanges,
 }
 
+/// An engine step's update of its own task decided on what the step's claim read, without a
+/// snapshot (one statement instead of two; issue 15). It applies only while the task's row still
+/// shows what the decision read: the update's status and lease, as any engine update, and also
+/// the claimed `step` and `attempt` and no held callback (`db::apply_on_claim`). When the row
+/// moved on, nothing is written and the step decides again on a snapshot.
+#[derive(Debug)]
+pub struct UpdateOnClaim {
+    pub update: TaskUpdate,
+    pub step: Step,
+    pub attempt: i32,
+}
+
+impl UpdateOnClaim {
+    /// The update as a plan of its own, for what follows a plan's commit.
+    pub fn into_plan(self) -> Plan {
+        Plan {
+            tasks: vec![self.update],
+            ..Plan::default()
+        }
+    }
+}
+
 /// A partial update of an activity: `None` leaves a field alone, `Some(None)` clears it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ActivityChanges {
@@ -87,19 +109,29 @@ impl Plan {
     /// True when the plan leaves a step due by `now` (a dispatch, a cancel, a confirmation) for a
     /// claim: what other replicas are woken for (a step due later waits for their tick).
     pub fn makes_work_due(&self, now: i64) -> bool {
-        self.steps_to_claim()
-            .any(|t| match (t.changes.step, t.changes.due_at) {
+        self.tasks.iter().any(|t| t.makes_work_due(now))
+    }
+
+    fn steps_to_claim(&self) -> impl Iterator<Item = &TaskUpdate> {
+        self.tasks.iter().filter(|t| !t.leases_itself())
+    }
+}
+
+impl TaskUpdate {
+    /// The update leases the task's step itself (`state::hand_off`): nobody else's to claim.
+    fn leases_itself(&self) -> bool {
+        matches!(self.changes.lease_owner, Some(Some(_)))
+    }
+
+    /// `Plan::makes_work_due` for this update alone.
+    pub fn makes_work_due(&self, now: i64) -> bool {
+        !self.leases_itself()
+            && match (self.changes.step, self.changes.due_at) {
                 (Some(Some(_)), Some(Some(due))) => due <= now,
                 // A step given without its due time: assume it may be due.
                 (Some(Some(_)), _) => true,
                 _ => false,
-            })
-    }
-
-    fn steps_to_claim(&self) -> impl Iterator<Item = &TaskUpdate> {
-        self.tasks
-            .iter()
-            .filter(|t| !matches!(t.changes.lease_owner, Some(Some(_))))
+            }
     }
 }
 

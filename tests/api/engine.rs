@@ -311,6 +311,7 @@ async fn a_superseded_engine_decision_changes_nothing(db: TestDb) {
                 timings,
                 listeners: &Listeners::none(),
                 handoff: None,
+                on_claim: None,
             };
             apply_decision(conn, id, with, |s, _| Plan {
                 activity: Some(ActivityUpdate {

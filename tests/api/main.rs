@@ -32,6 +32,7 @@ mod scale_out;
 mod sealing;
 mod security;
 mod storage;
+mod submittal;
 mod templates;
 mod ui;
 mod ui_board;

@@ -87,8 +87,14 @@ impl Engine {
                     });
                     run.immediate = None;
                 }
+                // Usually decided on the claim alone, without a snapshot (`submitted_on_claim`).
+                let on_claim = {
+                    let (task, lease, run) =
+                        (claimed.task.clone(), claimed.claim.clone(), run.clone());
+                    move |t: &_| state::submitted_on_claim(&task, &lease, &run, t)
+                };
                 let (task_id, lease) = (task.id, claimed.claim.clone());
-                self.decide(task.activity_id, move |s, t| {
+                self.decide_on_claim(task.activity_id, Some(on_claim), move |s, t| {
                     state::submitted(s, task_id, &lease, run, t)
                 })
                 .await

@@ -31,7 +31,7 @@ use super::state::{self, Timing};
 use crate::clock::now_ms;
 use crate::config::LimitSettings;
 use crate::db::{self, ApplyError, Db, DbConnection, DbError, SnapshotOf};
-use crate::domain::{ActivityId, ClaimedStep, Plan, Snapshot, Step, TaskId};
+use crate::domain::{ActivityId, ClaimedStep, Plan, Snapshot, Step, TaskId, UpdateOnClaim};
 use crate::executor::Executors;
 use crate::keys::Keys;
 use crate::metrics::{Metrics, StepResult};
@@ -375,17 +375,35 @@ impl Engine {
     where
         F: FnOnce(&Snapshot, &Timing) -> Plan + Clone + Send + 'static,
     {
+        self.decide_on_claim(activity_id, None::<NothingOnClaim>, decide)
+            .await
+    }
+
+    /// `decide`, trying `on_claim` first: the step's update decided on what its claim read,
+    /// applied without a snapshot while the task's row still shows that claim (`UpdateOnClaim`).
+    async fn decide_on_claim<C, F>(
+        &self,
+        activity_id: ActivityId,
+        on_claim: Option<C>,
+        decide: F,
+    ) -> Result<StepResult, EngineError>
+    where
+        C: Fn(&Timing) -> Option<UpdateOnClaim> + Clone + Send + 'static,
+        F: FnOnce(&Snapshot, &Timing) -> Plan + Clone + Send + 'static,
+    {
         let (timings, listeners) = (self.timings, self.listeners());
         let reservation = self.handoffs.reserve();
         let lease = reservation.lease();
         let decided = self
             .while_database_fails(|| {
                 let (decide, listeners, lease) = (decide.clone(), listeners.clone(), lease.clone());
+                let on_claim = on_claim.clone();
                 self.db.write_for_rerunnable(activity_id, move |conn| {
                     let decision = Decision {
                         timings,
                         listeners: &listeners,
                         handoff: lease.as_ref(),
+                        on_claim: on_claim.as_ref().map(|c| c as &OnClaim<'_>),
                     };
                     apply_decision(conn, activity_id, decision, decide)
                 })
@@ -460,7 +478,15 @@ pub struct Decision<'a> {
     pub listeners: &'a Listeners,
     /// Room the engine reserved for a dispatch the decision makes due now (`handoff.rs`).
     pub handoff: Option<&'a HandoffLease>,
+    /// The step's update decided on its claim, tried before a snapshot is read.
+    pub on_claim: Option<&'a OnClaim<'a>>,
 }
+
+/// Decides a step's update on what its claim read (`UpdateOnClaim`), or `None` to take a snapshot.
+pub type OnClaim<'a> = dyn Fn(&Timing) -> Option<UpdateOnClaim> + 'a;
+
+/// `decide` has nothing to try on the claim.
+type NothingOnClaim = fn(&Timing) -> Option<UpdateOnClaim>;
 
 /// The engine's transaction: the plan `decide` makes from the activity's snapshot, applied in
 /// full with the outbox rows of its events; what it did, to report once committed. A plan that
@@ -476,9 +502,21 @@ pub fn apply_decision<F>(
 where
     F: FnOnce(&Snapshot, &Timing) -> Plan,
 {
+    let now = now_ms();
+    let on_claim = with
+        .on_claim
+        .and_then(|decide| decide(&with.timings.at(now)));
+    if let Some(update) = on_claim {
+        if db::apply_on_claim(conn, &update, now)? {
+            let plan = update.into_plan();
+            let events = plan.events(activity_id);
+            let announced = notifications::record(conn, with.listeners, &events, now)?;
+            return Ok(Applied::of(&plan, now).announcing(announced));
+        }
+        // The row moved on since the claim (a callback, an abort): decide on a snapshot.
+    }
     let snapshot = db::load_snapshot(conn, SnapshotOf::Activity(activity_id))?
         .ok_or(EngineError::Gone(activity_id))?;
-    let now = now_ms();
     let mut plan = decide(&snapshot, &with.timings.at(now));
     if plan.is_empty() {
         return Ok(Applied::default());

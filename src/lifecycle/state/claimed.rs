@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::domain::{
-    ActivityChanges, ActivityStatus, ActivityUpdate, ClaimCandidate, ClaimDecision, Outcome,
-    Report, Snapshot, TaskId,
+    ActivityChanges, ActivityStatus, ActivityUpdate, ClaimCandidate, ClaimDecision, ClaimedTask,
+    Outcome, Report, Snapshot, TaskId, UpdateOnClaim,
 };
 
 /// Every candidate is leased. A dispatch nobody held starts a new attempt (and with it a new
@@ -67,12 +67,7 @@ pub fn submitted(s: &Snapshot, task_id: TaskId, lease: &str, run: Submittal, t: 
         // A callback failed this run meanwhile and a new run is planned: nothing to record.
         return Plan::default();
     }
-    let recorded = TaskChanges {
-        run_ref: Some(run.run_ref.clone()),
-        run_url: Some(run.run_url.clone()),
-        configurations: Some(Some(run.configurations.clone())),
-        ..TaskChanges::default()
-    };
+    let recorded = run_recorded(&run);
     let status = task.status;
     if status == TaskStatus::Aborted && task.step.is_none() && run.run_ref.is_some() {
         // Aborted while we were sending: the run we just started must be cancelled.
@@ -107,21 +102,74 @@ pub fn submitted(s: &Snapshot, task_id: TaskId, lease: &str, run: Submittal, t: 
         own.configurations = recorded.configurations;
         return plan;
     }
-    let deadline = task.deadline_at.unwrap_or(i64::MAX);
-    let (step, due) = if task.holds_callback {
+    let changes = run_under_way(recorded, task.deadline_at, task.holds_callback, t);
+    single(task, status, Some(lease), changes)
+}
+
+/// `submitted` decided on what the dispatch's claim read, for its common case: a run that will
+/// call back (no immediate outcome), for a task whose claim found no held callback. The update
+/// applies only while the task's row still shows that claim (`UpdateOnClaim`): a callback, an
+/// abort or another claim meanwhile makes the engine decide again with `submitted` on a
+/// snapshot. `None`: this submittal needs the snapshot (it may end the task and start the next).
+/// A task's deadline is set once, when it begins, so the claim's is the row's.
+pub fn submitted_on_claim(
+    task: &ClaimedTask,
+    lease: &str,
+    run: &Submittal,
+    t: &Timing,
+) -> Option<UpdateOnClaim> {
+    let common = run.immediate.is_none()
+        && run.held.is_none()
+        && task.held.is_none()
+        && task.attempt == run.attempt;
+    if !common {
+        return None;
+    }
+    let changes = run_under_way(run_recorded(run), task.deadline_at, false, t);
+    Some(UpdateOnClaim {
+        update: TaskUpdate {
+            id: task.id,
+            expected: TaskStatus::Processing,
+            expected_lease: Some(lease.to_owned()),
+            changes,
+        },
+        step: Step::Dispatch,
+        attempt: task.attempt,
+    })
+}
+
+/// The run's reference and what it was sent with, recorded whatever else the submittal does.
+fn run_recorded(run: &Submittal) -> TaskChanges {
+    TaskChanges {
+        run_ref: Some(run.run_ref.clone()),
+        run_url: Some(run.run_url.clone()),
+        configurations: Some(Some(run.configurations.clone())),
+        ..TaskChanges::default()
+    }
+}
+
+/// A run is under way: await its callback (polling by the deadline), or confirm the callback
+/// that came while it was being sent.
+fn run_under_way(
+    recorded: TaskChanges,
+    deadline_at: Option<i64>,
+    holds_callback: bool,
+    t: &Timing,
+) -> TaskChanges {
+    let (step, due) = if holds_callback {
         // Its callback came while we were sending: confirm it now that the run is known.
         (Step::Confirm, t.now)
     } else {
+        let deadline = deadline_at.unwrap_or(i64::MAX);
         (
             Step::Await,
             t.now.saturating_add(t.poll_after_ms).min(deadline),
         )
     };
-    let changes = TaskChanges {
+    TaskChanges {
         step_attempts: Some(0),
         ..reschedule(recorded, step, due)
-    };
-    single(task, status, Some(lease), changes)
+    }
 }
 
 /// What a dispatch produced, for `submitted`.

@@ -5,7 +5,8 @@ use serde_json::json;
 use super::tests::{callback_of_10, processed, snapshot, task, timing, update_of, NOW};
 use super::*;
 use crate::domain::{
-    ActivityStatus, ClaimCandidate, ClaimDecision, Outcome, Step, TaskId, TaskState, TaskStatus,
+    ActivityId, ActivityStatus, ClaimCandidate, ClaimDecision, ClaimedTask, Outcome, Step, TaskId,
+    TaskState, TaskStatus,
 };
 
 pub(super) fn claimed(mut t: TaskState, step: Step, lease: &str) -> TaskState {
@@ -41,6 +42,99 @@ fn a_submitted_task_awaits_its_callback_until_the_poll_time() {
     );
     assert_eq!(u.changes.run_ref, Some(Some(r#"{"runId":7}"#.into())));
     assert_eq!(u.changes.lease_owner, Some(None));
+}
+
+/// The dispatch's task as its claim read it (`t`, claimed for a dispatch).
+fn as_claimed(t: &TaskState) -> ClaimedTask {
+    ClaimedTask {
+        id: t.id,
+        activity_id: ActivityId(1),
+        position: t.position,
+        name: t.name.clone(),
+        executor: t.executor.clone(),
+        template: None,
+        planned_configurations: None,
+        attempt: t.attempt,
+        step_attempts: t.step_attempts,
+        runs_failed: t.runs_failed,
+        due_at: Some(NOW),
+        started_at: Some(NOW),
+        deadline_at: t.deadline_at,
+        run_ref: None,
+        held: None,
+    }
+}
+
+#[test]
+fn a_run_recorded_on_its_claim_is_what_the_snapshot_of_that_claim_decides() {
+    for deadline in [
+        None,
+        Some(NOW + 60_000),
+        Some(NOW + 3_600_000),
+        Some(NOW - 1),
+    ] {
+        let mut t = claimed(task(10, 1, TaskStatus::Processing), Step::Dispatch, "me");
+        t.deadline_at = deadline;
+        t.attempt = 2;
+        let run = Submittal {
+            attempt: 2,
+            ..submittal()
+        };
+        let s = snapshot(ActivityStatus::Processing, vec![t.clone()]);
+        let on_snapshot = submitted(&s, TaskId(10), "me", run.clone(), &timing());
+        let on_claim = submitted_on_claim(&as_claimed(&t), "me", &run, &timing())
+            .expect("a run that calls back is recorded on its claim");
+        let expected = update_of(&on_snapshot, 10);
+        assert_eq!(on_claim.update.changes, expected.changes, "{deadline:?}");
+        assert_eq!(
+            (
+                on_claim.update.expected,
+                on_claim.update.expected_lease.as_deref()
+            ),
+            (expected.expected, expected.expected_lease.as_deref())
+        );
+        // What the decision read of the row, for the database to check it still holds.
+        assert_eq!((on_claim.step, on_claim.attempt), (Step::Dispatch, 2));
+    }
+}
+
+#[test]
+fn a_run_that_may_end_its_task_is_recorded_on_a_snapshot() {
+    let t = claimed(task(10, 1, TaskStatus::Processing), Step::Dispatch, "me");
+    let on_claim =
+        |claimed: ClaimedTask, run: Submittal| submitted_on_claim(&claimed, "me", &run, &timing());
+    let immediate = Submittal {
+        immediate: Some(Outcome::Processed { results: None }),
+        ..submittal()
+    };
+    assert!(
+        on_claim(as_claimed(&t), immediate).is_none(),
+        "immediate outcome"
+    );
+    let held = Submittal {
+        held: Some(processed(json!({}))),
+        ..submittal()
+    };
+    assert!(
+        on_claim(as_claimed(&t), held).is_none(),
+        "result held for policy"
+    );
+    let claimed_holding = ClaimedTask {
+        held: Some(processed(json!({}))),
+        ..as_claimed(&t)
+    };
+    assert!(
+        on_claim(claimed_holding, submittal()).is_none(),
+        "the claim found a held callback"
+    );
+    let older = Submittal {
+        attempt: 0,
+        ..submittal()
+    };
+    assert!(
+        on_claim(as_claimed(&t), older).is_none(),
+        "another attempt's run"
+    );
 }
 
 #[test]

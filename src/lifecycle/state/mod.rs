@@ -22,7 +22,8 @@ pub use activity::{abort, abort_task, finish_task, merge_results, start};
 pub use callback::callback;
 pub use claimed::{
     await_unknown_dispatch, claim, finish_step, gated, hand_off, requeue_step, retry_step,
-    step_done, still_owned, submitted, wait_for_policy, ResultVerdict, Submittal,
+    step_done, still_owned, submitted, submitted_on_claim, wait_for_policy, ResultVerdict,
+    Submittal,
 };
 pub use hook::poll_now;
 
