@@ -252,7 +252,7 @@ pub struct ContextRows {
 /// One row of the Context's `UNION ALL`: `(product, version, activity id, stage or task name,
 /// status, finished_at, results, position)`. A row with a position is a task's (its name in the
 /// text column), a row without is an activity's.
-type ContextRow = (
+pub(super) type ContextRow = (
     String,
     String,
     ActivityId,
@@ -315,7 +315,8 @@ pub fn context_rows(
 
 /// The Context rows of several activities (`ContextRows` of each, by activity), for dispatches
 /// carried out together. PostgreSQL: one statement for all (on a connection to another
-/// process, each statement is a round trip; issue 15), each one's rows picked here. SQLite: one
+/// process, each statement is a round trip; issue 15; `contexts_pg.rs`), each one's rows
+/// picked here. SQLite: one
 /// statement each, kept prepared (in process a statement is no round trip, and a list of
 /// variable length would be compiled again each time).
 pub fn contexts_of(
@@ -333,28 +334,7 @@ pub fn contexts_of(
             return Ok(contexts);
         }
     };
-    let products: Vec<&str> = currents
-        .iter()
-        .map(|c| c.data_product_id.as_str())
-        .collect();
-    let versions: Vec<&str> = currents
-        .iter()
-        .map(|c| c.data_product_version.as_str())
-        .collect();
-    let ids: Vec<ActivityId> = currents.iter().map(|c| c.id).collect();
-    let processed: ActivityStatus = ActivityStatus::Processed;
-    // A superset (each product with each version): `context_of` picks each one's rows.
-    let in_any = || {
-        activities::data_product_id
-            .eq_any(&products)
-            .and(activities::data_product_version.eq_any(&versions))
-            .and(
-                activities::status
-                    .eq(processed)
-                    .or(activities::id.eq_any(&ids)),
-            )
-    };
-    let rows = context_union!(pg, in_any())?;
+    let rows = super::contexts_pg::context_rows_of(pg, currents)?;
     for c in currents {
         let (product, version) = (&c.data_product_id, &c.data_product_version);
         contexts.insert(c.id, context_of(&rows, product, version, c.id));

@@ -4,6 +4,7 @@
 mod activities;
 mod board;
 mod combined;
+mod contexts_pg;
 mod deletions;
 mod engine;
 mod executor_runs;
