@@ -7,7 +7,9 @@
 //! against 0.2 ms with a plan for the values; `pg_stat_statements` put it at a fifth of all
 //! statement time). Here each (product, version, current) comes from `unnest` and the
 //! activities are joined by both columns, which the generic plan finds through the index: the
-//! cost no longer grows with the product's other versions.
+//! cost no longer grows with the product's other versions. (On tables never analyzed yet, a
+//! fresh database's first minute, PostgreSQL plans sequential scans for this as for any read of
+//! several rows; the next ANALYZE makes it plan again: README, "the benchmark's young database".)
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
