@@ -67,3 +67,26 @@ pub struct ActivityKeys {
     pub stage: String,
     pub sealed_secrets: Option<String>,
 }
+
+/// What a decision taken on a step's claim relies on of the claimed task
+/// (`state::submitted_on_claim`): small and `Copy`, so that a decision kept for the write does not
+/// carry the task's template and configurations along.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClaimRead {
+    pub id: TaskId,
+    pub attempt: i32,
+    pub deadline_at: Option<i64>,
+    /// The claim found a callback held for confirmation.
+    pub holds_callback: bool,
+}
+
+impl ClaimedTask {
+    pub fn read(&self) -> ClaimRead {
+        ClaimRead {
+            id: self.id,
+            attempt: self.attempt,
+            deadline_at: self.deadline_at,
+            holds_callback: self.held.is_some(),
+        }
+    }
+}

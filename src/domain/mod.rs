@@ -16,7 +16,7 @@ mod run_settings;
 mod snapshot;
 mod status;
 
-pub use claim::{ActivityKeys, ClaimCandidate, ClaimDecision, ClaimedStep, ClaimedTask};
+pub use claim::{ActivityKeys, ClaimCandidate, ClaimDecision, ClaimRead, ClaimedStep, ClaimedTask};
 pub use events::{Event, EventType};
 pub use ids::{ActivityId, TaskId};
 pub use outcome::{without_nul, Outcome, Report, ReportedStatus};

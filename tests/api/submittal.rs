@@ -71,7 +71,8 @@ async fn recorded_after(
     let decided = on_snapshot.clone();
     store
         .write(move |conn| {
-            let on_claim = |t: &Timing| state::submitted_on_claim(&claimed.task, CLAIM, &run, t);
+            let on_claim =
+                |t: &Timing| state::submitted_on_claim(&claimed.task.read(), CLAIM, &run, t);
             let with = Decision {
                 timings: EngineTimings {
                     poll_after_ms: 300_000,

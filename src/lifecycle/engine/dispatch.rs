@@ -89,9 +89,8 @@ impl Engine {
                 }
                 // Usually decided on the claim alone, without a snapshot (`submitted_on_claim`).
                 let on_claim = {
-                    let (task, lease, run) =
-                        (claimed.task.clone(), claimed.claim.clone(), run.clone());
-                    move |t: &_| state::submitted_on_claim(&task, &lease, &run, t)
+                    let (read, lease, run) = (task.read(), claimed.claim.clone(), run.clone());
+                    move |t: &_| state::submitted_on_claim(&read, &lease, &run, t)
                 };
                 let (task_id, lease) = (task.id, claimed.claim.clone());
                 self.decide_on_claim(task.activity_id, Some(on_claim), move |s, t| {

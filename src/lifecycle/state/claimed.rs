@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::domain::{
-    ActivityChanges, ActivityStatus, ActivityUpdate, ClaimCandidate, ClaimDecision, ClaimedTask,
+    ActivityChanges, ActivityStatus, ActivityUpdate, ClaimCandidate, ClaimDecision, ClaimRead,
     Outcome, Report, Snapshot, TaskId, UpdateOnClaim,
 };
 
@@ -113,14 +113,14 @@ pub fn submitted(s: &Snapshot, task_id: TaskId, lease: &str, run: Submittal, t: 
 /// snapshot. `None`: this submittal needs the snapshot (it may end the task and start the next).
 /// A task's deadline is set once, when it begins, so the claim's is the row's.
 pub fn submitted_on_claim(
-    task: &ClaimedTask,
+    task: &ClaimRead,
     lease: &str,
     run: &Submittal,
     t: &Timing,
 ) -> Option<UpdateOnClaim> {
     let common = run.immediate.is_none()
         && run.held.is_none()
-        && task.held.is_none()
+        && !task.holds_callback
         && task.attempt == run.attempt;
     if !common {
         return None;

@@ -82,7 +82,7 @@ fn a_run_recorded_on_its_claim_is_what_the_snapshot_of_that_claim_decides() {
         };
         let s = snapshot(ActivityStatus::Processing, vec![t.clone()]);
         let on_snapshot = submitted(&s, TaskId(10), "me", run.clone(), &timing());
-        let on_claim = submitted_on_claim(&as_claimed(&t), "me", &run, &timing())
+        let on_claim = submitted_on_claim(&as_claimed(&t).read(), "me", &run, &timing())
             .expect("a run that calls back is recorded on its claim");
         let expected = update_of(&on_snapshot, 10);
         assert_eq!(on_claim.update.changes, expected.changes, "{deadline:?}");
@@ -101,8 +101,9 @@ fn a_run_recorded_on_its_claim_is_what_the_snapshot_of_that_claim_decides() {
 #[test]
 fn a_run_that_may_end_its_task_is_recorded_on_a_snapshot() {
     let t = claimed(task(10, 1, TaskStatus::Processing), Step::Dispatch, "me");
-    let on_claim =
-        |claimed: ClaimedTask, run: Submittal| submitted_on_claim(&claimed, "me", &run, &timing());
+    let on_claim = |claimed: ClaimedTask, run: Submittal| {
+        submitted_on_claim(&claimed.read(), "me", &run, &timing())
+    };
     let immediate = Submittal {
         immediate: Some(Outcome::Processed { results: None }),
         ..submittal()
