@@ -5,7 +5,9 @@
 use diesel::prelude::*;
 
 use super::schema::{activities, lifecycles, tasks};
-use crate::domain::{ActivityChanges, ActivityId, ActivityStatus, Step, TaskId, TaskStatus};
+use crate::domain::{
+    ActivityChanges, ActivityId, ActivityStatus, Step, TaskChanges, TaskId, TaskStatus,
+};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = activities)]
@@ -57,6 +59,29 @@ impl ActivityRow {
     }
 }
 
+impl NewActivity<'_> {
+    /// The row inserted with `changes` already made (a start decided before the INSERT), or
+    /// `None` when they set a column the INSERT does not write.
+    pub fn changed_by(self, changes: &ActivityChanges) -> Option<Self> {
+        let ActivityChanges {
+            status,
+            results: None,
+            errors: None,
+            drop_secrets: false,
+            started_at,
+            finished_at: None,
+        } = changes
+        else {
+            return None;
+        };
+        Some(NewActivity {
+            status: status.unwrap_or(self.status),
+            started_at: started_at.unwrap_or(self.started_at),
+            ..self
+        })
+    }
+}
+
 #[derive(Debug, Insertable)]
 #[diesel(table_name = activities)]
 pub struct NewActivity<'a> {
@@ -66,6 +91,7 @@ pub struct NewActivity<'a> {
     pub status: ActivityStatus,
     pub sealed_secrets: Option<&'a str>,
     pub created_at: i64,
+    pub started_at: Option<i64>,
 }
 
 /// A task as the API shows it (the engine's own columns are left out).
@@ -92,6 +118,50 @@ pub struct TaskRow {
     pub step: Option<Step>,
 }
 
+impl NewTask<'_> {
+    /// The row inserted with `changes` already made (a start decided before the INSERT), or
+    /// `None` when they set a column the INSERT does not write.
+    pub fn changed_by(self, changes: &TaskChanges) -> Option<Self> {
+        let TaskChanges {
+            status,
+            results: None,
+            errors: None,
+            configurations: None,
+            started_at,
+            finished_at: None,
+            run_ref: None,
+            run_url: None,
+            step,
+            due_at,
+            lease_owner,
+            lease_until,
+            deadline_at,
+            step_attempts,
+            reported_outcome: None,
+            attempt,
+            runs_failed: None,
+        } = changes
+        else {
+            return None;
+        };
+        let was = self.begun;
+        Some(NewTask {
+            status: status.unwrap_or(self.status),
+            begun: BegunColumns {
+                started_at: started_at.unwrap_or(was.started_at),
+                deadline_at: deadline_at.unwrap_or(was.deadline_at),
+                attempt: attempt.unwrap_or(was.attempt),
+                step: step.unwrap_or(was.step),
+                step_attempts: step_attempts.unwrap_or(was.step_attempts),
+                due_at: due_at.unwrap_or(was.due_at),
+                lease_owner: lease_owner.clone().unwrap_or(was.lease_owner),
+                lease_until: lease_until.unwrap_or(was.lease_until),
+            },
+            ..self
+        })
+    }
+}
+
 #[derive(Debug, Insertable)]
 #[diesel(table_name = tasks)]
 pub struct NewTask<'a> {
@@ -109,6 +179,23 @@ pub struct NewTask<'a> {
     pub timeout_ms: Option<i64>,
     pub retry_max: Option<i32>,
     pub retry_backoff_ms: Option<i64>,
+    #[diesel(embed)]
+    pub begun: BegunColumns,
+}
+
+/// What a task's start writes in its row (`NewTask::changed_by`); a PLANNED task has none of it
+/// (`Default`).
+#[derive(Debug, Default, Insertable)]
+#[diesel(table_name = tasks)]
+pub struct BegunColumns {
+    pub started_at: Option<i64>,
+    pub deadline_at: Option<i64>,
+    pub attempt: i32,
+    pub step: Option<Step>,
+    pub step_attempts: i32,
+    pub due_at: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

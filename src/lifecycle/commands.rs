@@ -63,7 +63,21 @@ impl LifecycleService {
                         definitions: &definitions,
                         settings: &settings,
                     };
-                    let (mut activity, tasks, in_the_way) = insert_planned(conn, new, now)?;
+                    let in_the_way = refuse_duplicate(conn, &request)?;
+                    // Nobody to tell of its creation: started in its INSERT (one statement less).
+                    if start_now && listeners.is_empty() && secrets.is_empty() {
+                        let started = insert_started(
+                            conn,
+                            &new,
+                            in_the_way,
+                            lease.as_ref(),
+                            timings.at(now),
+                        )?;
+                        if let Some(started) = started {
+                            return Ok(started);
+                        }
+                    }
+                    let (mut activity, tasks) = insert_planned(conn, &new, now)?;
                     if !listeners.is_empty() {
                         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
                         let created = Event::created(activity.id, &ids);
@@ -289,30 +303,30 @@ struct Planned<'a> {
     settings: &'a [RunSettings],
 }
 
-/// Inserts the PLANNED activity and its tasks; it, and the activities in its way that did not
-/// stop it (the version's PROCESSING one, which only stops a start).
-fn insert_planned(
+/// The activities in the way of a new one of the request's stage that do not stop it (the
+/// version's PROCESSING one only stops a start); refused when the stage has a PLANNED one.
+fn refuse_duplicate(
     conn: &mut DbConnection,
-    new: Planned<'_>,
-    now: i64,
-) -> Result<(ActivityRow, Vec<TaskState>, db::ActivitiesInTheWay), CommandError> {
-    let request = new.request;
+    request: &NewActivityRequest,
+) -> Result<db::ActivitiesInTheWay, CommandError> {
     let (product, version, stage) = (
         &request.data_product_id,
         &request.data_product_version,
         &request.stage,
     );
-    let duplicate = || {
-        CommandError::DuplicatePlanned(format!(
-            "a PLANNED activity for product {product}, version {version}, stage {stage} already exists"
-        ))
-    };
     let in_the_way = db::activities_in_the_way(conn, product, version, stage)?;
     if let Some(existing) = in_the_way.planned {
         return Err(CommandError::DuplicatePlanned(format!(
             "activity {existing} is already PLANNED for product {product}, version {version}, stage {stage}: start or delete it"
         )));
     }
+    Ok(in_the_way)
+}
+
+/// The rows of a new PLANNED activity and its tasks (the tasks' `activity_id` is filled in by
+/// the INSERT).
+fn new_rows<'a>(new: &'a Planned<'a>, now: i64) -> (NewActivity<'a>, Vec<NewTask<'a>>) {
+    let request = new.request;
     let tasks = new
         .definitions
         .iter()
@@ -333,26 +347,89 @@ fn insert_planned(
                 timeout_ms: settings.timeout_ms,
                 retry_max: settings.retry.map(|r| r.max as i32),
                 retry_backoff_ms: settings.retry.map(|r| r.backoff_ms),
+                begun: Default::default(),
             }
         })
         .collect();
     let activity = NewActivity {
-        data_product_id: product,
-        data_product_version: version,
-        stage,
+        data_product_id: &request.data_product_id,
+        data_product_version: &request.data_product_version,
+        stage: &request.stage,
         status: ActivityStatus::Planned,
         sealed_secrets: None,
         created_at: now,
+        started_at: None,
     };
-    let (inserted, tasks) = db::insert_activity(conn, activity, tasks).map_err(|e| {
+    (activity, tasks)
+}
+
+/// Inserts the PLANNED activity and its tasks (`refuse_duplicate` checked first): it, and its
+/// tasks' state by position.
+fn insert_planned(
+    conn: &mut DbConnection,
+    new: &Planned<'_>,
+    now: i64,
+) -> Result<(ActivityRow, Vec<TaskState>), CommandError> {
+    let (activity, tasks) = new_rows(new, now);
+    db::insert_activity(conn, activity, tasks).map_err(|e| {
         let e = crate::db::DbError::from(e);
         if e.is_unique_violation() {
-            duplicate()
+            let r = new.request;
+            CommandError::DuplicatePlanned(format!(
+                "a PLANNED activity for product {}, version {}, stage {} already exists",
+                r.data_product_id, r.data_product_version, r.stage
+            ))
         } else {
             e.into()
         }
-    })?;
-    Ok((inserted, tasks, in_the_way))
+    })
+}
+
+/// Inserts the activity already started, its start decided on the rows about to be written
+/// (`state::start` on `db::new_rows_snapshot`, as `start_in` decides on what the INSERT
+/// answered) and its first dispatch handed to the engine when room was reserved. `None`, and
+/// nothing written, when the start's changes do not fit the new rows: the caller inserts and
+/// then starts.
+fn insert_started(
+    conn: &mut DbConnection,
+    new: &Planned<'_>,
+    in_the_way: db::ActivitiesInTheWay,
+    handoff: Option<&HandoffLease>,
+    timing: Timing,
+) -> Result<Option<(ActivityRow, Applied)>, CommandError> {
+    let request = new.request;
+    if let Some(other) = in_the_way.processing {
+        let (product, version) = (&request.data_product_id, &request.data_product_version);
+        return Err(processing_conflict(other, product, version));
+    }
+    let (activity, tasks) = new_rows(new, timing.now);
+    let snapshot = db::new_rows_snapshot(&activity, &tasks);
+    let mut plan = state::start(&snapshot, &timing)?;
+    let handed = handoff.and_then(|lease| lease.take(&mut plan, &snapshot, timing.now));
+    let inserted =
+        db::insert_started_activity(conn, activity, tasks, &plan, timing.now).map_err(|e| {
+            match crate::db::DbError::from(e) {
+                // The PROCESSING one of the version (the PLANNED index is not this row's).
+                e if e.is_unique_violation() => CommandError::ActivityConflict(format!(
+                "another activity of product {}, version {} became PROCESSING at the same time: \
+                 only one activity of a product version runs at a time",
+                request.data_product_id, request.data_product_version
+            )),
+                e => e.into(),
+            }
+        })?;
+    let Some((activity, tasks)) = inserted else {
+        return Ok(None);
+    };
+    let handed = handed.and_then(|id| db::stored_id(id, &snapshot, &tasks));
+    let applied = Applied::of(&plan, timing.now).handing(handed);
+    Ok(Some((activity, applied)))
+}
+
+fn processing_conflict(other: ActivityId, product: &str, version: &str) -> CommandError {
+    CommandError::ActivityConflict(format!(
+        "activity {other} of product {product}, version {version} is PROCESSING: only one activity of a product version runs at a time"
+    ))
 }
 
 /// The activity `start_in` starts.
@@ -425,10 +502,11 @@ fn start_in(
         }
     }
     if let Some(other) = processing {
-        return Err(CommandError::ActivityConflict(format!(
-            "activity {other} of product {}, version {} is PROCESSING: only one activity of a product version runs at a time",
-            a.data_product_id, a.data_product_version
-        )));
+        return Err(processing_conflict(
+            other,
+            &a.data_product_id,
+            &a.data_product_version,
+        ));
     }
     let handed = handoff.and_then(|lease| lease.take(&mut plan, &snapshot, timing.now));
     let applied = apply(conn, &plan, id, listeners)

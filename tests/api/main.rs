@@ -11,6 +11,7 @@ mod board;
 mod browsers;
 mod callbacks;
 mod context;
+mod creation;
 mod database;
 mod dry_run;
 mod engine;

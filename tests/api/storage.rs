@@ -363,6 +363,7 @@ async fn an_inserted_activity_is_what_reading_it_back_gives(db: TestDb) {
                 status: ActivityStatus::Planned,
                 sealed_secrets: Some("sealed"),
                 created_at: 1,
+                started_at: None,
             };
             let task = |position: i32, name: &'static str, timeout_ms: Option<i64>| NewTask {
                 activity_id: ActivityId(0),
@@ -378,6 +379,7 @@ async fn an_inserted_activity_is_what_reading_it_back_gives(db: TestDb) {
                 timeout_ms,
                 retry_max: timeout_ms.map(|_| 2),
                 retry_backoff_ms: timeout_ms.map(|_| 1_500),
+                begun: Default::default(),
             };
             // Given out of order: the snapshot lists tasks by position.
             let tasks = vec![task(2, "second", None), task(1, "first", Some(90_000))];

@@ -2,12 +2,16 @@
 
 use diesel::prelude::*;
 
+use super::insert_pg::insert_activity_with_tasks;
+use super::plans::run_settings;
 use super::plans::TaskStateRow;
 use super::{Conn, Page};
 use crate::db::models::*;
 use crate::db::schema::{activities, tasks};
 use crate::db::DbConnection;
-use crate::domain::{ActivityId, ActivityStatus, TaskState};
+use crate::domain::{
+    ActivityId, ActivityState, ActivityStatus, Plan, Snapshot, TaskChanges, TaskId, TaskState,
+};
 
 #[derive(Debug, Default, Clone)]
 pub struct ActivityFilter {
@@ -18,19 +22,39 @@ pub struct ActivityFilter {
     pub page: Page,
 }
 
-/// Tasks inserted per statement: PostgreSQL takes at most 65,535 bound values in one, and a
-/// task binds 13 (`limits.tasks_per_stage` may be raised past what one statement holds).
+/// Tasks inserted per statement where each binds its own values (13; PostgreSQL takes at most
+/// 65,535 in one, and `limits.tasks_per_stage` may be raised past what one statement holds).
 const TASKS_PER_INSERT: usize = 1_000;
 
-/// Inserts the activity and its tasks: one statement for the activity and one per
-/// `TASKS_PER_INSERT` tasks (on PostgreSQL each statement is a round trip). The activity's row
-/// and its tasks' light state (`TaskState`, by position) come back with them, as the database
-/// filled them in: what a start decides on, with nothing read.
+/// Inserts the activity and its tasks. The activity's row and its tasks' light state
+/// (`TaskState`, by position) come back with them, as the database filled them in: what a start
+/// decides on, with nothing read. On PostgreSQL one statement (`insert_pg.rs`); on SQLite, where
+/// a statement costs no round trip, one for the activity and one per `TASKS_PER_INSERT` tasks.
 pub fn insert_activity(
     conn: &mut Conn,
     activity: NewActivity<'_>,
     new_tasks: Vec<NewTask<'_>>,
 ) -> QueryResult<(ActivityRow, Vec<TaskState>)> {
+    let (row, inserted) = match conn {
+        DbConnection::Pg(pg) if !new_tasks.is_empty() => {
+            let rows = insert_activity_with_tasks(pg, &activity, &new_tasks)?;
+            let row = rows.first().map(|(a, _)| a.clone());
+            let row = row.ok_or(diesel::result::Error::NotFound)?;
+            (row, rows.into_iter().map(|(_, t)| t).collect())
+        }
+        _ => insert_one_by_one(conn, activity, new_tasks)?,
+    };
+    let mut tasks: Vec<TaskState> = inserted.into_iter().map(TaskStateRow::into_state).collect();
+    tasks.sort_by_key(|t| t.position);
+    Ok((row, tasks))
+}
+
+/// The activity's INSERT, then its tasks'.
+fn insert_one_by_one(
+    conn: &mut Conn,
+    activity: NewActivity<'_>,
+    new_tasks: Vec<NewTask<'_>>,
+) -> QueryResult<(ActivityRow, Vec<TaskStateRow>)> {
     // MultiConnection supports neither `as_returning` nor batch inserts: the same statements,
     // built for the connection's backend.
     let row: ActivityRow = match conn {
@@ -63,9 +87,100 @@ pub fn insert_activity(
                 .get_results(sqlite)?,
         });
     }
-    let mut tasks: Vec<TaskState> = inserted.into_iter().map(TaskStateRow::into_state).collect();
-    tasks.sort_by_key(|t| t.position);
-    Ok((row, tasks))
+    Ok((row, inserted))
+}
+
+/// The snapshot of an activity about to be inserted with `tasks`, as `insert_activity` would
+/// write them: what its start decides on before the INSERT (`insert_started_activity`). Its ids
+/// are stand-ins, never a stored row's: the activity's 0, task `i`'s `-(i + 1)`.
+pub fn new_rows_snapshot(activity: &NewActivity<'_>, tasks: &[NewTask<'_>]) -> Snapshot {
+    Snapshot {
+        activity: ActivityState {
+            id: ActivityId(0),
+            status: activity.status,
+            results: None,
+            holds_secrets: activity.sealed_secrets.is_some(),
+        },
+        tasks: tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TaskState {
+                id: stand_in(i),
+                position: t.position,
+                name: t.name.to_owned(),
+                executor: t.executor_ref.map(str::to_owned),
+                status: t.status,
+                attempt: t.begun.attempt,
+                step: t.begun.step,
+                lease_owner: t.begun.lease_owner.clone(),
+                deadline_at: t.begun.deadline_at,
+                step_attempts: t.begun.step_attempts,
+                runs_failed: 0,
+                has_run: false,
+                holds_callback: false,
+                settings: run_settings(t.timeout_ms, t.retry_max, t.retry_backoff_ms),
+            })
+            .collect(),
+        recorded: None,
+    }
+}
+
+fn stand_in(index: usize) -> TaskId {
+    TaskId(-1 - index as i64)
+}
+
+/// Inserts an activity already started: `start`, decided on `new_rows_snapshot`, made in the
+/// rows themselves (one statement less than an INSERT and then the start's UPDATE). `None`,
+/// and nothing written, when `start` changes what a new row cannot hold; else the activity's
+/// row and its tasks' state by position (`stored_id` finds a stand-in's among them).
+pub fn insert_started_activity(
+    conn: &mut Conn,
+    activity: NewActivity<'_>,
+    tasks: Vec<NewTask<'_>>,
+    start: &Plan,
+    now: i64,
+) -> QueryResult<Option<(ActivityRow, Vec<TaskState>)>> {
+    let activity = match &start.activity {
+        Some(update) => match activity.changed_by(&update.changes) {
+            Some(started) => started,
+            None => return Ok(None),
+        },
+        None => activity,
+    };
+    let mut changes: Vec<Option<&TaskChanges>> = vec![None; tasks.len()];
+    for update in &start.tasks {
+        match stand_in_index(update.id).and_then(|i| changes.get_mut(i)) {
+            Some(slot @ None) => *slot = Some(&update.changes),
+            _ => return Ok(None),
+        }
+    }
+    let tasks = tasks
+        .into_iter()
+        .zip(changes)
+        .map(|(task, changes)| match changes {
+            Some(changes) => task.changed_by(changes),
+            None => Some(task),
+        });
+    let Some(tasks) = tasks.collect::<Option<Vec<NewTask<'_>>>>() else {
+        return Ok(None);
+    };
+    let inserted = insert_activity(conn, activity, tasks)?;
+    if start.makes_work_due(now) {
+        // As `apply_plan`: other replicas are woken when this transaction commits.
+        crate::db::listen::mark_work_due();
+    }
+    Ok(Some(inserted))
+}
+
+/// The stored id of the stand-in `id` of `snapshot` (`new_rows_snapshot`) among the inserted
+/// `tasks`: the one at its position.
+pub fn stored_id(id: TaskId, snapshot: &Snapshot, tasks: &[TaskState]) -> Option<TaskId> {
+    let position = snapshot.task(id)?.position;
+    tasks.iter().find(|t| t.position == position).map(|t| t.id)
+}
+
+fn stand_in_index(id: TaskId) -> Option<usize> {
+    usize::try_from(-1 - id.get()).ok()
 }
 
 pub fn find_activity(conn: &mut Conn, id: ActivityId) -> QueryResult<Option<ActivityRow>> {

@@ -65,13 +65,6 @@ pub(super) struct TaskStateRow {
 
 impl TaskStateRow {
     pub(super) fn into_state(self) -> TaskState {
-        let retry = match (self.retry_max, self.retry_backoff_ms) {
-            (Some(max), Some(backoff_ms)) => Some(RetryPolicy {
-                max: max.max(0) as u32,
-                backoff_ms,
-            }),
-            _ => None,
-        };
         TaskState {
             id: self.id,
             position: self.position,
@@ -86,12 +79,25 @@ impl TaskStateRow {
             runs_failed: self.runs_failed,
             has_run: self.has_run,
             holds_callback: self.holds_callback,
-            settings: RunSettings {
-                timeout_ms: self.timeout_ms,
-                retry,
-            },
+            settings: run_settings(self.timeout_ms, self.retry_max, self.retry_backoff_ms),
         }
     }
+}
+
+/// A task's `timeout` and `retry` as stored.
+pub(super) fn run_settings(
+    timeout_ms: Option<i64>,
+    retry_max: Option<i32>,
+    retry_backoff_ms: Option<i64>,
+) -> RunSettings {
+    let retry = match (retry_max, retry_backoff_ms) {
+        (Some(max), Some(backoff_ms)) => Some(RetryPolicy {
+            max: max.max(0) as u32,
+            backoff_ms,
+        }),
+        _ => None,
+    };
+    RunSettings { timeout_ms, retry }
 }
 
 /// The snapshot of an activity its own transaction inserted with `tasks` (as they came back
