@@ -90,8 +90,10 @@ pub async fn start_two_tasks(app: &TestApp, product: &str) -> i64 {
 /// A two-task `dev` stage of product `product` run to PROCESSED, each task calling back with
 /// results `{"n": <position>}`; its id.
 pub async fn run_two_tasks(app: &TestApp, executor: &FakeExecutor, product: &str) -> i64 {
-    let id = start_two_tasks(app, product).await;
+    // Counted before the start: its first task is handed to the engine when the creation
+    // commits and may reach the executor before the creation's answer reaches the test.
     let already = executor.received().len();
+    let id = start_two_tasks(app, product).await;
     for n in 1..=2 {
         let task = app.dispatched(executor, already + n).await;
         succeed(app, &task.callback_ref, n as i64).await;
