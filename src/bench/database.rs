@@ -14,6 +14,8 @@ pub(crate) enum BenchDb {
         admin: String,
         name: String,
         url: String,
+        /// How the server reaches it (the same URL but for the database's name).
+        transport: Option<String>,
     },
 }
 
@@ -33,10 +35,12 @@ impl BenchDb {
             .execute(&mut conn)
             .with_context(|| format!("cannot create database {name}"))?;
         let url = with_database(admin, &name);
+        let transport = crate::db::transport(&mut conn).ok().map(|t| t.to_string());
         Ok(BenchDb::Postgres {
             admin: admin.to_owned(),
             name,
             url,
+            transport,
         })
     }
 
@@ -51,7 +55,12 @@ impl BenchDb {
     pub fn describe(&self) -> String {
         match self {
             BenchDb::Sqlite { .. } => "SQLite, a temporary file".into(),
-            BenchDb::Postgres { name, .. } => format!("PostgreSQL, fresh database {name}"),
+            BenchDb::Postgres {
+                name, transport, ..
+            } => {
+                let how = transport.as_deref().unwrap_or("PostgreSQL");
+                format!("{how}, fresh database {name}")
+            }
         }
     }
 }

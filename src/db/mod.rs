@@ -200,6 +200,7 @@ impl Db {
             .connection_timeout(limits.pool_timeout)
             .build(manager.clone())?;
         migrate(&pool)?;
+        log_transport(&pool);
         let (backend, postgres_url) = match &manager.target {
             Target::SqliteFile(_) => (Backend::Sqlite, None),
             Target::Postgres(url) => (Backend::Postgres, Some(Arc::from(url.as_str()))),
@@ -272,6 +273,24 @@ fn migrate(pool: &Pool<Manager>) -> Result<(), DbError> {
         tracing::info!(applied, "database migrations applied");
     }
     Ok(())
+}
+
+/// Says once how the service reaches PostgreSQL (nothing on SQLite): TLS on a connection from
+/// the same host is a cost worth knowing about (`queries/transport.rs`).
+fn log_transport(pool: &Pool<Manager>) {
+    let Ok(mut conn) = pool.get() else { return };
+    let DbConnection::Pg(pg) = &mut *conn else {
+        return;
+    };
+    match transport(pg) {
+        Ok(t) if t.tls_on_loopback() => tracing::info!(
+            database = %t,
+            "database connected; TLS on a connection from this host costs CPU on both sides: \
+             where nothing requires it, PostgreSQL's Unix socket saves it (README: Scaling out, TLS)"
+        ),
+        Ok(t) => tracing::info!(database = %t, "database connected"),
+        Err(e) => tracing::warn!(error = %e, "cannot tell how PostgreSQL is reached"),
+    }
 }
 
 impl Db {

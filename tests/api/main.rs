@@ -35,6 +35,7 @@ mod security;
 mod storage;
 mod submittal;
 mod templates;
+mod transport;
 mod ui;
 mod ui_board;
 mod ui_driver;

@@ -16,6 +16,7 @@ mod prepared;
 mod registry;
 mod runs;
 mod tasks;
+mod transport;
 mod work;
 
 pub use activities::*;
@@ -29,6 +30,7 @@ pub use plans::*;
 pub use registry::*;
 pub use runs::*;
 pub use tasks::*;
+pub use transport::*;
 pub use work::*;
 
 type Conn = super::DbConnection;
