@@ -6,6 +6,7 @@ mod board;
 mod callbacks;
 mod commands;
 mod context;
+mod creation;
 mod dry_run;
 mod dry_run_executors;
 pub mod engine;
