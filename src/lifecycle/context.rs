@@ -26,19 +26,19 @@ pub fn load(conn: &mut DbConnection, current: &ActivityKeys) -> QueryResult<Task
     Ok(of_rows(rows, current))
 }
 
-/// The Contexts of several activities at once (dispatches started together), by activity.
-pub fn load_each(
-    conn: &mut DbConnection,
-    currents: &[ActivityKeys],
-) -> QueryResult<HashMap<ActivityId, TaskContext>> {
-    let mut rows = db::contexts_of(conn, currents)?;
-    Ok(currents
-        .iter()
+/// The Contexts of `currents` from their rows read together (`db::contexts_of`,
+/// `db::handed_steps_with_contexts`), by activity.
+pub fn of_each<'a>(
+    mut rows: HashMap<ActivityId, db::ContextRows>,
+    currents: impl IntoIterator<Item = &'a ActivityKeys>,
+) -> HashMap<ActivityId, TaskContext> {
+    currents
+        .into_iter()
         .filter_map(|current| {
             let of_current = rows.remove(&current.id)?;
             Some((current.id, of_rows(of_current, current)))
         })
-        .collect())
+        .collect()
 }
 
 fn of_rows(rows: db::ContextRows, current: &ActivityKeys) -> TaskContext {

@@ -97,3 +97,85 @@ async fn a_handed_dispatch_aborted_before_the_engine_took_it_is_not_sent(db: Tes
     assert_eq!(activity["status"], "ABORTED", "{activity}");
     app.stop().await;
 }
+
+on_both_backends!(handed_dispatches_are_read_with_their_contexts_as_claims_and_contexts_read_them);
+/// The engine reads the dispatches handed to it and their Contexts together (on PostgreSQL one
+/// statement, `db::handed_steps_with_contexts`): each step must be what a claim of the task
+/// gives, each Context what `contexts_of` gives, and a task whose lease moved on to another
+/// claim (or that is gone) is left out, its Context with it.
+async fn handed_dispatches_are_read_with_their_contexts_as_claims_and_contexts_read_them(
+    db: TestDb,
+) {
+    use odm_devops::db as store;
+    use odm_devops::domain::{ActivityId, ClaimedStep, TaskId};
+
+    let (app, executor) = stepped_app_with_fake(&db).await;
+    let stages = json!({"dev": [fake_task("d", json!({}))], "test": [fake_task("t", json!({}))]});
+    for product in ["p1", "p2"] {
+        app.put_descriptor(product, "1.0.0", &descriptor(stages.clone()))
+            .await;
+    }
+    let dev = app.start_activity("p1", "1.0.0", "dev").await;
+    let sent = app.dispatched(&executor, 1).await;
+    let answer = app.call_back(&sent.callback_ref, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    app.wait_for_activity(dev, "PROCESSED").await;
+    // Due, and not handed (this engine takes no hand-offs): claimed below, as a hand-off leases.
+    let test = app.start_activity("p1", "1.0.0", "test").await;
+    let other = app.start_activity("p2", "1.0.0", "dev").await;
+    app.stop().await;
+
+    let debug = |steps: &[ClaimedStep]| {
+        let mut steps: Vec<String> = steps.iter().map(|s| format!("{s:?}")).collect();
+        steps.sort();
+        steps
+    };
+    // Claimed as a hand-off leases, then read as the engine reads what was handed to it.
+    let (claimed, (steps, contexts), alone, (moved_steps, moved_contexts)) = db
+        .open()
+        .await
+        .write(move |conn| {
+            let now = odm_devops::clock::now_ms();
+            let claimed = claim_due_steps(conn, "c-1", now, now + 60_000, 10)?;
+            let task_of = |activity: i64| {
+                let step = claimed.iter().find(|s| s.activity.id.get() == activity);
+                step.map_or(TaskId(0), |s| s.task.id)
+            };
+            let (test_task, other_task) = (task_of(test), task_of(other));
+            let all = [(test_task, "c-1".into()), (other_task, "c-1".into())];
+            let together = store::handed_steps_with_contexts(conn, &all)?;
+            let keys: Vec<_> = claimed.iter().map(|s| s.activity.clone()).collect();
+            let alone = store::contexts_of(conn, &keys)?;
+            let moved_on = [
+                (test_task, "c-1".into()),
+                (other_task, "a-claim-since-replaced".into()),
+                (TaskId(i64::MAX), "c-1".into()),
+            ];
+            let moved = store::handed_steps_with_contexts(conn, &moved_on)?;
+            Ok::<_, DbError>((claimed, together, alone, moved))
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+    assert_eq!(debug(&steps), debug(&claimed), "as a claim reads them");
+    assert_eq!(contexts.len(), 2);
+    for (activity, rows) in &alone {
+        assert_eq!(format!("{:?}", contexts[activity]), format!("{rows:?}"));
+    }
+    let test_id = ActivityId(test);
+    assert_eq!(
+        contexts[&test_id].activities.len(),
+        2,
+        "dev PROCESSED and test itself"
+    );
+    let only_test: Vec<ClaimedStep> = claimed
+        .into_iter()
+        .filter(|s| s.activity.id == test_id)
+        .collect();
+    assert_eq!(debug(&moved_steps), debug(&only_test), "moved on: left out");
+    assert_eq!(
+        moved_contexts.keys().collect::<Vec<_>>(),
+        vec![&test_id],
+        "only the test activity's Context"
+    );
+}

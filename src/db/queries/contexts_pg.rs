@@ -13,10 +13,10 @@
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Text};
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
-use super::engine::ContextRow;
+use super::engine::{ContextRow, ContextSql};
 use crate::domain::{ActivityKeys, ActivityStatus};
 
 /// The Context rows of each of `currents`: its version's PROCESSED activities and itself, and
@@ -53,16 +53,7 @@ impl QueryId for ContextsOf<'_> {
 }
 
 impl Query for ContextsOf<'_> {
-    type SqlType = (
-        Text,
-        Text,
-        BigInt,
-        Text,
-        Nullable<Text>,
-        Nullable<BigInt>,
-        Nullable<Text>,
-        Nullable<Integer>,
-    );
+    type SqlType = ContextSql;
 }
 
 impl QueryFragment<Pg> for ContextsOf<'_> {

@@ -47,7 +47,7 @@ pub fn due_steps(conn: &mut Conn, now: i64, limit: i64) -> QueryResult<Vec<Claim
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = tasks)]
-struct ClaimedTaskRow {
+pub(super) struct ClaimedTaskRow {
     id: TaskId,
     activity_id: ActivityId,
     position: i32,
@@ -67,7 +67,8 @@ struct ClaimedTaskRow {
 
 #[derive(Queryable, Selectable, Clone)]
 #[diesel(table_name = activities)]
-struct ActivityKeysRow {
+// `handed_pg` reads the id, product and version by their positions: keep them first.
+pub(super) struct ActivityKeysRow {
     id: ActivityId,
     data_product_id: String,
     data_product_version: String,
@@ -139,7 +140,7 @@ pub fn take_claimed(
 /// The dispatches writes handed to this engine (`lifecycle::handoff`: task, claim), read as a
 /// claim reads its steps. A task whose lease moved on since it was handed (aborted, or its
 /// lease expired and another replica took it over) is left out.
-pub fn handed_steps(conn: &mut Conn, handed: &[(TaskId, String)]) -> QueryResult<Vec<ClaimedStep>> {
+fn handed_steps(conn: &mut Conn, handed: &[(TaskId, String)]) -> QueryResult<Vec<ClaimedStep>> {
     let ids: Vec<TaskId> = handed.iter().map(|(task, _)| *task).collect();
     let rows: Vec<(ClaimedTaskRow, Option<String>, Option<Step>)> = tasks::table
         .filter(tasks::id.eq_any(&ids))
@@ -162,6 +163,53 @@ pub fn handed_steps(conn: &mut Conn, handed: &[(TaskId, String)]) -> QueryResult
             Some(claimed_step(claim, Step::Dispatch, false, task, activity))
         })
         .collect()
+}
+
+/// The dispatches handed to this engine (as `handed_steps` reads them) and the Context rows of
+/// their activities (as `contexts_of` reads them), by activity. PostgreSQL: one statement
+/// (`handed_pg.rs`); SQLite: those reads in turn (in process, a statement is no round trip).
+pub fn handed_steps_with_contexts(
+    conn: &mut Conn,
+    handed: &[(TaskId, String)],
+) -> QueryResult<(Vec<ClaimedStep>, HashMap<ActivityId, ContextRows>)> {
+    let pg = match conn {
+        DbConnection::Pg(pg) if !handed.is_empty() => pg,
+        _ => {
+            let steps = handed_steps(conn, handed)?;
+            let contexts = contexts_of(conn, &distinct_activities(&steps))?;
+            return Ok((steps, contexts));
+        }
+    };
+    let mut steps = Vec::new();
+    let mut context_rows = Vec::new();
+    for row in super::handed_pg::handed_rows(pg, handed)? {
+        match row {
+            (Some((task, activity)), _) => {
+                let Some((_, claim)) = handed.iter().find(|(id, _)| *id == task.id) else {
+                    continue;
+                };
+                steps.push(claimed_step(claim, Step::Dispatch, false, task, activity)?);
+            }
+            (None, Some(context_row)) => context_rows.push(context_row),
+            (None, None) => {}
+        }
+    }
+    let contexts = distinct_activities(&steps)
+        .into_iter()
+        .map(|a| {
+            let (product, version) = (&a.data_product_id, &a.data_product_version);
+            (a.id, context_of(&context_rows, product, version, a.id))
+        })
+        .collect();
+    Ok((steps, contexts))
+}
+
+/// The activities of `steps`, each once.
+fn distinct_activities(steps: &[ClaimedStep]) -> Vec<ActivityKeys> {
+    let mut activities: Vec<ActivityKeys> = steps.iter().map(|s| s.activity.clone()).collect();
+    activities.sort_by_key(|a| a.id);
+    activities.dedup_by_key(|a| a.id);
+    activities
 }
 
 /// The keys and sealed secrets of the activities of `tasks`.
@@ -261,6 +309,18 @@ pub(super) type ContextRow = (
     Option<i64>,
     Option<String>,
     Option<i32>,
+);
+
+/// The SQL types of a `ContextRow`, for the statements written out (`contexts_pg`, `handed_pg`).
+pub(super) type ContextSql = (
+    Text,
+    Text,
+    BigInt,
+    Text,
+    Nullable<Text>,
+    Nullable<BigInt>,
+    Nullable<Text>,
+    Nullable<Integer>,
 );
 
 /// The activities `$filter` picks and their tasks' names, as one `UNION ALL` of fixed shape (an

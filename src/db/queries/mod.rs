@@ -8,6 +8,7 @@ mod contexts_pg;
 mod deletions;
 mod engine;
 mod executor_runs;
+mod handed_pg;
 mod insert_pg;
 mod lifecycles;
 mod outbox;

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use super::{chain, Engine, EngineError, StepReport};
 use crate::db;
-use crate::domain::{ActivityKeys, TaskId};
+use crate::domain::TaskId;
 use crate::lifecycle::context;
 use crate::lifecycle::handoff::Handed;
 
@@ -20,9 +20,8 @@ impl Engine {
     }
 
     /// Starts the dispatches handed to this engine (`handoff.rs`): what each needs is read as a
-    /// claim reads it, and their Contexts with it, in one go (on PostgreSQL three statements for
-    /// all of them, not one more per dispatch); one whose lease moved on meanwhile (an abort) is
-    /// let go.
+    /// claim reads it, and their Contexts with it, in one go (on PostgreSQL one statement for
+    /// all of them); one whose lease moved on meanwhile (an abort) is let go.
     pub(super) async fn start_handed(
         self: &Rc<Self>,
         handed: Vec<Handed>,
@@ -36,12 +35,8 @@ impl Engine {
             .while_database_fails(|| {
                 let leases = leases.clone();
                 self.db.read(move |conn| {
-                    let steps = db::handed_steps(conn, &leases)?;
-                    let mut activities: Vec<ActivityKeys> =
-                        steps.iter().map(|s| s.activity.clone()).collect();
-                    activities.sort_by_key(|a| a.id);
-                    activities.dedup_by_key(|a| a.id);
-                    let contexts = context::load_each(conn, &activities)?;
+                    let (steps, rows) = db::handed_steps_with_contexts(conn, &leases)?;
+                    let contexts = context::of_each(rows, steps.iter().map(|s| &s.activity));
                     Ok::<_, EngineError>((steps, contexts))
                 })
             })
