@@ -65,21 +65,15 @@ impl LifecycleService {
                         definitions: &definitions,
                         settings: &settings,
                     };
-                    let in_the_way = refuse_duplicate(conn, &request)?;
                     // Nobody to tell of its creation and no secrets to seal (both need the stored
-                    // ids): started in its INSERT, one statement less.
+                    // ids): started in its INSERT, which checks what is in the way itself.
                     if start_now && listeners.is_empty() && secrets.is_empty() {
-                        let started = insert_started(
-                            conn,
-                            &new,
-                            in_the_way,
-                            lease.as_ref(),
-                            timings.at(now),
-                        )?;
+                        let started = insert_started(conn, &new, lease.as_ref(), timings.at(now))?;
                         if let Some(started) = started {
                             return Ok(started);
                         }
                     }
+                    let in_the_way = refuse_duplicate(conn, &request)?;
                     let (mut activity, tasks) = insert_planned(conn, &new, now)?;
                     if !listeners.is_empty() {
                         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();

@@ -153,20 +153,16 @@ pub(super) fn insert_planned(
 /// Inserts the activity already started, its start decided on the rows about to be written
 /// (`state::start` on `db::new_rows_snapshot`, as `start_in` decides on what the INSERT
 /// answered) and its first dispatch handed to the engine when room was reserved. `None`, and
-/// nothing written, when the start's changes do not fit the new rows: the caller inserts and
-/// then starts.
+/// nothing written, when the start's changes do not fit the new rows or another activity is in
+/// the way (the INSERT checks, `db::insert_started_activity`): the caller takes the long way
+/// (`refuse_duplicate`, insert, then start), which refuses naming what is in the way.
 pub(super) fn insert_started(
     conn: &mut DbConnection,
     new: &Planned<'_>,
-    in_the_way: db::ActivitiesInTheWay,
     handoff: Option<&HandoffLease>,
     timing: Timing,
 ) -> Result<Option<(ActivityRow, Applied)>, CommandError> {
     let request = new.request;
-    if let Some(other) = in_the_way.processing {
-        let (product, version) = (&request.data_product_id, &request.data_product_version);
-        return Err(processing_conflict(other, product, version));
-    }
     let (activity, tasks) = new_rows(new, timing.now);
     let snapshot = db::new_rows_snapshot(&activity, &tasks);
     let mut plan = state::start(&snapshot, &timing)?;

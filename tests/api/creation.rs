@@ -49,6 +49,40 @@ async fn an_activity_created_started_runs_its_first_task_and_plans_the_others(db
     app.stop().await;
 }
 
+on_both_backends!(an_activity_created_started_behind_another_is_refused_naming_it);
+/// On PostgreSQL the started INSERT checks itself that nothing is in the way (one statement
+/// less); refused, the request takes the long way, which names what is in the way. Either way
+/// nothing of the refused activity stays.
+async fn an_activity_created_started_behind_another_is_refused_naming_it(db: TestDb) {
+    let (app, _executor) = stepped_app_with_stages(&db, two_stages()).await;
+    let dev = app.create_activity("p1", "1.0.0", "dev", true).await;
+    let dev = dev.json()["id"].as_i64().unwrap();
+    let test = app.create_activity("p1", "1.0.0", "test", true).await;
+    let message = test.assert_error(409, "40901");
+    let expected = format!("activity {dev} of product p1, version 1.0.0 is PROCESSING");
+    assert!(message.starts_with(&expected), "{message}");
+
+    // A PLANNED one of the stage is in the way of a started one as of a planned one.
+    app.put_descriptor("p1", "2.0.0", &descriptor(two_stages()))
+        .await;
+    let planned = app.create_activity("p1", "2.0.0", "dev", false).await;
+    let planned = planned.json()["id"].as_i64().unwrap();
+    let again = app.create_activity("p1", "2.0.0", "dev", true).await;
+    let message = again.assert_error(422, "42202");
+    let expected = format!("activity {planned} is already PLANNED for product p1, version 2.0.0");
+    assert!(message.starts_with(&expected), "{message}");
+
+    let all = app.get_json(&format!("{DEVOPS}/activities")).await;
+    let ids: Vec<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [dev, planned], "{all}");
+    app.stop().await;
+}
+
 on_both_backends!(two_activities_of_one_version_created_started_at_once_one_runs);
 async fn two_activities_of_one_version_created_started_at_once_one_runs(db: TestDb) {
     let (app, _executor) = stepped_app_with_stages(&db, two_stages()).await;

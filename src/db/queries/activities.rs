@@ -35,18 +35,55 @@ pub fn insert_activity(
     activity: NewActivity<'_>,
     new_tasks: Vec<NewTask<'_>>,
 ) -> QueryResult<(ActivityRow, Vec<TaskState>)> {
-    let (row, inserted) = match conn {
+    let inserted = match conn {
         DbConnection::Pg(pg) if !new_tasks.is_empty() => {
-            let rows = insert_activity_with_tasks(pg, &activity, &new_tasks)?;
-            let row = rows.first().map(|(a, _)| a.clone());
-            let row = row.ok_or(diesel::result::Error::NotFound)?;
-            (row, rows.into_iter().map(|(_, t)| t).collect())
+            insert_activity_with_tasks(pg, &activity, &new_tasks, false)?
         }
-        _ => insert_one_by_one(conn, activity, new_tasks)?,
+        _ => return insert_one_by_one(conn, activity, new_tasks).map(by_position),
     };
-    let mut tasks: Vec<TaskState> = inserted.into_iter().map(TaskStateRow::into_state).collect();
+    inserted_rows(inserted).ok_or(diesel::result::Error::NotFound)
+}
+
+/// As `insert_activity`, unless the version has a PROCESSING activity or the stage a PLANNED
+/// one (`activities_in_the_way`, what stops a started activity): then `None`, nothing written.
+/// On PostgreSQL the INSERT checks it itself (a statement less than reading first).
+fn insert_activity_unless_in_the_way(
+    conn: &mut Conn,
+    activity: NewActivity<'_>,
+    new_tasks: Vec<NewTask<'_>>,
+) -> QueryResult<Option<(ActivityRow, Vec<TaskState>)>> {
+    match conn {
+        DbConnection::Pg(pg) if !new_tasks.is_empty() => {
+            let inserted = insert_activity_with_tasks(pg, &activity, &new_tasks, true)?;
+            Ok(inserted_rows(inserted))
+        }
+        _ => {
+            let (product, version) = (activity.data_product_id, activity.data_product_version);
+            let in_the_way = activities_in_the_way(conn, product, version, activity.stage)?;
+            if in_the_way.planned.is_some() || in_the_way.processing.is_some() {
+                return Ok(None);
+            }
+            insert_activity(conn, activity, new_tasks).map(Some)
+        }
+    }
+}
+
+/// The rows `insert_activity_with_tasks` answered (one per task, each with the activity's).
+fn inserted_rows(rows: Vec<(ActivityRow, TaskStateRow)>) -> Option<(ActivityRow, Vec<TaskState>)> {
+    let activity = rows.first().map(|(a, _)| a.clone())?;
+    Some(by_position((
+        activity,
+        rows.into_iter().map(|(_, t)| t).collect(),
+    )))
+}
+
+/// The tasks' state in position order.
+fn by_position(
+    (activity, tasks): (ActivityRow, Vec<TaskStateRow>),
+) -> (ActivityRow, Vec<TaskState>) {
+    let mut tasks: Vec<TaskState> = tasks.into_iter().map(TaskStateRow::into_state).collect();
     tasks.sort_by_key(|t| t.position);
-    Ok((row, tasks))
+    (activity, tasks)
 }
 
 /// The activity's INSERT, then its tasks'.
@@ -131,8 +168,10 @@ fn stand_in(index: usize) -> TaskId {
 
 /// Inserts an activity already started: `start`, decided on `new_rows_snapshot`, made in the
 /// rows themselves (one statement less than an INSERT and then the start's UPDATE). `None`,
-/// and nothing written, when `start` changes what a new row cannot hold; else the activity's
-/// row and its tasks' state by position (`stored_id` finds a stand-in's among them).
+/// and nothing written, when `start` changes what a new row cannot hold or another activity is
+/// in the way (`insert_activity_unless_in_the_way`): the caller takes the long way, which says
+/// which. Else the activity's row and its tasks' state by position (`stored_id` finds a
+/// stand-in's among them).
 pub fn insert_started_activity(
     conn: &mut Conn,
     activity: NewActivity<'_>,
@@ -164,7 +203,9 @@ pub fn insert_started_activity(
     let Some(tasks) = tasks.collect::<Option<Vec<NewTask<'_>>>>() else {
         return Ok(None);
     };
-    let inserted = insert_activity(conn, activity, tasks)?;
+    let Some(inserted) = insert_activity_unless_in_the_way(conn, activity, tasks)? else {
+        return Ok(None);
+    };
     if start.makes_work_due(now) {
         // As `apply_plan`: other replicas are woken when this transaction commits.
         crate::db::listen::mark_work_due();

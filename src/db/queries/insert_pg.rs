@@ -20,18 +20,24 @@ use diesel::{PgConnection, QueryResult, RunQueryDsl, SelectableHelper};
 
 use super::plans::TaskStateRow;
 use crate::db::models::{ActivityRow, NewActivity, NewTask};
-use crate::domain::{Step, TaskStatus};
+use crate::domain::{ActivityStatus, Step, TaskStatus};
 
 /// Inserts `activity` and `tasks` (their `activity_id` ignored): the activity's row and, one per
 /// task, the tasks' light state as the database filled them in (in no set order). At least one
 /// task: without, the answer would hold no row, the activity's neither.
+///
+/// `unless_in_the_way`: inserted only if the version has no PROCESSING activity and the stage
+/// no PLANNED one (what stops a started activity; `activities_in_the_way`), checked by the
+/// statement itself: an empty answer, nothing written, when one is in the way.
 pub(super) fn insert_activity_with_tasks(
     pg: &mut PgConnection,
     activity: &NewActivity<'_>,
     tasks: &[NewTask<'_>],
+    unless_in_the_way: bool,
 ) -> QueryResult<Vec<(ActivityRow, TaskStateRow)>> {
     InsertActivityWithTasks {
         activity,
+        unless_in_the_way,
         statuses: tasks.iter().map(|t| t.status).collect(),
         created_ats: tasks.iter().map(|t| t.created_at).collect(),
         positions: tasks.iter().map(|t| t.position).collect(),
@@ -63,11 +69,13 @@ pub(super) fn insert_activity_with_tasks(
     .load(pg)
 }
 
-/// `WITH activities AS (INSERT … RETURNING *), tasks AS (INSERT … SELECT activities.id, k.* FROM
-/// activities, unnest(…) AS k RETURNING *) SELECT <ActivityRow>, <TaskStateRow> FROM activities,
-/// tasks`: the task columns as arrays, one element per task.
+/// `WITH activities AS (INSERT … SELECT … [WHERE NOT EXISTS …] RETURNING *), tasks AS (INSERT
+/// … SELECT activities.id, k.* FROM activities, unnest(…) AS k RETURNING *) SELECT
+/// <ActivityRow>, <TaskStateRow> FROM activities, tasks`: the task columns as arrays, one
+/// element per task.
 struct InsertActivityWithTasks<'a> {
     activity: &'a NewActivity<'a>,
+    unless_in_the_way: bool,
     statuses: Vec<TaskStatus>,
     created_ats: Vec<i64>,
     positions: Vec<i32>,
@@ -121,7 +129,7 @@ impl QueryFragment<Pg> for InsertActivityWithTasks<'_> {
         let a = self.activity;
         out.push_sql(
             "WITH activities AS (INSERT INTO activities (data_product_id, data_product_version, \
-             stage, status, sealed_secrets, created_at, started_at) VALUES (",
+             stage, status, sealed_secrets, created_at, started_at) SELECT ",
         );
         binds!(out;
             Text => &a.data_product_id,
@@ -132,8 +140,23 @@ impl QueryFragment<Pg> for InsertActivityWithTasks<'_> {
             BigInt => &a.created_at,
             Nullable<BigInt> => &a.started_at,
         );
+        if self.unless_in_the_way {
+            out.push_sql(
+                " WHERE NOT EXISTS (SELECT 1 FROM activities a WHERE a.data_product_id = ",
+            );
+            out.push_bind_param::<Text, _>(&a.data_product_id)?;
+            out.push_sql(" AND a.data_product_version = ");
+            out.push_bind_param::<Text, _>(&a.data_product_version)?;
+            out.push_sql(&format!(
+                " AND (a.status = '{}' OR (a.status = '{}' AND a.stage = ",
+                ActivityStatus::Processing.as_str(),
+                ActivityStatus::Planned.as_str()
+            ));
+            out.push_bind_param::<Text, _>(&a.stage)?;
+            out.push_sql(")))");
+        }
         out.push_sql(
-            ") RETURNING *), tasks AS (INSERT INTO tasks (activity_id, status, created_at, \
+            " RETURNING *), tasks AS (INSERT INTO tasks (activity_id, status, created_at, \
              position, name, description, executor_ref, template, configurations, \
              planned_configurations, timeout_ms, retry_max, retry_backoff_ms, started_at, \
              deadline_at, attempt, step, step_attempts, due_at, lease_owner, lease_until) \
