@@ -9,9 +9,10 @@
 //! activities as `contexts_pg` reads them. A row is one or the other: the other's columns are
 //! NULL, which diesel reads as `None` for the whole part.
 //!
-//! The tasks and activities are not aliased in the first part, so its columns are written by
-//! the rows' `Selectable`s (`"tasks"."id"`, …) and cannot drift from what they read; the
-//! Context parts find their keys by the same join (a CTE named `tasks` would hide the table).
+//! The handed tasks are read once, in a CTE (`handed`) whose columns are written by the rows'
+//! `Selectable`s (`"tasks"."id"`, …: the task's lookup is named `tasks`, the activities table
+//! is not aliased), so they cannot drift from what the rows read; the Context parts take their
+//! keys from it.
 
 use diesel::dsl::AsSelect;
 use diesel::pg::Pg;
@@ -42,9 +43,9 @@ pub(super) fn handed_rows(
     .load(pg)
 }
 
-/// `WITH k AS (<keys of the handed tasks' activities>) (SELECT <task>, <keys>, NULL… FROM
-/// <handed>) UNION ALL (SELECT NULL…, <Context activity rows>) UNION ALL (SELECT NULL…,
-/// <Context task names>)`.
+/// `WITH handed(c0, …) AS (SELECT <task>, <keys> FROM <the list> …), k AS (<keys of their
+/// activities>) (SELECT handed.*, NULL… FROM handed) UNION ALL (SELECT NULL…, <Context activity
+/// rows>) UNION ALL (SELECT NULL…, <Context task names>)`.
 struct HandedWithContexts<'a> {
     tasks: Vec<i64>,
     claims: Vec<&'a str>,
