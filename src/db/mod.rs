@@ -179,6 +179,13 @@ impl Db {
     /// `connect` with every limit given.
     pub fn connect_with(url: &str, limits: DbLimits) -> Result<Db, DbError> {
         let target = Target::parse(url).map_err(DbError::Config)?;
+        if matches!(&target, Target::Postgres(chosen) if chosen != url) {
+            tracing::info!(
+                "database.url reaches PostgreSQL over TCP on this host and names no sslmode: \
+                 connecting without TLS unless the server requires it (sslmode=allow); \
+                 name an sslmode in the URL to choose otherwise"
+            );
+        }
         if let Target::SqliteFile(path) = &target {
             if let Some(dir) = std::path::Path::new(path).parent() {
                 if !dir.as_os_str().is_empty() {

@@ -61,3 +61,23 @@ async fn the_connection_to_postgres_says_whether_it_is_encrypted() {
         );
     }
 }
+
+/// A URL to this host over TCP that says nothing of TLS gets none (`db::connection`
+/// `without_tls_on_loopback`): libpq's default would encrypt it, at a cost, for nothing.
+#[actix_web::test]
+async fn a_loopback_url_that_says_nothing_of_tls_gets_none() {
+    let Some(db) = TestDb::new(Backend::Postgres) else {
+        return;
+    };
+    let loopback = db.url.contains("127.0.0.1") || db.url.contains("localhost");
+    if !loopback || db.url.contains("ssl") || std::env::var_os("PGSSLMODE").is_some() {
+        eprintln!("skipped: the test database's URL is not loopback TCP with libpq's default TLS");
+        return;
+    }
+    let (reached, offered) = reached_with(&db, "application_name=odm-devops-test").await;
+    assert!(reached.loopback, "{reached:?}");
+    assert_eq!(
+        reached.tls, None,
+        "the server offers TLS: {offered}; {reached:?}"
+    );
+}
