@@ -31,6 +31,7 @@ pub use queries::*;
 use crate::domain::{ActivityId, TaskId};
 use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
+pub(crate) use writer::offer_read_before_commit;
 pub use writer::WriteCounts;
 use writer::{Lane, Once, Rerun, Work, Writer};
 

@@ -206,6 +206,7 @@ impl LifecycleService {
                 apply(conn, &plan, id, &listeners)
             })
             .await?;
+        self.waker.aborted();
         applied.committed(&self.metrics, &self.waker);
         Ok(ActivityStatus::Aborted)
     }
@@ -239,6 +240,7 @@ impl LifecycleService {
                 apply(conn, &plan, snapshot.activity.id, &listeners)
             })
             .await?;
+        self.waker.aborted();
         applied.committed(&self.metrics, &self.waker);
         Ok(TaskStatus::Aborted)
     }

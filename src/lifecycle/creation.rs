@@ -166,7 +166,7 @@ pub(super) fn insert_started(
     let (activity, tasks) = new_rows(new, timing.now);
     let snapshot = db::new_rows_snapshot(&activity, &tasks);
     let mut plan = state::start(&snapshot, &timing)?;
-    let handed = handoff.and_then(|lease| lease.take(&mut plan, &snapshot, timing.now));
+    let handed = handoff.and_then(|lease| lease.take_unstored(&mut plan, &snapshot, timing.now));
     let inserted =
         db::insert_started_activity(conn, activity, tasks, &plan, timing.now).map_err(|e| {
             match crate::db::DbError::from(e) {
@@ -183,6 +183,9 @@ pub(super) fn insert_started(
         return Ok(None);
     };
     let handed = handed.and_then(|id| db::stored_id(id, &snapshot, &tasks));
+    if let (Some(lease), Some(task)) = (handoff, handed) {
+        lease.read_before_commit(task);
+    }
     let applied = Applied::of(&plan, timing.now).handing(handed);
     Ok(Some((activity, applied)))
 }

@@ -15,14 +15,26 @@
 //! A write reserves room first (one of the engine's in-flight permits): without room, or
 //! without an engine taking hand-offs (before it starts, after it stops), the write leaves the
 //! dispatch to a claim as before.
+//!
+//! What the engine reads for a handed task is read as a claim reads it, in one statement for
+//! all tasks handed since it last read (`engine/handed.rs`). At a low rate that read is a
+//! transaction of its own per task, so the write also offers it to its batch
+//! (`db::offer_read_before_commit`): on a small batch it runs in the write's transaction and
+//! arrives with the task (`Handed::read`). Read that early, it would miss an abort committed
+//! before the engine starts the step: an abort on this replica (`Handoffs::aborted`) makes the
+//! engine read again what it was handed since the reservation, and a dispatch whose lease the
+//! abort released is let go, not sent. (An abort on another replica in that instant is what a
+//! claim meets too: the run is cancelled as in flight.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::state;
-use crate::domain::{Plan, Snapshot, TaskId};
+use super::{context, state};
+use crate::db;
+use crate::domain::{ClaimedStep, Plan, Snapshot, TaskId};
+use crate::lifecycle::context::TaskContext;
 
 /// The engine's side of hand-offs, shared with the writes of its replica (through `Waker`).
 pub(super) struct Handoffs {
@@ -35,6 +47,8 @@ pub(super) struct Handoffs {
     to_engine: mpsc::UnboundedSender<Handed>,
     /// Set when the engine stops: no more reservations.
     closed: AtomicBool,
+    /// Aborts committed on this replica so far (`aborted`).
+    aborts: AtomicU64,
 }
 
 /// What the engine receives: a task leased for it by a committed write.
@@ -42,6 +56,46 @@ pub struct Handed {
     pub task: TaskId,
     pub claim: String,
     pub permit: OwnedSemaphorePermit,
+    /// What carrying it out needs, when the write's batch read it before its commit.
+    pub read: Option<HandedRead>,
+    /// `Handoffs::aborts` when room was reserved: a later abort makes `read` stale.
+    pub aborts_before: u64,
+}
+
+impl Handed {
+    /// What the write's batch read for it, unless an abort on this replica committed since its
+    /// room was reserved (then the engine reads it again).
+    pub(super) fn read_is_current(&mut self, handoffs: &Handoffs) -> Option<HandedRead> {
+        let read = self.read.take()?;
+        (handoffs.aborts.load(Ordering::Acquire) == self.aborts_before).then_some(read)
+    }
+}
+
+/// A handed task read as a claim reads it, with its activity's Context.
+pub struct HandedRead {
+    pub step: ClaimedStep,
+    pub context: Option<TaskContext>,
+}
+
+/// Where the write's batch leaves what it read for the task it handed (shared by the write's
+/// copies of the lease and the reservation that delivers it).
+#[derive(Clone, Default)]
+struct ReadSlot(Arc<Mutex<Option<HandedRead>>>);
+
+impl std::fmt::Debug for ReadSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadSlot")
+    }
+}
+
+impl ReadSlot {
+    fn put(&self, read: HandedRead) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(read);
+    }
+
+    fn take(&self) -> Option<HandedRead> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Room on the engine, reserved before a write that may hand it a dispatch; empty when there
@@ -50,6 +104,7 @@ pub struct Handed {
 pub struct Reservation(Option<Reserved>);
 
 struct Reserved {
+    aborts_before: u64,
     lease: HandoffLease,
     permit: OwnedSemaphorePermit,
     to_engine: mpsc::UnboundedSender<Handed>,
@@ -60,6 +115,7 @@ struct Reserved {
 pub struct HandoffLease {
     claim: String,
     lease_ms: i64,
+    read: ReadSlot,
 }
 
 impl Handoffs {
@@ -76,6 +132,7 @@ impl Handoffs {
             in_flight,
             to_engine,
             closed: AtomicBool::new(false),
+            aborts: AtomicU64::new(0),
         };
         (handoffs, received)
     }
@@ -94,13 +151,21 @@ impl Handoffs {
             return Reservation::default();
         };
         Reservation(Some(Reserved {
+            aborts_before: self.aborts.load(Ordering::Acquire),
             lease: HandoffLease {
                 claim: self.next_claim(),
                 lease_ms: self.lease_ms,
+                read: ReadSlot::default(),
             },
             permit,
             to_engine: self.to_engine.clone(),
         }))
+    }
+
+    /// An abort committed on this replica: what writes read for their hand-offs before it may
+    /// be stale (`Handed::read_is_current`).
+    pub(super) fn aborted(&self) {
+        self.aborts.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The engine stops: writes leave their dispatches to claims from now on. A reservation
@@ -120,10 +185,19 @@ impl Reservation {
     /// handed, or the write failed), the room is given back.
     pub fn deliver(self, handed: Option<TaskId>) {
         if let (Some(reserved), Some(task)) = (self.0, handed) {
+            // Only what was read for this task: the slot is the lease's, and a write that ran
+            // again may have handed another (or none) the last time.
+            let read = reserved
+                .lease
+                .read
+                .take()
+                .filter(|r| r.step.task.id == task);
             let handed = Handed {
                 task,
                 claim: reserved.lease.claim,
                 permit: reserved.permit,
+                read,
+                aborts_before: reserved.aborts_before,
             };
             if reserved.to_engine.send(handed).is_err() {
                 // Only once the engine has stopped for good, with its permits all back: not
@@ -139,10 +213,35 @@ impl Reservation {
 
 impl HandoffLease {
     /// Lets `plan` (decided on `s` at `now`) hand its dispatch due now to the engine
-    /// (`state::hand_off`); the task it handed.
+    /// (`state::hand_off`); the task it handed, whose read is offered to the write's batch
+    /// (`read_before_commit`).
     pub fn take(&self, plan: &mut Plan, s: &Snapshot, now: i64) -> Option<TaskId> {
+        let task = self.take_unstored(plan, s, now)?;
+        self.read_before_commit(task);
+        Some(task)
+    }
+
+    /// As `take`, for rows not inserted yet (`s` of stand-in ids): the caller offers the read
+    /// once it knows the id stored (`read_before_commit`).
+    pub fn take_unstored(&self, plan: &mut Plan, s: &Snapshot, now: i64) -> Option<TaskId> {
         let lease_until = now.saturating_add(self.lease_ms);
         state::hand_off(plan, s, &self.claim, lease_until, now)
+    }
+
+    /// Offers the write's batch to read `task` as the engine would (`engine/handed.rs`), after
+    /// the writes and before the commit; read, it arrives with the task (`Handed::read`).
+    /// Called on the writer thread, from within the write that handed `task`.
+    pub fn read_before_commit(&self, task: TaskId) {
+        let (slot, claim) = (self.read.clone(), self.claim.clone());
+        db::offer_read_before_commit(move |conn| {
+            let (steps, rows) = db::handed_steps_with_contexts(conn, &[(task, claim)])?;
+            let mut contexts = context::of_each(rows, steps.iter().map(|s| &s.activity));
+            if let Some(step) = steps.into_iter().next() {
+                let context = contexts.remove(&step.activity.id);
+                slot.put(HandedRead { step, context });
+            }
+            Ok(())
+        });
     }
 }
 

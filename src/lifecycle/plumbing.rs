@@ -62,6 +62,13 @@ impl Waker {
         let _ = self.0.handoffs.set(handoffs);
     }
 
+    /// An abort committed: hand-offs read before it are read again (`handoff.rs`).
+    pub fn aborted(&self) {
+        if let Some(handoffs) = self.0.handoffs.get() {
+            handoffs.aborted();
+        }
+    }
+
     /// Room for one dispatch on the engine, for a write that may make one due (`handoff.rs`);
     /// none without an engine taking hand-offs or without room.
     pub fn reserve(&self) -> Reservation {

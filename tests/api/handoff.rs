@@ -85,6 +85,8 @@ async fn a_start_and_a_callback_hand_their_dispatch_to_their_own_engine(db: Test
 }
 
 on_both_backends!(a_handed_dispatch_aborted_before_the_engine_took_it_is_not_sent);
+/// On PostgreSQL the start's batch (one write) read the dispatch before its commit
+/// (`handoff.rs`); the abort since makes the engine read it again and let it go.
 async fn a_handed_dispatch_aborted_before_the_engine_took_it_is_not_sent(db: TestDb) {
     let (app, executor) = stepped_app_with_fake(&db).await;
     app.accept_handoffs();

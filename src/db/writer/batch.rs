@@ -12,13 +12,70 @@
 //!
 //! On PostgreSQL the batch also carries the wake-up of the other replicas (`listen.rs`): one
 //! NOTIFY before the COMMIT when a write that stayed left engine work due, not one per write.
+//! And, on a batch of few writes, the reads its writes offered (`offer_read_before_commit`): at
+//! a low rate a batch is one write, and the read its hand-off needs would otherwise be a
+//! transaction of its own right after this one (issue 15: 1 of 3.7 commits per task at 200
+//! tasks/s). On a larger batch the load is high and the engine reads its hand-offs together
+//! (several in one statement), so the offers are dropped.
+
+use std::cell::RefCell;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
-use diesel::Connection;
+use diesel::{Connection, QueryResult};
 
 use super::{QueuedWrite, Ran};
 use crate::db::listen::{self, Notifying};
 use crate::db::{DbConnection, DbError};
+
+/// Most writes in a batch whose offered reads run before its commit: at most this many, the
+/// service is lightly loaded and each read would be a transaction of its own.
+const READS_BEFORE_COMMIT_UP_TO: usize = 2;
+
+/// A read a write offered to run in its batch's transaction after every write (so it sees them
+/// all), before the commit; its error fails the batch (PostgreSQL aborts the transaction).
+type OfferedRead = Box<dyn FnOnce(&mut DbConnection) -> QueryResult<()>>;
+
+thread_local! {
+    /// The batch under way on this thread (a writer thread), if any.
+    static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What the write running now offered to read before the commit.
+    static OFFERED: RefCell<Vec<OfferedRead>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Offers `read` to the batch of the write running on this thread: on PostgreSQL, when the batch
+/// is small and the write stays, it runs after the batch's writes, in their transaction, before
+/// the commit; otherwise (a larger batch, SQLite, the write rolled back, no batch on this
+/// thread) it is dropped unrun, and what it would have read is read later as before. A failing
+/// `read` fails the whole batch: keep it to reads that cannot fail but with the connection.
+pub(crate) fn offer_read_before_commit(
+    read: impl FnOnce(&mut DbConnection) -> QueryResult<()> + 'static,
+) {
+    if IN_BATCH.with(|b| b.get()) {
+        OFFERED.with(|offered| offered.borrow_mut().push(Box::new(read)));
+    }
+}
+
+fn take_offered() -> Vec<OfferedRead> {
+    OFFERED.with(|offered| std::mem::take(&mut *offered.borrow_mut()))
+}
+
+/// Marks this thread as running a batch while alive; what was offered and not taken goes.
+struct BatchUnderWay;
+
+impl BatchUnderWay {
+    fn start() -> BatchUnderWay {
+        IN_BATCH.with(|b| b.set(true));
+        take_offered();
+        BatchUnderWay
+    }
+}
+
+impl Drop for BatchUnderWay {
+    fn drop(&mut self) {
+        IN_BATCH.with(|b| b.set(false));
+        take_offered();
+    }
+}
 
 /// Runs `batch` in one transaction and commits it. A write that fails is rolled back to its
 /// savepoint and the others stay; a write that panicked leaves the transaction in an unknown
@@ -36,9 +93,13 @@ pub(super) fn run_batch(
     begin(conn)?;
     // A mark left on this thread by a batch that failed is not this batch's.
     listen::take_work_due();
-    // Per write: it stays (ran and was not rolled back), and it left engine work due.
+    let _under_way = BatchUnderWay::start();
+    // Per write: it stays (ran and was not rolled back), it left engine work due, and the
+    // reads it offered (`offer_read_before_commit`) on its last run.
     let mut stays = vec![false; batch.len()];
     let mut due = vec![false; batch.len()];
+    let mut offered: Vec<Vec<OfferedRead>> =
+        std::iter::repeat_with(Vec::new).take(batch.len()).collect();
     // The writes that stayed since the savepoint was last set (all rerunnable when several).
     let mut since_savepoint: Vec<usize> = Vec::new();
     for i in 0..batch.len() {
@@ -48,7 +109,7 @@ pub(super) fn run_batch(
             conn.batch_execute(NEXT_SAVEPOINT)?;
             since_savepoint.clear();
         }
-        match run_one(conn, batch, i, &mut due)? {
+        match run_one(conn, batch, i, &mut due, &mut offered)? {
             true => {
                 stays[i] = true;
                 since_savepoint.push(i);
@@ -63,7 +124,7 @@ pub(super) fn run_batch(
                     if !protected {
                         conn.batch_execute(NEXT_SAVEPOINT)?;
                     }
-                    stays[j] = run_one(conn, batch, j, &mut due)?;
+                    stays[j] = run_one(conn, batch, j, &mut due, &mut offered)?;
                     if stays[j] {
                         protected = false;
                     } else {
@@ -75,9 +136,16 @@ pub(super) fn run_batch(
             }
         }
     }
-    // Only a write that stays counts: a rolled-back one made nothing due.
+    // Only a write that stays counts: a rolled-back one made nothing due, and what it offered
+    // to read is not there.
     if stays.iter().zip(&due).any(|(stays, due)| *stays && *due) {
         listen::notify_others(conn, notifying)?;
+    }
+    if batch.len() <= READS_BEFORE_COMMIT_UP_TO && matches!(conn, DbConnection::Pg(_)) {
+        let reads = offered.into_iter().zip(&stays).filter(|(_, stays)| **stays);
+        for read in reads.flat_map(|(reads, _)| reads) {
+            read(conn)?;
+        }
     }
     <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
         .map_err(DbError::from)
@@ -90,9 +158,11 @@ fn run_one(
     batch: &mut [Box<dyn QueuedWrite>],
     i: usize,
     due: &mut [bool],
+    offered: &mut [Vec<OfferedRead>],
 ) -> Result<bool, DbError> {
     let ran = batch[i].run(conn);
     due[i] = listen::take_work_due();
+    offered[i] = take_offered();
     match ran {
         Ran::Succeeded => Ok(true),
         Ran::Failed => Ok(false),

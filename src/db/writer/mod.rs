@@ -44,6 +44,7 @@ use super::connection::Manager;
 use super::listen::Notifying;
 use super::{DbConnection, DbError, Overload};
 use crate::telemetry::{error_chain, CallerSpan};
+pub(crate) use batch::offer_read_before_commit;
 use batch::run_batch;
 
 /// Most writes committed together; bounds how long the first of them waits.

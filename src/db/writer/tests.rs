@@ -244,3 +244,108 @@ async fn a_failed_rerunnable_write_undoes_only_itself_and_its_batch_mates_run_ag
     assert_eq!(counted, [2, 1, 1, 1, 1]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A fresh PostgreSQL database for a writer test, and its admin URL to drop it; `None` (said on
+/// stderr) when `ODM_TEST_POSTGRES_URL` is unset.
+fn postgres_db() -> Option<(Db, String, String)> {
+    let Ok(admin) = std::env::var("ODM_TEST_POSTGRES_URL") else {
+        eprintln!("skipped on PostgreSQL: ODM_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let name = format!("odm_unit_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = diesel::PgConnection::establish(&admin).expect("PostgreSQL is reachable");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .unwrap();
+    let (base, query) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
+    let base = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    let url = match query {
+        "" => format!("{base}/{name}"),
+        query => format!("{base}/{name}?{query}"),
+    };
+    Some((Db::connect(&url, 2).unwrap(), admin, name))
+}
+
+/// Stores `name` and offers a read of how many rows `service_meta` holds, which `seen` keeps.
+fn store_and_offer(
+    name: &'static str,
+    seen: &std::sync::Arc<std::sync::Mutex<Vec<(&'static str, i64)>>>,
+    fail: bool,
+) -> impl FnOnce(&mut crate::db::DbConnection) -> Result<(), DbError> + Send + 'static {
+    let seen = seen.clone();
+    move |conn| {
+        meta_get_or_insert(conn, name, "v")?;
+        super::offer_read_before_commit(move |conn| {
+            let rows: i64 = service_meta::table.count().get_result(conn)?;
+            seen.lock().unwrap().push((name, rows));
+            Ok(())
+        });
+        if fail {
+            return Err(DbError::Config(format!("refused {name}")));
+        }
+        Ok(())
+    }
+}
+
+/// At a low rate a batch is one write, and a read it offers runs in its transaction (seeing
+/// the write) instead of in one of its own after it; in a larger batch, from a write rolled
+/// back, or on SQLite (where a read is no transaction), the offer is dropped unrun.
+#[actix_web::test]
+async fn a_read_offered_by_a_write_runs_before_the_commit_only_in_a_small_batch_on_postgres() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (sqlite, dir) = temp_db();
+    sqlite
+        .write(store_and_offer("lite", &seen, false))
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), [], "SQLite ran the read");
+    let _ = std::fs::remove_dir_all(dir);
+
+    let Some((db, admin, name)) = postgres_db() else {
+        return;
+    };
+    let before: i64 = db
+        .read(|conn| Ok::<_, DbError>(service_meta::table.count().get_result(conn)?))
+        .await
+        .unwrap();
+    db.write(store_and_offer("alone", &seen, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("alone", before + 1)],
+        "the read ran once, after the write, in its transaction"
+    );
+
+    seen.lock().unwrap().clear();
+    let refused = db.write(store_and_offer("refused", &seen, true)).await;
+    assert!(refused.is_err());
+    assert_eq!(*seen.lock().unwrap(), [], "a rolled-back write's read ran");
+
+    // Three writes queued behind a busy writer commit as one batch: the load is high, and the
+    // engine reads its hand-offs together instead.
+    let (blocker, release) = busy_writer(&db).await;
+    let mut queued: Vec<_> = ["q0", "q1", "q2"]
+        .into_iter()
+        .map(|n| Box::pin(db.write(store_and_offer(n, &seen, false))))
+        .collect();
+    for write in &mut queued {
+        poll_once(write).await;
+    }
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    for write in queued {
+        write.await.unwrap();
+    }
+    assert_eq!(*seen.lock().unwrap(), [], "a batch of three ran its reads");
+    assert_eq!(
+        stored_of(&db, &["q0", "q1", "q2"]).await,
+        ["q0", "q1", "q2"]
+    );
+
+    drop(db);
+    let mut conn = diesel::PgConnection::establish(&admin).unwrap();
+    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .unwrap();
+}

@@ -26,8 +26,23 @@ impl Engine {
         self: &Rc<Self>,
         handed: Vec<Handed>,
     ) -> Vec<tokio::task::JoinHandle<StepReport>> {
+        // Those the write's batch read before its commit start at once, unless an abort since
+        // may have released them (`handoff.rs`); the others are read now.
+        let mut started = Vec::new();
+        let mut unread = Vec::new();
+        for mut h in handed {
+            match h.read_is_current(&self.handoffs) {
+                Some(read) => {
+                    let (task, activity) = (read.step.task.id, read.step.task.activity_id);
+                    self.db.remember_activities([(task, activity)]);
+                    started.push(self.start(read.step, read.context, h.permit));
+                }
+                None => unread.push(h),
+            }
+        }
+        let mut handed = unread;
         if handed.is_empty() {
-            return Vec::new();
+            return started;
         }
         let leases: Vec<(TaskId, String)> =
             handed.iter().map(|h| (h.task, h.claim.clone())).collect();
@@ -47,20 +62,17 @@ impl Engine {
                 // As for a claimed step whose database work failed: the leases run out and the
                 // dispatches are taken over (not sent again blindly).
                 tracing::error!(error = %chain(&e), handed = handed.len(), "reading dispatches handed to the engine failed");
-                return Vec::new();
+                return started;
             }
         };
         let tasks = steps.iter().map(|c| (c.task.id, c.task.activity_id));
         self.db.remember_activities(tasks);
-        let mut permits: Vec<Handed> = handed;
-        steps
-            .into_iter()
-            .filter_map(|step| {
-                let at = permits.iter().position(|h| h.task == step.task.id)?;
-                let context = contexts.remove(&step.activity.id);
-                Some(self.start(step, context, permits.swap_remove(at).permit))
-            })
-            .collect()
+        started.extend(steps.into_iter().filter_map(|step| {
+            let at = handed.iter().position(|h| h.task == step.task.id)?;
+            let context = contexts.remove(&step.activity.id);
+            Some(self.start(step, context, handed.swap_remove(at).permit))
+        }));
+        started
     }
 
     /// The next dispatch handed over.
