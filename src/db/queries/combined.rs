@@ -9,13 +9,17 @@
 //! its statements cost no round trip.
 //!
 //! The CTEs run on one snapshot and in no set order, so a plan is combined only when no row is
-//! updated twice (`combinable`); the lifecycle promotion is a statement of its own after them
-//! (`Promotion`: its INSERT reads the activity's results as the plan left them).
+//! updated twice (`combinable`). A lifecycle promotion (the callback that ends an activity
+//! PROCESSED) goes in the same statement (`promotion_ctes`): its INSERT takes the activity's new
+//! results from the plan, since the activity's row as the statement sees it is the one before
+//! the plan's update (its product, version and stage, which no plan changes, are read there).
+//! A plan that promotes without being combinable promotes in a statement of its own
+//! (`Promotion`, after its updates: it reads the results they left).
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{Array, BigInt};
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel::PgConnection;
 use diesel::QueryResult;
 
@@ -43,9 +47,14 @@ pub(super) fn combinable(plan: &Plan) -> bool {
     updates >= 2 && !empty_activity && !empty_task && ids.len() == plan.tasks.len()
 }
 
-/// Applies `plan`'s updates (not its promotion) in one statement; a `Conflict` names the first
-/// row that no longer matched, as the one-by-one path does.
-pub(super) fn apply_combined(pg: &mut PgConnection, plan: &Plan) -> Result<(), ApplyError> {
+/// Applies `plan`'s updates and its promotion in one statement; a `Conflict` names the first
+/// row that no longer matched, as the one-by-one path does, and a promotion that opened no row
+/// (the activity gone) is `NotFound`, as `promote_in_one` answers.
+pub(super) fn apply_combined(
+    pg: &mut PgConnection,
+    plan: &Plan,
+    now: i64,
+) -> Result<(), ApplyError> {
     let activity_set = plan
         .activity
         .as_ref()
@@ -83,7 +92,16 @@ pub(super) fn apply_combined(pg: &mut PgConnection, plan: &Plan) -> Result<(), A
             })),
         }
     }
-    let changed: Vec<i64> = Combined { parts }.get_result(pg)?;
+    let promotion = match (&plan.activity, plan.promote_lifecycle) {
+        (Some(update), true) => Some(PromotionCtes {
+            activity: update.id.get(),
+            results: update.changes.results.as_ref().map(Option::as_deref),
+            now,
+        }),
+        (None, true) => unreachable!("a promotion comes with its activity"),
+        (_, false) => None,
+    };
+    let changed: Vec<i64> = Combined { parts, promotion }.get_result(pg)?;
     let mut changed = changed.into_iter();
     if let Some(update) = &plan.activity {
         if changed.next() != Some(1) {
@@ -95,13 +113,69 @@ pub(super) fn apply_combined(pg: &mut PgConnection, plan: &Plan) -> Result<(), A
             return Err(conflict_of_task(update));
         }
     }
+    if plan.promote_lifecycle && changed.next() != Some(1) {
+        return Err(diesel::result::Error::NotFound.into());
+    }
     Ok(())
 }
 
 /// `WITH u0 AS (UPDATE … RETURNING 1), u1 AS (…) SELECT ARRAY[count of u0, count of u1, …]`,
-/// kept prepared by its SQL text like `Update` (its shapes: which columns each update sets).
+/// and the promotion's rows opened last, kept prepared by its SQL text like `Update` (its
+/// shapes: which columns each update sets, with a promotion or not).
 struct Combined<'a> {
     parts: Vec<Box<dyn QueryFragment<Pg> + 'a>>,
+    promotion: Option<PromotionCtes<'a>>,
+}
+
+/// The promotion as two more CTEs, `closed` and `opened`, in the order `Promotion` explains.
+struct PromotionCtes<'a> {
+    activity: i64,
+    /// The activity's results as the plan sets them (`None`: the plan leaves them, read them).
+    results: Option<Option<&'a str>>,
+    now: i64,
+}
+
+impl PromotionCtes<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(", ");
+        closes_the_open_row(&mut out, &self.now, &self.activity)?;
+        out.push_sql(
+            ", opened AS (INSERT INTO lifecycles (data_product_id, data_product_version, \
+             stage, activity_id, results, started_at) SELECT data_product_id, \
+             data_product_version, stage, id, ",
+        );
+        match &self.results {
+            Some(results) => out.push_bind_param::<Nullable<Text>, _>(results)?,
+            None => out.push_sql("results"),
+        }
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(" FROM activities WHERE activities.id = ");
+        out.push_bind_param::<BigInt, _>(&self.activity)?;
+        out.push_sql(" AND (SELECT count(*) FROM closed) >= 0 RETURNING 1)");
+        Ok(())
+    }
+}
+
+/// `closed AS (UPDATE lifecycles …)`: the product version's open lifecycle row closed at `now`,
+/// the version read from the activity's row through scalar subqueries (its index is used).
+fn closes_the_open_row<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    now: &'b i64,
+    activity: &'b i64,
+) -> QueryResult<()> {
+    let of_activity =
+        |column: &str| format!("(SELECT {column} FROM activities WHERE activities.id = ");
+    out.push_sql("closed AS (UPDATE lifecycles SET finished_at = ");
+    out.push_bind_param::<BigInt, _>(now)?;
+    out.push_sql(" WHERE lifecycles.finished_at IS NULL AND lifecycles.data_product_id = ");
+    out.push_sql(&of_activity("data_product_id"));
+    out.push_bind_param::<BigInt, _>(activity)?;
+    out.push_sql(") AND lifecycles.data_product_version = ");
+    out.push_sql(&of_activity("data_product_version"));
+    out.push_bind_param::<BigInt, _>(activity)?;
+    out.push_sql(") RETURNING 1)");
+    Ok(())
 }
 
 impl QueryId for Combined<'_> {
@@ -124,12 +198,18 @@ impl QueryFragment<Pg> for Combined<'_> {
             part.walk_ast(out.reborrow())?;
             out.push_sql(" RETURNING 1)");
         }
+        if let Some(promotion) = &self.promotion {
+            promotion.walk_ast(out.reborrow())?;
+        }
         out.push_sql(" SELECT ARRAY[");
         for i in 0..self.parts.len() {
             if i > 0 {
                 out.push_sql(", ");
             }
             out.push_sql(&format!("(SELECT count(*) FROM u{i})"));
+        }
+        if self.promotion.is_some() {
+            out.push_sql(", (SELECT count(*) FROM opened)");
         }
         out.push_sql("]");
         Ok(())
@@ -172,18 +252,10 @@ impl QueryId for Promotion {
 
 impl QueryFragment<Pg> for Promotion {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let of_activity =
-            |column: &str| format!("(SELECT {column} FROM activities WHERE activities.id = ");
-        out.push_sql("WITH closed AS (UPDATE lifecycles SET finished_at = ");
-        out.push_bind_param::<BigInt, _>(&self.now)?;
-        out.push_sql(" WHERE lifecycles.finished_at IS NULL AND lifecycles.data_product_id = ");
-        out.push_sql(&of_activity("data_product_id"));
-        out.push_bind_param::<BigInt, _>(&self.activity)?;
-        out.push_sql(") AND lifecycles.data_product_version = ");
-        out.push_sql(&of_activity("data_product_version"));
-        out.push_bind_param::<BigInt, _>(&self.activity)?;
+        out.push_sql("WITH ");
+        closes_the_open_row(&mut out, &self.now, &self.activity)?;
         out.push_sql(
-            ") RETURNING 1) INSERT INTO lifecycles (data_product_id, data_product_version, \
+            " INSERT INTO lifecycles (data_product_id, data_product_version, \
              stage, activity_id, results, started_at) SELECT data_product_id, \
              data_product_version, stage, id, results, ",
         );

@@ -346,11 +346,18 @@ impl<'a> TaskChangeset<'a> {
 /// Applies a state-machine plan with compare-and-set updates, kept prepared (`prepared.rs`);
 /// on PostgreSQL, several as one statement (`combined.rs`). Call inside `Db::write`.
 pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyError> {
-    match conn {
-        DbConnection::Pg(pg) if combinable(plan) => apply_combined(pg, plan)?,
-        _ => apply_one_by_one(conn, plan)?,
-    }
-    if plan.promote_lifecycle {
+    // Combined, the promotion is part of the one statement.
+    let promotes_apart = match conn {
+        DbConnection::Pg(pg) if combinable(plan) => {
+            apply_combined(pg, plan, now)?;
+            false
+        }
+        _ => {
+            apply_one_by_one(conn, plan)?;
+            plan.promote_lifecycle
+        }
+    };
+    if promotes_apart {
         let id = plan
             .activity
             .as_ref()
