@@ -232,6 +232,9 @@ impl HandoffLease {
     /// the writes and before the commit; read, it arrives with the task (`Handed::read`).
     /// Called on the writer thread, from within the write that handed `task`.
     pub fn read_before_commit(&self, task: TaskId) {
+        // What an earlier try of this write read, in a transaction that did not commit, is not
+        // to be delivered with this one.
+        self.read.take();
         let (slot, claim) = (self.read.clone(), self.claim.clone());
         db::offer_read_before_commit(move |conn| {
             let (steps, rows) = db::handed_steps_with_contexts(conn, &[(task, claim)])?;
@@ -298,5 +301,80 @@ mod tests {
         drop(handed);
         drop(other);
         assert_eq!(in_flight.available_permits(), 2);
+    }
+
+    fn read_of(task: i64) -> HandedRead {
+        use crate::domain::{ActivityId, ActivityKeys, ClaimedTask, Step};
+        let task = ClaimedTask {
+            id: TaskId(task),
+            activity_id: ActivityId(1),
+            position: 1,
+            name: "t".into(),
+            executor: None,
+            template: None,
+            planned_configurations: None,
+            attempt: 1,
+            step_attempts: 0,
+            runs_failed: 0,
+            due_at: None,
+            started_at: None,
+            deadline_at: None,
+            run_ref: None,
+            held: None,
+        };
+        let activity = ActivityKeys {
+            id: ActivityId(1),
+            data_product_id: "p".into(),
+            data_product_version: "1".into(),
+            stage: "dev".into(),
+            sealed_secrets: None,
+        };
+        let step = crate::domain::ClaimedStep {
+            claim: "r-1".into(),
+            step: Step::Dispatch,
+            abandoned: false,
+            task,
+            activity,
+        };
+        HandedRead {
+            step,
+            context: None,
+        }
+    }
+
+    /// A read is delivered only from the try of the write that committed, and used only while
+    /// no abort on this replica may have released the dispatch since the room was reserved.
+    #[test]
+    fn a_read_from_an_earlier_try_or_before_an_abort_is_not_used() {
+        let (handoffs, mut received, _) = handoffs(3);
+        let retried = handoffs.reserve();
+        let lease = retried.lease().unwrap();
+        // A first try read task 7 before a commit that failed; the try that committed was in a
+        // batch too large to read (nothing offered runs outside a batch either).
+        lease.read.put(read_of(7));
+        lease.read_before_commit(TaskId(7));
+        retried.deliver(Some(TaskId(7)));
+        let handed = received.try_recv().unwrap();
+        assert!(
+            handed.read.is_none(),
+            "a read of a rolled-back try was delivered"
+        );
+
+        let read_then_aborted = handoffs.reserve();
+        read_then_aborted.lease().unwrap().read.put(read_of(8));
+        read_then_aborted.deliver(Some(TaskId(8)));
+        let mut handed = received.try_recv().unwrap();
+        assert!(handed.read.is_some(), "the read arrives with the task");
+        handoffs.aborted();
+        assert!(
+            handed.read_is_current(&handoffs).is_none(),
+            "a read from before an abort was used"
+        );
+
+        let after_the_abort = handoffs.reserve();
+        after_the_abort.lease().unwrap().read.put(read_of(9));
+        after_the_abort.deliver(Some(TaskId(9)));
+        let mut handed = received.try_recv().unwrap();
+        assert!(handed.read_is_current(&handoffs).is_some());
     }
 }
