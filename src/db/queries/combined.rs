@@ -10,7 +10,7 @@
 //!
 //! The CTEs run on one snapshot and in no set order, so a plan is combined only when no row is
 //! updated twice (`combinable`). A lifecycle promotion (the callback that ends an activity
-//! PROCESSED) goes in the same statement (`promotion_ctes`): its INSERT takes the activity's new
+//! PROCESSED) goes in the same statement (`PromotionCtes`): its INSERT takes the activity's new
 //! results from the plan, since the activity's row as the statement sees it is the one before
 //! the plan's update (its product, version and stage, which no plan changes, are read there).
 //! A plan that promotes without being combinable promotes in a statement of its own
