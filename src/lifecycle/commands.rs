@@ -206,7 +206,6 @@ impl LifecycleService {
                 apply(conn, &plan, id, &listeners)
             })
             .await?;
-        self.waker.aborted();
         applied.committed(&self.metrics, &self.waker);
         Ok(ActivityStatus::Aborted)
     }
@@ -240,7 +239,6 @@ impl LifecycleService {
                 apply(conn, &plan, snapshot.activity.id, &listeners)
             })
             .await?;
-        self.waker.aborted();
         applied.committed(&self.metrics, &self.waker);
         Ok(TaskStatus::Aborted)
     }

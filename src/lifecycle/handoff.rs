@@ -21,7 +21,8 @@
 //! transaction of its own per task, so the write also offers it to its batch
 //! (`db::offer_read_before_commit`): on a small batch it runs in the write's transaction and
 //! arrives with the task (`Handed::read`). Read that early, it would miss an abort committed
-//! before the engine starts the step: an abort on this replica (`Handoffs::aborted`) makes the
+//! before the engine starts the step: a plan that aborts tasks on this replica (an abort, a
+//! product forgotten; `Applied::committed` → `Handoffs::aborted`) makes the
 //! engine read again what it was handed since the reservation, and a dispatch whose lease the
 //! abort released is let go, not sent. (An abort on another replica in that instant is what a
 //! claim meets too: the run is cancelled as in flight.)

@@ -62,7 +62,8 @@ impl Waker {
         let _ = self.0.handoffs.set(handoffs);
     }
 
-    /// An abort committed: hand-offs read before it are read again (`handoff.rs`).
+    /// A committed plan aborted tasks (`Applied::committed`): hand-offs read before it are read
+    /// again (`handoff.rs`).
     pub fn aborted(&self) {
         if let Some(handoffs) = self.0.handoffs.get() {
             handoffs.aborted();
@@ -151,9 +152,14 @@ impl Applied {
         self.outcomes
     }
 
-    /// Once committed: count the tasks it ended, wake the engine for the work it left.
+    /// Once committed: count the tasks it ended, wake the engine for the work it left, and
+    /// say when it aborted tasks (whatever asked: an abort, a product forgotten), since a
+    /// hand-off read before may be stale (`handoff.rs`).
     pub fn committed(self, metrics: &Metrics, waker: &Waker) {
         metrics.tasks_ended(self.outcomes);
+        if self.outcomes.0[TaskOutcome::Aborted as usize] > 0 {
+            waker.aborted();
+        }
         if self.announced {
             waker.outbox_due();
         }

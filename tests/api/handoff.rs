@@ -100,6 +100,38 @@ async fn a_handed_dispatch_aborted_before_the_engine_took_it_is_not_sent(db: Tes
     app.stop().await;
 }
 
+on_both_backends!(a_handed_dispatch_of_a_product_forgotten_before_the_engine_took_it_is_not_sent);
+/// As an abort: a product deleted in ODM (the observer route) aborts its running activity, and
+/// a dispatch its start read before then is read again and let go, not sent.
+async fn a_handed_dispatch_of_a_product_forgotten_before_the_engine_took_it_is_not_sent(
+    db: TestDb,
+) {
+    let (app, executor) = stepped_app_with_fake(&db).await;
+    app.accept_handoffs();
+    app.start_dev(two_tasks()).await;
+    let deleted = json!({
+        "id": 1,
+        "event": {"id": 1, "type": "DATA_PRODUCT_DELETED", "entityId": "p1",
+                  "beforeState": null, "afterState": null, "time": 1714558530000i64},
+    });
+    let answer = app
+        .call(
+            "POST",
+            "/api/v1/pp/devops/api/v1/up/observer/notifications",
+            Some(&deleted),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["abortedActivities"], 1, "{answer:?}");
+    app.drive_until_idle().await;
+    assert_eq!(
+        executor.received().len(),
+        0,
+        "a forgotten product's task was sent"
+    );
+    app.stop().await;
+}
+
 on_both_backends!(handed_dispatches_are_read_with_their_contexts_as_claims_and_contexts_read_them);
 /// The engine reads the dispatches handed to it and their Contexts together (on PostgreSQL one
 /// statement, `db::handed_steps_with_contexts`): each step must be what a claim of the task
