@@ -26,9 +26,11 @@ impl BenchDb {
         }
     }
 
-    /// Creates `odm_bench_<random>` on the server of `admin` (connected to as given).
+    /// Creates `odm_bench_<random>` on the server of `admin`, connected to as a server given
+    /// that URL connects (so `describe` tells the servers' transport, TLS or not).
     pub fn postgres(admin: &str) -> anyhow::Result<BenchDb> {
         let name = format!("odm_bench_{}", uuid::Uuid::new_v4().simple());
+        let admin = &crate::db::postgres_url_as_connected(admin);
         let mut conn =
             PgConnection::establish(admin).context("cannot connect to PostgreSQL (--database)")?;
         diesel::sql_query(format!("CREATE DATABASE {name}"))

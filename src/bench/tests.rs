@@ -2,11 +2,12 @@ use clap::Parser;
 use serde_json::json;
 
 use super::args::{BenchArgs, Load};
-use super::database::with_database;
+use super::database::{with_database, BenchDb};
 use super::latency::{failed_callbacks, gaps_ms, SimRun};
 use super::report::{percentile, Errors, Report};
 use super::runs::{runs_per_replica, tasks_run_twice};
 use super::workload;
+use crate::db::{transport, Db, DbConnection, DbError};
 
 #[derive(Parser)]
 struct Cli {
@@ -144,6 +145,36 @@ fn gaps_pair_a_callback_answer_with_the_next_task_of_the_same_activity() {
         failed_callbacks(&runs),
         2,
         "the 409 and the missing callback"
+    );
+}
+
+/// The benchmark's first line tells how its servers reach PostgreSQL: it said "with TLS" for a
+/// loopback URL that the servers reach without (its own connection skipped their rewrite).
+#[actix_web::test]
+async fn the_transport_told_is_the_one_the_servers_get() {
+    let Ok(admin) = std::env::var("ODM_TEST_POSTGRES_URL") else {
+        eprintln!("skipped on PostgreSQL: ODM_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let bench_db = BenchDb::postgres(&admin).expect("the benchmark's database is created");
+    let url = bench_db.url().to_owned();
+    let server_db = actix_web::web::block(move || Db::connect(&url, 1))
+        .await
+        .unwrap()
+        .expect("a server opens it");
+    let served = server_db
+        .read(|conn| {
+            let DbConnection::Pg(pg) = conn else {
+                unreachable!("a PostgreSQL URL")
+            };
+            Ok::<_, DbError>(transport(pg)?)
+        })
+        .await
+        .unwrap();
+    let told = bench_db.describe();
+    assert!(
+        told.starts_with(&format!("{served}, ")),
+        "told {told:?}, the server has {served}"
     );
 }
 

@@ -26,9 +26,7 @@ pub(crate) enum Target {
 impl Target {
     pub(crate) fn parse(url: &str) -> Result<Target, String> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let chosen = std::env::var_os("PGSSLMODE").is_some();
-            let url = without_tls_on_loopback(url, chosen).unwrap_or_else(|| url.to_owned());
-            return Ok(Target::Postgres(url));
+            return Ok(Target::Postgres(postgres_url_as_connected(url)));
         }
         let path = url
             .strip_prefix("sqlite://")
@@ -43,6 +41,14 @@ impl Target {
         }
         Ok(Target::SqliteFile(path.to_owned()))
     }
+}
+
+/// The URL the service connects to PostgreSQL with when given `url` as `database.url`: also
+/// what the benchmark's own connection uses, so that what it reports of the transport (TLS or
+/// not) is what the servers it starts get.
+pub(crate) fn postgres_url_as_connected(url: &str) -> String {
+    let chosen = std::env::var_os("PGSSLMODE").is_some();
+    without_tls_on_loopback(url, chosen).unwrap_or_else(|| url.to_owned())
 }
 
 /// `url` with `sslmode=allow` when it reaches PostgreSQL over TCP on this host and says nothing

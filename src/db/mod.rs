@@ -25,6 +25,7 @@ use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionMa
 use diesel::r2d2::{Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+pub(crate) use connection::postgres_url_as_connected;
 pub use connection::{Backend, DbConnection};
 pub use queries::*;
 
