@@ -34,11 +34,11 @@ use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
 pub(crate) use writer::offer_read_before_commit;
 pub use writer::WriteCounts;
-use writer::{Lane, Once, Rerun, Work, Writer};
+use writer::{Once, Rerun, Work, Writer};
 
-/// Writer threads on PostgreSQL: one for writes of no activity, the others each for a share of
-/// the activities (`writer/`). SQLite has one writer at a time, so one thread.
-pub const POSTGRES_WRITE_LANES: usize = 4;
+/// Writer threads on PostgreSQL: the first takes every write, the others join when the earlier
+/// ones are held up (`writer/queue.rs`). SQLite has one writer at a time, so one thread.
+pub const POSTGRES_WRITE_THREADS: usize = 4;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -214,11 +214,11 @@ impl Db {
             Target::SqliteFile(_) => (Backend::Sqlite, None),
             Target::Postgres(url) => (Backend::Postgres, Some(Arc::from(url.as_str()))),
         };
-        let lanes = match backend {
+        let threads = match backend {
             Backend::Sqlite => 1,
-            Backend::Postgres => POSTGRES_WRITE_LANES,
+            Backend::Postgres => POSTGRES_WRITE_THREADS,
         };
-        let writer = Writer::start(manager, limits.write_queue, lanes)?;
+        let writer = Writer::start(manager, limits.write_queue, threads)?;
         Ok(Db {
             pool,
             writer,
@@ -332,12 +332,12 @@ impl Db {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         self.writer
-            .write(CallerSpan::capture(), Lane::Any, Once::new(f))
+            .write(CallerSpan::capture(), None, Once::new(f))
             .await
     }
 
     /// `write` of a write that its batch may roll back and run again before it commits, as
-    /// `write_for_rerunnable`, on the general writer thread.
+    /// `write_for_rerunnable`, of no activity (it locks none that exists).
     pub async fn write_rerunnable<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
@@ -345,26 +345,13 @@ impl Db {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         self.writer
-            .write(CallerSpan::capture(), Lane::Any, Rerun(f))
+            .write(CallerSpan::capture(), None, Rerun(f))
             .await
     }
 
-    /// `write` of the engine's claim: on PostgreSQL on a writer thread of its own, so that the
-    /// claim of a task made due by a callback does not wait behind other writes (`writer/`).
-    pub async fn write_claim<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
-    {
-        self.writer
-            .write(CallerSpan::capture(), Lane::Claim, Once::new(f))
-            .await
-    }
-
-    /// `write` of changes to one activity (what locks its row): on PostgreSQL, every write of
-    /// an activity goes to the same writer thread, and different activities' writes run side by
-    /// side (`writer/`).
+    /// `write` of changes to one activity (what locks its row): on PostgreSQL, never on two
+    /// writer threads at once, so a write that waits holds up its activity's writes only
+    /// (`writer/queue.rs`).
     pub async fn write_for<T, E, F>(&self, activity: ActivityId, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
@@ -392,14 +379,15 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let lane = Lane::Activity(activity.get());
-        self.writer.write(CallerSpan::capture(), lane, work).await
+        let locks = Some(activity.get());
+        self.writer.write(CallerSpan::capture(), locks, work).await
     }
 
     /// `write_for_rerunnable` the activity of `task`, known from a claim
-    /// (`remember_activities`) or read first. An unknown task, or a failed read, takes the
-    /// general writer thread: as correct, only less parallel (the write itself finds the task
-    /// missing). SQLite: no read, one thread.
+    /// (`remember_activities`) or read first. An unknown task, or a failed read, is queued as
+    /// a write of no activity: as correct (the write itself finds the task missing; if it
+    /// exists, the write may wait for the locks of another thread's batch). SQLite: no read,
+    /// one thread.
     pub async fn write_for_task_rerunnable<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
@@ -407,11 +395,8 @@ impl Db {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         let work = Rerun(f);
-        if self.writer.lanes() == 1 {
-            return self
-                .writer
-                .write(CallerSpan::capture(), Lane::Any, work)
-                .await;
+        if self.writer.threads() == 1 {
+            return self.writer.write(CallerSpan::capture(), None, work).await;
         }
         let known = self.remembered().get(&task).copied();
         let activity = match known {
@@ -429,17 +414,13 @@ impl Db {
                 self.remember_activities([(task, activity)]);
                 self.queue_for(activity, work).await
             }
-            None => {
-                self.writer
-                    .write(CallerSpan::capture(), Lane::Any, work)
-                    .await
-            }
+            None => self.writer.write(CallerSpan::capture(), None, work).await,
         }
     }
 
     /// Tasks and their activities, for `write_for_task_rerunnable`.
     pub fn remember_activities(&self, tasks: impl IntoIterator<Item = (TaskId, ActivityId)>) {
-        if self.writer.lanes() == 1 {
+        if self.writer.threads() == 1 {
             return;
         }
         let mut remembered = self.remembered();

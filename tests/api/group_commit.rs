@@ -11,7 +11,8 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use futures_util::future::join_all;
 use odm_devops::db::schema::service_meta;
-use odm_devops::db::{Db, DbError};
+use odm_devops::db::{Db, DbError, POSTGRES_WRITE_THREADS};
+use odm_devops::domain::ActivityId;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -73,22 +74,51 @@ async fn writes_queued_together_share_one_commit_and_a_refused_one_rolls_back_al
     for n in (0..PRODUCTS).step_by(2) {
         app.start_activity(&product(n), "1.0.0", "dev").await;
     }
+    // On PostgreSQL every writer thread is first held up by a write of its own (the next
+    // thread joins only once the earlier ones are held up: `src/db/writer/queue.rs`), so
+    // that the whole burst queues; on SQLite the one thread is held up by the burst's first.
+    let fillers = match db.backend {
+        Backend::Sqlite => 0,
+        Backend::Postgres => POSTGRES_WRITE_THREADS,
+    };
+    for n in 0..fillers {
+        app.put_descriptor(&filler(n), "1.0.0", &descriptor(fake_stage(&["build"])))
+            .await;
+    }
     let (commits, writes) = commits_and_writes(&app).await;
 
-    // The writer is held up by its first write; the others queue behind it meanwhile.
     let release = block_activity_writes(&db);
     let app = &app;
-    let creates = join_all(
-        (0..PRODUCTS)
-            .map(|n| async move { app.create_activity(&product(n), "1.0.0", "dev", true).await }),
-    );
+    let url = &db.url;
+    let held_threads = join_all((0..fillers).map(|n| async move {
+        eventually(
+            "the previous writer thread to wait for the lock",
+            || async { (writers_waiting_for_a_lock(url) == n as i64).then_some(()) },
+        )
+        .await;
+        app.create_activity(&filler(n), "1.0.0", "dev", true).await
+    }));
+    let burst =
+        async {
+            if fillers > 0 {
+                eventually("every writer thread to wait for the lock", || async {
+                    (writers_waiting_for_a_lock(url) == fillers as i64).then_some(())
+                })
+                .await;
+            }
+            join_all((0..PRODUCTS).map(|n| async move {
+                app.create_activity(&product(n), "1.0.0", "dev", true).await
+            }))
+            .await
+        };
     // Under a loaded machine a request may reach the service only after the wait: it then
     // commits on its own, which the count below allows for.
+    let expected_queued = if fillers > 0 { PRODUCTS } else { PRODUCTS - 1 };
     let queued = async {
         let started = std::time::Instant::now();
         loop {
             let queued = scrape(app).await.value("odm_devops_database_write_queue");
-            if queued == (PRODUCTS - 1) as f64
+            if queued == expected_queued as f64
                 || started.elapsed() > std::time::Duration::from_secs(10)
             {
                 release.send(()).unwrap();
@@ -97,8 +127,11 @@ async fn writes_queued_together_share_one_commit_and_a_refused_one_rolls_back_al
             actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     };
-    let (answers, queued) = futures_util::future::join(creates, queued).await;
+    let (held, answers, queued) = futures_util::future::join3(held_threads, burst, queued).await;
     assert!(queued >= 10, "{queued} writes queued behind the first one");
+    for answer in held {
+        assert_eq!(answer.status, 201, "{answer:?}");
+    }
 
     for (n, answer) in answers.iter().enumerate() {
         if n % 2 == 0 {
@@ -122,26 +155,52 @@ async fn writes_queued_together_share_one_commit_and_a_refused_one_rolls_back_al
             .collect();
         assert_eq!(statuses, ["PROCESSING"], "{}: {listed}", product(n));
     }
-    // The first write alone, then those queued behind it in one transaction (and any late one
-    // on its own).
+    // The writes that held the threads up, each alone, then those queued behind them in one
+    // transaction (and any late one on its own).
     let (commits_after, writes_after) = commits_and_writes(app).await;
-    let late = (PRODUCTS as u64 - 1) - queued;
+    let late = expected_queued as u64 - queued;
+    let holding = fillers.max(1);
     assert_eq!(
         writes_after - writes,
-        PRODUCTS as f64,
-        "writes of the burst"
+        (PRODUCTS + fillers) as f64,
+        "writes of the burst and of the threads held up"
     );
     assert!(
-        commits_after - commits <= (2 + late) as f64,
-        "{} commits for {PRODUCTS} writes, {queued} of them queued together",
-        commits_after - commits
+        commits_after - commits <= (holding as u64 + 1 + late) as f64,
+        "{} commits for {} writes, {queued} of them queued together",
+        commits_after - commits,
+        PRODUCTS + fillers
     );
+}
+
+/// A product that only holds up a writer thread.
+fn filler(n: usize) -> String {
+    format!("gc-filler{n}")
+}
+
+/// PostgreSQL: the service's writer threads waiting for a lock (here `block_activity_writes`').
+fn writers_waiting_for_a_lock(url: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        waiting: i64,
+    }
+    let mut conn = PgConnection::establish(url).unwrap();
+    diesel::sql_query(
+        "SELECT count(*) AS waiting FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result::<Waiting>(&mut conn)
+    .unwrap()
+    .waiting
 }
 
 on_both_backends!(a_statement_refused_by_the_database_rolls_back_only_its_own_write);
 /// A write whose statement the database refuses (a duplicate key) inside a batch: on
 /// PostgreSQL the failed statement aborts the transaction unless its savepoint is rolled back,
-/// so this checks the others still commit and the writer goes on.
+/// so this checks the others still commit and the writer goes on. The writes are of one
+/// activity, so that they queue behind the held one on every backend (on PostgreSQL another
+/// writer thread would take writes of other activities).
 async fn a_statement_refused_by_the_database_rolls_back_only_its_own_write(db: TestDb) {
     let url = db.url.clone();
     let store = actix_web::web::block(move || Db::connect(&url, 2))
@@ -154,7 +213,7 @@ async fn a_statement_refused_by_the_database_rolls_back_only_its_own_write(db: T
         let store = store.clone();
         let held = actix_web::rt::spawn(async move {
             store
-                .write(move |_| {
+                .write_for(ActivityId(1), move |_| {
                     let _ = started.send(());
                     released.recv().expect("released");
                     Ok::<_, DbError>(())
@@ -175,7 +234,7 @@ async fn a_statement_refused_by_the_database_rolls_back_only_its_own_write(db: T
             let store = store.clone();
             actix_web::rt::spawn(async move {
                 store
-                    .write(move |conn| {
+                    .write_for(ActivityId(1), move |conn| {
                         insert(conn, format!("k{i}"))?;
                         if i % 4 == 1 {
                             // Written, then a statement the database refuses.

@@ -42,4 +42,4 @@ mod ui_driver;
 mod ui_dry_run;
 mod ui_runs;
 mod walkthrough;
-mod write_lanes;
+mod write_threads;

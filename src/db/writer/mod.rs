@@ -9,32 +9,26 @@
 //! Callers hear back only after that COMMIT: an answered write is durable, as before. An idle
 //! writer starts at once: no added latency.
 //!
-//! How many threads (`Lane`): SQLite has a single writer anyway, so one. On PostgreSQL one thread
-//! chains every write's round trips (about 18 per task, each waiting for a PostgreSQL process
-//! to be scheduled on the same two cores): measured, the CPU sat 30% idle while one writer
-//! gave ~200 tasks/s, and two replicas (two writers) twice that. Several threads that take any
-//! write deadlock, though: each batch holds the activities it locked until its commit, and two
-//! batches wanting each other's activities wait for each other (measured with four: errors and
-//! 5 s stalls). So an activity's writes always go to the same thread (`Db::write_for`,
-//! `write_for_task_rerunnable`) and the first thread takes the writes of no activity (claims skip locked
-//! rows; creations lock only new rows): three threads measured ~1.7x one thread, five were no
-//! faster. The engine's claims have a thread of their own (`Lane::Claim`): behind creations
-//! and the like, the claim that dispatches the next task waited, and p99 callback → next
-//! dispatch at 200 tasks/s went from 23 to 13 ms with it. `POSTGRES_WRITE_LANES` is 4: the
-//! first for writes of no activity, the second for claims, two for activities. Reads stay on
-//! the pool.
+//! How many threads: SQLite has a single writer anyway, so one. On PostgreSQL one thread
+//! chains every write's round trips, so a thread held up (a lock another replica holds, a slow
+//! round trip) would hold up every write; `POSTGRES_WRITE_THREADS` are started, the first takes
+//! what waits, the next join only when the earlier ones are held up, and an activity's writes
+//! never run on two threads at once, so they never wait for each other's locks (`queue.rs`).
+//! Reads stay on the pool.
 //!
 //! The queue is bounded (`database.write_queue`): a write that finds it full is refused at
 //! once with `Overload::WriteQueueFull`, before any of it runs, rather than wait behind a
 //! backlog that only grows. The write closure runs inside its caller's tracing span.
 
 mod batch;
+mod queue;
 #[cfg(test)]
 mod tests;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -46,6 +40,7 @@ use super::{DbConnection, DbError, Overload};
 use crate::telemetry::{error_chain, CallerSpan};
 pub(crate) use batch::offer_read_before_commit;
 use batch::run_batch;
+use queue::{Queue, Turn, Waiting};
 
 /// Most writes committed together; bounds how long the first of them waits.
 const MAX_BATCH: usize = 256;
@@ -161,27 +156,47 @@ where
     }
 }
 
-/// Which writer thread takes a write. PostgreSQL runs each statement in another process, so one
-/// thread chains every write's round trips; several threads run batches side by side. Their
-/// batches must not wait for each other's row locks (two batches each holding what the other
-/// needs are a deadlock PostgreSQL breaks by failing one): an activity's writes, which lock its
-/// row, always go to the same thread, and the first thread takes the rest (claims, which skip
-/// locked rows; creations, which lock only new rows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    Any,
-    Claim,
-    Activity(i64),
-}
-
 #[derive(Clone)]
 pub(crate) struct Writer {
-    /// One queue per lane (`Lane`), each taken by a thread of its own.
-    lanes: Arc<[mpsc::SyncSender<Box<dyn QueuedWrite>>]>,
+    shared: Arc<Shared>,
+    /// Closes the queue when the last clone is dropped (the threads then stop).
+    _closer: Arc<Closer>,
     limit: usize,
     counted: Arc<Counted>,
     /// Set once `Db::listen` starts: batches that leave work due wake the other replicas.
     notifying: Arc<OnceLock<Arc<Notifying>>>,
+}
+
+/// The queue (`queue.rs`) and one wake-up per thread.
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Vec<Condvar>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A thread that panicked while holding it left the queue consistent: each change is
+        // one call.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the first idle thread, if any, to look at what waits.
+    fn wake_first_idle(&self, queue: &Queue) {
+        if let Some(thread) = queue.first_idle() {
+            self.wake[thread].notify_one();
+        }
+    }
+}
+
+struct Closer(Arc<Shared>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        for wake in &self.0.wake {
+            wake.notify_one();
+        }
+    }
 }
 
 /// What the writer did since the process started (for `/metrics` and the benchmark).
@@ -203,32 +218,31 @@ struct Counted {
 }
 
 impl Writer {
-    /// Starts `lanes` writer threads (one, or at least three), each on a connection of its own, taking at
-    /// most `limit` writes waiting in all (at least one).
-    pub(crate) fn start(manager: Manager, limit: usize, lanes: usize) -> Result<Writer, DbError> {
-        assert!(
-            lanes == 1 || lanes >= 3,
-            "one lane, or one for writes of no activity, one for claims and some for activities"
-        );
+    /// Starts `threads` writer threads (at least one), each on a connection of its own, taking
+    /// at most `limit` writes waiting in all (at least one).
+    pub(crate) fn start(manager: Manager, limit: usize, threads: usize) -> Result<Writer, DbError> {
+        let threads = threads.max(1);
         let limit = limit.max(1);
         let counted = Arc::new(Counted::default());
         let notifying = Arc::new(OnceLock::new());
-        let mut queues = Vec::new();
-        for n in 0..lanes {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::new(threads)),
+            wake: (0..threads).map(|_| Condvar::new()).collect(),
+        });
+        for n in 0..threads {
             let conn = manager
                 .connect()
                 .map_err(|e| DbError::Config(e.to_string()))?;
-            // The shared count bounds the queues together; each channel could hold them all.
-            let (queue, incoming) = mpsc::sync_channel::<Box<dyn QueuedWrite>>(limit);
             let (manager, counts, notifies) = (manager.clone(), counted.clone(), notifying.clone());
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("db-writer-{n}"))
-                .spawn(move || write_loop(manager, conn, incoming, &counts, &notifies))
+                .spawn(move || write_loop(n, manager, conn, &shared, &counts, &notifies))
                 .expect("the writer thread starts");
-            queues.push(queue);
         }
         Ok(Writer {
-            lanes: queues.into(),
+            _closer: Arc::new(Closer(shared.clone())),
+            shared,
             limit,
             counted,
             notifying,
@@ -249,28 +263,17 @@ impl Writer {
         }
     }
 
-    /// Writer threads (lanes).
-    pub(crate) fn lanes(&self) -> usize {
-        self.lanes.len()
+    /// Writer threads.
+    pub(crate) fn threads(&self) -> usize {
+        self.shared.wake.len()
     }
 
-    /// The lane of a write: with one lane, that one; else `Lane::Any` on the first, `Lane::Claim`
-    /// on the second, an activity's always on the same one of the others.
-    fn queue(&self, lane: Lane) -> &mpsc::SyncSender<Box<dyn QueuedWrite>> {
-        let n = self.lanes.len();
-        match lane {
-            _ if n == 1 => &self.lanes[0],
-            Lane::Any => &self.lanes[0],
-            Lane::Claim => &self.lanes[1],
-            Lane::Activity(id) => &self.lanes[2 + id.rem_euclid(n as i64 - 2) as usize],
-        }
-    }
-
-    /// Queues `work` on `lane` (never waiting for room) and waits for its group's commit.
+    /// Queues `work`, a write that locks `activity` (`None`: no existing activity), never
+    /// waiting for room, and waits for its group's commit.
     pub(crate) async fn write<T, E, W>(
         &self,
         caller: CallerSpan,
-        lane: Lane,
+        activity: Option<i64>,
         work: W,
     ) -> Result<T, E>
     where
@@ -287,27 +290,19 @@ impl Writer {
         };
         // Counted before it can be taken, so that the count never goes below zero.
         let waiting = self.counted.queued.fetch_add(1, Ordering::Relaxed);
-        let sent = if waiting >= self.limit as u64 {
-            Err(mpsc::TrySendError::Full(()))
-        } else {
-            self.queue(lane)
-                .try_send(Box::new(write))
-                .map_err(|e| match e {
-                    mpsc::TrySendError::Full(_) => mpsc::TrySendError::Full(()),
-                    mpsc::TrySendError::Disconnected(_) => mpsc::TrySendError::Disconnected(()),
-                })
-        };
-        if sent.is_err() {
+        if waiting >= self.limit as u64 {
             self.counted.queued.fetch_sub(1, Ordering::Relaxed);
+            let overload = Overload::WriteQueueFull { limit: self.limit };
+            tracing::warn!(error = %overload, "database overloaded");
+            return Err(E::from(DbError::Overloaded(overload)));
         }
-        match sent {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(())) => {
-                let overload = Overload::WriteQueueFull { limit: self.limit };
-                tracing::warn!(error = %overload, "database overloaded");
-                return Err(E::from(DbError::Overloaded(overload)));
-            }
-            Err(mpsc::TrySendError::Disconnected(())) => return Err(E::from(DbError::Canceled)),
+        {
+            let mut queue = self.shared.lock();
+            queue.push(Waiting {
+                activity,
+                write: Box::new(write),
+            });
+            self.shared.wake_first_idle(&queue);
         }
         answer
             .await
@@ -315,21 +310,45 @@ impl Writer {
     }
 }
 
+/// Writer thread `me`: takes a batch when its turn comes (`Queue::turn`), runs and commits it,
+/// then tells each write how it ended.
 fn write_loop(
+    me: usize,
     manager: Manager,
     mut conn: DbConnection,
-    incoming: mpsc::Receiver<Box<dyn QueuedWrite>>,
+    shared: &Shared,
     counted: &Counted,
     notifying: &OnceLock<Arc<Notifying>>,
 ) {
-    while let Ok(first) = incoming.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match incoming.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    loop {
+        let mut batch = {
+            let mut queue = shared.lock();
+            loop {
+                let now = Instant::now();
+                match queue.turn(me, now) {
+                    Turn::Take => break,
+                    Turn::Stop => return,
+                    Turn::Sleep => {
+                        queue = shared.wake[me]
+                            .wait(queue)
+                            .unwrap_or_else(PoisonError::into_inner)
+                    }
+                    Turn::SleepUntil(then) => {
+                        queue = shared.wake[me]
+                            .wait_timeout(queue, then.saturating_duration_since(now))
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                }
             }
-        }
+            let batch = queue.take(me, MAX_BATCH, Instant::now());
+            // What this batch left (more than it could take, or another activity's) is for
+            // the next idle thread, once its turn comes.
+            if !queue.is_empty() {
+                shared.wake_first_idle(&queue);
+            }
+            batch
+        };
         counted
             .queued
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
@@ -352,6 +371,19 @@ fn write_loop(
         }
         for write in batch {
             write.finish(committed.as_ref().map(|_| ()));
+        }
+        let mut queue = shared.lock();
+        queue.done(me);
+        // Writes of this batch's activities that waited for it are anyone's now, and the
+        // thread whose turn it is may be asleep (they were not its to take when it looked).
+        if !queue.is_empty() {
+            shared.wake_first_idle(&queue);
+        }
+        // Stopping: the others may be asleep with nothing of theirs left.
+        if queue.closed {
+            for wake in &shared.wake {
+                wake.notify_one();
+            }
         }
     }
 }

@@ -338,7 +338,7 @@ impl Engine {
         let claim = self.handoffs.next_claim();
         let lease_ms = self.config.lease_ms;
         self.db
-            .write_claim(move |conn| {
+            .write(move |conn| {
                 let now = now_ms();
                 Ok(claim_due_steps(
                     conn,

@@ -1,0 +1,253 @@
+//! The writes waiting for the writer threads, and which thread takes which: one thread on
+//! SQLite (a single writer anyway), `POSTGRES_WRITE_THREADS` on PostgreSQL.
+//!
+//! On PostgreSQL the CPU both sides share is the limit on one host, and a commit (a round trip,
+//! a WAL flush) costs it as much as several statements; the fewer and larger the batches, the
+//! more tasks a second. Threads that each take a fixed share of the activities (as before)
+//! each batched that share only: measured on the benchmark, one thread carrying every write
+//! ran 1.1–1.2 × as many tasks a second on one replica and 1.25 × on two, with a third fewer
+//! commits. One thread alone, though, holds every write up behind one that waits (for a lock
+//! another replica's batch holds until its commit, or for a slow round trip). So:
+//!
+//! * The first thread takes what waits whenever it is idle; the others sleep.
+//! * Thread k starts a batch only once every thread before it has been in its batch for
+//!   `JOIN_AFTER`: a thread held up (a lock, a slow PostgreSQL) brings the next one in, at
+//!   ordinary speed the others stay asleep.
+//! * A write of an activity with a write in a batch under way waits for that batch (it would
+//!   wait for its locks anyway): two threads never hold one activity's locks, so they never
+//!   wait for each other over one, a waiting write holds up its own activity's writes only,
+//!   and an activity's writes run in the order they were queued. Writes of no activity
+//!   (creations lock only new rows, claims skip locked rows) go with any thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::QueuedWrite;
+
+/// How long every earlier thread must have been in its batch before the next one starts one:
+/// longer than a batch takes at full load on one host (a few milliseconds), short enough that
+/// writes behind a held-up thread are not held long.
+pub(super) const JOIN_AFTER: Duration = Duration::from_millis(10);
+
+/// A write waiting for a thread, with the activity it locks (`None`: no existing activity).
+pub(super) struct Waiting {
+    pub activity: Option<i64>,
+    pub write: Box<dyn QueuedWrite>,
+}
+
+/// What the threads share, under one lock.
+pub(super) struct Queue {
+    waiting: VecDeque<Waiting>,
+    /// Activities with a write in a batch under way, and the thread running that batch.
+    under_way: HashMap<i64, usize>,
+    /// When each thread's batch under way began (`None`: idle).
+    busy_since: Vec<Option<Instant>>,
+    /// No more writes will come (the last `Writer` was dropped): the threads stop once the
+    /// queue is empty.
+    pub closed: bool,
+}
+
+/// What an idle thread does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Turn {
+    /// Take a batch (`Queue::take`).
+    Take,
+    /// Nothing for this thread now: sleep until woken.
+    Sleep,
+    /// Writes wait, and an earlier thread will have been busy long enough then.
+    SleepUntil(Instant),
+    Stop,
+}
+
+impl Queue {
+    pub fn new(threads: usize) -> Queue {
+        Queue {
+            waiting: VecDeque::new(),
+            under_way: HashMap::new(),
+            busy_since: vec![None; threads.max(1)],
+            closed: false,
+        }
+    }
+
+    pub fn push(&mut self, write: Waiting) {
+        self.waiting.push_back(write);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The first idle thread: the one to wake when a write arrives.
+    pub fn first_idle(&self) -> Option<usize> {
+        self.busy_since.iter().position(Option::is_none)
+    }
+
+    /// Whether `thread` may run `write` now: no other thread's batch holds its activity.
+    fn free_for(&self, thread: usize, write: &Waiting) -> bool {
+        write
+            .activity
+            .and_then(|activity| self.under_way.get(&activity))
+            .is_none_or(|&holder| holder == thread)
+    }
+
+    /// What idle `thread` does next (see the module's rules).
+    pub fn turn(&self, thread: usize, now: Instant) -> Turn {
+        if !self.waiting.iter().any(|w| self.free_for(thread, w)) {
+            return if self.closed && self.waiting.is_empty() {
+                Turn::Stop
+            } else {
+                Turn::Sleep
+            };
+        }
+        if self.closed {
+            return Turn::Take;
+        }
+        let mut starts_at = now;
+        for since in &self.busy_since[..thread] {
+            match since {
+                // An earlier thread is idle: what this one could take is that one's.
+                None => return Turn::Sleep,
+                Some(since) => starts_at = starts_at.max(*since + JOIN_AFTER),
+            }
+        }
+        if starts_at <= now {
+            Turn::Take
+        } else {
+            Turn::SleepUntil(starts_at)
+        }
+    }
+
+    /// Takes up to `most` of the writes `thread` may run, in the order they were queued, and
+    /// marks their activities as under way on it.
+    pub fn take(&mut self, thread: usize, most: usize, now: Instant) -> Vec<Box<dyn QueuedWrite>> {
+        let mut batch = Vec::new();
+        let mut left = VecDeque::with_capacity(self.waiting.len());
+        for write in std::mem::take(&mut self.waiting) {
+            if batch.len() < most && self.free_for(thread, &write) {
+                if let Some(activity) = write.activity {
+                    self.under_way.insert(activity, thread);
+                }
+                batch.push(write.write);
+            } else {
+                left.push_back(write);
+            }
+        }
+        self.waiting = left;
+        self.busy_since[thread] = Some(now);
+        batch
+    }
+
+    /// `thread`'s batch is over: its activities are free, and it is idle.
+    pub fn done(&mut self, thread: usize) {
+        self.under_way.retain(|_, holder| *holder != thread);
+        self.busy_since[thread] = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::writer::Ran;
+    use crate::db::{DbConnection, DbError};
+
+    /// A write that records nothing: the queue only looks at its activity.
+    struct Nothing;
+
+    impl QueuedWrite for Nothing {
+        fn run(&mut self, _conn: &mut DbConnection) -> Ran {
+            Ran::Succeeded
+        }
+        fn rerunnable(&self) -> bool {
+            false
+        }
+        fn finish(self: Box<Self>, _commit: Result<(), &DbError>) {}
+    }
+
+    fn push(queue: &mut Queue, activity: Option<i64>) {
+        queue.push(Waiting {
+            activity,
+            write: Box::new(Nothing),
+        });
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_first_thread_takes_and_the_next_joins_only_when_the_earlier_are_held_up() {
+        let t0 = Instant::now();
+        let mut queue = Queue::new(3);
+        assert_eq!(queue.turn(0, t0), Turn::Sleep, "nothing waits");
+        push(&mut queue, None);
+        assert_eq!(queue.first_idle(), Some(0));
+        assert_eq!(queue.turn(0, t0), Turn::Take);
+        assert_eq!(queue.turn(1, t0), Turn::Sleep, "the first thread is idle");
+        assert_eq!(queue.take(0, 256, t0).len(), 1);
+
+        push(&mut queue, None);
+        push(&mut queue, Some(7));
+        assert_eq!(queue.first_idle(), Some(1));
+        assert_eq!(queue.turn(1, t0 + ms(4)), Turn::SleepUntil(t0 + JOIN_AFTER));
+        assert_eq!(queue.turn(1, t0 + JOIN_AFTER), Turn::Take);
+        assert_eq!(
+            queue.turn(2, t0 + JOIN_AFTER),
+            Turn::Sleep,
+            "the second thread is idle"
+        );
+        let second_took = t0 + JOIN_AFTER + ms(1);
+        assert_eq!(queue.take(1, 1, second_took).len(), 1, "at most one");
+        assert_eq!(
+            queue.turn(2, second_took),
+            Turn::SleepUntil(second_took + JOIN_AFTER),
+            "every earlier thread must be held up"
+        );
+        queue.done(0);
+        assert_eq!(queue.first_idle(), Some(0));
+        assert_eq!(queue.turn(2, second_took + JOIN_AFTER), Turn::Sleep);
+        assert_eq!(queue.turn(0, second_took), Turn::Take);
+    }
+
+    #[test]
+    fn a_write_of_an_activity_under_way_waits_for_its_thread() {
+        let t0 = Instant::now();
+        let mut queue = Queue::new(2);
+        push(&mut queue, Some(1));
+        assert_eq!(queue.take(0, 256, t0).len(), 1);
+        push(&mut queue, Some(1));
+        push(&mut queue, Some(2));
+        push(&mut queue, Some(1));
+        let later = t0 + JOIN_AFTER;
+        assert_eq!(queue.turn(1, later), Turn::Take);
+        assert_eq!(queue.take(1, 256, later).len(), 1, "only activity 2's");
+        queue.done(1);
+        assert_eq!(
+            queue.turn(1, later),
+            Turn::Sleep,
+            "activity 1's writes are the first thread's"
+        );
+        // The first thread may take them while its batch is under way (its next batch).
+        queue.done(0);
+        assert_eq!(queue.turn(0, later), Turn::Take);
+        assert_eq!(queue.take(0, 256, later).len(), 2, "in the order queued");
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_closed_queue_is_emptied_at_once_then_its_threads_stop() {
+        let t0 = Instant::now();
+        let mut queue = Queue::new(2);
+        push(&mut queue, Some(1));
+        queue.take(0, 256, t0);
+        push(&mut queue, Some(2));
+        queue.closed = true;
+        assert_eq!(
+            queue.turn(1, t0),
+            Turn::Take,
+            "no wait for the first thread"
+        );
+        queue.take(1, 256, t0);
+        queue.done(1);
+        assert_eq!(queue.turn(1, t0), Turn::Stop);
+    }
+}
