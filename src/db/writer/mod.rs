@@ -229,6 +229,8 @@ impl Writer {
             queue: Mutex::new(Queue::new(threads)),
             wake: (0..threads).map(|_| Condvar::new()).collect(),
         });
+        // Made first: when a connection fails below, dropping it stops the threads started.
+        let closer = Arc::new(Closer(shared.clone()));
         for n in 0..threads {
             let conn = manager
                 .connect()
@@ -241,7 +243,7 @@ impl Writer {
                 .expect("the writer thread starts");
         }
         Ok(Writer {
-            _closer: Arc::new(Closer(shared.clone())),
+            _closer: closer,
             shared,
             limit,
             counted,

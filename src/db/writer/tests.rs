@@ -349,3 +349,54 @@ async fn a_read_offered_by_a_write_runs_before_the_commit_only_in_a_small_batch_
         .execute(&mut conn)
         .unwrap();
 }
+
+/// A writer whose later threads cannot open their connection fails to start, and the threads
+/// it had started stop and close theirs (they used to wait forever on the queue, each holding
+/// a connection).
+#[test]
+fn a_writer_that_cannot_open_every_connection_leaves_no_thread_behind() {
+    use crate::db::connection::{Manager, Target};
+
+    let Some((db, admin, name)) = postgres_db() else {
+        return;
+    };
+    drop(db);
+    // A role allowed one connection (the limit does not bind superusers).
+    let role = format!("{name}_writer");
+    let mut conn = diesel::PgConnection::establish(&admin).unwrap();
+    diesel::sql_query(format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"))
+        .execute(&mut conn)
+        .unwrap();
+    let (base, query) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    let host = server.rsplit_once('@').map_or(server, |(_, host)| host);
+    let separator = if query.is_empty() { "" } else { "?" };
+    let url = format!("postgres://{role}@{host}/{name}{separator}{query}");
+    let manager = Manager {
+        target: Target::Postgres(url),
+    };
+
+    let started = super::Writer::start(manager, 16, 4);
+    assert!(started.is_err(), "the second connection is refused");
+    let connections_of_role = |conn: &mut diesel::PgConnection| -> i64 {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "(SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}')"
+        )))
+        .get_result(conn)
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connections_of_role(&mut conn) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first writer thread still holds its connection"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query(format!("DROP ROLE {role}"))
+        .execute(&mut conn)
+        .unwrap();
+}
