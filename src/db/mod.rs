@@ -383,18 +383,37 @@ impl Db {
         self.writer.write(CallerSpan::capture(), locks, work).await
     }
 
-    /// `write_for_rerunnable` the activity of `task`, known from a claim
-    /// (`remember_activities`) or read first. An unknown task, or a failed read, is queued as
-    /// a write of no activity: as correct (the write itself finds the task missing; if it
-    /// exists, the write may wait for the locks of another thread's batch). SQLite: no read,
-    /// one thread.
+    /// `write_for` the activity of `task` (see `queue_for_task`).
+    pub async fn write_for_task<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        self.queue_for_task(task, Once::new(f)).await
+    }
+
+    /// `write_for_rerunnable` the activity of `task` (see `queue_for_task`).
     pub async fn write_for_task_rerunnable<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let work = Rerun(f);
+        self.queue_for_task(task, Rerun(f)).await
+    }
+
+    /// Queues `work` as a write of the activity of `task`, known from a claim
+    /// (`remember_activities`) or read first. An unknown task, or a failed read, is queued as
+    /// a write of no activity: as correct (the write itself finds the task missing; if it
+    /// exists, the write may wait for the locks of another thread's batch). SQLite: no read,
+    /// one thread.
+    async fn queue_for_task<T, E, W>(&self, task: TaskId, work: W) -> Result<T, E>
+    where
+        W: Work<T, E>,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
         if self.writer.threads() == 1 {
             return self.writer.write(CallerSpan::capture(), None, work).await;
         }
@@ -418,7 +437,7 @@ impl Db {
         }
     }
 
-    /// Tasks and their activities, for `write_for_task_rerunnable`.
+    /// Tasks and their activities, for `write_for_task` and `write_for_task_rerunnable`.
     pub fn remember_activities(&self, tasks: impl IntoIterator<Item = (TaskId, ActivityId)>) {
         if self.writer.threads() == 1 {
             return;

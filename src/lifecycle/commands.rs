@@ -229,9 +229,11 @@ impl LifecycleService {
 
     pub async fn abort_task(&self, task_id: TaskId) -> Result<TaskStatus, CommandError> {
         let (timings, listeners) = (self.timings, self.listeners.clone());
+        // A write of the task's activity: on PostgreSQL it waits for that activity's write
+        // under way rather than run beside it on another writer thread.
         let applied = self
             .db
-            .write(move |conn| {
+            .write_for_task(task_id, move |conn| {
                 let snapshot = snapshot(conn, SnapshotOf::TaskActivity(task_id), || {
                     CommandError::TaskNotFound(task_id)
                 })?;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use odm_devops::db::{meta_get_or_insert, Db, DbError};
-use odm_devops::domain::ActivityId;
+use odm_devops::domain::{ActivityId, TaskId};
 
 use crate::helpers::*;
 
@@ -108,6 +108,34 @@ async fn a_write_left_for_another_thread_s_batch_is_taken_when_that_batch_ends()
         .await
         .expect("taken once the second thread's batch ended");
     assert_eq!(after.unwrap().unwrap(), "1");
+}
+
+/// A write of a task (an abort of one task) is a write of its activity: it waits for that
+/// activity's write under way instead of running beside it on another thread.
+#[actix_web::test]
+async fn a_write_of_a_task_waits_for_its_activity_s_write_under_way() {
+    let Some(db) = TestDb::new(Backend::Postgres) else {
+        return;
+    };
+    let store = Db::connect(&db.url, 2).unwrap();
+    store.remember_activities([(TaskId(10), ActivityId(1))]);
+    let (held, release) = held_write(&store, 1, "held").await;
+    let of_task = actix_web::rt::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write_for_task(TaskId(10), |conn| {
+                    meta_get_or_insert(conn, "of task", "1").map_err(DbError::from)
+                })
+                .await
+        }
+    });
+    // Long past the time another thread would have taken a write of no activity.
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    assert!(!of_task.is_finished(), "it waits for activity 1's write");
+    release.send(()).unwrap();
+    assert_eq!(held.await.unwrap().unwrap(), "1");
+    assert_eq!(of_task.await.unwrap().unwrap(), "1");
 }
 
 /// Two batches that each hold what the other wants (here: another connection, as another
