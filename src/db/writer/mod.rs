@@ -186,6 +186,13 @@ impl Shared {
             self.wake[thread].notify_one();
         }
     }
+
+    /// Wakes every thread (stopping: each checks whether anything is left for it).
+    fn wake_all(&self) {
+        for wake in &self.wake {
+            wake.notify_one();
+        }
+    }
 }
 
 struct Closer(Arc<Shared>);
@@ -193,9 +200,7 @@ struct Closer(Arc<Shared>);
 impl Drop for Closer {
     fn drop(&mut self) {
         self.0.lock().closed = true;
-        for wake in &self.0.wake {
-            wake.notify_one();
-        }
+        self.0.wake_all();
     }
 }
 
@@ -383,9 +388,7 @@ fn write_loop(
         }
         // Stopping: the others may be asleep with nothing of theirs left.
         if queue.closed {
-            for wake in &shared.wake {
-                wake.notify_one();
-            }
+            shared.wake_all();
         }
     }
 }
