@@ -40,7 +40,7 @@ use super::{DbConnection, DbError, Overload};
 use crate::telemetry::{error_chain, CallerSpan};
 pub(crate) use batch::offer_read_before_commit;
 use batch::run_batch;
-use queue::{Queue, Turn, Waiting};
+use queue::{Asleep, Queue, Turn, Waiting};
 
 /// Most writes committed together; bounds how long the first of them waits.
 const MAX_BATCH: usize = 256;
@@ -180,9 +180,11 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes the first idle thread, if any, to look at what waits.
-    fn wake_first_idle(&self, queue: &Queue) {
-        if let Some(thread) = queue.first_idle() {
+    /// Wakes the thread whose turn it is, when what waits changes what it would do
+    /// (`Queue::to_wake`).
+    fn wake_whose_turn(&self, queue: &mut Queue) {
+        if let Some(thread) = queue.to_wake(Instant::now()) {
+            queue.woke(thread);
             self.wake[thread].notify_one();
         }
     }
@@ -309,7 +311,7 @@ impl Writer {
                 activity,
                 write: Box::new(write),
             });
-            self.shared.wake_first_idle(&queue);
+            self.shared.wake_whose_turn(&mut queue);
         }
         answer
             .await
@@ -336,23 +338,26 @@ fn write_loop(
                     Turn::Take => break,
                     Turn::Stop => return,
                     Turn::Sleep => {
+                        queue.sleeps(me, Asleep::Forever);
                         queue = shared.wake[me]
                             .wait(queue)
-                            .unwrap_or_else(PoisonError::into_inner)
+                            .unwrap_or_else(PoisonError::into_inner);
                     }
                     Turn::SleepUntil(then) => {
+                        queue.sleeps(me, Asleep::Until(then));
                         queue = shared.wake[me]
                             .wait_timeout(queue, then.saturating_duration_since(now))
                             .unwrap_or_else(PoisonError::into_inner)
-                            .0
+                            .0;
                     }
                 }
+                queue.woke(me);
             }
             let batch = queue.take(me, MAX_BATCH, Instant::now());
             // What this batch left (more than it could take, or another activity's) is for
             // the next idle thread, once its turn comes.
             if !queue.is_empty() {
-                shared.wake_first_idle(&queue);
+                shared.wake_whose_turn(&mut queue);
             }
             batch
         };
@@ -384,7 +389,7 @@ fn write_loop(
         // Writes of this batch's activities that waited for it are anyone's now, and the
         // thread whose turn it is may be asleep (they were not its to take when it looked).
         if !queue.is_empty() {
-            shared.wake_first_idle(&queue);
+            shared.wake_whose_turn(&mut queue);
         }
         // Stopping: the others may be asleep with nothing of theirs left.
         if queue.closed {
