@@ -79,7 +79,8 @@ impl Drop for BatchUnderWay {
 
 /// Runs `batch` in one transaction and commits it. A write that fails is rolled back to its
 /// savepoint and the others stay; a write that panicked leaves the transaction in an unknown
-/// state, so the whole batch fails (the caller reopens the connection).
+/// state, so the whole batch fails (the caller reopens the connection). `step` is called as
+/// each write, and the commit, starts (a step held up brings the next writer thread in).
 ///
 /// Row locks a write takes (PostgreSQL: the activity's `FOR UPDATE`, a claim's rows) are held
 /// until this commit: the batch's later writes run on the same connection and never wait for
@@ -89,6 +90,7 @@ pub(super) fn run_batch(
     conn: &mut DbConnection,
     batch: &mut [Box<dyn QueuedWrite>],
     notifying: Option<&Notifying>,
+    mut step: impl FnMut(),
 ) -> Result<(), DbError> {
     begin(conn)?;
     // A mark left on this thread by a batch that failed is not this batch's.
@@ -109,6 +111,7 @@ pub(super) fn run_batch(
             conn.batch_execute(NEXT_SAVEPOINT)?;
             since_savepoint.clear();
         }
+        step();
         match run_one(conn, batch, i, &mut due, &mut offered)? {
             true => {
                 stays[i] = true;
@@ -124,6 +127,7 @@ pub(super) fn run_batch(
                     if !protected {
                         conn.batch_execute(NEXT_SAVEPOINT)?;
                     }
+                    step();
                     stays[j] = run_one(conn, batch, j, &mut due, &mut offered)?;
                     if stays[j] {
                         protected = false;
@@ -147,6 +151,7 @@ pub(super) fn run_batch(
             read(conn)?;
         }
     }
+    step();
     <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
         .map_err(DbError::from)
 }

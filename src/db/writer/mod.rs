@@ -364,7 +364,8 @@ fn write_loop(
         counted
             .queued
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        let committed = run_batch(&mut conn, &mut batch, notifying.get().map(|n| &**n));
+        let step = || shared.lock().step(me, Instant::now());
+        let committed = run_batch(&mut conn, &mut batch, notifying.get().map(|n| &**n), step);
         if committed.is_ok() {
             counted.commits.fetch_add(1, Ordering::Relaxed);
             counted
