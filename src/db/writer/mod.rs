@@ -364,7 +364,13 @@ fn write_loop(
         counted
             .queued
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        let step = || shared.lock().step(me, Instant::now());
+        // Alone (SQLite), no thread asks when this one's steps began: no lock per write.
+        let alone = shared.wake.len() == 1;
+        let step = || {
+            if !alone {
+                shared.lock().step(me, Instant::now());
+            }
+        };
         let committed = run_batch(&mut conn, &mut batch, notifying.get().map(|n| &**n), step);
         if committed.is_ok() {
             counted.commits.fetch_add(1, Ordering::Relaxed);

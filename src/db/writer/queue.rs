@@ -53,10 +53,8 @@ pub(super) struct Queue {
     waiting: VecDeque<Waiting>,
     /// Activities with a write in a batch under way, and the thread running that batch.
     under_way: HashMap<i64, usize>,
-    /// When each thread's batch under way began (`None`: idle).
-    busy_since: Vec<Option<Instant>>,
-    /// When each busy thread's current step (a write, or the commit) began.
-    step_since: Vec<Option<Instant>>,
+    /// Each thread's batch under way (`None`: idle).
+    busy: Vec<Option<Busy>>,
     /// How each idle thread sleeps (`Asleep::No`: awake, it looks at the queue before it
     /// sleeps again), so that a write arriving wakes a thread only when that changes what the
     /// thread would do: a thread waiting for `JOIN_AFTER` is not woken by every write.
@@ -64,6 +62,22 @@ pub(super) struct Queue {
     /// No more writes will come (the last `Writer` was dropped): the threads stop once the
     /// queue is empty.
     pub closed: bool,
+}
+
+/// A thread's batch under way.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    since: Instant,
+    /// When its current step (a write, or the commit) began.
+    step_since: Instant,
+}
+
+impl Busy {
+    /// When it counts as held up (module doc): one step for `JOIN_AFTER`, or the batch for
+    /// `BATCH_JOIN_AFTER`.
+    fn held_up_at(&self) -> Instant {
+        (self.step_since + JOIN_AFTER).min(self.since + BATCH_JOIN_AFTER)
+    }
 }
 
 /// How a thread waits on its wake-up.
@@ -93,8 +107,7 @@ impl Queue {
         Queue {
             waiting: VecDeque::new(),
             under_way: HashMap::new(),
-            busy_since: vec![None; threads.max(1)],
-            step_since: vec![None; threads.max(1)],
+            busy: vec![None; threads.max(1)],
             asleep: vec![Asleep::No; threads.max(1)],
             closed: false,
         }
@@ -110,7 +123,7 @@ impl Queue {
 
     /// The first idle thread: the one whose turn it is.
     fn first_idle(&self) -> Option<usize> {
-        self.busy_since.iter().position(Option::is_none)
+        self.busy.iter().position(Option::is_none)
     }
 
     /// `thread` goes to sleep as `how` (it releases the lock to do so).
@@ -159,15 +172,11 @@ impl Queue {
             return Turn::Take;
         }
         let mut starts_at = now;
-        for (since, step) in self.busy_since[..thread].iter().zip(&self.step_since) {
-            match (since, step) {
+        for busy in &self.busy[..thread] {
+            match busy {
                 // An earlier thread is idle: what this one could take is that one's.
-                (None, _) => return Turn::Sleep,
-                (Some(since), step) => {
-                    let step = step.unwrap_or(*since);
-                    let held = (step + JOIN_AFTER).min(*since + BATCH_JOIN_AFTER);
-                    starts_at = starts_at.max(held);
-                }
+                None => return Turn::Sleep,
+                Some(busy) => starts_at = starts_at.max(busy.held_up_at()),
             }
         }
         if starts_at <= now {
@@ -193,21 +202,24 @@ impl Queue {
             }
         }
         self.waiting = left;
-        self.busy_since[thread] = Some(now);
-        self.step_since[thread] = Some(now);
+        self.busy[thread] = Some(Busy {
+            since: now,
+            step_since: now,
+        });
         batch
     }
 
     /// `thread` starts the next step of its batch (a write, or the commit).
     pub fn step(&mut self, thread: usize, now: Instant) {
-        self.step_since[thread] = Some(now);
+        if let Some(busy) = &mut self.busy[thread] {
+            busy.step_since = now;
+        }
     }
 
     /// `thread`'s batch is over: its activities are free, and it is idle.
     pub fn done(&mut self, thread: usize) {
         self.under_way.retain(|_, holder| *holder != thread);
-        self.busy_since[thread] = None;
-        self.step_since[thread] = None;
+        self.busy[thread] = None;
     }
 }
 
