@@ -29,12 +29,12 @@ pub(crate) use connection::postgres_url_as_connected;
 pub use connection::{Backend, DbConnection};
 pub use queries::*;
 
-use crate::domain::{ActivityId, TaskId};
+use crate::domain::{ActivityId, TaskId, UpdateOnClaim};
 use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
 pub(crate) use writer::offer_read_before_commit;
 pub use writer::WriteCounts;
-use writer::{Once, Rerun, Work, Writer};
+use writer::{Once, Rerun, RerunOnClaim, Work, Writer};
 
 /// Writer threads on PostgreSQL: the first takes every write, the others join when the earlier
 /// ones are held up (`writer/queue.rs`). SQLite has one writer at a time, so one thread.
@@ -371,6 +371,29 @@ impl Db {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         self.queue_for(activity, Rerun(f)).await
+    }
+
+    /// `write_for_rerunnable` of an engine step that starts with `update`, its update decided on
+    /// its claim, which `f` applies with `apply_on_claim`: on PostgreSQL its batch may apply it
+    /// ahead with other writes' updates, one statement for them all (`queries::on_claim`).
+    pub async fn write_on_claim<T, E, F>(
+        &self,
+        activity: ActivityId,
+        update: Option<UpdateOnClaim>,
+        f: F,
+    ) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        match update {
+            Some(update) => {
+                self.queue_for(activity, RerunOnClaim { update, work: f })
+                    .await
+            }
+            None => self.queue_for(activity, Rerun(f)).await,
+        }
     }
 
     async fn queue_for<T, E, W>(&self, activity: ActivityId, work: W) -> Result<T, E>

@@ -19,7 +19,7 @@ pub struct ActivityUpdate {
     pub changes: ActivityChanges,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskUpdate {
     pub id: TaskId,
     pub expected: TaskStatus,
@@ -33,7 +33,7 @@ pub struct TaskUpdate {
 /// shows what the decision read: the update's status and lease, as any engine update, and also
 /// the claimed `step` and `attempt` and no held callback (`db::apply_on_claim`). When the row
 /// moved on, nothing is written and the step decides again on a snapshot.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpdateOnClaim {
     pub update: TaskUpdate,
     pub step: Step,

@@ -11,7 +11,7 @@ use odm_devops::db::schema::tasks;
 use odm_devops::db::DbError;
 use odm_devops::domain::ClaimedStep;
 use odm_devops::lifecycle::engine::{apply_decision, claim_due_steps, Decision};
-use odm_devops::lifecycle::state::{self, Submittal, Timing};
+use odm_devops::lifecycle::state::{self, Submittal};
 use odm_devops::lifecycle::EngineTimings;
 use odm_devops::notifications::Listeners;
 
@@ -71,16 +71,21 @@ async fn recorded_after(
     let decided = on_snapshot.clone();
     store
         .write(move |conn| {
-            let on_claim =
-                |t: &Timing| state::submitted_on_claim(&claimed.task.read(), CLAIM, &run, t);
+            let timings = EngineTimings {
+                poll_after_ms: 300_000,
+                default_timeout_ms: 3_600_000,
+            };
+            let on_claim = state::submitted_on_claim(
+                &claimed.task.read(),
+                CLAIM,
+                &run,
+                &timings.at(odm_devops::clock::now_ms()),
+            );
             let with = Decision {
-                timings: EngineTimings {
-                    poll_after_ms: 300_000,
-                    default_timeout_ms: 3_600_000,
-                },
+                timings,
                 listeners: &Listeners::none(),
                 handoff: None,
-                on_claim: Some(&on_claim),
+                on_claim,
             };
             apply_decision(conn, activity_id, with, |s, t| {
                 decided.store(true, Ordering::SeqCst);

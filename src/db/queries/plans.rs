@@ -12,7 +12,7 @@ use crate::db::DbConnection;
 use crate::domain::{
     ActivityChanges, ActivityId, ActivityState, ActivityStatus, ActivityUpdate, Plan, Recorded,
     Report, RetryPolicy, RunSettings, Snapshot, Step, TaskChanges, TaskId, TaskState, TaskStatus,
-    TaskUpdate, UpdateOnClaim,
+    TaskUpdate,
 };
 
 #[derive(Queryable, Selectable)]
@@ -443,34 +443,6 @@ fn apply_one_by_one(conn: &mut Conn, plan: &Plan) -> Result<(), ApplyError> {
         }
     }
     Ok(())
-}
-
-/// Applies an engine step's update decided on its claim (`UpdateOnClaim`) in one statement, kept
-/// prepared; false, and nothing written, when the task's row no longer shows that claim: the
-/// step then decides on a snapshot. Call inside `Db::write`.
-pub fn apply_on_claim(conn: &mut Conn, on_claim: &UpdateOnClaim, now: i64) -> QueryResult<bool> {
-    let update = &on_claim.update;
-    let lease = update
-        .expected_lease
-        .as_deref()
-        .expect("an update on a claim expects the claim's lease");
-    let changed = Update {
-        table: tasks::table,
-        set: TaskChangeset::of(&update.changes).as_changeset(),
-        filter: tasks::id
-            .eq(update.id)
-            .and(tasks::status.eq(update.expected))
-            .and(tasks::lease_owner.eq(lease))
-            .and(tasks::step.eq(on_claim.step))
-            .and(tasks::attempt.eq(on_claim.attempt))
-            .and(tasks::reported_outcome.is_null()),
-    }
-    .execute(conn)?;
-    if changed == 1 && update.makes_work_due(now) {
-        // As `apply_plan`: other replicas are woken when this transaction commits.
-        crate::db::listen::mark_work_due();
-    }
-    Ok(changed == 1)
 }
 
 /// Closes the current lifecycle row of the product version and opens the activity's stage,

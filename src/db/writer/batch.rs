@@ -25,7 +25,8 @@ use diesel::{Connection, QueryResult};
 
 use super::{QueuedWrite, Ran};
 use crate::db::listen::{self, Notifying};
-use crate::db::{DbConnection, DbError};
+use crate::db::{self, DbConnection, DbError};
+use crate::domain::{TaskId, UpdateOnClaim};
 
 /// Most writes in a batch whose offered reads run before its commit: at most this many, the
 /// service is lightly loaded and each read would be a transaction of its own.
@@ -66,6 +67,7 @@ impl BatchUnderWay {
     fn start() -> BatchUnderWay {
         IN_BATCH.with(|b| b.set(true));
         take_offered();
+        db::forget_applied_ahead();
         BatchUnderWay
     }
 }
@@ -74,6 +76,7 @@ impl Drop for BatchUnderWay {
     fn drop(&mut self) {
         IN_BATCH.with(|b| b.set(false));
         take_offered();
+        db::forget_applied_ahead();
     }
 }
 
@@ -96,6 +99,7 @@ pub(super) fn run_batch(
     // A mark left on this thread by a batch that failed is not this batch's.
     listen::take_work_due();
     let _under_way = BatchUnderWay::start();
+    apply_ahead_of_writes(conn, batch, &mut step)?;
     // Per write: it stays (ran and was not rolled back), it left engine work due, and the
     // reads it offered (`offer_read_before_commit`) on its last run.
     let mut stays = vec![false; batch.len()];
@@ -121,6 +125,7 @@ pub(super) fn run_batch(
                 // Undoes this write and the rerunnable ones since the savepoint (which stays
                 // defined); those run again, each protected as before.
                 conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
+                db::forget_applied_ahead();
                 let undone = std::mem::take(&mut since_savepoint);
                 let mut protected = true;
                 for j in undone {
@@ -133,6 +138,7 @@ pub(super) fn run_batch(
                         protected = false;
                     } else {
                         conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
+                        db::forget_applied_ahead();
                         protected = true;
                     }
                     since_savepoint = if protected { Vec::new() } else { vec![j] };
@@ -154,6 +160,56 @@ pub(super) fn run_batch(
     step();
     <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
         .map_err(DbError::from)
+}
+
+/// On PostgreSQL, the updates on claims that engine steps start with (`RerunOnClaim`: a
+/// dispatch's record of its run, one a task) in one statement ahead of the writes, instead of a
+/// round trip each (`db::apply_ahead`). Their writes move to the front of the batch: any order
+/// of a batch's writes is one they could have been queued in, since none of their callers has
+/// heard back before the commit. There, rerunnable, they share the batch's first savepoint with
+/// that statement, and whatever rolls back to it forgets the outcomes applied ahead: each
+/// write run again applies its own. Fewer than two such updates gain nothing; a task's two
+/// updates both run in their writes (one UPDATE changes a row once, whichever matched it).
+fn apply_ahead_of_writes(
+    conn: &mut DbConnection,
+    batch: &mut [Box<dyn QueuedWrite>],
+    step: &mut impl FnMut(),
+) -> Result<(), DbError> {
+    let DbConnection::Pg(pg) = conn else {
+        return Ok(());
+    };
+    fn update_of(write: &dyn QueuedWrite) -> Option<&UpdateOnClaim> {
+        write
+            .on_claim()
+            .filter(|update| write.rerunnable() && db::can_apply_ahead(update))
+    }
+    let mut tasks: Vec<TaskId> = batch
+        .iter()
+        .filter_map(|w| Some(update_of(w.as_ref())?.update.id))
+        .collect();
+    tasks.sort_unstable();
+    let twice: Vec<TaskId> = tasks
+        .windows(2)
+        .filter(|pair| pair[0] == pair[1])
+        .map(|pair| pair[0])
+        .collect();
+    let ahead = |write: &dyn QueuedWrite| {
+        update_of(write).is_some_and(|update| !twice.contains(&update.update.id))
+    };
+    let count = batch.iter().filter(|w| ahead(w.as_ref())).count();
+    if count < 2 {
+        return Ok(());
+    }
+    // Stable: the others keep their order.
+    batch.sort_by_key(|write| !ahead(write.as_ref()));
+    let updates: Vec<&UpdateOnClaim> = batch[..count].iter().filter_map(|w| w.on_claim()).collect();
+    step();
+    if let Err(e) = db::apply_ahead(pg, &updates) {
+        tracing::warn!(error = %crate::telemetry::error_chain(&e), "dispatch records applied ahead failed; each write applies its own");
+        conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
+        db::forget_applied_ahead();
+    }
+    Ok(())
 }
 
 /// Runs write `i`; whether it succeeded (what it wrote is then to stay). A panic is a bug and

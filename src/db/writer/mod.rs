@@ -37,6 +37,7 @@ use diesel::r2d2::ManageConnection;
 use super::connection::Manager;
 use super::listen::Notifying;
 use super::{DbConnection, DbError, Overload};
+use crate::domain::UpdateOnClaim;
 use crate::telemetry::{error_chain, CallerSpan};
 pub(crate) use batch::offer_read_before_commit;
 use batch::run_batch;
@@ -52,6 +53,11 @@ pub(super) trait QueuedWrite: Send {
     fn run(&mut self, conn: &mut DbConnection) -> Ran;
     /// Whether running it again is allowed (`Rerun`): then it needs no savepoint of its own.
     fn rerunnable(&self) -> bool;
+    /// The engine step's update it starts with (`RerunOnClaim`), which its batch may apply
+    /// ahead with others' (`batch.rs`).
+    fn on_claim(&self) -> Option<&UpdateOnClaim> {
+        None
+    }
     /// Delivers the outcome once the batch's commit is known.
     fn finish(self: Box<Self>, commit: Result<(), &DbError>);
 }
@@ -71,6 +77,10 @@ pub(crate) trait Work<T, E>: Send + 'static {
     /// May be run again after a rollback.
     const RERUNNABLE: bool;
     fn work(&mut self, conn: &mut DbConnection) -> Result<T, E>;
+    /// See `QueuedWrite::on_claim`.
+    fn on_claim(&self) -> Option<&UpdateOnClaim> {
+        None
+    }
 }
 
 /// A write that runs once: it gets a savepoint of its own in its batch.
@@ -107,6 +117,27 @@ where
     }
 }
 
+/// A `Rerun` write whose first statement is `update` (`db::apply_on_claim`, which it calls
+/// itself): on PostgreSQL its batch may apply it ahead, in one statement with the other
+/// writes' updates, and `apply_on_claim` then answers with that outcome (`batch.rs`).
+pub(crate) struct RerunOnClaim<F> {
+    pub update: UpdateOnClaim,
+    pub work: F,
+}
+
+impl<T, E, F> Work<T, E> for RerunOnClaim<F>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
+{
+    const RERUNNABLE: bool = true;
+    fn work(&mut self, conn: &mut DbConnection) -> Result<T, E> {
+        (self.work.clone())(conn)
+    }
+    fn on_claim(&self) -> Option<&UpdateOnClaim> {
+        Some(&self.update)
+    }
+}
+
 struct Write<T, E, W> {
     caller: CallerSpan,
     work: W,
@@ -122,6 +153,10 @@ where
 {
     fn rerunnable(&self) -> bool {
         W::RERUNNABLE
+    }
+
+    fn on_claim(&self) -> Option<&UpdateOnClaim> {
+        self.work.on_claim()
     }
 
     fn run(&mut self, conn: &mut DbConnection) -> Ran {

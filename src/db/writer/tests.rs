@@ -248,6 +248,11 @@ async fn a_failed_rerunnable_write_undoes_only_itself_and_its_batch_mates_run_ag
 /// A fresh PostgreSQL database for a writer test, and its admin URL to drop it; `None` (said on
 /// stderr) when `ODM_TEST_POSTGRES_URL` is unset.
 fn postgres_db() -> Option<(Db, String, String)> {
+    postgres_db_at().map(|(db, admin, name, _)| (db, admin, name))
+}
+
+/// `postgres_db`, and the database's own URL.
+fn postgres_db_at() -> Option<(Db, String, String, String)> {
     let Ok(admin) = std::env::var("ODM_TEST_POSTGRES_URL") else {
         eprintln!("skipped on PostgreSQL: ODM_TEST_POSTGRES_URL is not set");
         return None;
@@ -263,7 +268,7 @@ fn postgres_db() -> Option<(Db, String, String)> {
         "" => format!("{base}/{name}"),
         query => format!("{base}/{name}?{query}"),
     };
-    Some((Db::connect(&url, 2).unwrap(), admin, name))
+    Some((Db::connect(&url, 2).unwrap(), admin, name, url))
 }
 
 /// Stores `name` and offers a read of how many rows `service_meta` holds, which `seen` keeps.
@@ -397,6 +402,206 @@ fn a_writer_that_cannot_open_every_connection_leaves_no_thread_behind() {
         .execute(&mut conn)
         .unwrap();
     diesel::sql_query(format!("DROP ROLE {role}"))
+        .execute(&mut conn)
+        .unwrap();
+}
+
+/// Tasks 1..=n, each of an activity of its own, claimed by "claim" for a dispatch (attempt 1).
+fn claimed_for_dispatch(conn: &mut crate::db::DbConnection, n: i64) {
+    for i in 1..=n {
+        diesel::sql_query(format!(
+            "INSERT INTO activities (id, data_product_id, data_product_version, stage, status, \
+             created_at) VALUES ({i}, 'p{i}', '1.0.0', 'dev', 'PROCESSING', 0)"
+        ))
+        .execute(conn)
+        .unwrap();
+        diesel::sql_query(format!(
+            "INSERT INTO tasks (id, activity_id, position, name, status, created_at, attempt, \
+             step, due_at, lease_owner, lease_until) VALUES ({i}, {i}, 0, 't', 'PROCESSING', 0, \
+             1, 'dispatch', 0, 'claim', 9000000000000)"
+        ))
+        .execute(conn)
+        .unwrap();
+    }
+}
+
+/// The record of task `id`'s run on its claim, as a dispatch makes it (`submitted_on_claim`).
+fn record(id: i64) -> crate::domain::UpdateOnClaim {
+    use crate::domain::{Step, TaskChanges, TaskId, TaskStatus, TaskUpdate};
+    crate::domain::UpdateOnClaim {
+        update: TaskUpdate {
+            id: TaskId(id),
+            expected: TaskStatus::Processing,
+            expected_lease: Some("claim".into()),
+            changes: TaskChanges {
+                configurations: Some(Some("{}".into())),
+                run_ref: Some(Some(format!("run-{id}"))),
+                run_url: Some(Some(format!("https://runs.example/{id}"))),
+                step: Some(Some(Step::Await)),
+                due_at: Some(Some(5_000)),
+                lease_owner: Some(None),
+                lease_until: Some(None),
+                step_attempts: Some(0),
+                ..TaskChanges::default()
+            },
+        },
+        step: Step::Dispatch,
+        attempt: 1,
+    }
+}
+
+/// A write of the engine's kind that records task `id`'s run (`apply_on_claim`), counted in
+/// `runs`, and fails after it when `fails`; its outcome: whether the record applied.
+fn recording_write(
+    id: i64,
+    fails: bool,
+    runs: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (
+    Box<dyn super::QueuedWrite>,
+    tokio::sync::oneshot::Receiver<Result<bool, DbError>>,
+) {
+    let runs = runs.clone();
+    let work = move |conn: &mut crate::db::DbConnection| -> Result<bool, DbError> {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let applied = crate::db::apply_on_claim(conn, &record(id), 0)?;
+        match fails {
+            true => Err(DbError::Config(format!("write of task {id} refused"))),
+            false => Ok(applied),
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let write = super::Write {
+        caller: crate::telemetry::CallerSpan::capture(),
+        work: super::RerunOnClaim {
+            update: record(id),
+            work,
+        },
+        outcome: None,
+        reply: Some(reply),
+    };
+    (Box::new(write), answer)
+}
+
+/// The run each of tasks 1..=n has recorded (`None`: none).
+fn recorded_runs(conn: &mut crate::db::DbConnection, n: i64) -> Vec<Option<String>> {
+    use crate::db::schema::tasks;
+    tasks::table
+        .filter(tasks::id.le(n))
+        .order(tasks::id)
+        .select(tasks::run_ref)
+        .load(conn)
+        .unwrap()
+}
+
+/// What `batch_of_records` saw: each record's write's outcome (whether its record applied),
+/// how many times each ran, and the run each task recorded.
+type BatchOfRecords = (Vec<Result<bool, String>>, Vec<usize>, Vec<Option<String>>);
+
+/// Runs one batch, as a writer thread would: a plain write first, then the records of tasks
+/// 1–4, of which task 2's claim has moved on and task 3's write fails after recording. Answers
+/// the writes' outcomes, how often each ran, and the runs recorded.
+fn batch_of_records(conn: &mut crate::db::DbConnection) -> BatchOfRecords {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    claimed_for_dispatch(conn, 4);
+    diesel::sql_query("UPDATE tasks SET lease_owner = 'another claim' WHERE id = 2")
+        .execute(conn)
+        .unwrap();
+    let runs: Vec<std::sync::Arc<AtomicUsize>> = (0..4).map(|_| Default::default()).collect();
+    let (plain, plain_answer) = {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let write = super::Write {
+            caller: crate::telemetry::CallerSpan::capture(),
+            work: super::Once::new(|conn: &mut crate::db::DbConnection| {
+                meta_get_or_insert(conn, "plain", "v").map_err(DbError::from)
+            }),
+            outcome: None,
+            reply: Some(reply),
+        };
+        (Box::new(write) as Box<dyn super::QueuedWrite>, answer)
+    };
+    let mut batch = vec![plain];
+    let mut answers = Vec::new();
+    for (i, runs) in runs.iter().enumerate() {
+        let (write, answer) = recording_write(i as i64 + 1, i == 2, runs);
+        batch.push(write);
+        answers.push(answer);
+    }
+    super::run_batch(conn, &mut batch, None, || {}).unwrap();
+    for write in batch {
+        write.finish(Ok(()));
+    }
+    assert_eq!(plain_answer.blocking_recv().unwrap().unwrap(), "v");
+    let outcomes = answers
+        .into_iter()
+        .map(|a| a.blocking_recv().unwrap().map_err(|e| e.to_string()))
+        .collect();
+    let counted = runs.iter().map(|r| r.load(SeqCst)).collect();
+    (outcomes, counted, recorded_runs(conn, 4))
+}
+
+/// On PostgreSQL a batch's dispatch records (engine steps' updates on their claims) go as one
+/// statement ahead of its writes, which take their outcomes from it; a record whose claim has
+/// moved on is not applied; a write that fails undoes its own record, and the writes that
+/// shared its savepoint run again and apply theirs. On SQLite each applies in its write, with
+/// the same outcomes and rows.
+#[test]
+fn a_batchs_dispatch_records_go_ahead_in_one_statement_and_a_failing_write_undoes_its_own() {
+    use crate::db::connection::{Manager, Target};
+    use diesel::r2d2::ManageConnection;
+    use std::sync::atomic::Ordering::SeqCst;
+    let ahead = || crate::db::queries::AHEAD.each_ref().map(|c| c.load(SeqCst));
+    // Task 2's claim has moved on: its record is not applied. Task 3's write failed.
+    let expected_outcomes = [
+        Ok(true),
+        Ok(false),
+        Err("database configuration: write of task 3 refused".to_owned()),
+        Ok(true),
+    ];
+    let expected_runs = [Some("run-1".to_owned()), None, None, Some("run-4".into())];
+
+    let (_db, dir) = temp_db();
+    let target = Target::SqliteFile(dir.join("w.db").display().to_string());
+    let mut sqlite = Manager { target }.connect().unwrap();
+    let before = ahead();
+    let (outcomes, runs, recorded) = batch_of_records(&mut sqlite);
+    assert_eq!(outcomes, expected_outcomes);
+    assert_eq!(recorded, expected_runs);
+    // Task 3's failure rolled back to the savepoint the writes before it shared (they may run
+    // again): those ran again.
+    assert_eq!(runs, [2, 2, 1, 1]);
+    assert_eq!(ahead()[0], before[0], "SQLite applied records ahead");
+    let _ = std::fs::remove_dir_all(dir);
+
+    let Some((db, admin, name, url)) = postgres_db_at() else {
+        return;
+    };
+    let mut pg = Manager {
+        target: Target::Postgres(url),
+    }
+    .connect()
+    .unwrap();
+    let before = ahead();
+    let (outcomes, runs, recorded) = batch_of_records(&mut pg);
+    assert_eq!(outcomes, expected_outcomes);
+    assert_eq!(recorded, expected_runs);
+    // Task 3's failure rolled back the records too (they shared the savepoint): the writes
+    // before it ran again, and task 4's ran after it, each applying its own record.
+    assert_eq!(runs, [2, 2, 1, 1]);
+    let after = ahead();
+    assert_eq!(
+        after[0] - before[0],
+        1,
+        "one statement applied the records ahead"
+    );
+    assert_eq!(
+        after[1] - before[1],
+        3,
+        "the first runs of tasks 1-3 took their outcomes, none after the rollback"
+    );
+
+    drop((pg, db));
+    let mut conn = diesel::PgConnection::establish(&admin).unwrap();
+    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&mut conn)
         .unwrap();
 }

@@ -397,13 +397,16 @@ impl Engine {
         let decided = self
             .while_database_fails(|| {
                 let (decide, listeners, lease) = (decide.clone(), listeners.clone(), lease.clone());
-                let on_claim = on_claim.clone();
-                self.db.write_for_rerunnable(activity_id, move |conn| {
+                // Decided before it is queued, so that its batch may apply it ahead with other
+                // steps' (`Db::write_on_claim`).
+                let update = on_claim.as_ref().and_then(|c| c(&timings.at(now_ms())));
+                let ahead = update.clone();
+                self.db.write_on_claim(activity_id, ahead, move |conn| {
                     let decision = Decision {
                         timings,
                         listeners: &listeners,
                         handoff: lease.as_ref(),
-                        on_claim: on_claim.as_ref().map(|c| c as &OnClaim<'_>),
+                        on_claim: update,
                     };
                     apply_decision(conn, activity_id, decision, decide)
                 })
@@ -479,11 +482,8 @@ pub struct Decision<'a> {
     /// Room the engine reserved for a dispatch the decision makes due now (`handoff.rs`).
     pub handoff: Option<&'a HandoffLease>,
     /// The step's update decided on its claim, tried before a snapshot is read.
-    pub on_claim: Option<&'a OnClaim<'a>>,
+    pub on_claim: Option<UpdateOnClaim>,
 }
-
-/// Decides a step's update on what its claim read (`UpdateOnClaim`), or `None` to take a snapshot.
-pub type OnClaim<'a> = dyn Fn(&Timing) -> Option<UpdateOnClaim> + 'a;
 
 /// `decide` has nothing to try on the claim.
 type NothingOnClaim = fn(&Timing) -> Option<UpdateOnClaim>;
@@ -503,10 +503,7 @@ where
     F: FnOnce(&Snapshot, &Timing) -> Plan,
 {
     let now = now_ms();
-    let on_claim = with
-        .on_claim
-        .and_then(|decide| decide(&with.timings.at(now)));
-    if let Some(update) = on_claim {
+    if let Some(update) = with.on_claim {
         if db::apply_on_claim(conn, &update, now)? {
             let plan = update.into_plan();
             let events = plan.events(activity_id);
