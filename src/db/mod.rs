@@ -34,7 +34,7 @@ use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
 pub(crate) use writer::offer_read_before_commit;
 pub use writer::WriteCounts;
-use writer::{Once, Rerun, RerunOnClaim, Work, Writer};
+use writer::{Once, Rerun, RerunOnClaim, RerunOnSnapshot, Work, Writer};
 
 /// Writer threads on PostgreSQL: the first takes every write, the others join when the earlier
 /// ones are held up (`writer/queue.rs`). SQLite has one writer at a time, so one thread.
@@ -164,7 +164,7 @@ pub struct Db {
     /// PostgreSQL: `database.url`, for the LISTEN connection.
     postgres_url: Option<Arc<str>>,
     /// The activity of tasks claimed lately, so that a callback finds its writer thread
-    /// without a read (`write_for_task_rerunnable`). A task never changes activity.
+    /// without a read (`write_callback`). A task never changes activity.
     task_activities: Arc<Mutex<HashMap<TaskId, ActivityId>>>,
 }
 
@@ -416,14 +416,18 @@ impl Db {
         self.queue_for_task(task, Once::new(f)).await
     }
 
-    /// `write_for_rerunnable` the activity of `task` (see `queue_for_task`).
-    pub async fn write_for_task_rerunnable<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
+    /// `write_for_rerunnable` of the callback of `task` (its activity found as `queue_for_task`
+    /// finds it), which `f` starts by reading its snapshot (`load_snapshot` with
+    /// `SnapshotOf::CallbackTask(task)`): on PostgreSQL its batch may read it ahead with other
+    /// callbacks', one statement for them all (`queries::read_ahead`).
+    pub async fn write_callback<T, E, F>(&self, task: TaskId, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        self.queue_for_task(task, Rerun(f)).await
+        self.queue_for_task(task, RerunOnSnapshot { task, work: f })
+            .await
     }
 
     /// Queues `work` as a write of the activity of `task`, known from a claim
@@ -460,7 +464,7 @@ impl Db {
         }
     }
 
-    /// Tasks and their activities, for `write_for_task` and `write_for_task_rerunnable`.
+    /// Tasks and their activities, for `write_for_task` and `write_callback`.
     pub fn remember_activities(&self, tasks: impl IntoIterator<Item = (TaskId, ActivityId)>) {
         if self.writer.threads() == 1 {
             return;

@@ -33,7 +33,7 @@ impl LifecycleService {
                 .map(|e| e.0)
         });
         // On PostgreSQL, on the writer thread of the task's activity, rerunnable: it decides
-        // afresh from what it reads (`Db::write_for_task_rerunnable`);
+        // afresh from what it reads, its snapshot maybe read ahead (`Db::write_callback`);
         // a write another replica's batch deadlocked with is tried again at once (a failed
         // callback would fail its pipeline's last step).
         // A callback that starts the next task hands its dispatch to this replica's engine.
@@ -48,7 +48,7 @@ impl LifecycleService {
                 too_large.clone(),
                 lease.clone(),
             );
-            match self.db.write_for_task_rerunnable(task_id, write).await {
+            match self.db.write_callback(task_id, write).await {
                 Err(CommandError::Db(e))
                     if e.is_lock_conflict() && conflicts < LOCK_CONFLICT_TRIES =>
                 {

@@ -15,6 +15,7 @@ mod on_claim;
 mod outbox;
 mod plans;
 mod prepared;
+mod read_ahead;
 mod registry;
 mod runs;
 mod tasks;
@@ -30,6 +31,9 @@ pub use lifecycles::*;
 pub use on_claim::*;
 pub use outbox::*;
 pub use plans::*;
+pub(crate) use read_ahead::read_snapshots_ahead;
+#[cfg(test)]
+pub(crate) use read_ahead::READ_AHEAD;
 pub use registry::*;
 pub use runs::*;
 pub use tasks::*;
@@ -37,6 +41,13 @@ pub use transport::*;
 pub use work::*;
 
 type Conn = super::DbConnection;
+
+/// Forgets what this thread's batch applied or read ahead of its writes (`on_claim.rs`,
+/// `read_ahead.rs`): rolled back, or the batch is over.
+pub(crate) fn forget_ahead() {
+    on_claim::forget_applied_ahead();
+    read_ahead::forget_snapshots_read_ahead();
+}
 
 /// One page of a list ordered by id: the rows after `after`, at most `limit` of them (`None`:
 /// no bound, the whole list as ODM answers it).

@@ -7,7 +7,7 @@
 //! both processes share (issue 15). The writer (`writer/batch.rs`) applies a batch's updates
 //! first, in one `UPDATE … FROM unnest(…)` with each one's compare-and-set (`Records`), and
 //! keeps whether each applied; the write that carries one then takes that outcome here
-//! instead of running it. Whatever rolls back past those updates forgets the outcomes (`forget_applied_ahead`):
+//! instead of running it. Whatever rolls back past those updates forgets the outcomes (`forget_ahead`):
 //! a write run again then applies its own.
 
 use std::cell::RefCell;
@@ -80,8 +80,7 @@ pub fn can_apply_ahead(on_claim: &UpdateOnClaim) -> bool {
 
 /// Applies `updates` (each `can_apply_ahead`, no task twice) in one statement, each with the
 /// compare-and-set of `apply_on_claim`, and keeps their outcomes for the writes that carry
-/// them. On an error the caller rolls back what this applied and calls
-/// `forget_applied_ahead`.
+/// them. On an error the caller rolls back what this applied and calls `forget_ahead`.
 pub(crate) fn apply_ahead(pg: &mut PgConnection, updates: &[&UpdateOnClaim]) -> QueryResult<()> {
     let mut records = Records::default();
     for on_claim in updates {
@@ -260,7 +259,7 @@ impl RunQueryDsl<PgConnection> for Records<'_> {}
 
 /// Forgets every outcome applied ahead on this thread: what they applied was rolled back (or
 /// the batch is over).
-pub(crate) fn forget_applied_ahead() {
+pub(super) fn forget_applied_ahead() {
     APPLIED_AHEAD.with(|ahead| ahead.borrow_mut().clear());
 }
 

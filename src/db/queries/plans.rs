@@ -17,7 +17,7 @@ use crate::domain::{
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = activities)]
-struct ActivityStateRow {
+pub(super) struct ActivityStateRow {
     id: ActivityId,
     status: ActivityStatus,
     results: Option<String>,
@@ -27,7 +27,11 @@ struct ActivityStateRow {
 }
 
 impl ActivityStateRow {
-    fn into_state(self) -> ActivityState {
+    pub(super) fn id(&self) -> ActivityId {
+        self.id
+    }
+
+    pub(super) fn into_state(self) -> ActivityState {
         ActivityState {
             id: self.id,
             status: self.status,
@@ -120,7 +124,7 @@ pub fn inserted_snapshot(
 }
 
 /// A callback's task's `results`, `errors` and `reported_outcome`; NULL for the other tasks.
-type SubjectColumns = (Option<String>, Option<String>, Option<String>);
+pub(super) type SubjectColumns = (Option<String>, Option<String>, Option<String>);
 
 /// Which activity a snapshot is of.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +154,12 @@ pub enum SnapshotOf {
 /// as they were when its statement started (READ COMMITTED re-reads only locked rows), and
 /// decides on stale tasks (`runs::race` fails).
 pub fn load_snapshot(conn: &mut Conn, of: SnapshotOf) -> QueryResult<Option<Snapshot>> {
+    if let SnapshotOf::CallbackTask(task) = of {
+        // Read ahead by its batch, with the other callbacks' (`read_ahead.rs`).
+        if let Some(snapshot) = super::read_ahead::take_snapshot_read_ahead(task) {
+            return Ok(Some(snapshot));
+        }
+    }
     let subject = match of {
         SnapshotOf::CallbackTask(task) => Some(task),
         SnapshotOf::Activity(_) | SnapshotOf::TaskActivity(_) => None,
@@ -201,11 +211,21 @@ pub fn load_snapshot(conn: &mut Conn, of: SnapshotOf) -> QueryResult<Option<Snap
             recorded: None,
         }));
     };
+    let task_rows = std::iter::once((first, first_subject)).chain(rows.map(|(_, t, s)| (t, s)));
+    snapshot_of_rows(activity, task_rows, subject.as_slice()).map(Some)
+}
+
+/// The snapshot of `activity` with its tasks' rows (in order), what a callback's task (one of
+/// `subjects`) recorded taken from its row.
+pub(super) fn snapshot_of_rows(
+    activity: ActivityStateRow,
+    task_rows: impl Iterator<Item = (TaskStateRow, SubjectColumns)>,
+    subjects: &[TaskId],
+) -> QueryResult<Snapshot> {
     let mut recorded = None;
     let mut tasks = Vec::new();
-    let task_rows = std::iter::once((first, first_subject)).chain(rows.map(|(_, t, s)| (t, s)));
     for (row, (results, errors, held)) in task_rows {
-        if Some(row.id) == subject {
+        if subjects.contains(&row.id) {
             recorded = Some(Recorded {
                 task: row.id,
                 results,
@@ -215,11 +235,11 @@ pub fn load_snapshot(conn: &mut Conn, of: SnapshotOf) -> QueryResult<Option<Snap
         }
         tasks.push(row.into_state());
     }
-    Ok(Some(Snapshot {
+    Ok(Snapshot {
         activity: activity.into_state(),
         tasks,
         recorded,
-    }))
+    })
 }
 
 fn locked_activity(conn: &mut Conn, of: SnapshotOf) -> QueryResult<Option<ActivityStateRow>> {

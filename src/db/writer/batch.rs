@@ -67,7 +67,7 @@ impl BatchUnderWay {
     fn start() -> BatchUnderWay {
         IN_BATCH.with(|b| b.set(true));
         take_offered();
-        db::forget_applied_ahead();
+        db::forget_ahead();
         BatchUnderWay
     }
 }
@@ -76,7 +76,7 @@ impl Drop for BatchUnderWay {
     fn drop(&mut self) {
         IN_BATCH.with(|b| b.set(false));
         take_offered();
-        db::forget_applied_ahead();
+        db::forget_ahead();
     }
 }
 
@@ -125,7 +125,7 @@ pub(super) fn run_batch(
                 // Undoes this write and the rerunnable ones since the savepoint (which stays
                 // defined); those run again, each protected as before.
                 conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
-                db::forget_applied_ahead();
+                db::forget_ahead();
                 let undone = std::mem::take(&mut since_savepoint);
                 let mut protected = true;
                 for j in undone {
@@ -138,7 +138,7 @@ pub(super) fn run_batch(
                         protected = false;
                     } else {
                         conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
-                        db::forget_applied_ahead();
+                        db::forget_ahead();
                         protected = true;
                     }
                     since_savepoint = if protected { Vec::new() } else { vec![j] };
@@ -162,14 +162,20 @@ pub(super) fn run_batch(
         .map_err(DbError::from)
 }
 
-/// On PostgreSQL, the updates on claims that engine steps start with (`RerunOnClaim`: a
-/// dispatch's record of its run, one a task) in one statement ahead of the writes, instead of a
-/// round trip each (`db::apply_ahead`). Their writes move to the front of the batch: any order
-/// of a batch's writes is one they could have been queued in, since none of their callers has
-/// heard back before the commit. There, rerunnable, they share the batch's first savepoint with
-/// that statement, and whatever rolls back to it forgets the outcomes applied ahead: each
-/// write run again applies its own. Fewer than two such updates gain nothing; a task's two
-/// updates both run in their writes (one UPDATE changes a row once, whichever matched it).
+/// On PostgreSQL, two statements ahead of the writes instead of a round trip in each: the
+/// updates on claims that engine steps start with (`RerunOnClaim`: a dispatch's record of its
+/// run, one a task; `db::apply_ahead`), then the snapshots that callbacks start by reading
+/// (`RerunOnSnapshot`, one a task; `db::read_snapshots_ahead`). Their writes move to the front
+/// of the batch, the callbacks first, then the records: any order of a batch's writes is one
+/// they could have been queued in, since none of their callers has heard back before the
+/// commit. The records' updates go before the snapshots are read, so a callback sees its
+/// task's record; a record whose update did not apply decides afterwards, on a snapshot of its
+/// own. The callbacks run one after another right after the read, each of an activity the
+/// others' do not touch (`read_ahead.rs`), so each reads what it would have read at its turn.
+/// There, all rerunnable, they share the batch's first savepoint with both statements, and
+/// whatever rolls back to it forgets what went ahead: each write run again reads and applies
+/// its own. A group of fewer than two gains nothing; a task twice in a group is left to its
+/// writes.
 fn apply_ahead_of_writes(
     conn: &mut DbConnection,
     batch: &mut [Box<dyn QueuedWrite>],
@@ -178,38 +184,71 @@ fn apply_ahead_of_writes(
     let DbConnection::Pg(pg) = conn else {
         return Ok(());
     };
-    fn update_of(write: &dyn QueuedWrite) -> Option<&UpdateOnClaim> {
-        write
-            .on_claim()
-            .filter(|update| write.rerunnable() && db::can_apply_ahead(update))
+    fn record_of(write: &dyn QueuedWrite) -> Option<TaskId> {
+        let update = write.on_claim()?;
+        (write.rerunnable() && db::can_apply_ahead(update)).then_some(update.update.id)
     }
-    let mut tasks: Vec<TaskId> = batch
-        .iter()
-        .filter_map(|w| Some(update_of(w.as_ref())?.update.id))
-        .collect();
-    tasks.sort_unstable();
-    let twice: Vec<TaskId> = tasks
-        .windows(2)
-        .filter(|pair| pair[0] == pair[1])
-        .map(|pair| pair[0])
-        .collect();
-    let ahead = |write: &dyn QueuedWrite| {
-        update_of(write).is_some_and(|update| !twice.contains(&update.update.id))
+    fn callback_of(write: &dyn QueuedWrite) -> Option<TaskId> {
+        write.reads_snapshot_of().filter(|_| write.rerunnable())
+    }
+    let records = once_each(batch, record_of);
+    let callbacks = once_each(batch, callback_of);
+    let within = |task: Option<TaskId>, group: &[TaskId]| task.is_some_and(|t| group.contains(&t));
+    let group = |write: &dyn QueuedWrite| {
+        if within(callback_of(write), &callbacks) {
+            0
+        } else if within(record_of(write), &records) {
+            1
+        } else {
+            2
+        }
     };
-    let count = batch.iter().filter(|w| ahead(w.as_ref())).count();
-    if count < 2 {
-        return Ok(());
-    }
     // Stable: the others keep their order.
-    batch.sort_by_key(|write| !ahead(write.as_ref()));
-    let updates: Vec<&UpdateOnClaim> = batch[..count].iter().filter_map(|w| w.on_claim()).collect();
-    step();
-    if let Err(e) = db::apply_ahead(pg, &updates) {
-        tracing::warn!(error = %crate::telemetry::error_chain(&e), "dispatch records applied ahead failed; each write applies its own");
+    batch.sort_by_key(|write| group(write.as_ref()));
+    let updates: Vec<&UpdateOnClaim> = batch
+        .iter()
+        .filter(|w| group(w.as_ref()) == 1)
+        .filter_map(|w| w.on_claim())
+        .collect();
+    let mut ahead = || -> diesel::QueryResult<()> {
+        if !updates.is_empty() {
+            step();
+            db::apply_ahead(pg, &updates)?;
+        }
+        if !callbacks.is_empty() {
+            step();
+            db::read_snapshots_ahead(pg, &callbacks)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = ahead() {
+        tracing::warn!(error = %crate::telemetry::error_chain(&e), "statements ahead of a batch's writes failed; each write reads and applies its own");
         conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
-        db::forget_applied_ahead();
+        db::forget_ahead();
     }
     Ok(())
+}
+
+/// The tasks `of` finds in `batch`'s writes that are found once; empty when fewer than two.
+fn once_each(
+    batch: &[Box<dyn QueuedWrite>],
+    of: fn(&dyn QueuedWrite) -> Option<TaskId>,
+) -> Vec<TaskId> {
+    let mut tasks: Vec<TaskId> = batch.iter().filter_map(|w| of(w.as_ref())).collect();
+    tasks.sort_unstable();
+    let once: Vec<TaskId> = tasks
+        .iter()
+        .enumerate()
+        .filter(|&(i, task)| {
+            tasks.get(i.wrapping_sub(1)) != Some(task) && tasks.get(i + 1) != Some(task)
+        })
+        .map(|(_, task)| *task)
+        .collect();
+    if once.len() >= 2 {
+        once
+    } else {
+        Vec::new()
+    }
 }
 
 /// Runs write `i`; whether it succeeded (what it wrote is then to stay). A panic is a bug and

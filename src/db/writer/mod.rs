@@ -37,7 +37,7 @@ use diesel::r2d2::ManageConnection;
 use super::connection::Manager;
 use super::listen::Notifying;
 use super::{DbConnection, DbError, Overload};
-use crate::domain::UpdateOnClaim;
+use crate::domain::{TaskId, UpdateOnClaim};
 use crate::telemetry::{error_chain, CallerSpan};
 pub(crate) use batch::offer_read_before_commit;
 use batch::run_batch;
@@ -56,6 +56,11 @@ pub(super) trait QueuedWrite: Send {
     /// The engine step's update it starts with (`RerunOnClaim`), which its batch may apply
     /// ahead with others' (`batch.rs`).
     fn on_claim(&self) -> Option<&UpdateOnClaim> {
+        None
+    }
+    /// The callback's task whose snapshot it starts by reading (`RerunOnSnapshot`), which its
+    /// batch may read ahead with others' (`batch.rs`).
+    fn reads_snapshot_of(&self) -> Option<TaskId> {
         None
     }
     /// Delivers the outcome once the batch's commit is known.
@@ -79,6 +84,10 @@ pub(crate) trait Work<T, E>: Send + 'static {
     fn work(&mut self, conn: &mut DbConnection) -> Result<T, E>;
     /// See `QueuedWrite::on_claim`.
     fn on_claim(&self) -> Option<&UpdateOnClaim> {
+        None
+    }
+    /// See `QueuedWrite::reads_snapshot_of`.
+    fn reads_snapshot_of(&self) -> Option<TaskId> {
         None
     }
 }
@@ -138,6 +147,27 @@ where
     }
 }
 
+/// A `Rerun` write that starts by reading the snapshot of the callback of `task`
+/// (`db::load_snapshot` with `SnapshotOf::CallbackTask`, which it calls itself): on PostgreSQL
+/// its batch may read it ahead, in one statement with the other callbacks' (`batch.rs`).
+pub(crate) struct RerunOnSnapshot<F> {
+    pub task: TaskId,
+    pub work: F,
+}
+
+impl<T, E, F> Work<T, E> for RerunOnSnapshot<F>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
+{
+    const RERUNNABLE: bool = true;
+    fn work(&mut self, conn: &mut DbConnection) -> Result<T, E> {
+        (self.work.clone())(conn)
+    }
+    fn reads_snapshot_of(&self) -> Option<TaskId> {
+        Some(self.task)
+    }
+}
+
 struct Write<T, E, W> {
     caller: CallerSpan,
     work: W,
@@ -157,6 +187,10 @@ where
 
     fn on_claim(&self) -> Option<&UpdateOnClaim> {
         self.work.on_claim()
+    }
+
+    fn reads_snapshot_of(&self) -> Option<TaskId> {
+        self.work.reads_snapshot_of()
     }
 
     fn run(&mut self, conn: &mut DbConnection) -> Ran {

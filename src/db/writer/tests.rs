@@ -406,6 +406,52 @@ fn a_writer_that_cannot_open_every_connection_leaves_no_thread_behind() {
         .unwrap();
 }
 
+/// A write as its writer queues it, and the answer its caller would wait for.
+type Queued<T> = (
+    Box<dyn super::QueuedWrite>,
+    tokio::sync::oneshot::Receiver<Result<T, DbError>>,
+);
+
+/// `work` as its writer queues it, and the answer its caller would wait for.
+fn queued<T: Send + 'static, W: super::Work<T, DbError>>(work: W) -> Queued<T> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let write = super::Write {
+        caller: crate::telemetry::CallerSpan::capture(),
+        work,
+        outcome: None,
+        reply: Some(reply),
+    };
+    (Box::new(write), answer)
+}
+
+/// A writer thread's connection to a fresh SQLite database (kept with its `Db` and folder).
+fn sqlite_connection() -> (crate::db::DbConnection, Db, std::path::PathBuf) {
+    use diesel::r2d2::ManageConnection;
+    let (db, dir) = temp_db();
+    let target =
+        super::super::connection::Target::SqliteFile(dir.join("w.db").display().to_string());
+    let conn = super::Manager { target }.connect().unwrap();
+    (conn, db, dir)
+}
+
+/// A writer thread's connection to a fresh PostgreSQL database, with its `Db`, and the admin
+/// URL and name to drop it (`drop_database`); `None` as `postgres_db`.
+fn postgres_connection() -> Option<(crate::db::DbConnection, Db, String, String)> {
+    use diesel::r2d2::ManageConnection;
+    let (db, admin, name, url) = postgres_db_at()?;
+    let target = super::super::connection::Target::Postgres(url);
+    let conn = super::Manager { target }.connect().unwrap();
+    Some((conn, db, admin, name))
+}
+
+/// Drops the database `postgres_db` made.
+fn drop_database(admin: &str, name: &str) {
+    let mut conn = diesel::PgConnection::establish(admin).unwrap();
+    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .unwrap();
+}
+
 /// Tasks 1..=n, each of an activity of its own, claimed by "claim" for a dispatch (attempt 1).
 fn claimed_for_dispatch(conn: &mut crate::db::DbConnection, n: i64) {
     for i in 1..=n {
@@ -456,10 +502,7 @@ fn recording_write(
     id: i64,
     fails: bool,
     runs: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) -> (
-    Box<dyn super::QueuedWrite>,
-    tokio::sync::oneshot::Receiver<Result<bool, DbError>>,
-) {
+) -> Queued<bool> {
     let runs = runs.clone();
     let work = move |conn: &mut crate::db::DbConnection| -> Result<bool, DbError> {
         runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -469,17 +512,10 @@ fn recording_write(
             false => Ok(applied),
         }
     };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let write = super::Write {
-        caller: crate::telemetry::CallerSpan::capture(),
-        work: super::RerunOnClaim {
-            update: record(id),
-            work,
-        },
-        outcome: None,
-        reply: Some(reply),
-    };
-    (Box::new(write), answer)
+    queued(super::RerunOnClaim {
+        update: record(id),
+        work,
+    })
 }
 
 /// The run each of tasks 1..=n has recorded (`None`: none).
@@ -507,18 +543,9 @@ fn batch_of_records(conn: &mut crate::db::DbConnection) -> BatchOfRecords {
         .execute(conn)
         .unwrap();
     let runs: Vec<std::sync::Arc<AtomicUsize>> = (0..4).map(|_| Default::default()).collect();
-    let (plain, plain_answer) = {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let write = super::Write {
-            caller: crate::telemetry::CallerSpan::capture(),
-            work: super::Once::new(|conn: &mut crate::db::DbConnection| {
-                meta_get_or_insert(conn, "plain", "v").map_err(DbError::from)
-            }),
-            outcome: None,
-            reply: Some(reply),
-        };
-        (Box::new(write) as Box<dyn super::QueuedWrite>, answer)
-    };
+    let (plain, plain_answer) = queued(super::Once::new(|conn: &mut crate::db::DbConnection| {
+        meta_get_or_insert(conn, "plain", "v").map_err(DbError::from)
+    }));
     let mut batch = vec![plain];
     let mut answers = Vec::new();
     for (i, runs) in runs.iter().enumerate() {
@@ -546,8 +573,6 @@ fn batch_of_records(conn: &mut crate::db::DbConnection) -> BatchOfRecords {
 /// the same outcomes and rows.
 #[test]
 fn a_batchs_dispatch_records_go_ahead_in_one_statement_and_a_failing_write_undoes_its_own() {
-    use crate::db::connection::{Manager, Target};
-    use diesel::r2d2::ManageConnection;
     use std::sync::atomic::Ordering::SeqCst;
     let ahead = || crate::db::queries::AHEAD.each_ref().map(|c| c.load(SeqCst));
     // Task 2's claim has moved on: its record is not applied. Task 3's write failed.
@@ -559,9 +584,7 @@ fn a_batchs_dispatch_records_go_ahead_in_one_statement_and_a_failing_write_undoe
     ];
     let expected_runs = [Some("run-1".to_owned()), None, None, Some("run-4".into())];
 
-    let (_db, dir) = temp_db();
-    let target = Target::SqliteFile(dir.join("w.db").display().to_string());
-    let mut sqlite = Manager { target }.connect().unwrap();
+    let (mut sqlite, _db, dir) = sqlite_connection();
     let before = ahead();
     let (outcomes, runs, recorded) = batch_of_records(&mut sqlite);
     assert_eq!(outcomes, expected_outcomes);
@@ -572,14 +595,9 @@ fn a_batchs_dispatch_records_go_ahead_in_one_statement_and_a_failing_write_undoe
     assert_eq!(ahead()[0], before[0], "SQLite applied records ahead");
     let _ = std::fs::remove_dir_all(dir);
 
-    let Some((db, admin, name, url)) = postgres_db_at() else {
+    let Some((mut pg, db, admin, name)) = postgres_connection() else {
         return;
     };
-    let mut pg = Manager {
-        target: Target::Postgres(url),
-    }
-    .connect()
-    .unwrap();
     let before = ahead();
     let (outcomes, runs, recorded) = batch_of_records(&mut pg);
     assert_eq!(outcomes, expected_outcomes);
@@ -600,8 +618,160 @@ fn a_batchs_dispatch_records_go_ahead_in_one_statement_and_a_failing_write_undoe
     );
 
     drop((pg, db));
-    let mut conn = diesel::PgConnection::establish(&admin).unwrap();
-    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut conn)
+    drop_database(&admin, &name);
+}
+
+/// What a callback's write saw in its snapshot: its activity's results, the tasks' ids, and
+/// what its own task recorded.
+type SeenInSnapshot = (Option<String>, Vec<i64>, Option<String>);
+
+/// A write of a callback's kind for `task`: it reads its snapshot (`load_snapshot`), counted in
+/// `runs`, marks its activity's results with `after <task>`, and fails then when `fails`.
+fn callback_write(
+    task: i64,
+    fails: bool,
+    runs: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Queued<SeenInSnapshot> {
+    use crate::db::schema::activities;
+    let runs = runs.clone();
+    let work = move |conn: &mut crate::db::DbConnection| -> Result<SeenInSnapshot, DbError> {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let of = crate::db::SnapshotOf::CallbackTask(crate::domain::TaskId(task));
+        let snapshot = crate::db::load_snapshot(conn, of)?.expect("the callback's activity");
+        diesel::update(activities::table.find(snapshot.activity.id))
+            .set(activities::results.eq(format!("after {task}")))
+            .execute(conn)?;
+        if fails {
+            return Err(DbError::Config(format!("callback of task {task} refused")));
+        }
+        let tasks = snapshot.tasks.iter().map(|t| t.id.get()).collect();
+        let recorded = snapshot.recorded.and_then(|r| r.results);
+        Ok((snapshot.activity.results, tasks, recorded))
+    };
+    queued(super::RerunOnSnapshot {
+        task: crate::domain::TaskId(task),
+        work,
+    })
+}
+
+/// One batch of callbacks, as a writer thread would run it: tasks 1, 2, 3 and 4 (both of
+/// activity 3), then 5, each task having recorded `{"r":<task>}`; the callback of `failing`
+/// fails. Answers each callback's outcome and how often it ran.
+fn batch_of_callbacks(
+    conn: &mut crate::db::DbConnection,
+    failing: Option<i64>,
+) -> (Vec<Result<SeenInSnapshot, String>>, Vec<usize>) {
+    use diesel::connection::SimpleConnection;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    conn.batch_execute("DELETE FROM tasks; DELETE FROM activities")
         .unwrap();
+    claimed_for_dispatch(conn, 5);
+    conn.batch_execute(
+        "UPDATE tasks SET activity_id = 3, position = 1 WHERE id = 4; \
+         UPDATE tasks SET results = '{\"r\":' || id || '}', step = 'await'",
+    )
+    .unwrap();
+    let runs: Vec<std::sync::Arc<AtomicUsize>> = (0..5).map(|_| Default::default()).collect();
+    let mut batch = Vec::new();
+    let mut answers = Vec::new();
+    for (task, runs) in (1..).zip(&runs) {
+        let (write, answer) = callback_write(task, failing == Some(task), runs);
+        batch.push(write);
+        answers.push(answer);
+    }
+    super::run_batch(conn, &mut batch, None, || {}).unwrap();
+    for write in batch {
+        write.finish(Ok(()));
+    }
+    let outcomes = answers
+        .into_iter()
+        .map(|a| a.blocking_recv().unwrap().map_err(|e| e.to_string()))
+        .collect();
+    (outcomes, runs.iter().map(|r| r.load(SeqCst)).collect())
+}
+
+/// On PostgreSQL the snapshots a batch's callbacks start by reading are read in one statement
+/// ahead of them, each taken by its callback; two callbacks of one activity read theirs at
+/// their turn (the second sees what the first wrote); a failing callback undoes what went
+/// ahead and the others read again. On SQLite each reads in its write: the same snapshots.
+#[test]
+fn a_batchs_callbacks_read_their_snapshots_ahead_in_one_statement_each_as_at_its_turn() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let read_ahead = || {
+        crate::db::queries::READ_AHEAD
+            .each_ref()
+            .map(|c| c.load(SeqCst))
+    };
+    let seen =
+        |results: Option<&str>, tasks: &[i64], task: i64| -> Result<SeenInSnapshot, String> {
+            Ok((
+                results.map(str::to_owned),
+                tasks.to_vec(),
+                Some(format!("{{\"r\":{task}}}")),
+            ))
+        };
+    let all_pass = [
+        seen(None, &[1], 1),
+        seen(None, &[2], 2),
+        seen(None, &[3, 4], 3),
+        // Task 3's callback marked the activity they share: task 4's saw it.
+        seen(Some("after 3"), &[3, 4], 4),
+        seen(None, &[5], 5),
+    ];
+    let mut second_fails = all_pass.clone();
+    second_fails[1] = Err("database configuration: callback of task 2 refused".to_owned());
+    // Task 2's failure rolled back to the savepoint the callbacks before it shared: task 1's
+    // ran again.
+    let runs_when_second_fails = [2, 1, 1, 1, 1];
+
+    let (mut sqlite, _db, dir) = sqlite_connection();
+    let before = read_ahead();
+    assert_eq!(
+        batch_of_callbacks(&mut sqlite, None),
+        (all_pass.to_vec(), vec![1; 5])
+    );
+    assert_eq!(
+        batch_of_callbacks(&mut sqlite, Some(2)),
+        (second_fails.to_vec(), runs_when_second_fails.to_vec())
+    );
+    assert_eq!(read_ahead()[0], before[0], "SQLite read snapshots ahead");
+    let _ = std::fs::remove_dir_all(dir);
+
+    let Some((mut pg, db, admin, name)) = postgres_connection() else {
+        return;
+    };
+    let before = read_ahead();
+    assert_eq!(
+        batch_of_callbacks(&mut pg, None),
+        (all_pass.to_vec(), vec![1; 5])
+    );
+    let after = read_ahead();
+    assert_eq!(
+        after[0] - before[0],
+        1,
+        "one statement read the snapshots ahead"
+    );
+    // Tasks 3 and 4 share an activity: each read its own at its turn.
+    assert_eq!(
+        after[1] - before[1],
+        3,
+        "snapshots taken from the read ahead"
+    );
+
+    let before = after;
+    assert_eq!(
+        batch_of_callbacks(&mut pg, Some(2)),
+        (second_fails.to_vec(), runs_when_second_fails.to_vec())
+    );
+    let after = read_ahead();
+    // Tasks 1 and 2 took theirs; task 5's was forgotten with the rollback (its rows' locks
+    // went with it): it read its own.
+    assert_eq!(
+        after[1] - before[1],
+        2,
+        "snapshots taken from the read ahead"
+    );
+
+    drop((pg, db));
+    drop_database(&admin, &name);
 }
