@@ -82,15 +82,21 @@ pub fn can_apply_ahead(on_claim: &UpdateOnClaim) -> bool {
 /// compare-and-set of `apply_on_claim`, and keeps their outcomes for the writes that carry
 /// them. On an error the caller rolls back what this applied and calls `forget_ahead`.
 pub(crate) fn apply_ahead(pg: &mut PgConnection, updates: &[&UpdateOnClaim]) -> QueryResult<()> {
+    // One that cannot be applied ahead is left to its write (the writer sends none).
+    let updates: Vec<(&UpdateOnClaim, RecordColumns<'_>, &str)> = updates
+        .iter()
+        .filter_map(|on_claim| {
+            let columns = RecordColumns::of(&on_claim.update.changes)?;
+            Some((
+                *on_claim,
+                columns,
+                on_claim.update.expected_lease.as_deref()?,
+            ))
+        })
+        .collect();
     let mut records = Records::default();
-    for on_claim in updates {
+    for (on_claim, columns, lease) in &updates {
         let update = &on_claim.update;
-        let (Some(columns), Some(lease)) = (
-            RecordColumns::of(&update.changes),
-            update.expected_lease.as_deref(),
-        ) else {
-            unreachable!("only updates that can be applied ahead are")
-        };
         records.ids.push(update.id.get());
         records.statuses.push(update.expected.as_str());
         records.leases.push(lease);
@@ -103,7 +109,7 @@ pub(crate) fn apply_ahead(pg: &mut PgConnection, updates: &[&UpdateOnClaim]) -> 
     AHEAD[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     APPLIED_AHEAD.with(|ahead| {
         let mut ahead = ahead.borrow_mut();
-        for on_claim in updates {
+        for (on_claim, _, _) in &updates {
             let applied = applied.contains(&on_claim.update.id);
             ahead.push(((*on_claim).clone(), applied));
         }
@@ -181,7 +187,7 @@ struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
-    fn push(&mut self, columns: RecordColumns<'a>) {
+    fn push(&mut self, columns: &RecordColumns<'a>) {
         self.configurations.push(columns.configurations);
         self.run_refs.push(columns.run_ref);
         self.run_urls.push(columns.run_url);
