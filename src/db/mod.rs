@@ -34,7 +34,7 @@ use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
 pub(crate) use writer::offer_read_before_commit;
 pub use writer::WriteCounts;
-use writer::{Once, Rerun, RerunOnClaim, RerunOnSnapshot, Work, Writer};
+use writer::{Ahead, Once, Rerun, RerunAhead, Work, Writer};
 
 /// Writer threads on PostgreSQL: the first takes every write, the others join when the earlier
 /// ones are held up (`writer/queue.rs`). SQLite has one writer at a time, so one thread.
@@ -389,10 +389,11 @@ impl Db {
     {
         match update {
             Some(update) => {
-                self.queue_for(activity, RerunOnClaim { update, work: f })
+                let ahead = Ahead::Record(Box::new(update));
+                self.queue_for(activity, RerunAhead { ahead, work: f })
                     .await
             }
-            None => self.queue_for(activity, Rerun(f)).await,
+            None => self.write_for_rerunnable(activity, f).await,
         }
     }
 
@@ -426,7 +427,8 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        self.queue_for_task(task, RerunOnSnapshot { task, work: f })
+        let ahead = Ahead::Snapshot(task);
+        self.queue_for_task(task, RerunAhead { ahead, work: f })
             .await
     }
 

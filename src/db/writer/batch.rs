@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::{Connection, QueryResult};
 
-use super::{QueuedWrite, Ran};
+use super::{Ahead, QueuedWrite, Ran};
 use crate::db::listen::{self, Notifying};
 use crate::db::{self, DbConnection, DbError};
 use crate::domain::{TaskId, UpdateOnClaim};
@@ -163,9 +163,9 @@ pub(super) fn run_batch(
 }
 
 /// On PostgreSQL, two statements ahead of the writes instead of a round trip in each: the
-/// updates on claims that engine steps start with (`RerunOnClaim`: a dispatch's record of its
+/// updates on claims that engine steps start with (`Ahead::Record`: a dispatch's record of its
 /// run, one a task; `db::apply_ahead`), then the snapshots that callbacks start by reading
-/// (`RerunOnSnapshot`, one a task; `db::read_snapshots_ahead`). Their writes move to the front
+/// (`Ahead::Snapshot`, one a task; `db::read_snapshots_ahead`). Their writes move to the front
 /// of the batch, the callbacks first, then the records: any order of a batch's writes is one
 /// they could have been queued in, since none of their callers has heard back before the
 /// commit. The records' updates go before the snapshots are read, so a callback sees its
@@ -184,12 +184,22 @@ fn apply_ahead_of_writes(
     let DbConnection::Pg(pg) = conn else {
         return Ok(());
     };
+    fn update_of(write: &dyn QueuedWrite) -> Option<&UpdateOnClaim> {
+        match write.ahead()? {
+            Ahead::Record(update) if write.rerunnable() && db::can_apply_ahead(update) => {
+                Some(&**update)
+            }
+            _ => None,
+        }
+    }
     fn record_of(write: &dyn QueuedWrite) -> Option<TaskId> {
-        let update = write.on_claim()?;
-        (write.rerunnable() && db::can_apply_ahead(update)).then_some(update.update.id)
+        update_of(write).map(|update| update.update.id)
     }
     fn callback_of(write: &dyn QueuedWrite) -> Option<TaskId> {
-        write.reads_snapshot_of().filter(|_| write.rerunnable())
+        match write.ahead()? {
+            Ahead::Snapshot(task) if write.rerunnable() => Some(*task),
+            _ => None,
+        }
     }
     let records = once_each(batch, record_of);
     let callbacks = once_each(batch, callback_of);
@@ -208,7 +218,7 @@ fn apply_ahead_of_writes(
     let updates: Vec<&UpdateOnClaim> = batch
         .iter()
         .filter(|w| group(w.as_ref()) == 1)
-        .filter_map(|w| w.on_claim())
+        .filter_map(|w| update_of(w.as_ref()))
         .collect();
     let mut ahead = || -> diesel::QueryResult<()> {
         if !updates.is_empty() {
@@ -237,12 +247,9 @@ fn once_each(
     let mut tasks: Vec<TaskId> = batch.iter().filter_map(|w| of(w.as_ref())).collect();
     tasks.sort_unstable();
     let once: Vec<TaskId> = tasks
-        .iter()
-        .enumerate()
-        .filter(|&(i, task)| {
-            tasks.get(i.wrapping_sub(1)) != Some(task) && tasks.get(i + 1) != Some(task)
-        })
-        .map(|(_, task)| *task)
+        .chunk_by(|a, b| a == b)
+        .filter(|same| same.len() == 1)
+        .map(|same| same[0])
         .collect();
     if once.len() >= 2 {
         once

@@ -53,14 +53,8 @@ pub(super) trait QueuedWrite: Send {
     fn run(&mut self, conn: &mut DbConnection) -> Ran;
     /// Whether running it again is allowed (`Rerun`): then it needs no savepoint of its own.
     fn rerunnable(&self) -> bool;
-    /// The engine step's update it starts with (`RerunOnClaim`), which its batch may apply
-    /// ahead with others' (`batch.rs`).
-    fn on_claim(&self) -> Option<&UpdateOnClaim> {
-        None
-    }
-    /// The callback's task whose snapshot it starts by reading (`RerunOnSnapshot`), which its
-    /// batch may read ahead with others' (`batch.rs`).
-    fn reads_snapshot_of(&self) -> Option<TaskId> {
+    /// What its first statement is, which its batch may run ahead with other writes' (`Ahead`).
+    fn ahead(&self) -> Option<&Ahead> {
         None
     }
     /// Delivers the outcome once the batch's commit is known.
@@ -82,12 +76,8 @@ pub(crate) trait Work<T, E>: Send + 'static {
     /// May be run again after a rollback.
     const RERUNNABLE: bool;
     fn work(&mut self, conn: &mut DbConnection) -> Result<T, E>;
-    /// See `QueuedWrite::on_claim`.
-    fn on_claim(&self) -> Option<&UpdateOnClaim> {
-        None
-    }
-    /// See `QueuedWrite::reads_snapshot_of`.
-    fn reads_snapshot_of(&self) -> Option<TaskId> {
+    /// See `QueuedWrite::ahead`.
+    fn ahead(&self) -> Option<&Ahead> {
         None
     }
 }
@@ -126,15 +116,24 @@ where
     }
 }
 
-/// A `Rerun` write whose first statement is `update` (`db::apply_on_claim`, which it calls
-/// itself): on PostgreSQL its batch may apply it ahead, in one statement with the other
-/// writes' updates, and `apply_on_claim` then answers with that outcome (`batch.rs`).
-pub(crate) struct RerunOnClaim<F> {
-    pub update: UpdateOnClaim,
+/// The first statement of a write, which on PostgreSQL its batch may run ahead of its writes
+/// in one statement with the other writes' of the same kind (`batch.rs`); the write runs it
+/// itself, and is then answered with what the batch's statement did.
+pub(crate) enum Ahead {
+    /// An engine step's update decided on its claim (`db::apply_on_claim`): a dispatch's record.
+    Record(Box<UpdateOnClaim>),
+    /// The snapshot of the callback of this task (`db::load_snapshot` with
+    /// `SnapshotOf::CallbackTask`).
+    Snapshot(TaskId),
+}
+
+/// A `Rerun` write whose first statement is `ahead`.
+pub(crate) struct RerunAhead<F> {
+    pub ahead: Ahead,
     pub work: F,
 }
 
-impl<T, E, F> Work<T, E> for RerunOnClaim<F>
+impl<T, E, F> Work<T, E> for RerunAhead<F>
 where
     F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
 {
@@ -142,29 +141,8 @@ where
     fn work(&mut self, conn: &mut DbConnection) -> Result<T, E> {
         (self.work.clone())(conn)
     }
-    fn on_claim(&self) -> Option<&UpdateOnClaim> {
-        Some(&self.update)
-    }
-}
-
-/// A `Rerun` write that starts by reading the snapshot of the callback of `task`
-/// (`db::load_snapshot` with `SnapshotOf::CallbackTask`, which it calls itself): on PostgreSQL
-/// its batch may read it ahead, in one statement with the other callbacks' (`batch.rs`).
-pub(crate) struct RerunOnSnapshot<F> {
-    pub task: TaskId,
-    pub work: F,
-}
-
-impl<T, E, F> Work<T, E> for RerunOnSnapshot<F>
-where
-    F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
-{
-    const RERUNNABLE: bool = true;
-    fn work(&mut self, conn: &mut DbConnection) -> Result<T, E> {
-        (self.work.clone())(conn)
-    }
-    fn reads_snapshot_of(&self) -> Option<TaskId> {
-        Some(self.task)
+    fn ahead(&self) -> Option<&Ahead> {
+        Some(&self.ahead)
     }
 }
 
@@ -185,12 +163,8 @@ where
         W::RERUNNABLE
     }
 
-    fn on_claim(&self) -> Option<&UpdateOnClaim> {
-        self.work.on_claim()
-    }
-
-    fn reads_snapshot_of(&self) -> Option<TaskId> {
-        self.work.reads_snapshot_of()
+    fn ahead(&self) -> Option<&Ahead> {
+        self.work.ahead()
     }
 
     fn run(&mut self, conn: &mut DbConnection) -> Ran {

@@ -512,8 +512,8 @@ fn recording_write(
             false => Ok(applied),
         }
     };
-    queued(super::RerunOnClaim {
-        update: record(id),
+    queued(super::RerunAhead {
+        ahead: super::Ahead::Record(Box::new(record(id))),
         work,
     })
 }
@@ -648,8 +648,8 @@ fn callback_write(
         let recorded = snapshot.recorded.and_then(|r| r.results);
         Ok((snapshot.activity.results, tasks, recorded))
     };
-    queued(super::RerunOnSnapshot {
-        task: crate::domain::TaskId(task),
+    queued(super::RerunAhead {
+        ahead: super::Ahead::Snapshot(crate::domain::TaskId(task)),
         work,
     })
 }
