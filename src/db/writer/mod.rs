@@ -23,7 +23,7 @@
 mod batch;
 mod queue;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,7 @@ use diesel::prelude::*;
 use crate::db::schema::service_meta;
 use crate::db::{meta_get_or_insert, Db, DbError, DbLimits, Overload};
 
-fn temp_db() -> (Db, std::path::PathBuf) {
+pub(in crate::db) fn temp_db() -> (Db, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("odm-writer-{}", uuid::Uuid::new_v4().simple()));
     let db = Db::connect(&format!("sqlite://{}", dir.join("w.db").display()), 2).unwrap();
     (db, dir)
@@ -252,7 +252,7 @@ fn postgres_db() -> Option<(Db, String, String)> {
 }
 
 /// `postgres_db`, and the database's own URL.
-fn postgres_db_at() -> Option<(Db, String, String, String)> {
+pub(in crate::db) fn postgres_db_at() -> Option<(Db, String, String, String)> {
     let Ok(admin) = std::env::var("ODM_TEST_POSTGRES_URL") else {
         eprintln!("skipped on PostgreSQL: ODM_TEST_POSTGRES_URL is not set");
         return None;
@@ -445,7 +445,7 @@ fn postgres_connection() -> Option<(crate::db::DbConnection, Db, String, String)
 }
 
 /// Drops the database `postgres_db` made.
-fn drop_database(admin: &str, name: &str) {
+pub(in crate::db) fn drop_database(admin: &str, name: &str) {
     let mut conn = diesel::PgConnection::establish(admin).unwrap();
     diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&mut conn)

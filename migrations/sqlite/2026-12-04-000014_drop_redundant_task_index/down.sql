@@ -1,0 +1,1 @@
+CREATE INDEX tasks_by_activity ON tasks (activity_id);
