@@ -32,7 +32,7 @@ pub use queries::*;
 use crate::domain::{ActivityId, TaskId, UpdateOnClaim};
 use crate::telemetry::CallerSpan;
 use connection::{Manager, Target};
-pub(crate) use writer::offer_read_before_commit;
+pub(crate) use writer::offer_handed_read;
 pub use writer::WriteCounts;
 use writer::{Ahead, Once, Rerun, RerunAhead, Work, Writer};
 

@@ -41,7 +41,8 @@ pub fn of_each<'a>(
         .collect()
 }
 
-fn of_rows(rows: db::ContextRows, current: &ActivityKeys) -> TaskContext {
+/// The Context of `current` from its rows.
+pub fn of_rows(rows: db::ContextRows, current: &ActivityKeys) -> TaskContext {
     let db::ContextRows {
         activities: rows,
         task_names,

@@ -16,15 +16,15 @@
 //! without an engine taking hand-offs (before it starts, after it stops), the write leaves the
 //! dispatch to a claim as before.
 //!
-//! What the engine reads for a handed task is read as a claim reads it, in one statement for
-//! all tasks handed since it last read (`engine/handed.rs`). At a low rate that read is a
-//! transaction of its own per task, so the write also offers it to its batch
-//! (`db::offer_read_before_commit`): on a small batch it runs in the write's transaction and
-//! arrives with the task (`Handed::read`). Read that early, it would miss an abort committed
-//! before the engine starts the step: a plan that aborts tasks on this replica (an abort, a
-//! product forgotten; `Applied::committed` → `Handoffs::aborted`) makes the
-//! engine read again what it was handed since the reservation, and a dispatch whose lease the
-//! abort released is let go, not sent. (An abort on another replica in that instant is what a
+//! What the engine needs for a handed task is read as a claim reads it. The write offers that
+//! read to its batch (`db::offer_handed_read`): on PostgreSQL the batch reads all its
+//! hand-offs in one statement in its transaction, before its commit, and each arrives with its
+//! task (`Handed::read`); otherwise (SQLite) the engine reads them, in one go for all tasks
+//! handed since it last read (`engine/handed.rs`). Read that early, it would miss an abort
+//! committed before the engine starts the step: a plan that aborts tasks on this replica (an
+//! abort, a product forgotten; `Applied::committed` → `Handoffs::aborted`) makes the engine
+//! read again what it was handed since the reservation, and a dispatch whose lease the abort
+//! released is let go, not sent. (An abort on another replica in that instant is what a
 //! claim meets too: the run is cancelled as in flight.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -229,22 +229,18 @@ impl HandoffLease {
         state::hand_off(plan, s, &self.claim, lease_until, now)
     }
 
-    /// Offers the write's batch to read `task` as the engine would (`engine/handed.rs`), after
-    /// the writes and before the commit; read, it arrives with the task (`Handed::read`).
-    /// Called on the writer thread, from within the write that handed `task`.
+    /// Offers the write's batch to read `task` as the engine would (`engine/handed.rs`), with
+    /// the other hand-offs of the batch, after the writes and before the commit; read, it
+    /// arrives with the task (`Handed::read`). Called on the writer thread, from within the
+    /// write that handed `task`.
     pub fn read_before_commit(&self, task: TaskId) {
         // What an earlier try of this write read, in a transaction that did not commit, is not
         // to be delivered with this one.
         self.read.take();
-        let (slot, claim) = (self.read.clone(), self.claim.clone());
-        db::offer_read_before_commit(move |conn| {
-            let (steps, rows) = db::handed_steps_with_contexts(conn, &[(task, claim)])?;
-            let mut contexts = context::of_each(rows, steps.iter().map(|s| &s.activity));
-            if let Some(step) = steps.into_iter().next() {
-                let context = contexts.remove(&step.activity.id);
-                slot.put(HandedRead { step, context });
-            }
-            Ok(())
+        let slot = self.read.clone();
+        db::offer_handed_read(task, self.claim.clone(), move |step, rows| {
+            let context = rows.map(|rows| context::of_rows(rows, &step.activity));
+            slot.put(HandedRead { step, context });
         });
     }
 }
@@ -350,8 +346,8 @@ mod tests {
         let (handoffs, mut received, _) = handoffs(3);
         let retried = handoffs.reserve();
         let lease = retried.lease().unwrap();
-        // A first try read task 7 before a commit that failed; the try that committed was in a
-        // batch too large to read (nothing offered runs outside a batch either).
+        // A first try read task 7 before a commit that failed; the try that committed read
+        // nothing (on SQLite, or, as here, outside a batch: the offer is dropped).
         lease.read.put(read_of(7));
         lease.read_before_commit(TaskId(7));
         retried.deliver(Some(TaskId(7)));

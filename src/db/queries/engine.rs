@@ -289,7 +289,7 @@ fn in_context<'a>(product: &'a str, version: &'a str, current: ActivityId) -> _ 
 
 /// What the Context is built from (see `in_context`), in one statement: a dispatch reads it
 /// each time, and on PostgreSQL a statement is a round trip to a process sharing the CPU.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ContextRows {
     /// One per activity, oldest first.
     pub activities: Vec<StageActivity>,

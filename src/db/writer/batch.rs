@@ -12,11 +12,12 @@
 //!
 //! On PostgreSQL the batch also carries the wake-up of the other replicas (`listen.rs`): one
 //! NOTIFY before the COMMIT when a write that stayed left engine work due, not one per write.
-//! And, on a batch of few writes, the reads its writes offered (`offer_read_before_commit`): at
-//! a low rate a batch is one write, and the read its hand-off needs would otherwise be a
-//! transaction of its own right after this one (issue 15: 1 of 3.7 commits per task at 200
-//! tasks/s). On a larger batch the load is high and the engine reads its hand-offs together
-//! (several in one statement), so the offers are dropped.
+//! And the reads of the dispatches its writes handed to their engine (`offer_handed_read`), all
+//! in one statement after the writes and before the commit: the engine would otherwise read
+//! them in a transaction of its own right after this one, one statement for the hand-offs it
+//! received together (issue 15: at 200 tasks/s 1 of 3.7 commits per task, when a batch is one
+//! write; at full load ~0.12 statements a task on one replica, ~0.25 on two), and the dispatch
+//! would wait for that read.
 
 use std::cell::RefCell;
 
@@ -25,39 +26,73 @@ use diesel::{Connection, QueryResult};
 
 use super::{Ahead, QueuedWrite, Ran};
 use crate::db::listen::{self, Notifying};
-use crate::db::{self, DbConnection, DbError};
-use crate::domain::{TaskId, UpdateOnClaim};
+use crate::db::{self, ContextRows, DbConnection, DbError};
+use crate::domain::{ClaimedStep, TaskId, UpdateOnClaim};
 
-/// Most writes in a batch whose offered reads run before its commit: at most this many, the
-/// service is lightly loaded and each read would be a transaction of its own.
-const READS_BEFORE_COMMIT_UP_TO: usize = 2;
-
-/// A read a write offered to run in its batch's transaction after every write (so it sees them
-/// all), before the commit; its error fails the batch (PostgreSQL aborts the transaction).
-type OfferedRead = Box<dyn FnOnce(&mut DbConnection) -> QueryResult<()>>;
+/// A read of a dispatch handed to the engine, offered to the batch of the write that handed it.
+pub(crate) struct HandedOffer {
+    task: TaskId,
+    claim: String,
+    /// Gets the task as its engine would read it, and its activity's Context rows; not called
+    /// when the task's lease moved on.
+    deliver: Box<dyn FnOnce(ClaimedStep, Option<ContextRows>)>,
+}
 
 thread_local! {
     /// The batch under way on this thread (a writer thread), if any.
     static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// What the write running now offered to read before the commit.
-    static OFFERED: RefCell<Vec<OfferedRead>> = const { RefCell::new(Vec::new()) };
+    static OFFERED: RefCell<Vec<HandedOffer>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Offers `read` to the batch of the write running on this thread: on PostgreSQL, when the batch
-/// is small and the write stays, it runs after the batch's writes, in their transaction, before
-/// the commit; otherwise (a larger batch, SQLite, the write rolled back, no batch on this
-/// thread) it is dropped unrun, and what it would have read is read later as before. A failing
-/// `read` fails the whole batch: keep it to reads that cannot fail but with the connection.
-pub(crate) fn offer_read_before_commit(
-    read: impl FnOnce(&mut DbConnection) -> QueryResult<()> + 'static,
+/// Offers the batch of the write running on this thread to read `task`, handed to the engine
+/// under `claim`, as the engine would (`db::handed_steps_with_contexts`): on PostgreSQL, when
+/// the write stays, the batch reads every such task of its writes in one statement after the
+/// writes, in their transaction, before the commit, and `deliver` gets what was read of this
+/// one (it is not called when the lease moved on). Otherwise (SQLite, the write rolled back, no batch
+/// on this thread) the offer is dropped unrun and the engine reads the task itself. The read's
+/// error fails the whole batch (PostgreSQL aborts the transaction), as any statement's would.
+pub(crate) fn offer_handed_read(
+    task: TaskId,
+    claim: String,
+    deliver: impl FnOnce(ClaimedStep, Option<ContextRows>) + 'static,
 ) {
     if IN_BATCH.with(|b| b.get()) {
-        OFFERED.with(|offered| offered.borrow_mut().push(Box::new(read)));
+        let offer = HandedOffer {
+            task,
+            claim,
+            deliver: Box::new(deliver),
+        };
+        OFFERED.with(|offered| offered.borrow_mut().push(offer));
     }
 }
 
-fn take_offered() -> Vec<OfferedRead> {
+fn take_offered() -> Vec<HandedOffer> {
     OFFERED.with(|offered| std::mem::take(&mut *offered.borrow_mut()))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The hand-offs' reads run by batches on this thread (a test runs its batch on its own).
+    pub(super) static HANDED_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Reads the tasks `offers` name in one statement and gives each offer its own.
+fn read_handed(conn: &mut DbConnection, offers: Vec<HandedOffer>) -> QueryResult<()> {
+    #[cfg(test)]
+    HANDED_READS.with(|n| n.set(n.get() + 1));
+    let handed: Vec<(TaskId, String)> = offers.iter().map(|o| (o.task, o.claim.clone())).collect();
+    let (mut steps, contexts) = db::handed_steps_with_contexts(conn, &handed)?;
+    for offer in offers {
+        let Some(at) = steps.iter().position(|s| s.task.id == offer.task) else {
+            continue;
+        };
+        let step = steps.swap_remove(at);
+        // Two hand-offs of one activity share its rows.
+        let context = contexts.get(&step.activity.id).cloned();
+        (offer.deliver)(step, context);
+    }
+    Ok(())
 }
 
 /// Marks this thread as running a batch while alive; what was offered and not taken goes.
@@ -101,10 +136,10 @@ pub(super) fn run_batch(
     let _under_way = BatchUnderWay::start();
     apply_ahead_of_writes(conn, batch, &mut step)?;
     // Per write: it stays (ran and was not rolled back), it left engine work due, and the
-    // reads it offered (`offer_read_before_commit`) on its last run.
+    // hand-offs' reads it offered (`offer_handed_read`) on its last run.
     let mut stays = vec![false; batch.len()];
     let mut due = vec![false; batch.len()];
-    let mut offered: Vec<Vec<OfferedRead>> =
+    let mut offered: Vec<Vec<HandedOffer>> =
         std::iter::repeat_with(Vec::new).take(batch.len()).collect();
     // The writes that stayed since the savepoint was last set (all rerunnable when several).
     let mut since_savepoint: Vec<usize> = Vec::new();
@@ -151,10 +186,14 @@ pub(super) fn run_batch(
     if stays.iter().zip(&due).any(|(stays, due)| *stays && *due) {
         listen::notify_others(conn, notifying)?;
     }
-    if batch.len() <= READS_BEFORE_COMMIT_UP_TO && matches!(conn, DbConnection::Pg(_)) {
-        let reads = offered.into_iter().zip(&stays).filter(|(_, stays)| **stays);
-        for read in reads.flat_map(|(reads, _)| reads) {
-            read(conn)?;
+    if matches!(conn, DbConnection::Pg(_)) {
+        let offers: Vec<HandedOffer> = (offered.into_iter().zip(&stays))
+            .filter(|(_, stays)| **stays)
+            .flat_map(|(offers, _)| offers)
+            .collect();
+        if !offers.is_empty() {
+            step();
+            read_handed(conn, offers)?;
         }
     }
     step();
@@ -265,7 +304,7 @@ fn run_one(
     batch: &mut [Box<dyn QueuedWrite>],
     i: usize,
     due: &mut [bool],
-    offered: &mut [Vec<OfferedRead>],
+    offered: &mut [Vec<HandedOffer>],
 ) -> Result<bool, DbError> {
     let ran = batch[i].run(conn);
     due[i] = listen::take_work_due();

@@ -39,7 +39,7 @@ use super::listen::Notifying;
 use super::{DbConnection, DbError, Overload};
 use crate::domain::{TaskId, UpdateOnClaim};
 use crate::telemetry::{error_chain, CallerSpan};
-pub(crate) use batch::offer_read_before_commit;
+pub(crate) use batch::offer_handed_read;
 use batch::run_batch;
 use queue::{Asleep, Queue, Turn, Waiting};
 

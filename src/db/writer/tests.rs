@@ -271,88 +271,104 @@ pub(in crate::db) fn postgres_db_at() -> Option<(Db, String, String, String)> {
     Some((Db::connect(&url, 2).unwrap(), admin, name, url))
 }
 
-/// Stores `name` and offers a read of how many rows `service_meta` holds, which `seen` keeps.
-fn store_and_offer(
-    name: &'static str,
-    seen: &std::sync::Arc<std::sync::Mutex<Vec<(&'static str, i64)>>>,
-    fail: bool,
-) -> impl FnOnce(&mut crate::db::DbConnection) -> Result<(), DbError> + Send + 'static {
-    let seen = seen.clone();
-    move |conn| {
-        meta_get_or_insert(conn, name, "v")?;
-        super::offer_read_before_commit(move |conn| {
-            let rows: i64 = service_meta::table.count().get_result(conn)?;
-            seen.lock().unwrap().push((name, rows));
-            Ok(())
-        });
-        if fail {
-            return Err(DbError::Config(format!("refused {name}")));
+/// What the hand-offs' reads of a batch gave: (task, its activity's id, the activity ids of
+/// its Context rows).
+type Delivered = std::sync::Arc<std::sync::Mutex<Vec<(i64, i64, Vec<i64>)>>>;
+
+/// A write that hands task `task` to the engine under `claim` (leasing it so first when
+/// `lease`) and offers its read; it fails after that when `fails`.
+fn handing_write(
+    task: i64,
+    claim: &'static str,
+    lease: bool,
+    fails: bool,
+    delivered: &Delivered,
+) -> Queued<()> {
+    let delivered = delivered.clone();
+    let work = move |conn: &mut crate::db::DbConnection| -> Result<(), DbError> {
+        if lease {
+            diesel::sql_query(format!(
+                "UPDATE tasks SET lease_owner = '{claim}' WHERE id = {task}"
+            ))
+            .execute(conn)?;
         }
-        Ok(())
-    }
+        let delivered = delivered.clone();
+        super::offer_handed_read(
+            crate::domain::TaskId(task),
+            claim.into(),
+            move |step, rows| {
+                let mut context: Vec<i64> = rows
+                    .map(|rows| rows.activities.iter().map(|a| a.id.get()).collect())
+                    .unwrap_or_default();
+                context.sort_unstable();
+                let read = (step.task.id.get(), step.activity.id.get(), context);
+                delivered.lock().unwrap().push(read);
+            },
+        );
+        match fails {
+            true => Err(DbError::Config(format!("write of task {task} refused"))),
+            false => Ok(()),
+        }
+    };
+    queued(super::Rerun(work))
 }
 
-/// At a low rate a batch is one write, and a read it offers runs in its transaction (seeing
-/// the write) instead of in one of its own after it; in a larger batch, from a write rolled
-/// back, or on SQLite (where a read is no transaction), the offer is dropped unrun.
-#[actix_web::test]
-async fn a_read_offered_by_a_write_runs_before_the_commit_only_in_a_small_batch_on_postgres() {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (sqlite, dir) = temp_db();
-    sqlite
-        .write(store_and_offer("lite", &seen, false))
-        .await
+/// One batch of five hand-offs (tasks 1-5, each of an activity of its own, claimed by "claim"
+/// for a dispatch): task 2's write leases it anew first, task 3's write fails, task 4 was
+/// leased by another claim meanwhile; what was delivered, sorted, and how many reads ran.
+fn batch_of_hand_offs(conn: &mut crate::db::DbConnection) -> (Vec<(i64, i64, Vec<i64>)>, u32) {
+    claimed_for_dispatch(conn, 5);
+    diesel::sql_query("UPDATE tasks SET lease_owner = 'another claim' WHERE id = 4")
+        .execute(conn)
         .unwrap();
-    assert_eq!(*seen.lock().unwrap(), [], "SQLite ran the read");
+    let delivered = Delivered::default();
+    let mut batch: Vec<_> = [
+        (1, "claim", false, false),
+        (2, "claim 2", true, false),
+        (3, "claim", false, true),
+        (4, "claim", false, false),
+        (5, "claim", false, false),
+    ]
+    .into_iter()
+    .map(|(task, claim, lease, fails)| handing_write(task, claim, lease, fails, &delivered).0)
+    .collect();
+    let reads_before = super::batch::HANDED_READS.with(|n| n.get());
+    super::run_batch(conn, &mut batch, None, || {}).unwrap();
+    let reads = super::batch::HANDED_READS.with(|n| n.get()) - reads_before;
+    for write in batch {
+        write.finish(Ok(()));
+    }
+    let mut delivered = std::mem::take(&mut *delivered.lock().unwrap());
+    delivered.sort();
+    (delivered, reads)
+}
+
+/// On PostgreSQL a batch reads the dispatches its writes handed to the engine in one statement
+/// after the writes (it sees them: task 2 leased anew), in their transaction, and each arrives
+/// with its task; a rolled-back write's (task 3) and one whose lease moved on (task 4) are not
+/// delivered. On SQLite (no round trips to save) the offers are dropped: the engine reads.
+#[test]
+fn a_batchs_hand_offs_are_read_in_one_statement_before_its_commit_on_postgres() {
+    let (mut sqlite, _db, dir) = sqlite_connection();
+    assert_eq!(
+        batch_of_hand_offs(&mut sqlite),
+        (vec![], 0),
+        "SQLite read its hand-offs"
+    );
     let _ = std::fs::remove_dir_all(dir);
 
-    let Some((db, admin, name)) = postgres_db() else {
+    let Some((mut pg, db, admin, name)) = postgres_connection() else {
         return;
     };
-    let before: i64 = db
-        .read(|conn| Ok::<_, DbError>(service_meta::table.count().get_result(conn)?))
-        .await
-        .unwrap();
-    db.write(store_and_offer("alone", &seen, false))
-        .await
-        .unwrap();
+    let (delivered, reads) = batch_of_hand_offs(&mut pg);
     assert_eq!(
-        *seen.lock().unwrap(),
-        [("alone", before + 1)],
-        "the read ran once, after the write, in its transaction"
+        delivered,
+        [(1, 1, vec![1]), (2, 2, vec![2]), (5, 5, vec![5])],
+        "each task with its activity's Context rows"
     );
-
-    seen.lock().unwrap().clear();
-    let refused = db.write(store_and_offer("refused", &seen, true)).await;
-    assert!(refused.is_err());
-    assert_eq!(*seen.lock().unwrap(), [], "a rolled-back write's read ran");
-
-    // Three writes queued behind a busy writer commit as one batch: the load is high, and the
-    // engine reads its hand-offs together instead.
-    let (blocker, release) = busy_writer(&db).await;
-    let mut queued: Vec<_> = ["q0", "q1", "q2"]
-        .into_iter()
-        .map(|n| Box::pin(db.write(store_and_offer(n, &seen, false))))
-        .collect();
-    for write in &mut queued {
-        poll_once(write).await;
-    }
-    release.send(()).unwrap();
-    blocker.await.unwrap().unwrap();
-    for write in queued {
-        write.await.unwrap();
-    }
-    assert_eq!(*seen.lock().unwrap(), [], "a batch of three ran its reads");
-    assert_eq!(
-        stored_of(&db, &["q0", "q1", "q2"]).await,
-        ["q0", "q1", "q2"]
-    );
-
-    drop(db);
-    let mut conn = diesel::PgConnection::establish(&admin).unwrap();
-    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .unwrap();
+    assert_eq!(reads, 1, "one statement read them all");
+    drop((pg, db));
+    drop_database(&admin, &name);
 }
 
 /// A writer whose later threads cannot open their connection fails to start, and the threads
