@@ -49,9 +49,10 @@ thread_local! {
 /// under `claim`, as the engine would (`db::handed_steps_with_contexts`): on PostgreSQL, when
 /// the write stays, the batch reads every such task of its writes in one statement after the
 /// writes, in their transaction, before the commit, and `deliver` gets what was read of this
-/// one (it is not called when the lease moved on). Otherwise (SQLite, the write rolled back, no batch
-/// on this thread) the offer is dropped unrun and the engine reads the task itself. The read's
-/// error fails the whole batch (PostgreSQL aborts the transaction), as any statement's would.
+/// one (it is not called when the lease moved on). Otherwise (SQLite, the write rolled back,
+/// no batch on this thread) the offer is dropped unrun and the engine reads the task itself.
+/// The read's error fails the whole batch (PostgreSQL aborts the transaction), as any
+/// statement's would.
 pub(crate) fn offer_handed_read(
     task: TaskId,
     claim: String,
@@ -82,14 +83,18 @@ fn read_handed(conn: &mut DbConnection, offers: Vec<HandedOffer>) -> QueryResult
     #[cfg(test)]
     HANDED_READS.with(|n| n.set(n.get() + 1));
     let handed: Vec<(TaskId, String)> = offers.iter().map(|o| (o.task, o.claim.clone())).collect();
-    let (mut steps, contexts) = db::handed_steps_with_contexts(conn, &handed)?;
+    let (mut steps, mut contexts) = db::handed_steps_with_contexts(conn, &handed)?;
     for offer in offers {
         let Some(at) = steps.iter().position(|s| s.task.id == offer.task) else {
             continue;
         };
         let step = steps.swap_remove(at);
-        // Two hand-offs of one activity share its rows.
-        let context = contexts.get(&step.activity.id).cloned();
+        let activity = step.activity.id;
+        // An activity's rows go to the last of its hand-offs, copies to any before it.
+        let context = match steps.iter().any(|s| s.activity.id == activity) {
+            true => contexts.get(&activity).cloned(),
+            false => contexts.remove(&activity),
+        };
         (offer.deliver)(step, context);
     }
     Ok(())

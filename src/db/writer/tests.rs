@@ -313,11 +313,19 @@ fn handing_write(
     queued(super::Rerun(work))
 }
 
-/// One batch of five hand-offs (tasks 1-5, each of an activity of its own, claimed by "claim"
-/// for a dispatch): task 2's write leases it anew first, task 3's write fails, task 4 was
-/// leased by another claim meanwhile; what was delivered, sorted, and how many reads ran.
+/// One batch of six hand-offs (tasks 1-5, each of an activity of its own, and task 6 of task
+/// 5's activity, all claimed by "claim" for a dispatch): task 2's write leases it anew first,
+/// task 3's write fails, task 4 was leased by another claim meanwhile; what was delivered,
+/// sorted, and how many reads ran.
 fn batch_of_hand_offs(conn: &mut crate::db::DbConnection) -> (Vec<(i64, i64, Vec<i64>)>, u32) {
     claimed_for_dispatch(conn, 5);
+    diesel::sql_query(
+        "INSERT INTO tasks (id, activity_id, position, name, status, created_at, attempt, step, \
+         due_at, lease_owner, lease_until) SELECT 6, activity_id, 1, 't', status, 0, 1, step, \
+         due_at, lease_owner, lease_until FROM tasks WHERE id = 5",
+    )
+    .execute(conn)
+    .unwrap();
     diesel::sql_query("UPDATE tasks SET lease_owner = 'another claim' WHERE id = 4")
         .execute(conn)
         .unwrap();
@@ -328,6 +336,7 @@ fn batch_of_hand_offs(conn: &mut crate::db::DbConnection) -> (Vec<(i64, i64, Vec
         (3, "claim", false, true),
         (4, "claim", false, false),
         (5, "claim", false, false),
+        (6, "claim", false, false),
     ]
     .into_iter()
     .map(|(task, claim, lease, fails)| handing_write(task, claim, lease, fails, &delivered).0)
@@ -345,8 +354,8 @@ fn batch_of_hand_offs(conn: &mut crate::db::DbConnection) -> (Vec<(i64, i64, Vec
 
 /// On PostgreSQL a batch reads the dispatches its writes handed to the engine in one statement
 /// after the writes (it sees them: task 2 leased anew), in their transaction, and each arrives
-/// with its task; a rolled-back write's (task 3) and one whose lease moved on (task 4) are not
-/// delivered. On SQLite (no round trips to save) the offers are dropped: the engine reads.
+/// with its task and its activity's Context (two of one activity each with it); a rolled-back
+/// write's (task 3) and one whose lease moved on (task 4) are not delivered. On SQLite (no round trips to save) the offers are dropped: the engine reads.
 #[test]
 fn a_batchs_hand_offs_are_read_in_one_statement_before_its_commit_on_postgres() {
     let (mut sqlite, _db, dir) = sqlite_connection();
@@ -363,8 +372,13 @@ fn a_batchs_hand_offs_are_read_in_one_statement_before_its_commit_on_postgres() 
     let (delivered, reads) = batch_of_hand_offs(&mut pg);
     assert_eq!(
         delivered,
-        [(1, 1, vec![1]), (2, 2, vec![2]), (5, 5, vec![5])],
-        "each task with its activity's Context rows"
+        [
+            (1, 1, vec![1]),
+            (2, 2, vec![2]),
+            (5, 5, vec![5]),
+            (6, 5, vec![5])
+        ],
+        "each task with its activity's Context rows (two of one activity both)"
     );
     assert_eq!(reads, 1, "one statement read them all");
     drop((pg, db));
