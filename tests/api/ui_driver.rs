@@ -3,6 +3,7 @@
 //! cannot do: the dashboard's clicks.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ impl Browser {
         let profile =
             std::env::temp_dir().join(format!("odm-ui-{}", uuid::Uuid::new_v4().simple()));
         let mut child = Command::new(chromium)
+            // A group of its own, so that its helpers go with it (`Drop`).
+            .process_group(0)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -90,10 +93,42 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        end_group(self.child.id());
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
+}
+
+/// Kills the process group of the Chromium whose id is `pid`, started in a group of its own
+/// (`process_group(0)`), and waits (up to 5 s) until none of it runs: Chromium's helpers
+/// outlive it, and went on writing into its profile folder after the folder was removed,
+/// leaving it behind in the temporary folder.
+fn end_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running_in_group(pid) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The processes of process group `group` still running (a dead one waiting for its parent, a
+/// zombie, is not), from `/proc`.
+fn running_in_group(group: u32) -> usize {
+    let stats = std::fs::read_dir("/proc").unwrap().filter_map(|entry| {
+        let name = entry.ok()?.file_name().into_string().ok()?;
+        name.parse::<u32>().ok()?;
+        std::fs::read_to_string(format!("/proc/{name}/stat")).ok()
+    });
+    stats
+        .filter(|stat| {
+            // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            fields[2] == group.to_string() && !matches!(fields[0], "Z" | "X")
+        })
+        .count()
 }
 
 impl Page {
