@@ -39,8 +39,8 @@ pub(crate) struct HandedOffer {
 }
 
 thread_local! {
-    /// The batch under way on this thread (a writer thread), if any.
-    static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// A PostgreSQL batch is under way on this thread (a writer thread): offers are taken.
+    static TAKES_OFFERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// What the write running now offered to read before the commit.
     static OFFERED: RefCell<Vec<HandedOffer>> = const { RefCell::new(Vec::new()) };
 }
@@ -50,7 +50,8 @@ thread_local! {
 /// the write stays, the batch reads every such task of its writes in one statement after the
 /// writes, in their transaction, before the commit, and `deliver` gets what was read of this
 /// one (it is not called when the lease moved on). Otherwise (SQLite, the write rolled back,
-/// no batch on this thread) the offer is dropped unrun and the engine reads the task itself.
+/// no batch on this thread) the offer is not taken, or dropped unrun, and the engine reads
+/// the task itself.
 /// The read's error fails the whole batch (PostgreSQL aborts the transaction), as any
 /// statement's would.
 pub(crate) fn offer_handed_read(
@@ -58,7 +59,7 @@ pub(crate) fn offer_handed_read(
     claim: String,
     deliver: impl FnOnce(ClaimedStep, Option<ContextRows>) + 'static,
 ) {
-    if IN_BATCH.with(|b| b.get()) {
+    if TAKES_OFFERS.with(|b| b.get()) {
         let offer = HandedOffer {
             task,
             claim,
@@ -101,11 +102,12 @@ fn read_handed(conn: &mut DbConnection, offers: Vec<HandedOffer>) -> QueryResult
 }
 
 /// Marks this thread as running a batch while alive; what was offered and not taken goes.
+/// Offers are taken on PostgreSQL only: on SQLite a read is no round trip (the engine reads).
 struct BatchUnderWay;
 
 impl BatchUnderWay {
-    fn start() -> BatchUnderWay {
-        IN_BATCH.with(|b| b.set(true));
+    fn start(conn: &DbConnection) -> BatchUnderWay {
+        TAKES_OFFERS.with(|b| b.set(matches!(conn, DbConnection::Pg(_))));
         take_offered();
         db::forget_ahead();
         BatchUnderWay
@@ -114,7 +116,7 @@ impl BatchUnderWay {
 
 impl Drop for BatchUnderWay {
     fn drop(&mut self) {
-        IN_BATCH.with(|b| b.set(false));
+        TAKES_OFFERS.with(|b| b.set(false));
         take_offered();
         db::forget_ahead();
     }
@@ -138,7 +140,7 @@ pub(super) fn run_batch(
     begin(conn)?;
     // A mark left on this thread by a batch that failed is not this batch's.
     listen::take_work_due();
-    let _under_way = BatchUnderWay::start();
+    let _under_way = BatchUnderWay::start(conn);
     apply_ahead_of_writes(conn, batch, &mut step)?;
     // Per write: it stays (ran and was not rolled back), it left engine work due, and the
     // hand-offs' reads it offered (`offer_handed_read`) on its last run.
@@ -191,15 +193,13 @@ pub(super) fn run_batch(
     if stays.iter().zip(&due).any(|(stays, due)| *stays && *due) {
         listen::notify_others(conn, notifying)?;
     }
-    if matches!(conn, DbConnection::Pg(_)) {
-        let offers: Vec<HandedOffer> = (offered.into_iter().zip(&stays))
-            .filter(|(_, stays)| **stays)
-            .flat_map(|(offers, _)| offers)
-            .collect();
-        if !offers.is_empty() {
-            step();
-            read_handed(conn, offers)?;
-        }
+    let offers: Vec<HandedOffer> = (offered.into_iter().zip(&stays))
+        .filter(|(_, stays)| **stays)
+        .flat_map(|(offers, _)| offers)
+        .collect();
+    if !offers.is_empty() {
+        step();
+        read_handed(conn, offers)?;
     }
     step();
     <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
