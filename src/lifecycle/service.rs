@@ -109,7 +109,13 @@ pub(super) fn apply(
     listeners: &Listeners,
 ) -> Result<Applied, CommandError> {
     let now = now_ms();
-    db::apply_plan(conn, plan, now)?;
-    let announced = notifications::record(conn, listeners, &plan.events(activity), now)?;
+    let events = plan.events(activity);
+    // An event's outbox row is built from the rows as the plan leaves them (read back): a plan
+    // kept for its batch to apply later (a callback's, `apply_plan_or_keep`) is not there yet.
+    match notifications::wanted(listeners, &events) {
+        true => db::apply_plan(conn, plan, now)?,
+        false => db::apply_plan_or_keep(conn, plan, now)?,
+    }
+    let announced = notifications::record(conn, listeners, &events, now)?;
     Ok(Applied::of(plan, now).announcing(announced))
 }

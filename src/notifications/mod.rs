@@ -235,6 +235,14 @@ fn headers(
 /// Writes the outbox rows of `events` (one per listener that wants each) inside the caller's
 /// transaction: they commit or roll back with the change they report. `true` when it wrote any.
 /// Nothing is read when no listener wants any of them.
+/// Whether a listener wants one of `events`: `record` then writes their outbox rows, reading
+/// the activity and task rows they report.
+pub fn wanted(listeners: &Listeners, events: &[Event]) -> bool {
+    events
+        .iter()
+        .any(|e| listeners.iter().any(|l| l.wants(e.event_type)))
+}
+
 pub fn record(
     conn: &mut DbConnection,
     listeners: &Listeners,

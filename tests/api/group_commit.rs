@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use odm_devops::db::schema::service_meta;
 use odm_devops::db::{Db, DbError, POSTGRES_WRITE_THREADS};
 use odm_devops::domain::ActivityId;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::*;
 use crate::metrics::scrape;
@@ -355,4 +355,109 @@ async fn what_was_answered_survives_a_kill_in_the_middle_of_batches(db: TestDb) 
     let lost: Vec<_> = answered.iter().filter(|id| !stored.contains(id)).collect();
     assert!(lost.is_empty(), "answered 201 but not stored: {lost:?}");
     after.stop().await;
+}
+
+on_both_backends!(callbacks_queued_together_announce_their_tasks_as_their_callbacks_left_them);
+/// Callbacks of several activities queued together: on PostgreSQL their batch reads their
+/// snapshots ahead, and could keep their plans to apply them in one statement once they have
+/// all run (`src/db/queries/behind.rs`). A listener wants their TASK_COMPLETED events, whose
+/// outbox rows are built from the rows read back in the callback's write: so each applies its
+/// own plan at once, and each event shows its task as its callback left it.
+async fn callbacks_queued_together_announce_their_tasks_as_their_callbacks_left_them(db: TestDb) {
+    use crate::notifications::{odm_listener, settings_with, simulator, start_two_tasks};
+    const CALLBACKS: usize = 6;
+    let sim = simulator().await;
+    let executor = crate::fakes::FakeExecutor::start().await;
+    let mut completed = odm_listener(&sim, "completed");
+    completed.events = vec!["DATA_PRODUCT_TASK_COMPLETED".into()];
+    let app = spawn_stepped_app(settings_with(&db, &executor, vec![completed])).await;
+    for n in 0..CALLBACKS {
+        start_two_tasks(&app, &format!("gcb{n}")).await;
+    }
+    app.dispatched(&executor, CALLBACKS).await;
+    let firsts = executor.received();
+    // On PostgreSQL, as in the test above: every writer thread held up first, so that the
+    // callbacks queue. (SQLite keeps no plan; there the callbacks are only sent at once: a
+    // callback may need a new pool connection, whose pragmas would wait for the lock.)
+    let postgres = db.backend == Backend::Postgres;
+    let fillers = if postgres { POSTGRES_WRITE_THREADS } else { 0 };
+    for n in 0..fillers {
+        app.put_descriptor(&filler(n), "1.0.0", &descriptor(fake_stage(&["build"])))
+            .await;
+    }
+    let release = postgres.then(|| block_activity_writes(&db));
+    let (app_ref, url) = (&app, &db.url);
+    let held_threads = join_all((0..fillers).map(|n| async move {
+        eventually(
+            "the previous writer thread to wait for the lock",
+            || async { (writers_waiting_for_a_lock(url) == n as i64).then_some(()) },
+        )
+        .await;
+        app_ref
+            .create_activity(&filler(n), "1.0.0", "dev", true)
+            .await
+    }));
+    let callbacks = async {
+        if fillers > 0 {
+            eventually("every writer thread to wait for the lock", || async {
+                (writers_waiting_for_a_lock(url) == fillers as i64).then_some(())
+            })
+            .await;
+        }
+        join_all(firsts.iter().map(|task| {
+            let results = json!({"status": "PROCESSED", "results": {"task": task.id}});
+            app_ref.call_back(&task.callback_ref, Some(results))
+        }))
+        .await
+    };
+    let queued = async {
+        let release = release?;
+        let started = std::time::Instant::now();
+        loop {
+            let queued = scrape(app_ref)
+                .await
+                .value("odm_devops_database_write_queue");
+            if queued == CALLBACKS as f64 || started.elapsed() > std::time::Duration::from_secs(10)
+            {
+                release.send(()).unwrap();
+                return Some(queued as u64);
+            }
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let (_, answers, queued) = futures_util::future::join3(held_threads, callbacks, queued).await;
+    if let Some(queued) = queued {
+        assert!(queued >= 2, "{queued} callbacks queued together");
+    }
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+
+    // The stepped engine delivers the outbox (and dispatches the second tasks).
+    app.drive_until_idle().await;
+    let events = eventually("every task's completion to reach the listener", || async {
+        let events = crate::notifications::events_of(&sim, "completed");
+        (events.len() >= CALLBACKS).then_some(events)
+    })
+    .await;
+    let mut announced: Vec<(i64, String, Value)> = events
+        .iter()
+        .map(|e| {
+            let task = &e["afterState"]["task"];
+            let results = task["results"].as_str().map(serde_json::from_str);
+            (
+                task["id"].as_i64().unwrap(),
+                task["status"].as_str().unwrap().to_owned(),
+                results.unwrap_or(Ok(Value::Null)).unwrap(),
+            )
+        })
+        .collect();
+    announced.sort_by_key(|(id, _, _)| *id);
+    let mut expected: Vec<(i64, String, Value)> = firsts
+        .iter()
+        .map(|t| (t.id, "PROCESSED".to_owned(), json!({"task": t.id})))
+        .collect();
+    expected.sort_by_key(|(id, _, _)| *id);
+    assert_eq!(announced, expected, "{events:?}");
+    app.stop().await;
 }

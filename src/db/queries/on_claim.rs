@@ -24,11 +24,12 @@ use super::Conn;
 use crate::db::schema::tasks;
 use crate::domain::{TaskChanges, TaskId, UpdateOnClaim};
 
-/// Statements that applied updates ahead, and outcomes taken from them, since the process
-/// started (tests: whether a batch took this path).
 #[cfg(test)]
-pub(crate) static AHEAD: [std::sync::atomic::AtomicU64; 2] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 2];
+thread_local! {
+    /// Statements that applied updates ahead, and outcomes taken from them (tests: whether a
+    /// batch took this path).
+    pub(crate) static AHEAD: super::Counts = const { super::Counts::new() };
+}
 
 thread_local! {
     /// The updates this thread's batch applied ahead and whether each applied (its row still
@@ -106,7 +107,7 @@ pub(crate) fn apply_ahead(pg: &mut PgConnection, updates: &[&UpdateOnClaim]) -> 
     }
     let applied: Vec<TaskId> = records.get_results(pg)?;
     #[cfg(test)]
-    AHEAD[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    AHEAD.with(|c| c.add(0));
     APPLIED_AHEAD.with(|ahead| {
         let mut ahead = ahead.borrow_mut();
         for (on_claim, _, _) in &updates {
@@ -276,7 +277,7 @@ fn take_applied_ahead(on_claim: &UpdateOnClaim) -> Option<bool> {
         let mut ahead = ahead.borrow_mut();
         let at = ahead.iter().position(|(applied, _)| applied == on_claim)?;
         #[cfg(test)]
-        AHEAD[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        AHEAD.with(|c| c.add(1));
         Some(ahead.swap_remove(at).1)
     })
 }

@@ -392,6 +392,20 @@ pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyErr
     Ok(())
 }
 
+/// As `apply_plan`, or, on PostgreSQL, keeps `plan` for the write's batch to apply with its
+/// other callbacks' once they have run (`behind.rs`: a callback whose snapshot the batch read
+/// ahead): answered as applied, its rows are not changed yet. So only for a write that reads
+/// none of the plan's rows afterwards.
+pub fn apply_plan_or_keep(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyError> {
+    if matches!(conn, DbConnection::Pg(_)) && super::behind::defer(plan) {
+        if plan.makes_work_due(now) {
+            crate::db::listen::mark_work_due();
+        }
+        return Ok(());
+    }
+    apply_plan(conn, plan, now)
+}
+
 pub(super) fn conflict_of_activity(update: &ActivityUpdate) -> ApplyError {
     ApplyError::Conflict(format!(
         "activity {} is no longer {}",

@@ -21,11 +21,12 @@ use super::plans::{snapshot_of_rows, ActivityStateRow, SubjectColumns, TaskState
 use crate::db::schema::{activities, tasks};
 use crate::domain::{Snapshot, TaskId};
 
-/// Statements that read snapshots ahead, and snapshots taken from them, since the process
-/// started (tests: whether a batch took this path).
 #[cfg(test)]
-pub(crate) static READ_AHEAD: [std::sync::atomic::AtomicU64; 2] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 2];
+thread_local! {
+    /// Statements that read snapshots ahead, and snapshots taken from them (tests: whether a
+    /// batch took this path).
+    pub(crate) static READ_AHEAD: super::Counts = const { super::Counts::new() };
+}
 
 thread_local! {
     /// The snapshots this thread's batch read ahead, by the callback's task, until its write
@@ -59,7 +60,7 @@ pub(crate) fn read_snapshots_ahead(pg: &mut PgConnection, callbacks: &[TaskId]) 
         .for_update();
     let rows: Vec<(ActivityStateRow, TaskStateRow, SubjectColumns)> = Unprepared(query).load(pg)?;
     #[cfg(test)]
-    READ_AHEAD[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    READ_AHEAD.with(|c| c.add(0));
     let mut read = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while let Some((activity, first, first_subject)) = rows.next() {
@@ -91,8 +92,11 @@ pub(super) fn take_snapshot_read_ahead(task: TaskId) -> Option<Snapshot> {
         let mut snapshots = snapshots.borrow_mut();
         let at = snapshots.iter().position(|(of, _)| *of == task)?;
         #[cfg(test)]
-        READ_AHEAD[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Some(snapshots.swap_remove(at).1)
+        READ_AHEAD.with(|c| c.add(1));
+        let snapshot = snapshots.swap_remove(at).1;
+        // No other callback of the batch touches its activity: its plan may wait (`behind.rs`).
+        super::behind::permit(snapshot.activity.id);
+        Some(snapshot)
     })
 }
 

@@ -141,16 +141,20 @@ pub(super) fn run_batch(
     // A mark left on this thread by a batch that failed is not this batch's.
     listen::take_work_due();
     let _under_way = BatchUnderWay::start(conn);
-    apply_ahead_of_writes(conn, batch, &mut step)?;
+    let callbacks = apply_ahead_of_writes(conn, batch, &mut step)?;
     // Per write: it stays (ran and was not rolled back), it left engine work due, and the
     // hand-offs' reads it offered (`offer_handed_read`) on its last run.
-    let mut stays = vec![false; batch.len()];
-    let mut due = vec![false; batch.len()];
-    let mut offered: Vec<Vec<HandedOffer>> =
-        std::iter::repeat_with(Vec::new).take(batch.len()).collect();
+    let mut runs = Runs {
+        stays: vec![false; batch.len()],
+        due: vec![false; batch.len()],
+        offered: std::iter::repeat_with(Vec::new).take(batch.len()).collect(),
+    };
     // The writes that stayed since the savepoint was last set (all rerunnable when several).
     let mut since_savepoint: Vec<usize> = Vec::new();
     for i in 0..batch.len() {
+        if i == callbacks && callbacks > 0 {
+            since_savepoint = apply_behind(conn, batch, since_savepoint, &mut runs, &mut step)?;
+        }
         let shares_savepoint =
             batch[i].rerunnable() && since_savepoint.iter().all(|&j| batch[j].rerunnable());
         if !since_savepoint.is_empty() && !shares_savepoint {
@@ -158,36 +162,26 @@ pub(super) fn run_batch(
             since_savepoint.clear();
         }
         step();
-        match run_one(conn, batch, i, &mut due, &mut offered)? {
-            true => {
-                stays[i] = true;
-                since_savepoint.push(i);
-            }
+        match run_one(conn, batch, i, &mut runs)? {
+            true => since_savepoint.push(i),
             false => {
                 // Undoes this write and the rerunnable ones since the savepoint (which stays
                 // defined); those run again, each protected as before.
                 conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
                 db::forget_ahead();
                 let undone = std::mem::take(&mut since_savepoint);
-                let mut protected = true;
-                for j in undone {
-                    if !protected {
-                        conn.batch_execute(NEXT_SAVEPOINT)?;
-                    }
-                    step();
-                    stays[j] = run_one(conn, batch, j, &mut due, &mut offered)?;
-                    if stays[j] {
-                        protected = false;
-                    } else {
-                        conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
-                        db::forget_ahead();
-                        protected = true;
-                    }
-                    since_savepoint = if protected { Vec::new() } else { vec![j] };
-                }
+                since_savepoint = run_again(conn, batch, undone, &mut runs, &mut step)?;
             }
         }
     }
+    if callbacks == batch.len() && callbacks > 0 {
+        apply_behind(conn, batch, since_savepoint, &mut runs, &mut step)?;
+    }
+    let Runs {
+        stays,
+        due,
+        offered,
+    } = runs;
     // Only a write that stays counts: a rolled-back one made nothing due, and what it offered
     // to read is not there.
     if stays.iter().zip(&due).any(|(stays, due)| *stays && *due) {
@@ -224,9 +218,9 @@ fn apply_ahead_of_writes(
     conn: &mut DbConnection,
     batch: &mut [Box<dyn QueuedWrite>],
     step: &mut impl FnMut(),
-) -> Result<(), DbError> {
+) -> Result<usize, DbError> {
     let DbConnection::Pg(pg) = conn else {
-        return Ok(());
+        return Ok(0);
     };
     fn update_of(write: &dyn QueuedWrite) -> Option<&UpdateOnClaim> {
         match write.ahead()? {
@@ -259,6 +253,7 @@ fn apply_ahead_of_writes(
     };
     // Stable: the others keep their order.
     batch.sort_by_key(|write| group(write.as_ref()));
+    let front = batch.iter().filter(|w| group(w.as_ref()) == 0).count();
     let updates: Vec<&UpdateOnClaim> = batch
         .iter()
         .filter(|w| group(w.as_ref()) == 1)
@@ -280,7 +275,7 @@ fn apply_ahead_of_writes(
         conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
         db::forget_ahead();
     }
-    Ok(())
+    Ok(front)
 }
 
 /// The tasks `of` finds in `batch`'s writes that are found once; empty when fewer than two.
@@ -302,25 +297,95 @@ fn once_each(
     }
 }
 
+/// What became of each write of a batch on its last run.
+struct Runs {
+    /// It ran and was not rolled back.
+    stays: Vec<bool>,
+    /// It left engine work due.
+    due: Vec<bool>,
+    /// The hand-offs' reads it offered.
+    offered: Vec<Vec<HandedOffer>>,
+}
+
 /// Runs write `i`; whether it succeeded (what it wrote is then to stay). A panic is a bug and
 /// leaves the savepoints in an unknown state, so nothing of the batch stays.
 fn run_one(
     conn: &mut DbConnection,
     batch: &mut [Box<dyn QueuedWrite>],
     i: usize,
-    due: &mut [bool],
-    offered: &mut [Vec<HandedOffer>],
+    runs: &mut Runs,
 ) -> Result<bool, DbError> {
     let ran = batch[i].run(conn);
-    due[i] = listen::take_work_due();
-    offered[i] = take_offered();
-    match ran {
-        Ran::Succeeded => Ok(true),
-        Ran::Failed => Ok(false),
-        Ran::Panicked => Err(DbError::Commit(
-            "a write of this group panicked; the whole group was rolled back".into(),
-        )),
+    db::end_of_write();
+    runs.due[i] = listen::take_work_due();
+    runs.offered[i] = take_offered();
+    runs.stays[i] = match ran {
+        Ran::Succeeded => true,
+        Ran::Failed => false,
+        Ran::Panicked => {
+            return Err(DbError::Commit(
+                "a write of this group panicked; the whole group was rolled back".into(),
+            ))
+        }
+    };
+    Ok(runs.stays[i])
+}
+
+/// Runs `undone` again, rolled back to the savepoint, each behind a savepoint of its own when
+/// the one before stayed; the writes that stayed since the savepoint was last set.
+fn run_again(
+    conn: &mut DbConnection,
+    batch: &mut [Box<dyn QueuedWrite>],
+    undone: Vec<usize>,
+    runs: &mut Runs,
+    step: &mut impl FnMut(),
+) -> Result<Vec<usize>, DbError> {
+    let mut since_savepoint = Vec::new();
+    let mut protected = true;
+    for j in undone {
+        if !protected {
+            conn.batch_execute(NEXT_SAVEPOINT)?;
+        }
+        step();
+        if run_one(conn, batch, j, runs)? {
+            protected = false;
+        } else {
+            conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
+            db::forget_ahead();
+            protected = true;
+        }
+        since_savepoint = if protected { Vec::new() } else { vec![j] };
     }
+    Ok(since_savepoint)
+}
+
+/// On PostgreSQL, applies the callbacks' plans kept behind them (`db::apply_behind`), once the
+/// last callback at the front of the batch has run; when one no longer matched, or the
+/// statement failed, rolls the callbacks back to the savepoint they share and runs them again,
+/// each applying its own. The writes that stayed since the savepoint was last set.
+fn apply_behind(
+    conn: &mut DbConnection,
+    batch: &mut [Box<dyn QueuedWrite>],
+    since_savepoint: Vec<usize>,
+    runs: &mut Runs,
+    step: &mut impl FnMut(),
+) -> Result<Vec<usize>, DbError> {
+    let DbConnection::Pg(pg) = conn else {
+        return Ok(since_savepoint);
+    };
+    step();
+    match db::apply_behind(pg) {
+        Ok(true) => return Ok(since_savepoint),
+        Ok(false) => {
+            tracing::debug!("a callback's plan applied behind it no longer matched; its batch's callbacks run again");
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "the callbacks' plans applied behind them failed; each applies its own");
+        }
+    }
+    conn.batch_execute(ROLL_BACK_THIS_WRITE)?;
+    db::forget_ahead();
+    run_again(conn, batch, since_savepoint, runs, step)
 }
 
 const NEXT_SAVEPOINT: &str = "RELEASE SAVEPOINT odm_write; SAVEPOINT odm_write";

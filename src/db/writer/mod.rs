@@ -21,6 +21,8 @@
 //! backlog that only grows. The write closure runs inside its caller's tracing span.
 
 mod batch;
+#[cfg(test)]
+mod behind_tests;
 mod queue;
 #[cfg(test)]
 pub(super) mod tests;

@@ -437,13 +437,13 @@ fn a_writer_that_cannot_open_every_connection_leaves_no_thread_behind() {
 }
 
 /// A write as its writer queues it, and the answer its caller would wait for.
-type Queued<T> = (
+pub(super) type Queued<T> = (
     Box<dyn super::QueuedWrite>,
     tokio::sync::oneshot::Receiver<Result<T, DbError>>,
 );
 
 /// `work` as its writer queues it, and the answer its caller would wait for.
-fn queued<T: Send + 'static, W: super::Work<T, DbError>>(work: W) -> Queued<T> {
+pub(super) fn queued<T: Send + 'static, W: super::Work<T, DbError>>(work: W) -> Queued<T> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let write = super::Write {
         caller: crate::telemetry::CallerSpan::capture(),
@@ -454,8 +454,25 @@ fn queued<T: Send + 'static, W: super::Work<T, DbError>>(work: W) -> Queued<T> {
     (Box::new(write), answer)
 }
 
+/// Runs `writes` as one batch on `conn`, as a writer thread would, and answers each write's
+/// outcome once the batch is over.
+pub(super) fn run_as_one_batch<T>(
+    conn: &mut crate::db::DbConnection,
+    writes: Vec<Queued<T>>,
+) -> Vec<Result<T, DbError>> {
+    let (mut batch, answers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+    super::run_batch(conn, &mut batch, None, || {}).unwrap();
+    for write in batch {
+        write.finish(Ok(()));
+    }
+    answers
+        .into_iter()
+        .map(|a| a.blocking_recv().unwrap())
+        .collect()
+}
+
 /// A writer thread's connection to a fresh SQLite database (kept with its `Db` and folder).
-fn sqlite_connection() -> (crate::db::DbConnection, Db, std::path::PathBuf) {
+pub(super) fn sqlite_connection() -> (crate::db::DbConnection, Db, std::path::PathBuf) {
     use diesel::r2d2::ManageConnection;
     let (db, dir) = temp_db();
     let target =
@@ -466,7 +483,7 @@ fn sqlite_connection() -> (crate::db::DbConnection, Db, std::path::PathBuf) {
 
 /// A writer thread's connection to a fresh PostgreSQL database, with its `Db`, and the admin
 /// URL and name to drop it (`drop_database`); `None` as `postgres_db`.
-fn postgres_connection() -> Option<(crate::db::DbConnection, Db, String, String)> {
+pub(super) fn postgres_connection() -> Option<(crate::db::DbConnection, Db, String, String)> {
     use diesel::r2d2::ManageConnection;
     let (db, admin, name, url) = postgres_db_at()?;
     let target = super::super::connection::Target::Postgres(url);
@@ -483,7 +500,7 @@ pub(in crate::db) fn drop_database(admin: &str, name: &str) {
 }
 
 /// Tasks 1..=n, each of an activity of its own, claimed by "claim" for a dispatch (attempt 1).
-fn claimed_for_dispatch(conn: &mut crate::db::DbConnection, n: i64) {
+pub(super) fn claimed_for_dispatch(conn: &mut crate::db::DbConnection, n: i64) {
     for i in 1..=n {
         diesel::sql_query(format!(
             "INSERT INTO activities (id, data_product_id, data_product_version, stage, status, \
@@ -603,8 +620,7 @@ fn batch_of_records(conn: &mut crate::db::DbConnection) -> BatchOfRecords {
 /// the same outcomes and rows.
 #[test]
 fn a_batchs_dispatch_records_go_ahead_in_one_statement_and_a_failing_write_undoes_its_own() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let ahead = || crate::db::queries::AHEAD.each_ref().map(|c| c.load(SeqCst));
+    let ahead = || crate::db::queries::AHEAD.with(crate::db::queries::Counts::get);
     // Task 2's claim has moved on: its record is not applied. Task 3's write failed.
     let expected_outcomes = [
         Ok(true),
@@ -702,20 +718,11 @@ fn batch_of_callbacks(
     )
     .unwrap();
     let runs: Vec<std::sync::Arc<AtomicUsize>> = (0..5).map(|_| Default::default()).collect();
-    let mut batch = Vec::new();
-    let mut answers = Vec::new();
-    for (task, runs) in (1..).zip(&runs) {
-        let (write, answer) = callback_write(task, failing == Some(task), runs);
-        batch.push(write);
-        answers.push(answer);
-    }
-    super::run_batch(conn, &mut batch, None, || {}).unwrap();
-    for write in batch {
-        write.finish(Ok(()));
-    }
-    let outcomes = answers
+    let writes = (1..).zip(&runs);
+    let writes = writes.map(|(task, runs)| callback_write(task, failing == Some(task), runs));
+    let outcomes = run_as_one_batch(conn, writes.collect())
         .into_iter()
-        .map(|a| a.blocking_recv().unwrap().map_err(|e| e.to_string()))
+        .map(|outcome| outcome.map_err(|e| e.to_string()))
         .collect();
     (outcomes, runs.iter().map(|r| r.load(SeqCst)).collect())
 }
@@ -726,12 +733,7 @@ fn batch_of_callbacks(
 /// ahead and the others read again. On SQLite each reads in its write: the same snapshots.
 #[test]
 fn a_batchs_callbacks_read_their_snapshots_ahead_in_one_statement_each_as_at_its_turn() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let read_ahead = || {
-        crate::db::queries::READ_AHEAD
-            .each_ref()
-            .map(|c| c.load(SeqCst))
-    };
+    let read_ahead = || crate::db::queries::READ_AHEAD.with(crate::db::queries::Counts::get);
     let seen =
         |results: Option<&str>, tasks: &[i64], task: i64| -> Result<SeenInSnapshot, String> {
             Ok((

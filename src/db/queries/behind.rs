@@ -1,0 +1,408 @@
+//! PostgreSQL: the plans of a batch's callbacks applied together, in one statement behind them.
+//!
+//! After the dispatch records and the callbacks' snapshots went ahead of a batch's writes
+//! (`on_claim.rs`, `read_ahead.rs`), each callback's plan was still a statement of its own (one
+//! statement of CTEs, `combined.rs`): 1 of ~1.8 statements a task, each costing both processes
+//! a round trip (issue 15's profile: the writer thread and its PostgreSQL backend, one chain,
+//! ~80 % of a core on one replica, a fifth of the backend's time in the socket calls and
+//! setting up each statement). A callback whose snapshot its batch read ahead decides on rows
+//! that no other callback of the batch touches (one callback an activity) and that nothing
+//! else touches before the last of the callbacks has run (they run first, one after another;
+//! `writer/batch.rs`). So its plan can wait until then: `apply_plan_or_keep` keeps it here
+//! (`defer`; the callback calls it unless a notification listener wants its events, whose
+//! outbox rows are built from the rows read back), answers as if it had applied, and the batch applies every plan kept in one
+//! `UPDATE … FROM unnest(…)` a table (`apply_behind`), each with the compare-and-set of the
+//! plan's own statement. When one no longer matches (or the statement fails), the batch rolls
+//! back to the savepoint the callbacks share and runs them again, each applying its own plan
+//! then, and meets the conflict as it would have.
+//!
+//! Kept only: a plan of the activity its write's snapshot was read ahead for (once per run
+//! of the write, `permit`), without a lifecycle promotion (two activities of one product version
+//! would close the same row in one statement), with a task (a callback's plan finishes its
+//! own) and with nothing empty to set (diesel refuses an empty SET, as the plan's own
+//! statement would).
+
+use std::cell::{Cell, RefCell};
+
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
+use diesel::PgConnection;
+
+use crate::domain::{ActivityChanges, ActivityId, Plan, TaskChanges};
+
+#[cfg(test)]
+thread_local! {
+    /// Plans kept, and statements that applied them (tests: whether a batch took this path).
+    pub(crate) static BEHIND: super::Counts = const { super::Counts::new() };
+}
+
+thread_local! {
+    /// The activity whose snapshot the write running on this thread took from its batch's
+    /// read ahead: its plan may be kept.
+    static PERMIT: Cell<Option<ActivityId>> = const { Cell::new(None) };
+    /// The plans kept, as the statement's arrays.
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+}
+
+/// The write running on this thread decides on a snapshot of `activity` read ahead.
+pub(super) fn permit(activity: ActivityId) {
+    PERMIT.with(|p| p.set(Some(activity)));
+}
+
+/// The write that ran on this thread is over: what it was permitted goes with it.
+pub(crate) fn end_of_write() {
+    PERMIT.with(|p| p.set(None));
+}
+
+/// Keeps `plan` for its batch to apply behind the callbacks (module doc); false when it is
+/// not to be kept: its caller applies it.
+pub(super) fn defer(plan: &Plan) -> bool {
+    let Some(permitted) = PERMIT.with(Cell::take) else {
+        return false;
+    };
+    let Some(activity) = &plan.activity else {
+        return false;
+    };
+    let mut ids: Vec<_> = plan.tasks.iter().map(|t| t.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let keep = activity.id == permitted
+        && !plan.tasks.is_empty()
+        && !plan.promote_lifecycle
+        && activity.changes != ActivityChanges::default()
+        && plan
+            .tasks
+            .iter()
+            .all(|t| t.changes != TaskChanges::default())
+        && ids.len() == plan.tasks.len();
+    if keep {
+        KEPT.with(|kept| kept.borrow_mut().push(plan));
+        #[cfg(test)]
+        BEHIND.with(|c| c.add(0));
+    }
+    keep
+}
+
+/// Forgets the plans kept on this thread: rolled back, or the batch is over.
+pub(super) fn forget_behind() {
+    end_of_write();
+    KEPT.with(|kept| *kept.borrow_mut() = Kept::default());
+}
+
+/// Applies the plans kept on this thread in one statement; false when one of them no longer
+/// matched its rows (the caller then rolls back what this applied and runs their writes
+/// again). On an error the caller rolls back too. Nothing kept: true, no statement.
+pub(crate) fn apply_behind(pg: &mut PgConnection) -> QueryResult<bool> {
+    let kept = KEPT.with(|kept| std::mem::take(&mut *kept.borrow_mut()));
+    if kept.updates == 0 {
+        return Ok(true);
+    }
+    let updates = kept.updates;
+    let changed: i64 = kept.get_result(pg)?;
+    #[cfg(test)]
+    BEHIND.with(|c| c.add(1));
+    Ok(usize::try_from(changed).is_ok_and(|changed| changed == updates))
+}
+
+/// One column a plan may set: whether each row sets it, and to what.
+struct Set<T> {
+    set: Vec<bool>,
+    to: Vec<Option<T>>,
+}
+
+impl<T> Default for Set<T> {
+    fn default() -> Self {
+        Set {
+            set: Vec::new(),
+            to: Vec::new(),
+        }
+    }
+}
+
+impl<T> Set<T> {
+    fn push(&mut self, change: Option<Option<T>>) {
+        self.set.push(change.is_some());
+        self.to.push(change.flatten());
+    }
+}
+
+/// The activities' updates, an array a column.
+#[derive(Default)]
+struct ActivityRows {
+    id: Vec<i64>,
+    expected: Vec<&'static str>,
+    status: Set<&'static str>,
+    results: Set<String>,
+    errors: Set<String>,
+    sealed_secrets: Set<String>,
+    started_at: Set<i64>,
+    finished_at: Set<i64>,
+}
+
+/// The columns `ActivityRows` sets, in the order of its fields.
+const ACTIVITY_SETS: [&str; 6] = [
+    "status",
+    "results",
+    "errors",
+    "sealed_secrets",
+    "started_at",
+    "finished_at",
+];
+
+/// The tasks' updates, an array a column; `lease`: the claim the update expects (`None`: any).
+#[derive(Default)]
+struct TaskRows {
+    id: Vec<i64>,
+    expected: Vec<&'static str>,
+    lease: Vec<Option<String>>,
+    status: Set<&'static str>,
+    results: Set<String>,
+    errors: Set<String>,
+    configurations: Set<String>,
+    started_at: Set<i64>,
+    finished_at: Set<i64>,
+    run_ref: Set<String>,
+    run_url: Set<String>,
+    step: Set<&'static str>,
+    due_at: Set<i64>,
+    lease_owner: Set<String>,
+    lease_until: Set<i64>,
+    deadline_at: Set<i64>,
+    step_attempts: Set<i32>,
+    reported_outcome: Set<String>,
+    attempt: Set<i32>,
+    runs_failed: Set<i32>,
+}
+
+/// The columns `TaskRows` sets, in the order of its fields.
+const TASK_SETS: [&str; 17] = [
+    "status",
+    "results",
+    "errors",
+    "configurations",
+    "started_at",
+    "finished_at",
+    "run_ref",
+    "run_url",
+    "step",
+    "due_at",
+    "lease_owner",
+    "lease_until",
+    "deadline_at",
+    "step_attempts",
+    "reported_outcome",
+    "attempt",
+    "runs_failed",
+];
+
+/// The plans kept: `WITH a AS (UPDATE activities …), t AS (UPDATE tasks …) SELECT` how many
+/// rows both changed, which is `updates` when every compare-and-set matched (no row twice).
+#[derive(Default)]
+struct Kept {
+    activities: ActivityRows,
+    tasks: TaskRows,
+    updates: usize,
+}
+
+impl Kept {
+    fn push(&mut self, plan: &Plan) {
+        if let Some(update) = &plan.activity {
+            let (a, c) = (&mut self.activities, &update.changes);
+            a.id.push(update.id.get());
+            a.expected.push(update.expected.as_str());
+            a.status.push(c.status.map(|s| Some(s.as_str())));
+            a.results.push(c.results.clone());
+            a.errors.push(c.errors.clone());
+            a.sealed_secrets.push(c.drop_secrets.then_some(None));
+            a.started_at.push(c.started_at);
+            a.finished_at.push(c.finished_at);
+            self.updates += 1;
+        }
+        for update in &plan.tasks {
+            let (t, c) = (&mut self.tasks, &update.changes);
+            t.id.push(update.id.get());
+            t.expected.push(update.expected.as_str());
+            t.lease.push(update.expected_lease.clone());
+            t.status.push(c.status.map(|s| Some(s.as_str())));
+            t.results.push(c.results.clone());
+            t.errors.push(c.errors.clone());
+            t.configurations.push(c.configurations.clone());
+            t.started_at.push(c.started_at);
+            t.finished_at.push(c.finished_at);
+            t.run_ref.push(c.run_ref.clone());
+            t.run_url.push(c.run_url.clone());
+            t.step.push(c.step.map(|s| s.map(|s| s.as_str())));
+            t.due_at.push(c.due_at);
+            t.lease_owner.push(c.lease_owner.clone());
+            t.lease_until.push(c.lease_until);
+            t.deadline_at.push(c.deadline_at);
+            t.step_attempts.push(c.step_attempts.map(Some));
+            t.reported_outcome
+                .push(c.reported_outcome.as_ref().map(|held| {
+                    held.as_ref()
+                        .map(|r| serde_json::to_string(r).expect("a report serializes"))
+                }));
+            t.attempt.push(c.attempt.map(Some));
+            t.runs_failed.push(c.runs_failed.map(Some));
+            self.updates += 1;
+        }
+    }
+}
+
+impl QueryId for Kept {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Kept {
+    type SqlType = BigInt;
+}
+
+/// Which rows of the statement set a column: the statement's text names only the columns some
+/// row sets, and a flag array only for those that not every row sets (a smaller statement to
+/// parse and plan, which it is at each run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    None,
+    Some,
+    All,
+}
+
+impl<T> Set<T> {
+    fn rows(&self) -> Rows {
+        match (self.set.iter().any(|s| *s), self.set.iter().all(|s| *s)) {
+            (false, _) => Rows::None,
+            (true, false) => Rows::Some,
+            (true, true) => Rows::All,
+        }
+    }
+}
+
+/// `c = v.c` (every row sets it) or `c = CASE WHEN v.set_c THEN v.c ELSE table.c END` for the
+/// `columns` some row sets, and the unnest's column names after the compare-and-set's `keys`.
+fn sets_and_names(table: &str, keys: &str, columns: &[(&str, Rows)]) -> (String, String) {
+    let (mut sets, mut names) = (Vec::new(), vec![keys.to_owned()]);
+    for (c, rows) in columns {
+        match rows {
+            Rows::None => {}
+            Rows::All => {
+                sets.push(format!("{c} = v.{c}"));
+                names.push(c.to_string());
+            }
+            Rows::Some => {
+                sets.push(format!(
+                    "{c} = CASE WHEN v.set_{c} THEN v.{c} ELSE {table}.{c} END"
+                ));
+                names.push(format!("set_{c}, {c}"));
+            }
+        }
+    }
+    (sets.join(", "), names.join(", "))
+}
+
+impl QueryFragment<Pg> for Kept {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Planned at each run, as `on_claim::Records` explains: given the arrays, the planner
+        // looks each row up by its id.
+        out.unsafe_to_cache_prepared();
+        macro_rules! array {
+            ($sql:ty, $values:expr) => {
+                out.push_bind_param::<Array<$sql>, _>($values)?;
+            };
+        }
+        // The arrays of one column, as `sets_and_names` names them.
+        macro_rules! set {
+            ($sql:ty, $column:expr) => {
+                if $column.rows() == Rows::Some {
+                    out.push_sql(", ");
+                    array!(Bool, &$column.set);
+                }
+                if $column.rows() != Rows::None {
+                    out.push_sql(", ");
+                    array!(Nullable<$sql>, &$column.to);
+                }
+            };
+        }
+        let (a, t) = (&self.activities, &self.tasks);
+        let rows = [
+            a.status.rows(),
+            a.results.rows(),
+            a.errors.rows(),
+            a.sealed_secrets.rows(),
+            a.started_at.rows(),
+            a.finished_at.rows(),
+        ];
+        let columns: Vec<_> = ACTIVITY_SETS.into_iter().zip(rows).collect();
+        let (sets, names) = sets_and_names("activities", "id, expected", &columns);
+        out.push_sql(&format!(
+            "WITH a AS (UPDATE activities SET {sets} FROM unnest("
+        ));
+        array!(BigInt, &a.id);
+        out.push_sql(", ");
+        array!(Text, &a.expected);
+        set!(Text, a.status);
+        set!(Text, a.results);
+        set!(Text, a.errors);
+        set!(Text, a.sealed_secrets);
+        set!(BigInt, a.started_at);
+        set!(BigInt, a.finished_at);
+        out.push_sql(&format!(
+            ") AS v({names}) WHERE activities.id = v.id AND activities.status = v.expected \
+             RETURNING 1), "
+        ));
+        let rows = [
+            t.status.rows(),
+            t.results.rows(),
+            t.errors.rows(),
+            t.configurations.rows(),
+            t.started_at.rows(),
+            t.finished_at.rows(),
+            t.run_ref.rows(),
+            t.run_url.rows(),
+            t.step.rows(),
+            t.due_at.rows(),
+            t.lease_owner.rows(),
+            t.lease_until.rows(),
+            t.deadline_at.rows(),
+            t.step_attempts.rows(),
+            t.reported_outcome.rows(),
+            t.attempt.rows(),
+            t.runs_failed.rows(),
+        ];
+        let columns: Vec<_> = TASK_SETS.into_iter().zip(rows).collect();
+        let (sets, names) = sets_and_names("tasks", "id, expected, lease", &columns);
+        out.push_sql(&format!("t AS (UPDATE tasks SET {sets} FROM unnest("));
+        array!(BigInt, &t.id);
+        out.push_sql(", ");
+        array!(Text, &t.expected);
+        out.push_sql(", ");
+        array!(Nullable<Text>, &t.lease);
+        set!(Text, t.status);
+        set!(Text, t.results);
+        set!(Text, t.errors);
+        set!(Text, t.configurations);
+        set!(BigInt, t.started_at);
+        set!(BigInt, t.finished_at);
+        set!(Text, t.run_ref);
+        set!(Text, t.run_url);
+        set!(Text, t.step);
+        set!(BigInt, t.due_at);
+        set!(Text, t.lease_owner);
+        set!(BigInt, t.lease_until);
+        set!(BigInt, t.deadline_at);
+        set!(Integer, t.step_attempts);
+        set!(Text, t.reported_outcome);
+        set!(Integer, t.attempt);
+        set!(Integer, t.runs_failed);
+        out.push_sql(&format!(
+            ") AS v({names}) WHERE tasks.id = v.id AND tasks.status = v.expected \
+             AND (v.lease IS NULL OR tasks.lease_owner = v.lease) RETURNING 1) \
+             SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM t)"
+        ));
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<PgConnection> for Kept {}
