@@ -232,9 +232,6 @@ fn headers(
         .collect()
 }
 
-/// Writes the outbox rows of `events` (one per listener that wants each) inside the caller's
-/// transaction: they commit or roll back with the change they report. `true` when it wrote any.
-/// Nothing is read when no listener wants any of them.
 /// Whether a listener wants one of `events`: `record` then writes their outbox rows, reading
 /// the activity and task rows they report.
 pub fn wanted(listeners: &Listeners, events: &[Event]) -> bool {
@@ -243,6 +240,9 @@ pub fn wanted(listeners: &Listeners, events: &[Event]) -> bool {
         .any(|e| listeners.iter().any(|l| l.wants(e.event_type)))
 }
 
+/// Writes the outbox rows of `events` (one per listener that wants each) inside the caller's
+/// transaction: they commit or roll back with the change they report. `true` when it wrote any.
+/// Nothing is read when no listener wants any of them.
 pub fn record(
     conn: &mut DbConnection,
     listeners: &Listeners,

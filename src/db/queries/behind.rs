@@ -10,9 +10,9 @@
 //! else touches before the last of the callbacks has run (they run first, one after another;
 //! `writer/batch.rs`). So its plan can wait until then: `apply_plan_or_keep` keeps it here
 //! (`defer`; the callback calls it unless a notification listener wants its events, whose
-//! outbox rows are built from the rows read back), answers as if it had applied, and the batch applies every plan kept in one
-//! `UPDATE … FROM unnest(…)` a table (`apply_behind`), each with the compare-and-set of the
-//! plan's own statement. When one no longer matches (or the statement fails), the batch rolls
+//! outbox rows are built from the rows read back) and answers as if it had applied, and the
+//! batch applies every plan kept in one `UPDATE … FROM unnest(…)` a table (`apply_behind`),
+//! each with the compare-and-set of the plan's own statement. When one no longer matches (or the statement fails), the batch rolls
 //! back to the savepoint the callbacks share and runs them again, each applying its own plan
 //! then, and meets the conflict as it would have.
 //!
