@@ -304,9 +304,7 @@ fn sets_and_names(table: &str, keys: &str, columns: &[(&str, Rows)]) -> (String,
 
 impl QueryFragment<Pg> for Kept {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Planned at each run, as `on_claim::Records` explains: given the arrays, the planner
-        // looks each row up by its id.
-        out.unsafe_to_cache_prepared();
+        // Kept prepared, by its text (a few: which columns are set), as `on_claim::Records`.
         macro_rules! array {
             ($sql:ty, $values:expr) => {
                 out.push_bind_param::<Array<$sql>, _>($values)?;

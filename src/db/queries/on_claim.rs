@@ -223,13 +223,9 @@ const SET: [&str; 8] = [
 
 impl QueryFragment<Pg> for Records<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Planned at each run, not kept prepared: a plan kept from the first runs (five, then
-        // a generic plan for the connection's life) was made while the table was small, read
-        // every task row instead of looking each up, and took 4–11 ms a statement once the
-        // table had grown (a fresh database, the benchmark's). Given the arrays, the planner
-        // sees how many tasks and how large the table is now. The parse and plan go in the
-        // same round trip as the statement.
-        out.unsafe_to_cache_prepared();
+        // Kept prepared, by its text: its generic plan, made on the writer's session, looks
+        // each task up by its id however small the table was then (`connection.rs`,
+        // `WRITER_SESSION`).
         let set: Vec<String> = SET.iter().map(|c| format!("{c} = v.{c}")).collect();
         out.push_sql(&format!("UPDATE tasks SET {} FROM unnest(", set.join(", ")));
         macro_rules! array {

@@ -12,9 +12,7 @@
 use std::cell::RefCell;
 
 use diesel::dsl::case_when;
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::PgConnection;
 
 use super::plans::{snapshot_of_rows, ActivityStateRow, SubjectColumns, TaskStateRow};
@@ -58,7 +56,7 @@ pub(crate) fn read_snapshots_ahead(pg: &mut PgConnection, callbacks: &[TaskId]) 
             ),
         ))
         .for_update();
-    let rows: Vec<(ActivityStateRow, TaskStateRow, SubjectColumns)> = Unprepared(query).load(pg)?;
+    let rows: Vec<(ActivityStateRow, TaskStateRow, SubjectColumns)> = query.load(pg)?;
     #[cfg(test)]
     READ_AHEAD.with(|c| c.add(0));
     let mut read = Vec::new();
@@ -99,26 +97,3 @@ pub(super) fn take_snapshot_read_ahead(task: TaskId) -> Option<Snapshot> {
         Some(snapshot)
     })
 }
-
-/// `query`, planned at each run rather than kept prepared: a plan kept from the first runs on a
-/// young table (five, then a generic plan for the connection's life) reads every row of a
-/// table grown since, as `on_claim::Records` found; given the list, the planner sees how many.
-struct Unprepared<Q>(Q);
-
-impl<Q> QueryId for Unprepared<Q> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<Q: Query> Query for Unprepared<Q> {
-    type SqlType = Q::SqlType;
-}
-
-impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Unprepared<Q> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.unsafe_to_cache_prepared();
-        self.0.walk_ast(out)
-    }
-}
-
-impl<Q> RunQueryDsl<PgConnection> for Unprepared<Q> {}

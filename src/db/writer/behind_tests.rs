@@ -18,7 +18,7 @@ use crate::domain::{
 
 /// How a callback's write goes in `batch_of_plans`.
 #[derive(Clone, Copy, PartialEq)]
-enum Callback {
+pub(super) enum Callback {
     Applies,
     /// Its write reads the rows afterwards: it applies its plan at once (`apply_plan`).
     AppliesNow,
@@ -104,7 +104,7 @@ fn plan_write(task: i64, how: Callback, runs: &Arc<AtomicUsize>) -> Queued<()> {
 
 /// What a batch of plans left: each task's (id, status, results, lease_owner), each
 /// activity's (id, results), the activities with an open lifecycle row.
-type Rows = (
+pub(super) type Rows = (
     Vec<(i64, String, Option<String>, Option<String>)>,
     Vec<(i64, Option<String>)>,
     Vec<Option<i64>>,
@@ -113,7 +113,10 @@ type Rows = (
 /// One batch of five callbacks (tasks 1-5, each of its own activity, as `claimed_for_dispatch`
 /// makes them; activity 1 has a second task, 6, PLANNED), `how[i]` task i+1's: each callback's
 /// outcome, how often each ran, and the rows once committed.
-fn batch_of_plans(conn: &mut DbConnection, how: [Callback; 5]) -> (Vec<bool>, Vec<usize>, Rows) {
+pub(super) fn batch_of_plans(
+    conn: &mut DbConnection,
+    how: [Callback; 5],
+) -> (Vec<bool>, Vec<usize>, Rows) {
     use crate::db::schema::{activities, lifecycles, tasks};
     use diesel::connection::SimpleConnection;
     conn.batch_execute("DELETE FROM lifecycles; DELETE FROM tasks; DELETE FROM activities")

@@ -23,6 +23,8 @@
 mod batch;
 #[cfg(test)]
 mod behind_tests;
+#[cfg(test)]
+mod plan_tests;
 mod queue;
 #[cfg(test)]
 pub(super) mod tests;
@@ -33,8 +35,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-
-use diesel::r2d2::ManageConnection;
 
 use super::connection::Manager;
 use super::listen::Notifying;
@@ -285,7 +285,7 @@ impl Writer {
         let closer = Arc::new(Closer(shared.clone()));
         for n in 0..threads {
             let conn = manager
-                .connect()
+                .connect_writer()
                 .map_err(|e| DbError::Config(e.to_string()))?;
             let (manager, counts, notifies) = (manager.clone(), counted.clone(), notifying.clone());
             let shared = shared.clone();
@@ -426,7 +426,7 @@ fn write_loop(
         if let Err(e) = &committed {
             tracing::error!(error = %error_chain(e), writes = batch.len(), "group commit failed");
             // Whatever state the failure left the connection in, start the next batch clean.
-            match manager.connect() {
+            match manager.connect_writer() {
                 Ok(fresh) => conn = fresh,
                 Err(e) => {
                     tracing::error!(error = %error_chain(&e), "reopening the write connection failed")

@@ -484,10 +484,9 @@ pub(super) fn sqlite_connection() -> (crate::db::DbConnection, Db, std::path::Pa
 /// A writer thread's connection to a fresh PostgreSQL database, with its `Db`, and the admin
 /// URL and name to drop it (`drop_database`); `None` as `postgres_db`.
 pub(super) fn postgres_connection() -> Option<(crate::db::DbConnection, Db, String, String)> {
-    use diesel::r2d2::ManageConnection;
     let (db, admin, name, url) = postgres_db_at()?;
     let target = super::super::connection::Target::Postgres(url);
-    let conn = super::Manager { target }.connect().unwrap();
+    let conn = super::Manager { target }.connect_writer().unwrap();
     Some((conn, db, admin, name))
 }
 
@@ -578,12 +577,12 @@ fn recorded_runs(conn: &mut crate::db::DbConnection, n: i64) -> Vec<Option<Strin
 
 /// What `batch_of_records` saw: each record's write's outcome (whether its record applied),
 /// how many times each ran, and the run each task recorded.
-type BatchOfRecords = (Vec<Result<bool, String>>, Vec<usize>, Vec<Option<String>>);
+pub(super) type BatchOfRecords = (Vec<Result<bool, String>>, Vec<usize>, Vec<Option<String>>);
 
 /// Runs one batch, as a writer thread would: a plain write first, then the records of tasks
 /// 1–4, of which task 2's claim has moved on and task 3's write fails after recording. Answers
 /// the writes' outcomes, how often each ran, and the runs recorded.
-fn batch_of_records(conn: &mut crate::db::DbConnection) -> BatchOfRecords {
+pub(super) fn batch_of_records(conn: &mut crate::db::DbConnection) -> BatchOfRecords {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     claimed_for_dispatch(conn, 4);
     diesel::sql_query("UPDATE tasks SET lease_owner = 'another claim' WHERE id = 2")
