@@ -150,32 +150,6 @@ impl ManageConnection for Manager {
     }
 }
 
-/// How the writer threads' PostgreSQL sessions plan: index lookups and nested loops only.
-/// Every statement a writer runs finds its rows by key (an id, an activity, a product
-/// version), and the statements a batch runs ahead of and behind its writes
-/// (`queries/on_claim.rs`, `read_ahead.rs`, `behind.rs`) are kept prepared: after five runs
-/// PostgreSQL may keep one generic plan for the session's life, made on the table as it was
-/// then. Made on a young table, that plan read every task row instead of looking each up,
-/// 4–11 ms a statement once the table had grown (issue 15; the benchmark's fresh database),
-/// which is why those statements were planned afresh at each run, ~0.5 ms a batch. Here a
-/// plan cannot prefer a scan or a hash join, whatever the table's size when it was made
-/// (they are not forbidden, only priced out: a statement without an index still runs).
-const WRITER_SESSION: &str =
-    "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
-
-impl Manager {
-    /// A connection for a writer thread: on PostgreSQL, a session that plans as
-    /// `WRITER_SESSION` says.
-    pub(crate) fn connect_writer(&self) -> Result<DbConnection, diesel::r2d2::Error> {
-        let mut conn = self.connect()?;
-        if let DbConnection::Pg(pg) = &mut conn {
-            pg.batch_execute(WRITER_SESSION)
-                .map_err(diesel::r2d2::Error::QueryError)?;
-        }
-        Ok(conn)
-    }
-}
-
 /// libpq's messages can quote the connection string; keep only its kind.
 pub(crate) fn strip_password(e: ConnectionError) -> ConnectionError {
     match e {

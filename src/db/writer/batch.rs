@@ -391,18 +391,35 @@ fn apply_behind(
 const NEXT_SAVEPOINT: &str = "RELEASE SAVEPOINT odm_write; SAVEPOINT odm_write";
 const ROLL_BACK_THIS_WRITE: &str = "ROLLBACK TO SAVEPOINT odm_write";
 
+/// How a batch's transaction plans on PostgreSQL: index lookups and nested loops only. Every
+/// statement a writer runs finds its rows by key (an id, an activity, a product version), and
+/// the statements a batch runs ahead of and behind its writes (`queries/on_claim.rs`,
+/// `read_ahead.rs`, `behind.rs`) are kept prepared: after five runs PostgreSQL may keep one
+/// generic plan for the session's life, made on the table as it was then. Made on a young
+/// table, that plan read every task row instead of looking each up, 4–11 ms a statement once
+/// the table had grown (issue 15; the benchmark's fresh database), which is why those
+/// statements were planned afresh at each run, ~0.5 ms a batch. Here a plan cannot prefer a
+/// scan or a hash join, whatever the table's size when it was made (they are priced out, not
+/// forbidden: a statement without an index still runs). `SET LOCAL`, in the message that
+/// opens the transaction: nothing outlives it, and behind PgBouncer in transaction mode no
+/// other client's transaction inherits it.
+const PLAN_BY_INDEX: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+     SET LOCAL enable_mergejoin = off";
+
 /// Opens the transaction and the first write's savepoint. SQLite: `BEGIN IMMEDIATE` takes the
 /// write lock at once (another process sharing the file waits for it here, under
-/// `busy_timeout`, rather than fail at its first write).
+/// `busy_timeout`, rather than fail at its first write). PostgreSQL: plans as
+/// `PLAN_BY_INDEX` says.
 fn begin(conn: &mut DbConnection) -> Result<(), DbError> {
     match conn {
         DbConnection::Sqlite(sqlite) => AnsiTransactionManager::begin_transaction_sql(
             sqlite,
             "BEGIN IMMEDIATE; SAVEPOINT odm_write",
         )?,
-        DbConnection::Pg(pg) => {
-            AnsiTransactionManager::begin_transaction_sql(pg, "BEGIN; SAVEPOINT odm_write")?
-        }
+        DbConnection::Pg(pg) => AnsiTransactionManager::begin_transaction_sql(
+            pg,
+            &format!("BEGIN; {PLAN_BY_INDEX}; SAVEPOINT odm_write"),
+        )?,
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use diesel::r2d2::ManageConnection;
+
 use super::connection::Manager;
 use super::listen::Notifying;
 use super::{DbConnection, DbError, Overload};
@@ -285,7 +287,7 @@ impl Writer {
         let closer = Arc::new(Closer(shared.clone()));
         for n in 0..threads {
             let conn = manager
-                .connect_writer()
+                .connect()
                 .map_err(|e| DbError::Config(e.to_string()))?;
             let (manager, counts, notifies) = (manager.clone(), counted.clone(), notifying.clone());
             let shared = shared.clone();
@@ -426,7 +428,7 @@ fn write_loop(
         if let Err(e) = &committed {
             tracing::error!(error = %error_chain(e), writes = batch.len(), "group commit failed");
             // Whatever state the failure left the connection in, start the next batch clean.
-            match manager.connect_writer() {
+            match manager.connect() {
                 Ok(fresh) => conn = fresh,
                 Err(e) => {
                     tracing::error!(error = %error_chain(&e), "reopening the write connection failed")

@@ -1,5 +1,5 @@
 //! The plans PostgreSQL keeps for the statements a batch runs ahead of and behind its writes,
-//! on a writer's session (`connection.rs`, `WRITER_SESSION`).
+//! in a batch's transaction (`batch.rs`, `PLAN_BY_INDEX`).
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
@@ -25,7 +25,7 @@ struct PlanLine {
 }
 
 /// PostgreSQL only (SQLite keeps no plan across a table's growth). On a fresh database, its
-/// tables empty, a writer's session plans the records, the snapshots and the callbacks' plans
+/// tables empty, a writer's batches plan the records, the snapshots and the callbacks' plans
 /// of its batches (kept prepared) with generic plans from their first run: each looks its
 /// rows up by index, with neither a scan of a table nor a hash or merge join, so that the plan
 /// stays right once the tables have grown.

@@ -486,7 +486,8 @@ pub(super) fn sqlite_connection() -> (crate::db::DbConnection, Db, std::path::Pa
 pub(super) fn postgres_connection() -> Option<(crate::db::DbConnection, Db, String, String)> {
     let (db, admin, name, url) = postgres_db_at()?;
     let target = super::super::connection::Target::Postgres(url);
-    let conn = super::Manager { target }.connect_writer().unwrap();
+    use diesel::r2d2::ManageConnection;
+    let conn = super::Manager { target }.connect().unwrap();
     Some((conn, db, admin, name))
 }
 
