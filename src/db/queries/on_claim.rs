@@ -223,9 +223,9 @@ const SET: [&str; 8] = [
 
 impl QueryFragment<Pg> for Records<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Kept prepared, by its text: its generic plan, made on the writer's session, looks
+        // Kept prepared, by its text: its generic plan, made in a batch's transaction, looks
         // each task up by its id however small the table was then (`writer/batch.rs`,
-        // `PLAN_BY_INDEX`).
+        // `BEGIN_PLAN_BY_INDEX`).
         let set: Vec<String> = SET.iter().map(|c| format!("{c} = v.{c}")).collect();
         out.push_sql(&format!("UPDATE tasks SET {} FROM unnest(", set.join(", ")));
         macro_rules! array {

@@ -403,23 +403,22 @@ const ROLL_BACK_THIS_WRITE: &str = "ROLLBACK TO SAVEPOINT odm_write";
 /// forbidden: a statement without an index still runs). `SET LOCAL`, in the message that
 /// opens the transaction: nothing outlives it, and behind PgBouncer in transaction mode no
 /// other client's transaction inherits it.
-const PLAN_BY_INDEX: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-     SET LOCAL enable_mergejoin = off";
+const BEGIN_PLAN_BY_INDEX: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SAVEPOINT odm_write";
 
 /// Opens the transaction and the first write's savepoint. SQLite: `BEGIN IMMEDIATE` takes the
 /// write lock at once (another process sharing the file waits for it here, under
 /// `busy_timeout`, rather than fail at its first write). PostgreSQL: plans as
-/// `PLAN_BY_INDEX` says.
+/// `BEGIN_PLAN_BY_INDEX` says.
 fn begin(conn: &mut DbConnection) -> Result<(), DbError> {
     match conn {
         DbConnection::Sqlite(sqlite) => AnsiTransactionManager::begin_transaction_sql(
             sqlite,
             "BEGIN IMMEDIATE; SAVEPOINT odm_write",
         )?,
-        DbConnection::Pg(pg) => AnsiTransactionManager::begin_transaction_sql(
-            pg,
-            &format!("BEGIN; {PLAN_BY_INDEX}; SAVEPOINT odm_write"),
-        )?,
+        DbConnection::Pg(pg) => {
+            AnsiTransactionManager::begin_transaction_sql(pg, BEGIN_PLAN_BY_INDEX)?
+        }
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The plans PostgreSQL keeps for the statements a batch runs ahead of and behind its writes,
-//! in a batch's transaction (`batch.rs`, `PLAN_BY_INDEX`).
+//! in a batch's transaction (`batch.rs`, `BEGIN_PLAN_BY_INDEX`).
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
