@@ -141,16 +141,6 @@ struct ActivityRows {
     finished_at: Set<i64>,
 }
 
-/// The columns `ActivityRows` sets, in the order of its fields.
-const ACTIVITY_SETS: [&str; 6] = [
-    "status",
-    "results",
-    "errors",
-    "sealed_secrets",
-    "started_at",
-    "finished_at",
-];
-
 /// The tasks' updates, an array a column; `lease`: the claim the update expects (`None`: any).
 #[derive(Default)]
 struct TaskRows {
@@ -175,27 +165,6 @@ struct TaskRows {
     attempt: Set<i32>,
     runs_failed: Set<i32>,
 }
-
-/// The columns `TaskRows` sets, in the order of its fields.
-const TASK_SETS: [&str; 17] = [
-    "status",
-    "results",
-    "errors",
-    "configurations",
-    "started_at",
-    "finished_at",
-    "run_ref",
-    "run_url",
-    "step",
-    "due_at",
-    "lease_owner",
-    "lease_until",
-    "deadline_at",
-    "step_attempts",
-    "reported_outcome",
-    "attempt",
-    "runs_failed",
-];
 
 /// The plans kept: `WITH a AS (UPDATE activities …), t AS (UPDATE tasks …) SELECT` how many
 /// rows both changed, which is `updates` when every compare-and-set matched (no row twice).
@@ -310,95 +279,58 @@ impl QueryFragment<Pg> for Kept {
                 out.push_bind_param::<Array<$sql>, _>($values)?;
             };
         }
-        // The arrays of one column, as `sets_and_names` names them.
-        macro_rules! set {
-            ($sql:ty, $column:expr) => {
-                if $column.rows() == Rows::Some {
+        // `UPDATE table SET … FROM unnest(<keys>, <sets>) AS v(…) WHERE <condition>`, each
+        // column a plan may set named once: its `SET`, its unnest names and its arrays follow
+        // this one list, in its order (`sets_and_names`; a column no row sets is left out,
+        // a column every row sets needs no flag array).
+        macro_rules! update {
+            ($table:literal, $rows:expr, keys $keys:literal ($first:expr => $first_sql:ty
+             $(, $key:expr => $key_sql:ty)*), where $condition:literal,
+             sets ($($column:ident: $sql:ty),*)) => {{
+                let columns = [$((stringify!($column), $rows.$column.rows())),*];
+                let (sets, names) = sets_and_names($table, $keys, &columns);
+                out.push_sql(&format!("UPDATE {} SET {sets} FROM unnest(", $table));
+                array!($first_sql, $first);
+                $(
                     out.push_sql(", ");
-                    array!(Bool, &$column.set);
-                }
-                if $column.rows() != Rows::None {
-                    out.push_sql(", ");
-                    array!(Nullable<$sql>, &$column.to);
-                }
-            };
+                    array!($key_sql, $key);
+                )*
+                $(
+                    if $rows.$column.rows() == Rows::Some {
+                        out.push_sql(", ");
+                        array!(Bool, &$rows.$column.set);
+                    }
+                    if $rows.$column.rows() != Rows::None {
+                        out.push_sql(", ");
+                        array!(Nullable<$sql>, &$rows.$column.to);
+                    }
+                )*
+                out.push_sql(&format!(") AS v({names}) WHERE {}", $condition));
+            }};
         }
         let (a, t) = (&self.activities, &self.tasks);
-        let rows = [
-            a.status.rows(),
-            a.results.rows(),
-            a.errors.rows(),
-            a.sealed_secrets.rows(),
-            a.started_at.rows(),
-            a.finished_at.rows(),
-        ];
-        let columns: Vec<_> = ACTIVITY_SETS.into_iter().zip(rows).collect();
-        let (sets, names) = sets_and_names("activities", "id, expected", &columns);
-        out.push_sql(&format!(
-            "WITH a AS (UPDATE activities SET {sets} FROM unnest("
-        ));
-        array!(BigInt, &a.id);
-        out.push_sql(", ");
-        array!(Text, &a.expected);
-        set!(Text, a.status);
-        set!(Text, a.results);
-        set!(Text, a.errors);
-        set!(Text, a.sealed_secrets);
-        set!(BigInt, a.started_at);
-        set!(BigInt, a.finished_at);
-        out.push_sql(&format!(
-            ") AS v({names}) WHERE activities.id = v.id AND activities.status = v.expected \
-             RETURNING 1), "
-        ));
-        let rows = [
-            t.status.rows(),
-            t.results.rows(),
-            t.errors.rows(),
-            t.configurations.rows(),
-            t.started_at.rows(),
-            t.finished_at.rows(),
-            t.run_ref.rows(),
-            t.run_url.rows(),
-            t.step.rows(),
-            t.due_at.rows(),
-            t.lease_owner.rows(),
-            t.lease_until.rows(),
-            t.deadline_at.rows(),
-            t.step_attempts.rows(),
-            t.reported_outcome.rows(),
-            t.attempt.rows(),
-            t.runs_failed.rows(),
-        ];
-        let columns: Vec<_> = TASK_SETS.into_iter().zip(rows).collect();
-        let (sets, names) = sets_and_names("tasks", "id, expected, lease", &columns);
-        out.push_sql(&format!("t AS (UPDATE tasks SET {sets} FROM unnest("));
-        array!(BigInt, &t.id);
-        out.push_sql(", ");
-        array!(Text, &t.expected);
-        out.push_sql(", ");
-        array!(Nullable<Text>, &t.lease);
-        set!(Text, t.status);
-        set!(Text, t.results);
-        set!(Text, t.errors);
-        set!(Text, t.configurations);
-        set!(BigInt, t.started_at);
-        set!(BigInt, t.finished_at);
-        set!(Text, t.run_ref);
-        set!(Text, t.run_url);
-        set!(Text, t.step);
-        set!(BigInt, t.due_at);
-        set!(Text, t.lease_owner);
-        set!(BigInt, t.lease_until);
-        set!(BigInt, t.deadline_at);
-        set!(Integer, t.step_attempts);
-        set!(Text, t.reported_outcome);
-        set!(Integer, t.attempt);
-        set!(Integer, t.runs_failed);
-        out.push_sql(&format!(
-            ") AS v({names}) WHERE tasks.id = v.id AND tasks.status = v.expected \
-             AND (v.lease IS NULL OR tasks.lease_owner = v.lease) RETURNING 1) \
-             SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM t)"
-        ));
+        out.push_sql("WITH a AS (");
+        update!(
+            "activities", a,
+            keys "id, expected" (&a.id => BigInt, &a.expected => Text),
+            where "activities.id = v.id AND activities.status = v.expected RETURNING 1",
+            sets (status: Text, results: Text, errors: Text, sealed_secrets: Text,
+                  started_at: BigInt, finished_at: BigInt)
+        );
+        out.push_sql("), t AS (");
+        update!(
+            "tasks", t,
+            keys "id, expected, lease"
+                (&t.id => BigInt, &t.expected => Text, &t.lease => Nullable<Text>),
+            where "tasks.id = v.id AND tasks.status = v.expected \
+                   AND (v.lease IS NULL OR tasks.lease_owner = v.lease) RETURNING 1",
+            sets (status: Text, results: Text, errors: Text, configurations: Text,
+                  started_at: BigInt, finished_at: BigInt, run_ref: Text, run_url: Text,
+                  step: Text, due_at: BigInt, lease_owner: Text, lease_until: BigInt,
+                  deadline_at: BigInt, step_attempts: Integer, reported_outcome: Text,
+                  attempt: Integer, runs_failed: Integer)
+        );
+        out.push_sql(") SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM t)");
         Ok(())
     }
 }
