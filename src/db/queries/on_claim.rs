@@ -12,17 +12,21 @@
 
 use std::cell::RefCell;
 
+use diesel::backend::Backend;
+use diesel::expression::Expression;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+use diesel::serialize::ToSql;
+use diesel::sql_types::HasSqlType;
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
 use diesel::PgConnection;
 
 use super::plans::TaskChangeset;
 use super::prepared::Update;
 use super::Conn;
 use crate::db::schema::tasks;
-use crate::domain::{TaskChanges, TaskId, UpdateOnClaim};
+use crate::domain::{Step, TaskChanges, TaskId, UpdateOnClaim};
 
 #[cfg(test)]
 thread_local! {
@@ -57,7 +61,7 @@ pub fn apply_on_claim(conn: &mut Conn, on_claim: &UpdateOnClaim, now: i64) -> Qu
                     .eq(update.id)
                     .and(tasks::status.eq(update.expected))
                     .and(tasks::lease_owner.eq(lease))
-                    .and(tasks::step.eq(on_claim.step))
+                    .and(StepIs(on_claim.step))
                     .and(tasks::attempt.eq(on_claim.attempt))
                     .and(tasks::reported_outcome.is_null()),
             }
@@ -70,6 +74,31 @@ pub fn apply_on_claim(conn: &mut Conn, on_claim: &UpdateOnClaim, now: i64) -> Qu
         crate::db::listen::mark_work_due();
     }
     Ok(changed)
+}
+
+/// `tasks.step IS NOT DISTINCT FROM <step>`: the same as `=` here (a claimed step is never
+/// NULL) but, unlike `=`, it does not tell the planner that the row has a step. From that,
+/// PostgreSQL may read every task listed in `tasks_due` (a partial index on the tasks with a
+/// step, all those in flight) and keep those the statement names, instead of looking them up
+/// by id: made when few tasks were in flight, such a plan stays for the connection's life
+/// (`writer/plan_tests.rs`). Its SQL is one text, so the statement stays prepared (diesel's
+/// `sql` literal would mark it unsafe to keep).
+#[derive(Debug, Clone, Copy)]
+struct StepIs(Step);
+
+impl Expression for StepIs {
+    type SqlType = Bool;
+}
+
+impl<DB> QueryFragment<DB> for StepIs
+where
+    DB: Backend + HasSqlType<Text>,
+    str: ToSql<Text, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("tasks.step IS NOT DISTINCT FROM ");
+        out.push_bind_param::<Text, str>(self.0.as_str())
+    }
 }
 
 /// Whether `on_claim` may be applied ahead (`apply_ahead`): a dispatch's record of its run, the

@@ -91,6 +91,7 @@ fn kept_plans_look_rows_up_by_key(conn: &mut diesel::PgConnection, tables: &str)
             "the records",
             "UPDATE tasks SET configurations = v.configurations",
         ),
+        ("a record alone", "UPDATE \"tasks\" SET \"configurations\""),
         ("the snapshots", "FOR UPDATE"),
         ("the callbacks' plans", "WITH a AS (UPDATE activities"),
     ];
