@@ -17,10 +17,13 @@
 //! then, and meets the conflict as it would have.
 //!
 //! Kept only: a plan of the activity its write's snapshot was read ahead for (once per run
-//! of the write, `permit`), without a lifecycle promotion (two activities of one product version
-//! would close the same row in one statement), with a task (a callback's plan finishes its
-//! own) and with nothing empty to set (diesel refuses an empty SET, as the plan's own
-//! statement would).
+//! of the write, `permit`), with a task (a callback's plan finishes its own) and with nothing
+//! empty to set (diesel refuses an empty SET, as the plan's own statement would). A plan's
+//! lifecycle promotion (the last callback of an activity) goes in the same statement, as
+//! `combined.rs` writes it for one plan: 1 of ~6 statements a task was the promotion's own.
+//! Two promotions of one product version cannot meet in it (one activity of a version is
+//! PROCESSING at a time, `activities_one_processing`); if they did, the unique index on open
+//! lifecycle rows would fail the statement, and each callback would apply its own.
 
 use std::cell::{Cell, RefCell};
 
@@ -56,9 +59,9 @@ pub(crate) fn end_of_write() {
     PERMIT.with(|p| p.set(None));
 }
 
-/// Keeps `plan` for its batch to apply behind the callbacks (module doc); false when it is
-/// not to be kept: its caller applies it.
-pub(super) fn defer(plan: &Plan) -> bool {
+/// Keeps `plan` (its promotion at `now`) for its batch to apply behind the callbacks (module
+/// doc); false when it is not to be kept: its caller applies it.
+pub(super) fn defer(plan: &Plan, now: i64) -> bool {
     let Some(permitted) = PERMIT.with(Cell::take) else {
         return false;
     };
@@ -70,7 +73,6 @@ pub(super) fn defer(plan: &Plan) -> bool {
     ids.dedup();
     let keep = activity.id == permitted
         && !plan.tasks.is_empty()
-        && !plan.promote_lifecycle
         && activity.changes != ActivityChanges::default()
         && plan
             .tasks
@@ -78,7 +80,7 @@ pub(super) fn defer(plan: &Plan) -> bool {
             .all(|t| t.changes != TaskChanges::default())
         && ids.len() == plan.tasks.len();
     if keep {
-        KEPT.with(|kept| kept.borrow_mut().push(plan));
+        KEPT.with(|kept| kept.borrow_mut().push(plan, now));
         #[cfg(test)]
         BEHIND.with(|c| c.add(0));
     }
@@ -166,17 +168,36 @@ struct TaskRows {
     runs_failed: Set<i32>,
 }
 
-/// The plans kept: `WITH a AS (UPDATE activities …), t AS (UPDATE tasks …) SELECT` how many
-/// rows both changed, which is `updates` when every compare-and-set matched (no row twice).
+/// The promotions of the plans kept (`plans::promote_lifecycle`): the activity, when, and its
+/// results as the plan sets them (else as its row has them).
+#[derive(Default)]
+struct PromotionRows {
+    activity: Vec<i64>,
+    now: Vec<i64>,
+    results: Set<String>,
+}
+
+/// The plans kept: `WITH a AS (UPDATE activities …), t AS (UPDATE tasks …)`, with promotions
+/// `closed AS (UPDATE lifecycles …), opened AS (INSERT INTO lifecycles …)`, `SELECT` how many
+/// rows `a`, `t` and `opened` changed, which is `updates` when every compare-and-set matched
+/// (no row twice) and every promotion opened its row.
 #[derive(Default)]
 struct Kept {
     activities: ActivityRows,
     tasks: TaskRows,
+    promotions: PromotionRows,
     updates: usize,
 }
 
 impl Kept {
-    fn push(&mut self, plan: &Plan) {
+    fn push(&mut self, plan: &Plan, now: i64) {
+        if let (true, Some(update)) = (plan.promote_lifecycle, &plan.activity) {
+            let p = &mut self.promotions;
+            p.activity.push(update.id.get());
+            p.now.push(now);
+            p.results.push(update.changes.results.clone());
+            self.updates += 1;
+        }
         if let Some(update) = &plan.activity {
             let (a, c) = (&mut self.activities, &update.changes);
             a.id.push(update.id.get());
@@ -330,9 +351,76 @@ impl QueryFragment<Pg> for Kept {
                   deadline_at: BigInt, step_attempts: Integer, reported_outcome: Text,
                   attempt: Integer, runs_failed: Integer)
         );
-        out.push_sql(") SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM t)");
+        out.push_sql(")");
+        let promotions = !self.promotions.activity.is_empty();
+        if promotions {
+            self.promotions.walk_ast(out.reborrow())?;
+        }
+        out.push_sql(" SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM t)");
+        if promotions {
+            out.push_sql(" + (SELECT count(*) FROM opened)");
+        }
         Ok(())
     }
 }
 
 impl RunQueryDsl<PgConnection> for Kept {}
+
+impl PromotionRows {
+    /// `, closed AS (…), opened AS (…)`: as `combined.rs` promotes one activity, each
+    /// promotion's product version (read from its activity's row) has its open lifecycle row
+    /// closed at its `now`, then a row opened for its activity's stage; `opened` waits for
+    /// `closed` (a CTE nothing reads would run in no set order), as the unique index on open
+    /// rows requires.
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Each open row is found from its promotion, through the index on open rows, in a
+        // subquery the planner cannot merge (`OFFSET 0`), and updated where that found it (its
+        // `ctid`, a TID scan): given a join, it would rather read every open row (one a product
+        // version) and keep the promotions' (as the records did, `on_claim.rs`;
+        // `writer/plan_tests.rs`). No other statement changes these rows meanwhile: they are
+        // the versions of this batch's activities, whose rows it has locked.
+        out.push_sql(
+            ", closed AS (UPDATE lifecycles SET finished_at = o.now FROM (SELECT open.tid, \
+             p.now FROM unnest(",
+        );
+        out.push_bind_param::<Array<BigInt>, _>(&self.activity)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.now)?;
+        out.push_sql(
+            ") AS p(id, now) JOIN activities ON activities.id = p.id \
+             CROSS JOIN LATERAL (SELECT lifecycles.ctid AS tid FROM lifecycles \
+             WHERE lifecycles.finished_at IS NULL \
+             AND lifecycles.data_product_id = activities.data_product_id \
+             AND lifecycles.data_product_version = activities.data_product_version OFFSET 0) \
+             AS open OFFSET 0) AS o WHERE lifecycles.ctid = o.tid RETURNING 1), \
+             opened AS (INSERT INTO lifecycles (data_product_id, data_product_version, stage, \
+             activity_id, results, started_at) SELECT activities.data_product_id, \
+             activities.data_product_version, activities.stage, activities.id, ",
+        );
+        let (results, names) = match self.results.rows() {
+            Rows::None => ("activities.results", ""),
+            Rows::All => ("p.results", ", results"),
+            Rows::Some => (
+                "CASE WHEN p.set_results THEN p.results ELSE activities.results END",
+                ", set_results, results",
+            ),
+        };
+        out.push_sql(&format!("{results}, p.now FROM unnest("));
+        out.push_bind_param::<Array<BigInt>, _>(&self.activity)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.now)?;
+        if self.results.rows() == Rows::Some {
+            out.push_sql(", ");
+            out.push_bind_param::<Array<Bool>, _>(&self.results.set)?;
+        }
+        if self.results.rows() != Rows::None {
+            out.push_sql(", ");
+            out.push_bind_param::<Array<Nullable<Text>>, _>(&self.results.to)?;
+        }
+        out.push_sql(&format!(
+            ") AS p(id, now{names}) JOIN activities ON activities.id = p.id \
+             WHERE (SELECT count(*) FROM closed) >= 0 RETURNING 1)"
+        ));
+        Ok(())
+    }
+}

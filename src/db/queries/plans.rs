@@ -397,7 +397,7 @@ pub fn apply_plan(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyErr
 /// ahead): answered as applied, its rows are not changed yet. So only for a write that reads
 /// none of the plan's rows afterwards.
 pub fn apply_plan_or_keep(conn: &mut Conn, plan: &Plan, now: i64) -> Result<(), ApplyError> {
-    if matches!(conn, DbConnection::Pg(_)) && super::behind::defer(plan) {
+    if matches!(conn, DbConnection::Pg(_)) && super::behind::defer(plan, now) {
         if plan.makes_work_due(now) {
             crate::db::listen::mark_work_due();
         }

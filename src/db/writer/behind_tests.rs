@@ -122,8 +122,11 @@ pub(super) fn batch_of_plans(
     conn.batch_execute("DELETE FROM lifecycles; DELETE FROM tasks; DELETE FROM activities")
         .unwrap();
     claimed_for_dispatch(conn, 5);
+    // Activity 5's product version is at a stage already: a promotion closes that row.
     conn.batch_execute(
-        "UPDATE tasks SET step = 'await'; \
+        "INSERT INTO lifecycles (data_product_id, data_product_version, stage, started_at) \
+         VALUES ('p5', '1.0.0', 'dev', 0); \
+         UPDATE tasks SET step = 'await'; \
          INSERT INTO tasks (id, activity_id, position, name, status, created_at, attempt) \
          VALUES (6, 1, 1, 't', 'PLANNED', 0, 0)",
     )
@@ -158,7 +161,8 @@ pub(super) fn batch_of_plans(
 }
 
 /// The rows `batch_of_plans` leaves when the callbacks of `applied` applied their plans and
-/// the others changed nothing; `promoted`: the activities with an open lifecycle row.
+/// the others changed nothing; `promoted`: the activities with an open lifecycle row (none:
+/// activity 5's version keeps the row it had, of no activity).
 fn rows_when(applied: &[i64], promoted: &[i64]) -> Rows {
     let applied = |id: i64| applied.contains(&id);
     let mut tasks: Vec<_> = (1..=5)
@@ -174,17 +178,18 @@ fn rows_when(applied: &[i64], promoted: &[i64]) -> Rows {
     let activities = (1..=5)
         .map(|id| (id, applied(id).then(|| format!("after {id}"))))
         .collect();
-    (
-        tasks,
-        activities,
-        promoted.iter().map(|&id| Some(id)).collect(),
-    )
+    let open = match promoted {
+        [] => vec![None],
+        promoted => promoted.iter().map(|&id| Some(id)).collect(),
+    };
+    (tasks, activities, open)
 }
 
 /// On PostgreSQL the plans of a batch's callbacks whose snapshots went ahead are applied
 /// together in one statement behind them, each with its compare-and-set (a plan of two tasks,
-/// one with a lease expected, one without); a promotion's plan applies itself, and so does the
-/// plan of a write that asks for it (`apply_plan`: it reads the rows afterwards). When one of them
+/// one with a lease expected, one without), a promotion's with it (its version's open
+/// lifecycle row closed, its own opened); the plan of a write that asks for it applies itself
+/// (`apply_plan`: it reads the rows afterwards). When one of them
 /// no longer matches, or a callback fails after applying, the callbacks run again and each
 /// applies its own: the same outcomes and rows as on SQLite, where each applies its own.
 #[test]
@@ -220,8 +225,8 @@ fn a_batchs_callbacks_plans_are_applied_behind_them_in_one_statement_on_postgres
     let after = behind();
     assert_eq!(
         [after[0] - before[0], after[1] - before[1]],
-        [3, 1],
-        "three plans kept (not the promotion's, nor the one applied at once), applied in one statement"
+        [4, 1],
+        "four plans kept (the promotion's too, not the one applied at once), applied in one statement"
     );
 
     // Kept, task 2's plan no longer matched in the statement: all ran again, each applying its

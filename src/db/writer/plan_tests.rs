@@ -41,7 +41,9 @@ fn a_writers_kept_plans_look_rows_up_by_key_however_young_the_tables() {
         .execute(&mut pg)
         .unwrap();
     batch_of_records(&mut pg);
-    batch_of_plans(&mut pg, [Callback::Applies; 5]);
+    use Callback::{Applies, Promotes};
+    batch_of_plans(&mut pg, [Applies; 5]);
+    batch_of_plans(&mut pg, [Applies, Applies, Applies, Applies, Promotes]);
 
     let crate::db::DbConnection::Pg(conn) = &mut pg else {
         unreachable!("a PostgreSQL connection")
