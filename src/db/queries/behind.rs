@@ -367,36 +367,12 @@ impl QueryFragment<Pg> for Kept {
 impl RunQueryDsl<PgConnection> for Kept {}
 
 impl PromotionRows {
-    /// `, closed AS (…), opened AS (…)`: as `combined.rs` promotes one activity, each
-    /// promotion's product version (read from its activity's row) has its open lifecycle row
-    /// closed at its `now`, then a row opened for its activity's stage; `opened` waits for
-    /// `closed` (a CTE nothing reads would run in no set order), as the unique index on open
-    /// rows requires.
+    /// `, promoted AS (…), closed AS (…), opened AS (…)`: as `combined.rs` promotes one
+    /// activity, each promotion's product version (read from its activity's row) has its open
+    /// lifecycle row closed at its `now`, then a row opened for its activity's stage; `opened`
+    /// waits for `closed` (a CTE nothing reads would run in no set order), as the unique index
+    /// on open rows requires.
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Each open row is found from its promotion, through the index on open rows, in a
-        // subquery the planner cannot merge (`OFFSET 0`), and updated where that found it (its
-        // `ctid`, a TID scan): given a join, it would rather read every open row (one a product
-        // version) and keep the promotions' (as the records did, `on_claim.rs`;
-        // `writer/plan_tests.rs`). No other statement changes these rows meanwhile: they are
-        // the versions of this batch's activities, whose rows it has locked.
-        out.push_sql(
-            ", closed AS (UPDATE lifecycles SET finished_at = o.now FROM (SELECT open.tid, \
-             p.now FROM unnest(",
-        );
-        out.push_bind_param::<Array<BigInt>, _>(&self.activity)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<BigInt>, _>(&self.now)?;
-        out.push_sql(
-            ") AS p(id, now) JOIN activities ON activities.id = p.id \
-             CROSS JOIN LATERAL (SELECT lifecycles.ctid AS tid FROM lifecycles \
-             WHERE lifecycles.finished_at IS NULL \
-             AND lifecycles.data_product_id = activities.data_product_id \
-             AND lifecycles.data_product_version = activities.data_product_version OFFSET 0) \
-             AS open OFFSET 0) AS o WHERE lifecycles.ctid = o.tid RETURNING 1), \
-             opened AS (INSERT INTO lifecycles (data_product_id, data_product_version, stage, \
-             activity_id, results, started_at) SELECT activities.data_product_id, \
-             activities.data_product_version, activities.stage, activities.id, ",
-        );
         let (results, names) = match self.results.rows() {
             Rows::None => ("activities.results", ""),
             Rows::All => ("p.results", ", results"),
@@ -405,7 +381,7 @@ impl PromotionRows {
                 ", set_results, results",
             ),
         };
-        out.push_sql(&format!("{results}, p.now FROM unnest("));
+        out.push_sql(", promoted AS (SELECT * FROM unnest(");
         out.push_bind_param::<Array<BigInt>, _>(&self.activity)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<BigInt>, _>(&self.now)?;
@@ -417,8 +393,25 @@ impl PromotionRows {
             out.push_sql(", ");
             out.push_bind_param::<Array<Nullable<Text>>, _>(&self.results.to)?;
         }
+        // Each open row is found from its promotion, through the index on open rows, in a
+        // subquery the planner cannot merge (`OFFSET 0`), and updated where that found it (its
+        // `ctid`, a TID scan): given a join, it would rather read every open row (one a product
+        // version) and keep the promotions' (as the records did, `on_claim.rs`;
+        // `writer/plan_tests.rs`). No other statement changes these rows meanwhile: they are
+        // the versions of this batch's activities, whose rows it has locked.
         out.push_sql(&format!(
-            ") AS p(id, now{names}) JOIN activities ON activities.id = p.id \
+            ") AS p(id, now{names})), closed AS (UPDATE lifecycles SET finished_at = o.now \
+             FROM (SELECT open.tid, p.now FROM promoted AS p \
+             JOIN activities ON activities.id = p.id \
+             CROSS JOIN LATERAL (SELECT lifecycles.ctid AS tid FROM lifecycles \
+             WHERE lifecycles.finished_at IS NULL \
+             AND lifecycles.data_product_id = activities.data_product_id \
+             AND lifecycles.data_product_version = activities.data_product_version OFFSET 0) \
+             AS open OFFSET 0) AS o WHERE lifecycles.ctid = o.tid RETURNING 1), \
+             opened AS (INSERT INTO lifecycles (data_product_id, data_product_version, stage, \
+             activity_id, results, started_at) SELECT activities.data_product_id, \
+             activities.data_product_version, activities.stage, activities.id, {results}, \
+             p.now FROM promoted AS p JOIN activities ON activities.id = p.id \
              WHERE (SELECT count(*) FROM closed) >= 0 RETURNING 1)"
         ));
         Ok(())
