@@ -1,12 +1,13 @@
 //! The plans PostgreSQL keeps for the statements a batch runs ahead of and behind its writes,
-//! in a batch's transaction (`batch.rs`, `BEGIN_PLAN_BY_INDEX`).
+//! and for those its writes run alone, in a batch's transaction (`batch.rs`,
+//! `BEGIN_PLAN_BY_INDEX`).
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 
 use super::behind_tests::{batch_of_plans, Callback};
-use super::tests::{batch_of_records, drop_database, postgres_connection};
+use super::tests::{batch_of_hand_offs, batch_of_records, drop_database, postgres_connection};
 
 #[derive(QueryableByName)]
 struct Prepared {
@@ -26,11 +27,12 @@ struct PlanLine {
 }
 
 /// PostgreSQL only (SQLite keeps no plan across a table's growth). On a fresh database, its
-/// tables empty, a writer's batches plan the records, the snapshots and the callbacks' plans
-/// of its batches (kept prepared) with generic plans from their first run: each looks its
-/// rows up by key, with neither a scan of a table or of a partial index nor a hash or merge
-/// join, so that the plan stays right once the tables have grown; and so do the plans made
-/// again in a batch once the tables have been analyzed with most tasks ended.
+/// tables empty, a writer's batches plan the statements they keep prepared (the records, a
+/// record alone, the snapshots, the callbacks' plans with and without promotions, a
+/// callback's plan alone, the hand-offs' read) with generic plans from their first run: each
+/// looks its rows up by key, with neither a scan of a table or of a partial index nor a hash
+/// or merge join, so that the plan stays right once the tables have grown; and so do the plans
+/// made again in a batch once the tables have been analyzed with most tasks ended.
 #[test]
 fn a_writers_kept_plans_look_rows_up_by_key_however_young_the_tables() {
     let Some((mut pg, db, admin, name)) = postgres_connection() else {
@@ -41,9 +43,12 @@ fn a_writers_kept_plans_look_rows_up_by_key_however_young_the_tables() {
         .execute(&mut pg)
         .unwrap();
     batch_of_records(&mut pg);
-    use Callback::{Applies, Promotes};
+    use Callback::{Applies, AppliesNow, Promotes};
     batch_of_plans(&mut pg, [Applies; 5]);
-    batch_of_plans(&mut pg, [Applies, Applies, Applies, Applies, Promotes]);
+    batch_of_plans(&mut pg, [Applies, Applies, Applies, AppliesNow, Promotes]);
+    pg.batch_execute("DELETE FROM lifecycles; DELETE FROM tasks; DELETE FROM activities")
+        .unwrap();
+    batch_of_hand_offs(&mut pg);
 
     let crate::db::DbConnection::Pg(conn) = &mut pg else {
         unreachable!("a PostgreSQL connection")
@@ -96,6 +101,8 @@ fn kept_plans_look_rows_up_by_key(conn: &mut diesel::PgConnection, tables: &str)
         ("a record alone", "UPDATE \"tasks\" SET \"configurations\""),
         ("the snapshots", "FOR UPDATE"),
         ("the callbacks' plans", "WITH a AS (UPDATE activities"),
+        ("a callback's plan alone", "WITH u0 AS (UPDATE"),
+        ("the hand-offs' read", "WITH handed("),
     ];
     for (kind, marker) in kinds {
         let found: Vec<&Prepared> = prepared

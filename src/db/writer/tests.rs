@@ -317,7 +317,9 @@ fn handing_write(
 /// 5's activity, all claimed by "claim" for a dispatch): task 2's write leases it anew first,
 /// task 3's write fails, task 4 was leased by another claim meanwhile; what was delivered,
 /// sorted, and how many reads ran.
-fn batch_of_hand_offs(conn: &mut crate::db::DbConnection) -> (Vec<(i64, i64, Vec<i64>)>, u32) {
+pub(super) fn batch_of_hand_offs(
+    conn: &mut crate::db::DbConnection,
+) -> (Vec<(i64, i64, Vec<i64>)>, u32) {
     claimed_for_dispatch(conn, 5);
     diesel::sql_query(
         "INSERT INTO tasks (id, activity_id, position, name, status, created_at, attempt, step, \
