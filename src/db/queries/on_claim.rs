@@ -253,11 +253,9 @@ impl QueryFragment<Pg> for Records<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         // Kept prepared, by its text: its generic plan, made in a batch's transaction, looks
         // each task up by its id however small the table was then (`writer/batch.rs`,
-        // `BEGIN_PLAN_BY_INDEX`). The claimed step is compared with `IS NOT DISTINCT FROM`
-        // (the same here: it is never NULL) because `tasks.step = …` tells the planner that the
-        // rows have a step, and so are all listed in `tasks_due`, a partial index on those:
-        // taking them for few, it read them all and kept the batch's (a join filter), every
-        // task in flight for each batch, 0.9 ms for 8 records on two replicas (issue 15).
+        // `BEGIN_PLAN_BY_INDEX`). The claimed step is compared as `StepIs` compares it, for
+        // its reason: with `=`, the plan read every task in flight for each batch and kept the
+        // batch's by a join filter, 0.9 ms for 8 records on two replicas (issue 15).
         let set: Vec<String> = SET.iter().map(|c| format!("{c} = v.{c}")).collect();
         out.push_sql(&format!("UPDATE tasks SET {} FROM unnest(", set.join(", ")));
         macro_rules! array {
