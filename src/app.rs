@@ -130,6 +130,7 @@ impl Application {
             pool_size: settings.database.pool_size,
             pool_timeout: Duration::from_millis(settings.database.pool_timeout_ms),
             write_queue: settings.database.write_queue,
+            sqlite_lock_wait: db::DbLimits::SQLITE_LOCK_WAIT,
         };
         let db = actix_web::web::block(move || Db::connect_with(&url, limits))
             .await

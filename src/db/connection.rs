@@ -1,5 +1,7 @@
 //! Connections to either backend, chosen by the URL's scheme at run time.
 
+use std::time::Duration;
+
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::{ManageConnection, R2D2Connection};
 use diesel::{Connection, ConnectionError, PgConnection, SqliteConnection};
@@ -113,12 +115,26 @@ fn is_loopback(host: &str) -> bool {
 #[derive(Clone)]
 pub(crate) struct Manager {
     pub(crate) target: Target,
+    /// SQLite: how long a statement waits for a lock another process holds on the file
+    /// (`busy_timeout`) before it fails with "database is locked" (`DbLimits::sqlite_lock_wait`).
+    pub(crate) sqlite_lock_wait: Duration,
 }
 
-// busy_timeout first: the other pragmas may need the lock. synchronous=FULL: a commit that
-// returned is on disk, even in WAL mode (NORMAL could lose the last commits on power loss).
-const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000;
-PRAGMA journal_mode = WAL;
+#[cfg(test)]
+impl Manager {
+    /// A manager for `target` waiting `DbLimits::SQLITE_LOCK_WAIT` for SQLite's locks.
+    pub(crate) fn new(target: Target) -> Manager {
+        Manager {
+            target,
+            sqlite_lock_wait: super::DbLimits::SQLITE_LOCK_WAIT,
+        }
+    }
+}
+
+// busy_timeout first (`Manager::connect`): the other pragmas may need the lock.
+// synchronous=FULL: a commit that returned is on disk, even in WAL mode (NORMAL could lose the
+// last commits on power loss).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA foreign_keys = ON;";
 
@@ -131,7 +147,12 @@ impl ManageConnection for Manager {
             Target::SqliteFile(path) => {
                 let mut conn = SqliteConnection::establish(path)
                     .map_err(diesel::r2d2::Error::ConnectionError)?;
-                conn.batch_execute(SQLITE_PRAGMAS)
+                let busy_timeout = format!(
+                    "PRAGMA busy_timeout = {};",
+                    self.sqlite_lock_wait.as_millis()
+                );
+                conn.batch_execute(&busy_timeout)
+                    .and_then(|()| conn.batch_execute(SQLITE_PRAGMAS))
                     .map_err(diesel::r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
             }

@@ -102,6 +102,14 @@ pub enum Overload {
         #[source]
         cause: diesel::r2d2::PoolError,
     },
+    /// SQLite: another process held the database file's write lock for all the time a batch
+    /// waited for it (`DbError::is_sqlite_locked`; its cause is logged once for the batch).
+    #[error(
+        "the service is overloaded: another process held its SQLite database's write lock for \
+         {} ms, as long as the service waits for it; retry later",
+        waited.as_millis()
+    )]
+    SqliteLocked { waited: Duration },
 }
 
 impl Overload {
@@ -112,6 +120,16 @@ impl Overload {
 }
 
 impl DbError {
+    /// SQLite gave up waiting for a lock another connection holds (`SQLITE_BUSY`, once
+    /// `busy_timeout` has passed). SQLite's messages are not translated.
+    pub fn is_sqlite_locked(&self) -> bool {
+        matches!(
+            self,
+            DbError::Query(diesel::result::Error::DatabaseError(_, info))
+                if info.message() == "database is locked"
+        )
+    }
+
     /// Worth trying again later as it is (the engine reschedules the step; a client gets 503).
     pub fn is_transient(&self) -> bool {
         matches!(self, DbError::Overloaded(_))
@@ -139,15 +157,24 @@ pub struct DbLimits {
     /// Writes waiting for the writer thread, the group being committed aside
     /// (`database.write_queue`).
     pub write_queue: usize,
+    /// SQLite: how long a batch of writes waits for the file's write lock while another
+    /// process holds it (a `sqlite3` shell in a transaction, a backup) before its writes are
+    /// refused as overloaded (`Overload::SqliteLocked`). Not a configuration key:
+    /// `SQLITE_LOCK_WAIT` outside tests.
+    pub sqlite_lock_wait: Duration,
 }
 
 impl DbLimits {
+    /// SQLite's `busy_timeout`: long enough for another process's short transaction.
+    pub const SQLITE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
     /// `pool_size` connections, the other limits at their defaults (config/default.yaml).
     pub fn with_pool_size(pool_size: u32) -> DbLimits {
         DbLimits {
             pool_size,
             pool_timeout: Duration::from_secs(10),
             write_queue: 1024,
+            sqlite_lock_wait: DbLimits::SQLITE_LOCK_WAIT,
         }
     }
 }
@@ -197,7 +224,10 @@ impl Db {
                 }
             }
         }
-        let manager = Manager { target };
+        let manager = Manager {
+            target,
+            sqlite_lock_wait: limits.sqlite_lock_wait,
+        };
         // No test query at check-out: on PostgreSQL it cost every read a round trip and a
         // transaction of its own (a third of the server's transactions per task). A connection
         // the server dropped fails its next statement, which marks it broken (diesel), and the

@@ -194,12 +194,25 @@ where
                 tracing::debug!(error = %error_chain(e), "batch commit failed after this write had failed");
                 Err(own)
             }
-            (Err(e), _) => Err(E::from(DbError::Commit(e.to_string()))),
+            (Err(e), _) => Err(E::from(answer_to_each_write(e))),
             (Ok(()), None) => Err(E::from(DbError::Canceled)),
         };
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(outcome);
         }
+    }
+}
+
+/// What each write of a batch whose transaction failed with `batch_error` is told: an overload
+/// as it is (it may succeed later), anything else as a failed commit with its whole cause chain
+/// (the write's own log line then says why, not only that the commit failed).
+pub(super) fn answer_to_each_write(batch_error: &DbError) -> DbError {
+    match batch_error {
+        DbError::Overloaded(Overload::SqliteLocked { waited }) => {
+            DbError::Overloaded(Overload::SqliteLocked { waited: *waited })
+        }
+        DbError::Commit(why) => DbError::Commit(why.clone()),
+        other => DbError::Commit(error_chain(other).to_string()),
     }
 }
 
@@ -427,6 +440,19 @@ fn write_loop(
         }
         if let Err(e) = &committed {
             tracing::error!(error = %error_chain(e), writes = batch.len(), "group commit failed");
+        }
+        // Another process held the SQLite file's lock all along: the same writes may succeed
+        // once it lets go, so each is refused as overloaded (503 and `Retry-After`, the engine
+        // tries at its next tick), not failed.
+        let committed = committed.map_err(|e| {
+            if e.is_sqlite_locked() {
+                let waited = manager.sqlite_lock_wait;
+                DbError::Overloaded(Overload::SqliteLocked { waited })
+            } else {
+                e
+            }
+        });
+        if committed.is_err() {
             // Whatever state the failure left the connection in, start the next batch clean.
             match manager.connect() {
                 Ok(fresh) => conn = fresh,

@@ -1,3 +1,4 @@
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use crate::db::schema::service_meta;
@@ -49,6 +50,69 @@ async fn a_panicking_write_fails_its_group_and_the_writer_recovers() {
         .await;
     assert_eq!(after.unwrap(), "v", "the writer still works");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Another process holding the SQLite file's write lock (a `sqlite3` shell in a transaction)
+/// for longer than the writer waits for it: the batch's writes are refused as overloaded (503
+/// with `Retry-After` at the API, the engine tries at its next tick), not failed as an internal
+/// error, nothing of them is stored, and once the lock is let go the writer takes writes again.
+/// SQLite only: PostgreSQL has no lock on a whole database.
+#[actix_web::test]
+async fn a_write_lock_held_by_another_process_refuses_the_writes_as_overloaded() {
+    let dir = std::env::temp_dir().join(format!("odm-writer-{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.join("w.db");
+    let limits = DbLimits {
+        sqlite_lock_wait: std::time::Duration::from_millis(200),
+        ..DbLimits::with_pool_size(2)
+    };
+    let db = Db::connect_with(&format!("sqlite://{}", path.display()), limits).unwrap();
+    let mut other_process = SqliteConnection::establish(&path.display().to_string()).unwrap();
+    other_process.batch_execute("BEGIN IMMEDIATE").unwrap();
+
+    let during = db
+        .write(|conn| meta_get_or_insert(conn, "during", "v").map_err(DbError::from))
+        .await;
+    match during {
+        Err(DbError::Overloaded(overload @ Overload::SqliteLocked { .. })) => {
+            let message = overload.to_string();
+            assert!(message.contains("200 ms"), "{message}");
+            assert!(message.contains("retry later"), "{message}");
+            assert_eq!(overload.retry_after(), std::time::Duration::from_secs(1));
+        }
+        other => panic!("expected an overload naming the lock wait, got {other:?}"),
+    }
+
+    other_process.batch_execute("ROLLBACK").unwrap();
+    let after = db
+        .write(|conn| meta_get_or_insert(conn, "after", "v").map_err(DbError::from))
+        .await;
+    assert_eq!(
+        after.unwrap(),
+        "v",
+        "the writer takes writes once the lock is let go"
+    );
+    assert_eq!(stored_of(&db, &["during", "after"]).await, ["after"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A batch whose transaction failed tells each of its writes why, cause included: the write's
+/// own log line (`request failed`) then names the database's message, not only that the
+/// commit failed.
+#[test]
+fn each_write_of_a_failed_batch_is_told_the_whole_cause() {
+    let failed = DbError::Query(diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::Unknown,
+        Box::new("disk I/O error".to_owned()),
+    ));
+    let told = super::answer_to_each_write(&failed);
+    assert!(
+        matches!(&told, DbError::Commit(why) if why.contains("disk I/O error")),
+        "{told:?}"
+    );
+    let locked = DbError::Overloaded(Overload::SqliteLocked {
+        waited: std::time::Duration::from_secs(10),
+    });
+    assert!(super::answer_to_each_write(&locked).is_transient());
 }
 
 /// The writer thread busy with a write (storing "blocker") until `release` is sent.
@@ -409,9 +473,7 @@ fn a_writer_that_cannot_open_every_connection_leaves_no_thread_behind() {
     let host = server.rsplit_once('@').map_or(server, |(_, host)| host);
     let separator = if query.is_empty() { "" } else { "?" };
     let url = format!("postgres://{role}@{host}/{name}{separator}{query}");
-    let manager = Manager {
-        target: Target::Postgres(url),
-    };
+    let manager = Manager::new(Target::Postgres(url));
 
     let started = super::Writer::start(manager, 16, 4);
     assert!(started.is_err(), "the second connection is refused");
@@ -479,7 +541,7 @@ pub(super) fn sqlite_connection() -> (crate::db::DbConnection, Db, std::path::Pa
     let (db, dir) = temp_db();
     let target =
         super::super::connection::Target::SqliteFile(dir.join("w.db").display().to_string());
-    let conn = super::Manager { target }.connect().unwrap();
+    let conn = super::Manager::new(target).connect().unwrap();
     (conn, db, dir)
 }
 
@@ -489,7 +551,7 @@ pub(super) fn postgres_connection() -> Option<(crate::db::DbConnection, Db, Stri
     let (db, admin, name, url) = postgres_db_at()?;
     let target = super::super::connection::Target::Postgres(url);
     use diesel::r2d2::ManageConnection;
-    let conn = super::Manager { target }.connect().unwrap();
+    let conn = super::Manager::new(target).connect().unwrap();
     Some((conn, db, admin, name))
 }
 
