@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// across them; a task run twice is an error.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub replicas: u32,
+    /// The control for `--replicas`: the same load split evenly across this many deployments
+    /// that share nothing but the host (each its own database, simulator, server and driver,
+    /// started together); their throughputs are added up.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub independent: u32,
 }
 
 /// The shape of the load, from `--concurrency` or `--rate`.
@@ -38,8 +43,31 @@ pub enum Load {
 }
 
 impl BenchArgs {
-    /// What clap cannot say: several replicas need PostgreSQL.
+    /// What clap cannot say: several replicas need PostgreSQL; independent deployments each
+    /// need an activity and an activity in flight, and are not replicas.
     pub fn check(&self) -> Result<(), String> {
+        if self.independent > 1 {
+            if self.replicas > 1 {
+                return Err(format!(
+                    "--independent {} and --replicas {} cannot be combined: --independent is the \
+                     control for --replicas (run each, and compare)",
+                    self.independent, self.replicas
+                ));
+            }
+            let (least, what) = match self.concurrency {
+                Some(concurrency) if concurrency < self.activities => {
+                    (concurrency, "--concurrency")
+                }
+                _ => (self.activities, "--activities"),
+            };
+            if least < self.independent {
+                return Err(format!(
+                    "--independent {} needs {what} of at least {} (got {least}): each deployment \
+                     gets an even share of the load, and at least one",
+                    self.independent, self.independent
+                ));
+            }
+        }
         if self.replicas > 1 && self.database.is_none() {
             return Err(format!(
                 "--replicas {} needs --database postgres://…: replicas scale out on PostgreSQL. On \

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! odm-devops bench --activities N --tasks T (--concurrency C | --rate R) [--database URL]
-//!                  [--replicas N]
+//!                  [--replicas N | --independent N]
 //! ```
 //!
 //! 1. Starts `simulate-azure` and `serve` from this very binary (`current_exe`, so `cargo run
@@ -13,7 +13,9 @@
 //!    executor pointed at the simulator); `--config FILE` and any other `ODM_DEVOPS__…` of the
 //!    bench's environment reach it too. `--replicas N` (PostgreSQL only) starts N servers on
 //!    the one database, each with its own `public_url`, so a pipeline calls back the replica
-//!    that dispatched it; activities are created on each in turn.
+//!    that dispatched it; activities are created on each in turn. `--independent N`, their
+//!    control, runs N such benches of one server each at once, the load split evenly, and adds
+//!    up their last lines (`independent.rs`).
 //! 2. Ready time: from spawning the server to its first 200 on `/health/ready`. Idle RSS: its
 //!    VmRSS after a short settle, before any load.
 //! 3. Stores one descriptor per activity (`dev` stage of T tasks on the simulator's pipeline).
@@ -42,6 +44,7 @@
 mod args;
 mod commits;
 mod database;
+mod independent;
 mod latency;
 mod load;
 mod procs;
@@ -74,6 +77,9 @@ const SETTLE_END: Duration = Duration::from_secs(10);
 /// in the report instead).
 pub fn run_cli(args: &BenchArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find this binary to start it")?;
+    if args.independent > 1 {
+        return independent::run_cli(args, &exe, config);
+    }
     let report = run(args, &exe, config)?;
     println!("{}", report.summary());
     println!("{}", report.last_line());

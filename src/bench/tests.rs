@@ -295,3 +295,119 @@ fn the_run_s_folder_is_removed_unless_kept() {
     );
     std::fs::remove_dir_all(path).unwrap();
 }
+
+#[test]
+fn independent_deployments_share_the_load_evenly_and_are_not_replicas() {
+    let args = parse(&[
+        "--activities",
+        "3001",
+        "--concurrency",
+        "65",
+        "--independent",
+        "2",
+        "--database",
+        "postgres://postgres@127.0.0.1:5432/test",
+    ])
+    .unwrap();
+    assert_eq!(args.check(), Ok(()));
+    let shares = super::independent::split(&args);
+    let loads: Vec<_> = shares
+        .iter()
+        .map(|s| (s.activities, s.concurrency, s.replicas, s.independent))
+        .collect();
+    assert_eq!(loads, [(1501, Some(33), 1, 1), (1500, Some(32), 1, 1)]);
+    assert!(shares
+        .iter()
+        .all(|s| s.database == args.database && s.tasks == args.tasks && s.check().is_ok()));
+
+    let rated = parse(&["--activities", "10", "--rate", "200", "--independent", "4"]).unwrap();
+    let shares = super::independent::split(&rated);
+    let loads: Vec<_> = shares.iter().map(|s| (s.activities, s.rate)).collect();
+    assert_eq!(
+        loads,
+        [
+            (3, Some(50.0)),
+            (3, Some(50.0)),
+            (2, Some(50.0)),
+            (2, Some(50.0))
+        ]
+    );
+
+    let refused = |args: &[&str]| parse(args).unwrap().check().unwrap_err();
+    let with_replicas = refused(&[
+        "--concurrency",
+        "4",
+        "--independent",
+        "2",
+        "--replicas",
+        "2",
+        "--database",
+        "postgres://postgres@127.0.0.1:5432/test",
+    ]);
+    assert!(
+        with_replicas.contains("cannot be combined"),
+        "{with_replicas}"
+    );
+    let too_few_in_flight = refused(&["--concurrency", "1", "--independent", "2"]);
+    assert!(
+        too_few_in_flight.contains("--concurrency of at least 2 (got 1)"),
+        "{too_few_in_flight}"
+    );
+    let too_few = refused(&[
+        "--activities",
+        "2",
+        "--concurrency",
+        "8",
+        "--independent",
+        "3",
+    ]);
+    assert!(
+        too_few.contains("--activities of at least 3 (got 2)"),
+        "{too_few}"
+    );
+    assert!(parse(&["--concurrency", "64", "--independent", "17"]).is_err());
+}
+
+#[test]
+fn independent_deployments_add_up_from_their_last_lines() {
+    let first = report(Load::Closed { concurrency: 32 });
+    let second = Report {
+        activities: 500,
+        seconds: 3.0,
+        tasks_processed: 1500,
+        commits: Some(1500),
+        errors: Errors::default(),
+        ..report(Load::Closed { concurrency: 32 })
+    };
+    let lines = [first.last_line(), second.last_line()];
+    let sum = super::independent::Sum::of(&lines).unwrap();
+    assert_eq!(
+        sum,
+        super::independent::Sum {
+            seconds: 3.0,
+            tasks_per_s: 1700.0,
+            // 2.50 a task over 3,000 tasks and 1.00 over 1,500.
+            commits_per_task: 2.0,
+            errors: 4,
+        }
+    );
+    let args = parse(&[
+        "--activities",
+        "1500",
+        "--concurrency",
+        "64",
+        "--independent",
+        "2",
+    ])
+    .unwrap();
+    assert_eq!(
+        sum.last_line(&args, 2),
+        "bench: independent=2 activities=1500 tasks=3 concurrency=64 rate=0 seconds=3.000 \
+         tasks_per_s=1700.0 commits_per_task=2.00 errors=4"
+    );
+    let broken = ["bench: activities=1 tasks=3 seconds=x".to_owned()];
+    let refused = super::independent::Sum::of(&broken)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("`seconds=`"), "{refused}");
+}

@@ -18,6 +18,7 @@ fn tiny(load: Load, database: Option<String>) -> BenchArgs {
         rate,
         database,
         replicas: 1,
+        independent: 1,
     }
 }
 
@@ -113,5 +114,69 @@ fn replicas_on_sqlite_are_refused_before_anything_starts() {
     assert!(
         refused.contains("--replicas 2 needs --database"),
         "{refused}"
+    );
+}
+
+/// `--independent 2`, the control for `--replicas 2`, as a user runs it: two deployments of
+/// their own (SQLite files here), each with half the load, and the sum of their last lines.
+#[test]
+fn two_independent_deployments_each_run_half_and_add_up() {
+    let exe = env!("CARGO_BIN_EXE_odm-devops");
+    let output = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "--activities",
+            "5",
+            "--tasks",
+            "2",
+            "--concurrency",
+            "3",
+        ])
+        .args(["--independent", "2"])
+        .env_remove("ODM_DEVOPS_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deployments: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("bench: deployment "))
+        .collect();
+    assert_eq!(deployments.len(), 2, "{stdout}");
+    // In the order they end; each names its number.
+    let deployment = |n: u32| {
+        let marked = format!("bench: deployment {n} of 2: bench: ");
+        deployments.iter().find(|l| l.starts_with(&marked)).copied()
+    };
+    assert!(
+        deployment(1).is_some_and(|l| l.contains("activities=3 tasks=2 concurrency=2 "))
+            && deployment(2).is_some_and(|l| l.contains("activities=2 tasks=2 concurrency=1 ")),
+        "the load split evenly: {stdout}"
+    );
+    assert!(
+        deployments.iter().all(|l| l.ends_with(" errors=0")),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("bench: independent=2 activities=5 tasks=2 concurrency=3 rate=0 ")
+            && last.ends_with(" errors=0"),
+        "{last}"
+    );
+    // Each deployment's task completions a second, added up.
+    let rate = |line: &str| -> f64 {
+        let value = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("tasks_per_s="));
+        value.unwrap().parse().unwrap()
+    };
+    let sum: f64 = deployments.iter().map(|l| rate(l)).sum();
+    assert!(
+        (rate(last) - sum).abs() < 0.2,
+        "{last} against {deployments:?}"
     );
 }

@@ -1,0 +1,189 @@
+//! `--independent N`: the control for `--replicas N` (issue 15). The same load, split evenly
+//! across N deployments that share nothing but the host: each is a `bench` of its own (this
+//! binary as a child process, all started at once) with its own database, simulator, server
+//! and driver. Their task completions per second add up. What `--replicas N` loses against this
+//! sum is the cost of sharing one database; what this sum loses against one deployment is the
+//! cost of splitting the load on this host (README, *The control*).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+use super::BenchArgs;
+
+/// Runs the `--independent` control and prints each deployment's last line, then the sum.
+pub fn run_cli(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    args.check().map_err(anyhow::Error::msg)?;
+    let shares = split(args);
+    let count = shares.len();
+    println!(
+        "bench: {count} independent deployments started together, each with its own database, \
+         simulator, server and driver"
+    );
+    let mut children = Vec::with_capacity(count);
+    for share in &shares {
+        match spawn(exe, config, share) {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                // Those started would run on alone and skew nothing, but load the host for
+                // nothing: stopped (each removes its database when it can).
+                for started in &mut children {
+                    let _ = started.kill();
+                    let _ = started.wait();
+                }
+                return Err(e);
+            }
+        }
+    }
+    // Each deployment's output as it comes, marked with its number; its last line kept.
+    let followers: Vec<_> = children
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut child)| {
+            let stdout = child.stdout.take().expect("stdout is piped");
+            let follower = std::thread::spawn(move || {
+                let mut last = None;
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.starts_with("bench: activities=") {
+                        println!("bench: deployment {} of {count}: {line}", n + 1);
+                        last = Some(line);
+                    } else {
+                        println!("[{}] {line}", n + 1);
+                    }
+                }
+                last
+            });
+            (child, follower)
+        })
+        .collect();
+    // Every deployment waited for before any is judged: none is left running.
+    let ended: Vec<_> = followers
+        .into_iter()
+        .map(|(mut child, follower)| (child.wait(), follower.join().unwrap_or(None)))
+        .collect();
+    let mut lines = Vec::with_capacity(count);
+    for (n, (status, last)) in ended.into_iter().enumerate() {
+        let status = status.context("cannot wait for a deployment's bench")?;
+        let Some(line) = last else {
+            bail!(
+                "deployment {} of {count} ended without its last line ({status}; its output is \
+                 above)",
+                n + 1
+            );
+        };
+        lines.push(line);
+    }
+    let sum = Sum::of(&lines)?;
+    println!("{}", sum.last_line(args, count));
+    Ok(())
+}
+
+/// The child's arguments: its share of the load, everything else as given.
+fn spawn(
+    exe: &Path,
+    config: Option<&Path>,
+    share: &BenchArgs,
+) -> anyhow::Result<std::process::Child> {
+    let mut command = Command::new(exe);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .arg("bench")
+        .arg("--activities")
+        .arg(share.activities.to_string())
+        .arg("--tasks")
+        .arg(share.tasks.to_string());
+    if let Some(concurrency) = share.concurrency {
+        command.arg("--concurrency").arg(concurrency.to_string());
+    }
+    if let Some(rate) = share.rate {
+        command.arg("--rate").arg(rate.to_string());
+    }
+    if let Some(database) = &share.database {
+        command.arg("--database").arg(database);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start a deployment's bench")
+}
+
+/// `args`' load split evenly into `args.independent` shares (the first ones take what does not
+/// divide), each a single deployment.
+pub(super) fn split(args: &BenchArgs) -> Vec<BenchArgs> {
+    let n = args.independent.max(1);
+    let share = |total: u32, i: u32| total / n + u32::from(i < total % n);
+    (0..n)
+        .map(|i| BenchArgs {
+            activities: share(args.activities, i),
+            concurrency: args.concurrency.map(|c| share(c, i)),
+            rate: args.rate.map(|r| r / f64::from(n)),
+            replicas: 1,
+            independent: 1,
+            ..args.clone()
+        })
+        .collect()
+}
+
+/// The deployments' last lines added up.
+#[derive(Debug, PartialEq)]
+pub(super) struct Sum {
+    /// The longest timed part.
+    pub seconds: f64,
+    pub tasks_per_s: f64,
+    /// Weighted by each deployment's tasks.
+    pub commits_per_task: f64,
+    pub errors: u64,
+}
+
+impl Sum {
+    pub(super) fn of(lines: &[String]) -> anyhow::Result<Sum> {
+        let mut sum = Sum {
+            seconds: 0.0,
+            tasks_per_s: 0.0,
+            commits_per_task: 0.0,
+            errors: 0,
+        };
+        let mut tasks = 0.0;
+        for line in lines {
+            let field = |name: &str| -> anyhow::Result<f64> {
+                line.split_whitespace()
+                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|value| value.parse::<f64>().ok())
+                    .with_context(|| format!("no number `{name}=` in a deployment's line: {line}"))
+            };
+            let these = field("activities")? * field("tasks")?;
+            sum.seconds = sum.seconds.max(field("seconds")?);
+            sum.tasks_per_s += field("tasks_per_s")?;
+            sum.commits_per_task += field("commits_per_task")? * these;
+            // A count printed by this binary: whole and small.
+            sum.errors = sum.errors.saturating_add(field("errors")? as u64);
+            tasks += these;
+        }
+        if tasks > 0.0 {
+            sum.commits_per_task /= tasks;
+        }
+        Ok(sum)
+    }
+
+    /// `bench: independent=N activities=N tasks=N concurrency=N rate=F seconds=F tasks_per_s=F
+    /// commits_per_task=F errors=N`, totals over the deployments.
+    pub(super) fn last_line(&self, args: &BenchArgs, deployments: usize) -> String {
+        format!(
+            "bench: independent={deployments} activities={} tasks={} concurrency={} rate={} \
+             seconds={:.3} tasks_per_s={:.1} commits_per_task={:.2} errors={}",
+            args.activities,
+            args.tasks,
+            args.concurrency.unwrap_or(0),
+            args.rate.unwrap_or(0.0),
+            self.seconds,
+            self.tasks_per_s,
+            self.commits_per_task,
+            self.errors
+        )
+    }
+}
