@@ -27,10 +27,12 @@ pub fn run_cli(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::R
         match spawn(exe, config, share) {
             Ok(child) => children.push(child),
             Err(e) => {
-                // Those started would run on alone and skew nothing, but load the host for
-                // nothing: stopped (each removes its database when it can).
+                // Those started are left to end as they would (killed, a bench could not stop
+                // its server and simulator nor drop its database), their output set aside.
                 for started in &mut children {
-                    let _ = started.kill();
+                    if let Some(mut output) = started.stdout.take() {
+                        let _ = std::io::copy(&mut output, &mut std::io::sink());
+                    }
                     let _ = started.wait();
                 }
                 return Err(e);
