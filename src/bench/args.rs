@@ -2,7 +2,7 @@
 
 use clap::ArgGroup;
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 #[command(group(ArgGroup::new("load").required(true).args(["concurrency", "rate"])))]
 pub struct BenchArgs {
     /// Activities to run (each on a product version of its own).
@@ -77,6 +77,32 @@ impl BenchArgs {
             ));
         }
         Ok(())
+    }
+
+    /// The flags that give these arguments back, for a bench run as a child process
+    /// (`--independent`). Next to the fields, so that a new one is not forgotten here; a test
+    /// parses them back.
+    pub fn to_command_line(&self) -> Vec<String> {
+        let mut line = vec![
+            "--activities".to_owned(),
+            self.activities.to_string(),
+            "--tasks".to_owned(),
+            self.tasks.to_string(),
+            "--replicas".to_owned(),
+            self.replicas.to_string(),
+            "--independent".to_owned(),
+            self.independent.to_string(),
+        ];
+        if let Some(concurrency) = self.concurrency {
+            line.extend(["--concurrency".to_owned(), concurrency.to_string()]);
+        }
+        if let Some(rate) = self.rate {
+            line.extend(["--rate".to_owned(), rate.to_string()]);
+        }
+        if let Some(database) = &self.database {
+            line.extend(["--database".to_owned(), database.clone()]);
+        }
+        line
     }
 
     pub fn load(&self) -> Load {

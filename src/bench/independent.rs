@@ -82,7 +82,7 @@ pub fn run_cli(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::R
     Ok(())
 }
 
-/// The child's arguments: its share of the load, everything else as given.
+/// A deployment's bench: `share` as its command line.
 fn spawn(
     exe: &Path,
     config: Option<&Path>,
@@ -94,20 +94,7 @@ fn spawn(
     }
     command
         .arg("bench")
-        .arg("--activities")
-        .arg(share.activities.to_string())
-        .arg("--tasks")
-        .arg(share.tasks.to_string());
-    if let Some(concurrency) = share.concurrency {
-        command.arg("--concurrency").arg(concurrency.to_string());
-    }
-    if let Some(rate) = share.rate {
-        command.arg("--rate").arg(rate.to_string());
-    }
-    if let Some(database) = &share.database {
-        command.arg("--database").arg(database);
-    }
-    command
+        .args(share.to_command_line())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()

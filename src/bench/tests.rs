@@ -411,3 +411,28 @@ fn independent_deployments_add_up_from_their_last_lines() {
         .to_string();
     assert!(refused.contains("`seconds=`"), "{refused}");
 }
+
+#[test]
+fn arguments_given_back_as_a_command_line_parse_to_the_same() {
+    let every_field = parse(&[
+        "--activities",
+        "7",
+        "--tasks",
+        "4",
+        "--rate",
+        "66.5",
+        "--database",
+        "postgres://postgres@127.0.0.1:5432/test",
+        "--replicas",
+        "3",
+        "--independent",
+        "2",
+    ])
+    .unwrap();
+    let closed = parse(&["--concurrency", "9"]).unwrap();
+    for args in [every_field, closed] {
+        let line = args.to_command_line();
+        let again = parse(&line.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert_eq!(again, args, "{line:?}");
+    }
+}
