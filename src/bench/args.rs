@@ -31,6 +31,11 @@ pub struct BenchArgs {
     /// started together); their throughputs are added up.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub independent: u32,
+    /// Set by `--independent` on each deployment's bench: say so when ready for the timed part
+    /// and start it only on a line read from stdin, so that the deployments' timed parts start
+    /// together (`independent::wait_for_go`).
+    #[arg(long, hide = true)]
+    pub wait_for_go: bool,
 }
 
 /// The shape of the load, from `--concurrency` or `--rate`.
@@ -101,6 +106,9 @@ impl BenchArgs {
         }
         if let Some(database) = &self.database {
             line.extend(["--database".to_owned(), database.clone()]);
+        }
+        if self.wait_for_go {
+            line.push("--wait-for-go".to_owned());
         }
         line
     }

@@ -3,33 +3,69 @@
 //! binary as a child process, all started at once) with its own database, simulator, server
 //! and driver. Their task completions per second add up. What `--replicas N` loses against this
 //! sum is the cost of sharing one database; what this sum loses against one deployment is the
-//! cost of splitting the load on this host (README, *The control*).
+//! cost of splitting the load on this host (README, *The control*). Their timed parts start
+//! together: each deployment says when it is ready for its own (`--wait-for-go`), and all are
+//! told to go once all are.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 
 use anyhow::{bail, Context};
 
 use super::BenchArgs;
 
+/// What a deployment's bench prints when it is ready for its timed part (`wait_for_go`).
+const READY: &str = "bench: ready for the timed part";
+
+/// In a deployment's bench (`--wait-for-go`): says it is ready, then waits for the parent's go,
+/// a line on stdin. Stdin ended instead means another deployment failed before its timed part:
+/// this one stops too (its server, simulator and database cleaned up as on any error).
+pub(super) async fn wait_for_go() -> anyhow::Result<()> {
+    println!("{READY}");
+    let read = actix_web::rt::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)
+    })
+    .await
+    .context("waiting for the go on stdin")?
+    .context("reading the go from stdin")?;
+    if read == 0 {
+        bail!(
+            "stdin ended before the go: another deployment of --independent did not reach its              timed part, so this one does not start its own"
+        );
+    }
+    Ok(())
+}
+
+/// What the parent hears of a deployment, by its index.
+pub(super) enum Heard {
+    Ready,
+    Ended(usize),
+}
+
 /// Runs the `--independent` control and prints each deployment's last line, then the sum.
+/// The deployments set up (database, simulator, server, descriptors) at their own pace; their
+/// timed parts start together once every one is ready.
 pub fn run_cli(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     args.check().map_err(anyhow::Error::msg)?;
     let shares = split(args);
     let count = shares.len();
     println!(
         "bench: {count} independent deployments started together, each with its own database, \
-         simulator, server and driver"
+         simulator, server and driver; their timed parts start together"
     );
     let mut children = Vec::with_capacity(count);
     for share in &shares {
         match spawn(exe, config, share) {
             Ok(child) => children.push(child),
             Err(e) => {
-                // Those started are left to end as they would (killed, a bench could not stop
-                // its server and simulator nor drop its database), their output set aside.
+                // Those started stop before their timed part once their stdin ends (killed, a
+                // bench could not stop its server and simulator nor drop its database); their
+                // output is set aside.
                 for started in &mut children {
+                    drop(started.stdin.take());
                     if let Some(mut output) = started.stdout.take() {
                         let _ = std::io::copy(&mut output, &mut std::io::sink());
                     }
@@ -39,13 +75,15 @@ pub fn run_cli(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::R
             }
         }
     }
+    let (heard, hear) = mpsc::channel();
     // Each deployment's output as it comes, marked with its number; its last line kept.
     let followers: Vec<_> = children
-        .into_iter()
+        .iter_mut()
         .enumerate()
-        .map(|(n, mut child)| {
+        .map(|(n, child)| {
             let stdout = child.stdout.take().expect("stdout is piped");
-            let follower = std::thread::spawn(move || {
+            let heard = heard.clone();
+            std::thread::spawn(move || {
                 let mut last = None;
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if line.starts_with("bench: activities=") {
@@ -53,16 +91,31 @@ pub fn run_cli(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::R
                         last = Some(line);
                     } else {
                         println!("[{}] {line}", n + 1);
+                        if line == READY {
+                            let _ = heard.send(Heard::Ready);
+                        }
                     }
                 }
+                let _ = heard.send(Heard::Ended(n));
                 last
-            });
-            (child, follower)
+            })
         })
         .collect();
+    drop(heard);
+    let mut stdins: Vec<_> = children.iter_mut().map(|c| c.stdin.take()).collect();
+    if every_one_ready(&hear, count) {
+        // One short write each: the timed parts start within a millisecond of each other.
+        for stdin in stdins.iter_mut().flatten() {
+            let _ = stdin.write_all(b"go\n");
+        }
+        println!("bench: all {count} deployments ready; their timed parts start now");
+    }
+    // A deployment still waiting (another one ended first) sees its stdin end and stops.
+    drop(stdins);
     // Every deployment waited for before any is judged: none is left running.
-    let ended: Vec<_> = followers
+    let ended: Vec<_> = children
         .into_iter()
+        .zip(followers)
         .map(|(mut child, follower)| (child.wait(), follower.join().unwrap_or(None)))
         .collect();
     let mut lines = Vec::with_capacity(count);
@@ -82,7 +135,27 @@ pub fn run_cli(args: &BenchArgs, exe: &Path, config: Option<&Path>) -> anyhow::R
     Ok(())
 }
 
-/// A deployment's bench: `share` as its command line.
+/// Whether all `count` deployments said they are ready before any ended.
+pub(super) fn every_one_ready(hear: &mpsc::Receiver<Heard>, count: usize) -> bool {
+    let mut ready = 0;
+    while ready < count {
+        match hear.recv() {
+            Ok(Heard::Ready) => ready += 1,
+            Ok(Heard::Ended(n)) => {
+                println!(
+                    "bench: deployment {} of {count} ended before its timed part; the others \
+                     are told to stop",
+                    n + 1
+                );
+                return false;
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// A deployment's bench: `share` as its command line, stdin kept for the go.
 fn spawn(
     exe: &Path,
     config: Option<&Path>,
@@ -95,7 +168,7 @@ fn spawn(
     command
         .arg("bench")
         .args(share.to_command_line())
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start a deployment's bench")
@@ -113,18 +186,22 @@ pub(super) fn split(args: &BenchArgs) -> Vec<BenchArgs> {
             rate: args.rate.map(|r| r / f64::from(n)),
             replicas: 1,
             independent: 1,
+            wait_for_go: true,
             ..args.clone()
         })
         .collect()
 }
 
-/// The deployments' last lines added up.
+/// The deployments' last lines added up. Their timed parts start together, so the load they
+/// carried together is every task they processed over the longest timed part: the figure
+/// `--replicas` gives for its one timed part.
 #[derive(Debug, PartialEq)]
 pub(super) struct Sum {
     /// The longest timed part.
     pub seconds: f64,
+    /// The tasks processed by all, over the longest timed part.
     pub tasks_per_s: f64,
-    /// Weighted by each deployment's tasks.
+    /// Weighted by each deployment's tasks processed.
     pub commits_per_task: f64,
     pub errors: u64,
 }
@@ -145,16 +222,19 @@ impl Sum {
                     .and_then(|value| value.parse::<f64>().ok())
                     .with_context(|| format!("no number `{name}=` in a deployment's line: {line}"))
             };
-            let these = field("activities")? * field("tasks")?;
-            sum.seconds = sum.seconds.max(field("seconds")?);
-            sum.tasks_per_s += field("tasks_per_s")?;
-            sum.commits_per_task += field("commits_per_task")? * these;
+            let seconds = field("seconds")?;
+            let processed = field("tasks_per_s")? * seconds;
+            sum.seconds = sum.seconds.max(seconds);
+            sum.commits_per_task += field("commits_per_task")? * processed;
             // A count printed by this binary: whole and small.
             sum.errors = sum.errors.saturating_add(field("errors")? as u64);
-            tasks += these;
+            tasks += processed;
         }
         if tasks > 0.0 {
             sum.commits_per_task /= tasks;
+        }
+        if sum.seconds > 0.0 {
+            sum.tasks_per_s = tasks / sum.seconds;
         }
         Ok(sum)
     }

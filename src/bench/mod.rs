@@ -14,8 +14,8 @@
 //!    bench's environment reach it too. `--replicas N` (PostgreSQL only) starts N servers on
 //!    the one database, each with its own `public_url`, so a pipeline calls back the replica
 //!    that dispatched it; activities are created on each in turn. `--independent N`, their
-//!    control, runs N such benches of one server each at once, the load split evenly, and adds
-//!    up their last lines (`independent.rs`).
+//!    control, runs N such benches of one server each at once, the load split evenly, their
+//!    timed parts started together, and adds up their last lines (`independent.rs`).
 //! 2. Ready time: from spawning the server to its first 200 on `/health/ready`. Idle RSS: its
 //!    VmRSS after a short settle, before any load.
 //! 3. Stores one descriptor per activity (`dev` stage of T tasks on the simulator's pipeline).
@@ -134,6 +134,9 @@ async fn run_in_system(
     );
 
     let commits = commits::Commits::before(&rig.database, &rig.server_url, &client).await?;
+    if args.wait_for_go {
+        independent::wait_for_go().await?;
+    }
 
     let outcome = load::Driver {
         client: &client,

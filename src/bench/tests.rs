@@ -385,7 +385,9 @@ fn independent_deployments_add_up_from_their_last_lines() {
         sum,
         super::independent::Sum {
             seconds: 3.0,
-            tasks_per_s: 1700.0,
+            // 3,000 tasks in 2.5 s and 1,500 in 3 s: 4,500 tasks in the 3 s they ran together
+            // (not 1,200 + 500 a second: the first one's host was shared only 2.5 s).
+            tasks_per_s: 1500.0,
             // 2.50 a task over 3,000 tasks and 1.00 over 1,500.
             commits_per_task: 2.0,
             errors: 4,
@@ -403,7 +405,7 @@ fn independent_deployments_add_up_from_their_last_lines() {
     assert_eq!(
         sum.last_line(&args, 2),
         "bench: independent=2 activities=1500 tasks=3 concurrency=64 rate=0 seconds=3.000 \
-         tasks_per_s=1700.0 commits_per_task=2.00 errors=4"
+         tasks_per_s=1500.0 commits_per_task=2.00 errors=4"
     );
     let broken = ["bench: activities=1 tasks=3 seconds=x".to_owned()];
     let refused = super::independent::Sum::of(&broken)
@@ -427,6 +429,7 @@ fn arguments_given_back_as_a_command_line_parse_to_the_same() {
         "3",
         "--independent",
         "2",
+        "--wait-for-go",
     ])
     .unwrap();
     let closed = parse(&["--concurrency", "9"]).unwrap();
@@ -435,4 +438,28 @@ fn arguments_given_back_as_a_command_line_parse_to_the_same() {
         let again = parse(&line.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         assert_eq!(again, args, "{line:?}");
     }
+}
+
+#[test]
+fn the_timed_parts_start_only_once_every_deployment_is_ready() {
+    use super::independent::{every_one_ready, Heard};
+    let (heard, hear) = std::sync::mpsc::channel();
+    for said in [Heard::Ready, Heard::Ready, Heard::Ready] {
+        heard.send(said).unwrap();
+    }
+    assert!(every_one_ready(&hear, 3));
+
+    // One ended before its timed part (its database could not be made, say): no go for the
+    // others, whichever came first.
+    let (heard, hear) = std::sync::mpsc::channel();
+    for said in [Heard::Ready, Heard::Ended(1), Heard::Ready] {
+        heard.send(said).unwrap();
+    }
+    assert!(!every_one_ready(&hear, 3));
+
+    // Every follower gone without a word (all ended): no go, no wait for ever.
+    let (heard, hear) = std::sync::mpsc::channel::<Heard>();
+    heard.send(Heard::Ready).unwrap();
+    drop(heard);
+    assert!(!every_one_ready(&hear, 2));
 }

@@ -19,6 +19,7 @@ fn tiny(load: Load, database: Option<String>) -> BenchArgs {
         database,
         replicas: 1,
         independent: 1,
+        wait_for_go: false,
     }
 }
 
@@ -167,16 +168,66 @@ fn two_independent_deployments_each_run_half_and_add_up() {
             && last.ends_with(" errors=0"),
         "{last}"
     );
-    // Each deployment's task completions a second, added up.
-    let rate = |line: &str| -> f64 {
+    // Their timed parts started together, once both were ready.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.ends_with("] bench: ready for the timed part"))
+            .count(),
+        2,
+        "{stdout}"
+    );
+    let go = stdout
+        .find("bench: all 2 deployments ready; their timed parts start now")
+        .expect("the go is told");
+    assert!(
+        !stdout[..go].contains("bench: deployment "),
+        "no deployment ended before the go: {stdout}"
+    );
+    // The tasks both processed, over the longer of their timed parts.
+    let field = |line: &str, name: &str| -> f64 {
         let value = line
             .split_whitespace()
-            .find_map(|f| f.strip_prefix("tasks_per_s="));
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='));
         value.unwrap().parse().unwrap()
     };
-    let sum: f64 = deployments.iter().map(|l| rate(l)).sum();
+    let tasks: f64 = deployments
+        .iter()
+        .map(|l| field(l, "tasks_per_s") * field(l, "seconds"))
+        .sum();
+    let longest = deployments
+        .iter()
+        .map(|l| field(l, "seconds"))
+        .fold(0.0, f64::max);
+    assert!((tasks - 10.0).abs() < 0.1, "{deployments:?}");
     assert!(
-        (rate(last) - sum).abs() < 0.2,
+        (field(last, "tasks_per_s") - tasks / longest).abs() < 0.2,
         "{last} against {deployments:?}"
     );
+}
+
+/// A deployment of `--independent` whose go never comes (the parent gone, or another
+/// deployment failed) stops before its timed part instead of waiting for ever or running alone.
+#[test]
+fn a_deployment_whose_stdin_ends_before_the_go_stops_before_its_timed_part() {
+    let exe = env!("CARGO_BIN_EXE_odm-devops");
+    let output = std::process::Command::new(exe)
+        .args(["bench", "--activities", "2", "--tasks", "1"])
+        .args(["--concurrency", "1", "--wait-for-go"])
+        .env_remove("ODM_DEVOPS_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("bench: ready for the timed part"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("bench: activities=") && !stdout.contains(" ended="),
+        "no timed part: {stdout}"
+    );
+    assert!(stderr.contains("stdin ended before the go"), "{stderr}");
 }
