@@ -221,26 +221,7 @@ fn task_definition(
     let task = task
         .as_object()
         .ok_or_else(|| err(format!("{at} must be an object, found {}", json_kind(task))))?;
-    let executor_ref = match task.get("service") {
-        None | Some(Value::Null) => None,
-        Some(service) => match service.get("$href") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(href)) => Some(
-                href.trim()
-                    .trim_start_matches('{')
-                    .trim_end_matches('}')
-                    .trim()
-                    .to_owned(),
-            )
-            .filter(|h| !h.is_empty()),
-            Some(other) => {
-                return Err(err(format!(
-                    "{at}.service.$href must be a string, found {}",
-                    json_kind(other)
-                )))
-            }
-        },
-    };
+    let executor_ref = executor_of(task.get("service"), at)?;
     let template = task.get("template").filter(|t| !t.is_null());
     if let Some(t) = template {
         if !t.is_object() {
@@ -258,26 +239,80 @@ fn task_definition(
         None | Some(Value::Null) => None,
         Some(c) => Some(unwrap_raw_content(c, &format!("{at}.configurations"))?),
     };
-    let text = |key: &str| {
-        template
-            .and_then(|t| t.get(key))
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+    let text = |key: &str| -> Result<Option<&str>, DescriptorError> {
+        match template.and_then(|t| t.get(key)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.trim()).filter(|s| !s.is_empty())),
+            Some(other) => Err(err(format!(
+                "{at}.template.{key} must be a string, found {}",
+                json_kind(other)
+            ))),
+        }
     };
-    let name = text("name")
+    let name = text("name")?
         .filter(|n| !looks_like_uuid(n))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("task{position}"));
+    let description = text("description")?.map(str::to_owned);
     Ok(TaskDefinition {
         position,
         name,
-        description: text("description").map(str::to_owned),
+        description,
         executor_ref,
         template: definition,
         template_ref,
         configurations,
     })
+}
+
+/// The executor a task's `service` names: none when it is absent or null (a task without an
+/// executor, PROCESSED at once), else `{"$href": "{name}"}` (braces optional). Anything else is
+/// refused: a `service` mistyped as a string, or a `$href` misspelt, would otherwise make a
+/// task that should deploy count as done without running anything.
+fn executor_of(service: Option<&Value>, at: &str) -> Result<Option<String>, DescriptorError> {
+    let service = match service {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(service)) => service,
+        Some(other) => {
+            return Err(err(format!(
+                "{at}.service must be an object naming the executor, as {{\"$href\": \
+                 \"{{azure-devops}}\"}}, found {}",
+                json_kind(other)
+            )))
+        }
+    };
+    match service.get("$href") {
+        // `{}` or `{"$href": null}`: written out for "no executor" by some serializers.
+        None if service.is_empty() => Ok(None),
+        Some(Value::Null) => Ok(None),
+        None => Err(err(format!(
+            "{at}.service has no `$href` naming the executor (it has {}); write {{\"$href\": \
+             \"{{azure-devops}}\"}}, or leave `service` out for a task without an executor",
+            service
+                .keys()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        Some(Value::String(href)) => {
+            let name = href
+                .trim()
+                .trim_start_matches('{')
+                .trim_end_matches('}')
+                .trim();
+            if name.is_empty() {
+                return Err(err(format!(
+                    "{at}.service.$href names no executor (found {href:?}); write \
+                     \"{{azure-devops}}\", or leave `service` out for a task without an executor"
+                )));
+            }
+            Ok(Some(name.to_owned()))
+        }
+        Some(other) => Err(err(format!(
+            "{at}.service.$href must be a string, found {}",
+            json_kind(other)
+        ))),
+    }
 }
 
 /// A template's inline definition, or the reference to resolve: `definition: {"$ref": …}` (ODM's

@@ -239,6 +239,23 @@ fn the_registry_answer_gives_its_definition_or_says_why_not() {
 }
 
 #[test]
+fn a_task_without_an_executor_is_said_so_by_an_absent_or_empty_service() {
+    let tasks = parse(&with_lifecycle(json!({"dev": [
+        {"template": {"name": "none"}},
+        {"service": null},
+        {"service": {}},
+        {"service": {"$href": null}},
+        {"service": {"$href": "{gitlab}", "mediaType": "text/plain"}},
+    ]})))
+    .unwrap();
+    let executors: Vec<_> = tasks.stages["dev"]
+        .iter()
+        .map(|t| t.executor_ref.as_deref())
+        .collect();
+    assert_eq!(executors, [None, None, None, None, Some("gitlab")]);
+}
+
+#[test]
 fn bad_shapes_name_the_place() {
     let cases = [
         (json!([]), "the descriptor must be a JSON object"),
@@ -255,6 +272,23 @@ fn bad_shapes_name_the_place() {
          "internalComponents.lifecycleInfo.dev[0].template.$ref must be a non-blank string, found a string"),
         (with_lifecycle(json!({"dev": [{"service": {"$href": 3}}]})),
          "internalComponents.lifecycleInfo.dev[0].service.$href must be a string, found a number"),
+        // A task that should deploy must not become one without an executor (PROCESSED at once).
+        (with_lifecycle(json!({"dev": [{"service": "{azure-devops}"}]})),
+         "internalComponents.lifecycleInfo.dev[0].service must be an object naming the executor, as {\"$href\": \"{azure-devops}\"}, found a string"),
+        (with_lifecycle(json!({"dev": [{"service": [1]}]})),
+         "internalComponents.lifecycleInfo.dev[0].service must be an object naming the executor"),
+        (with_lifecycle(json!({"dev": [{"service": {"href": "{azure-devops}"}}]})),
+         "internalComponents.lifecycleInfo.dev[0].service has no `$href` naming the executor (it has `href`)"),
+        (with_lifecycle(json!({"dev": [{"service": {"$href": "{}"}}]})),
+         "internalComponents.lifecycleInfo.dev[0].service.$href names no executor (found \"{}\")"),
+        (with_lifecycle(json!({"dev": [{"service": {"$href": " "}}]})),
+         "internalComponents.lifecycleInfo.dev[0].service.$href names no executor"),
+        (with_lifecycle(json!({"dev": [{"template": {"name": 5}}]})),
+         "internalComponents.lifecycleInfo.dev[0].template.name must be a string, found a number"),
+        (with_lifecycle(json!({"dev": [{"template": {"description": {}}}]})),
+         "internalComponents.lifecycleInfo.dev[0].template.description must be a string, found an object"),
+        (with_lifecycle(json!({"tasksInfo": [{"stageName": "dev", "service": "azure-devops"}]})),
+         "internalComponents.lifecycleInfo.tasksInfo[0].service must be an object"),
         (with_lifecycle(json!({"tasksInfo": [{"order": 1}]})),
          "internalComponents.lifecycleInfo.tasksInfo[0].stageName is missing"),
         (with_lifecycle(json!({"tasksInfo": [{"stageName": "dev", "rawContent": "{nope"}]})),
