@@ -169,6 +169,9 @@ impl From<CommandError> for ApiError {
                 ApiError::new(422, "42204", "Blocked by a policy", message)
             }
             CommandError::Policy(e) => e.into(),
+            CommandError::PolicyUnanswered { error, kept } => {
+                ApiError::policy_unanswered(error, &format!("{kept}; start it again later"))
+            }
             CommandError::Registry(e) => e.into(),
             CommandError::Db(e) => ApiError::database(e),
         }
@@ -201,7 +204,14 @@ impl From<RegistryError> for ApiError {
 
 impl From<PolicyError> for ApiError {
     fn from(e: PolicyError) -> ApiError {
-        let message = format!("{e}: the activity was not started, try again later");
+        ApiError::policy_unanswered(e, "the activity was not started, try again later")
+    }
+}
+
+impl ApiError {
+    /// The policy service did not give a verdict; `outcome` says what became of the request.
+    fn policy_unanswered(e: PolicyError, outcome: &str) -> ApiError {
+        let message = format!("{e}: {outcome}");
         match e {
             PolicyError::Unreachable(failure) => {
                 tracing::warn!(error = %failure.detail, "policy service unreachable");

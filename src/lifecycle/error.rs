@@ -42,6 +42,9 @@ pub enum CommandError {
     /// 503 50071 / 502 50271
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// 503 50071 / 502 50271 at START: what the activity is left as (`kept`) is said too.
+    #[error("{error}: {kept}")]
+    PolicyUnanswered { error: PolicyError, kept: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]

@@ -137,15 +137,22 @@ impl LifecycleService {
         if status.await? != ActivityStatus::Planned {
             return Ok(None);
         }
-        let check = self.start_check(id).await?;
+        let kept = if created {
+            format!("activity {id} was created and stays PLANNED")
+        } else {
+            format!("activity {id} stays PLANNED")
+        };
+        // Unanswered, the caller is told what is left behind too: after `startAfterCreation`
+        // the same POST again would create nothing (42202), the start is what to try again.
+        let check = match self.start_check(id).await {
+            Err(CommandError::Policy(error)) => {
+                return Err(CommandError::PolicyUnanswered { error, kept })
+            }
+            other => other?,
+        };
         if !check.passes() {
             let refusals = check.refusals.join("; ");
             tracing::warn!(activity_id = id.get(), %refusals, "START blocked by a policy gate");
-            let kept = if created {
-                format!("activity {id} was created and stays PLANNED")
-            } else {
-                format!("activity {id} stays PLANNED")
-            };
             return Err(CommandError::PolicyBlocked(format!("{refusals}; {kept}")));
         }
         Ok(Some(check.lifecycle))

@@ -142,8 +142,23 @@ async fn a_policy_service_down_or_failing_refuses_start_and_changes_nothing(db: 
         !message.contains("127.0.0.1"),
         "no address to callers: {message}"
     );
+    // `startAfterCreation`: the activity is created before the gates are asked, so the refusal
+    // says which one is left PLANNED (the same POST again would be 42202, not a start).
     let answer = app.create_activity("p1", "1.0.0", "test", true).await;
-    answer.assert_error(503, "50071");
+    let message = answer.assert_error(503, "50071");
+    let created: i64 = message
+        .split("activity ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no activity id in {message:?}"));
+    assert!(
+        message.ends_with(&format!(
+            "activity {created} was created and stays PLANNED; start it again later"
+        )),
+        "{message}"
+    );
+    assert_eq!(app.activity(created).await["stage"], "test");
     policy.up().unwrap();
     policy.answer_with(Some(500));
     let message = app.start_planned(id).await.assert_error(502, "50271");
@@ -158,6 +173,7 @@ async fn a_policy_service_down_or_failing_refuses_start_and_changes_nothing(db: 
     let event = PolicyEvent::ActivityStageTransition.as_str();
     assert_eq!(app.policy_checks(event, "unreachable").await, 2.0);
     assert_eq!(app.policy_checks(event, "failed").await, 1.0);
+    assert_eq!(app.activity(created).await["status"], "PLANNED");
     policy.answer_with(None);
     assert_eq!(app.start_planned(id).await.status, 200);
     app.stop().await;
