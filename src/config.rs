@@ -442,10 +442,9 @@ impl Settings {
                 )));
             }
             // YAML whatever the extension (JSON is YAML too).
-            builder = builder.add_source(config::File::new(
-                &file.to_string_lossy(),
-                config::FileFormat::Yaml,
-            ));
+            let source = config::File::new(&file.to_string_lossy(), config::FileFormat::Yaml);
+            refuse_secrets_in(file, source.clone())?;
+            builder = builder.add_source(source);
         }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -458,9 +457,21 @@ impl Settings {
                 .with_list_parse_key("policy.stage_order")
                 .source(Some(environment_overrides(env))),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.trim_bearer_tokens();
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Bearer tokens as a client can send them: whitespace around a token (the newline ending
+    /// a mounted secret file, a space after a list's comma) is not part of it, and kept it
+    /// would make the token impossible to match.
+    fn trim_bearer_tokens(&mut self) {
+        let tokens = self.auth.api_tokens.iter_mut();
+        let tokens = tokens.chain(self.executor_api.tokens.iter_mut());
+        for token in tokens.chain(self.metrics.token.iter_mut()) {
+            *token = Secret::new(token.expose().trim());
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -599,6 +610,76 @@ impl LimitSettings {
     }
 }
 
+/// Where a secret may sit in the configuration, the executors' under `executors.<name>.`.
+const SECRET_KEYS: [&str; 5] = [
+    "auth.api_tokens",
+    "executor_api.tokens",
+    "metrics.token",
+    "callbacks.secret",
+    "secrets.key",
+];
+const EXECUTOR_SECRET_KEYS: [&str; 3] = ["auth.client_secret", "auth.pat", "service_hook_secret"];
+
+/// DESIGN §11: secrets come from the environment only, never from a file that is copied,
+/// committed and read by more people than the secret should be. A secret key set in `file`
+/// (and a PostgreSQL URL with a password) stops the start, naming the key and its variable.
+fn refuse_secrets_in<S>(file: &Path, source: S) -> Result<(), ConfigError>
+where
+    S: config::Source + Send + Sync + 'static,
+{
+    let written = config::Config::builder().add_source(source).build()?;
+    let set = |key: &str| match written.get::<serde_json::Value>(key) {
+        Ok(serde_json::Value::String(text)) => !text.trim().is_empty(),
+        Ok(serde_json::Value::Array(items)) => !items.is_empty(),
+        Ok(serde_json::Value::Null) | Err(_) => false,
+        Ok(_) => true,
+    };
+    let executors = written
+        .get::<serde_json::Map<String, serde_json::Value>>("executors")
+        .unwrap_or_default();
+    let executor_keys = executors.keys().flat_map(|name| {
+        EXECUTOR_SECRET_KEYS
+            .iter()
+            .map(move |key| format!("executors.{name}.{key}"))
+    });
+    let found = SECRET_KEYS
+        .iter()
+        .map(|key| key.to_string())
+        .chain(executor_keys)
+        .find(|key| set(key))
+        .or_else(|| {
+            let url = written.get::<String>("database.url").unwrap_or_default();
+            has_password(&url).then(|| "database.url".to_owned())
+        });
+    match found {
+        None => Ok(()),
+        Some(key) => Err(ConfigError::Invalid(format!(
+            "{} sets {key}, a secret: secrets may come from the environment only (DESIGN §11). \
+             Remove it from the file and set {} instead",
+            file.display(),
+            variable_of(&key)
+        ))),
+    }
+}
+
+/// `postgres://user:password@host/db`: a password in the URL's user part.
+fn has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
+}
+
+/// The environment variable that sets `key` (`executors.azure-devops.auth.pat` →
+/// `ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__PAT`).
+fn variable_of(key: &str) -> String {
+    let path = key.replace('.', "__").replace('-', "_").to_uppercase();
+    format!("{ENV_PREFIX}__{path}")
+}
+
 /// Only our variables, with executor names given with `_` mapped back to the `-` they are
 /// written with in YAML (`AZURE_DEVOPS` → `azure-devops`), since shells refuse `-` in names.
 fn environment_overrides(
@@ -691,6 +772,120 @@ mod tests {
         let s = load(&[("ODM_DEVOPS__METRICS__TOKEN", "m")]).unwrap();
         assert_eq!(s.metrics.token.unwrap().expose(), "m");
         assert!(!s.auth.anonymous);
+    }
+
+    #[test]
+    fn tokens_are_compared_without_the_whitespace_around_them() {
+        let s = load(&[
+            ("ODM_DEVOPS__AUTH__API_TOKENS", "tok, two "),
+            ("ODM_DEVOPS__EXECUTOR_API__TOKENS", "exec\n"),
+            ("ODM_DEVOPS__METRICS__TOKEN", " m\n"),
+        ])
+        .unwrap();
+        let exposed = |t: &[Secret]| t.iter().map(|t| t.expose().to_owned()).collect::<Vec<_>>();
+        assert_eq!(exposed(&s.auth.api_tokens), ["tok", "two"]);
+        assert_eq!(exposed(&s.executor_api.tokens), ["exec"]);
+        assert_eq!(s.metrics.token.unwrap().expose(), "m");
+    }
+
+    fn load_file(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("odm-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("odm-devops.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let loaded = Settings::load_with_env(Some(&file), env);
+        std::fs::remove_dir_all(&dir).unwrap();
+        loaded
+    }
+
+    #[test]
+    fn a_secret_in_the_config_file_is_refused_naming_its_variable() {
+        for (yaml, key, variable) in [
+            (
+                "auth: {api_tokens: [tok]}",
+                "auth.api_tokens",
+                "ODM_DEVOPS__AUTH__API_TOKENS",
+            ),
+            (
+                "metrics: {token: m}",
+                "metrics.token",
+                "ODM_DEVOPS__METRICS__TOKEN",
+            ),
+            (
+                "callbacks: {secret: s}",
+                "callbacks.secret",
+                "ODM_DEVOPS__CALLBACKS__SECRET",
+            ),
+            (
+                "secrets: {key: k}",
+                "secrets.key",
+                "ODM_DEVOPS__SECRETS__KEY",
+            ),
+            (
+                "executor_api: {tokens: [e]}",
+                "executor_api.tokens",
+                "ODM_DEVOPS__EXECUTOR_API__TOKENS",
+            ),
+            (
+                "executors: {azure-devops: {kind: azure-devops, auth: {kind: client_credentials, \
+                 token_url: t, client_id: c, client_secret: shh}}}",
+                "executors.azure-devops.auth.client_secret",
+                "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET",
+            ),
+            (
+                "executors: {ado: {kind: azure-devops, auth: {kind: pat, pat: p}}}",
+                "executors.ado.auth.pat",
+                "ODM_DEVOPS__EXECUTORS__ADO__AUTH__PAT",
+            ),
+            (
+                "executors: {azure-devops: {kind: azure-devops, service_hook_secret: h}}",
+                "executors.azure-devops.service_hook_secret",
+                "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__SERVICE_HOOK_SECRET",
+            ),
+            (
+                "database: {url: \"postgres://app:pw@db:5432/odm\"}",
+                "database.url",
+                "ODM_DEVOPS__DATABASE__URL",
+            ),
+        ] {
+            let refused = load_file(yaml, &[]).unwrap_err().to_string();
+            assert!(
+                refused.contains(&format!("sets {key}, a secret"))
+                    && refused.contains(&format!("set {variable} instead")),
+                "{yaml}: {refused}"
+            );
+            assert!(
+                !refused.contains("shh") && !refused.contains(":pw@"),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_file_without_secrets_takes_them_from_the_environment() {
+        let yaml = "database: {url: \"postgres://app@db:5432/odm\"}\n\
+                    executors: {azure-devops: {kind: azure-devops, auth: {kind: \
+                    client_credentials, token_url: t, client_id: c, client_secret: \"\"}}}\n\
+                    auth: {api_tokens: []}\nmetrics: {token: null}";
+        let s = load_file(
+            yaml,
+            &[(
+                "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET",
+                "from-env",
+            )],
+        )
+        .unwrap();
+        match &s.executors["azure-devops"] {
+            ExecutorSettings::AzureDevops(a) => match &a.auth {
+                AzureAuthSettings::ClientCredentials(c) => {
+                    assert_eq!(c.client_secret.expose(), "from-env")
+                }
+                other => panic!("unexpected auth {other:?}"),
+            },
+            other => panic!("unexpected executor {other:?}"),
+        }
+        assert_eq!(s.database.url.expose(), "postgres://app@db:5432/odm");
     }
 
     #[test]

@@ -246,8 +246,12 @@ mod settings_tests {
             .err()
             .unwrap();
         assert!(err.contains("auth.client_secret is set"), "{err}");
-        let pat = "executors:\n  azure-devops:\n    auth:\n      kind: pat\n      pat: x\n";
-        let s = load(Some(pat), &[]).unwrap();
+        let pat = "executors:\n  azure-devops:\n    auth:\n      kind: pat\n";
+        let s = load(
+            Some(pat),
+            &[("ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__PAT", "x")],
+        )
+        .unwrap();
         let ExecutorSettings::AzureDevops(azure) = &s.executors["azure-devops"] else {
             panic!("not azure-devops")
         };

@@ -18,11 +18,13 @@ async fn the_readme_walk_through_works() {
         .await
         .unwrap();
     let db = TestDb::new(Backend::Sqlite).unwrap();
-    let mut settings = Settings::load_with_env(
-        Some(&example("odm-devops.yaml")),
-        Vec::<(String, String)>::new(),
-    )
-    .unwrap();
+    // The secret from the environment, as the README's command gives it.
+    let secret = (
+        "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET".to_owned(),
+        "sim-secret".to_owned(),
+    );
+    let mut settings =
+        Settings::load_with_env(Some(&example("odm-devops.yaml")), [secret]).unwrap();
     // The same files, on free ports and a test database instead of :8090, :8002 and data/.
     let ExecutorSettings::AzureDevops(azure) = settings.executors.get_mut("azure-devops").unwrap()
     else {
