@@ -246,6 +246,7 @@ impl Application {
                 own_origins: api::origin::own_origins(&public_url, address),
                 executor_tokens: settings.executor_api.tokens.clone(),
                 executor_anonymous: settings.executor_api.anonymous,
+                hook_executors: api::hook_secrets(&settings).into_keys().collect(),
             },
             metrics: metrics.clone(),
         });

@@ -122,6 +122,9 @@ pub struct Perimeter {
     pub executor_tokens: Vec<Secret>,
     /// `executor_api.anonymous`: the executor API takes no token at all.
     pub executor_anonymous: bool,
+    /// The executors with a service hook secret: `/hooks/{executor}` of any other is no route,
+    /// guarded as one (its handler answers 404 to a caller with an API token).
+    pub hook_executors: Vec<String>,
 }
 
 impl Perimeter {
@@ -129,7 +132,19 @@ impl Perimeter {
     /// the credential, then for changes where they come from and what they carry, then Accept.
     pub fn check(&self, req: &HttpRequest, route: Option<&str>) -> Result<(), ApiError> {
         let query = Query::of(req)?;
-        let access = access(req.method(), route, &query);
+        let access = match access(req.method(), route, &query) {
+            // The route's one parameter, its last segment, decoded as the handler reads it.
+            Access::ServiceHook => {
+                let executor = req.match_info().as_str().rsplit('/').next();
+                let hooked = executor.is_some_and(|e| self.hook_executors.iter().any(|h| h == e));
+                if hooked {
+                    Access::ServiceHook
+                } else {
+                    Access::ApiToken
+                }
+            }
+            access => access,
+        };
         self.authenticate(req, access)?;
         if changes_state(req.method()) {
             self.refuse_other_sites(req)?;

@@ -39,7 +39,8 @@ pub async fn receive(
         .unwrap_or_default()
         .to_owned();
     let Some(secret) = views.hook_secret(&executor) else {
-        // No secret, no route: exactly what a path without a route answers.
+        // No secret, no route: exactly what a path without a route answers (the perimeter
+        // asked this request for an API token, as for one, `Perimeter::hook_executors`).
         return not_found(req).await;
     };
     authenticate(&req, secret)?;

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use self::error::ApiError;
 pub use self::guard::Perimeter;
 pub use self::metrics::StoredWork;
-pub use self::runs::RunViewParts;
+pub use self::runs::{hook_secrets, RunViewParts};
 
 use crate::lifecycle::LifecycleService;
 use crate::metrics::Metrics;

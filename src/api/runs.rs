@@ -41,20 +41,7 @@ impl RunViewParts {
             identities: identities.clone(),
             metrics: metrics.clone(),
             max_bytes: settings.logs.max_bytes,
-            hook_secrets: Arc::new(
-                settings
-                    .executors
-                    .iter()
-                    .filter_map(|(name, executor)| match executor {
-                        ExecutorSettings::AzureDevops(s) if s.active => s
-                            .service_hook_secret
-                            .clone()
-                            .filter(|secret| !secret.is_empty())
-                            .map(|secret| (name.clone(), secret)),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            hook_secrets: Arc::new(hook_secrets(settings)),
         }
     }
 
@@ -84,6 +71,22 @@ impl RunViews {
             Executors::build(&p.executors, &p.metrics, &p.identities)
         })
     }
+}
+
+/// The executors whose service hook route is on (`service_hook_secret` set), with the secret.
+pub fn hook_secrets(settings: &Settings) -> HashMap<String, Secret> {
+    settings
+        .executors
+        .iter()
+        .filter_map(|(name, executor)| match executor {
+            ExecutorSettings::AzureDevops(s) if s.active => s
+                .service_hook_secret
+                .clone()
+                .filter(|secret| !secret.is_empty())
+                .map(|secret| (name.clone(), secret)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[derive(Serialize)]

@@ -53,10 +53,19 @@ pub async fn change_status(
     let status = match query.action().as_deref() {
         Some("STOP") => {
             let rules = BodyRules { optional: true, any_content_type: true };
-            let report = read_json(&req, payload, state.body_limit, rules)
+            let read = read_json(&req, payload, state.body_limit, rules)
                 .await
-                .and_then(callback_report)
-                .inspect_err(|_| state.metrics.callback(CallbackAnswer::Invalid))?;
+                .and_then(callback_report);
+            let report = match read {
+                Ok(report) => report,
+                Err(unreadable) => {
+                    // Its token first, as for any callback (DESIGN §14: deny by default).
+                    let token = query.get("token");
+                    state.lifecycle.authenticate_callback(id, token).await?;
+                    state.metrics.callback(CallbackAnswer::Invalid);
+                    return Err(unreadable);
+                }
+            };
             state.lifecycle.callback(id, query.get("token"), report).await?
         }
         Some("ABORT") => state.lifecycle.abort_task(id).await?,

@@ -8,7 +8,7 @@ use super::service::{apply, CallbackRules, LifecycleService};
 use super::state::{self, CallbackDecision};
 use crate::clock::now_ms;
 use crate::db::{self, SnapshotOf};
-use crate::domain::{Report, TaskId, TaskState, TaskStatus};
+use crate::domain::{Report, TaskId, TaskStatus};
 use crate::metrics::CallbackAnswer;
 
 /// A callback's task status after it, and what it changed (`None`: a replay, nothing).
@@ -71,6 +71,32 @@ impl LifecycleService {
         Ok(status)
     }
 
+    /// Only the callback's token (and the task's existence, told apart from it by nobody): a
+    /// callback whose body cannot be read is refused for its body only once its token is
+    /// checked, so a caller without the callbackRef learns nothing from the route, not even
+    /// how it reads bodies.
+    pub async fn authenticate_callback(
+        &self,
+        task_id: TaskId,
+        token: Option<String>,
+    ) -> Result<(), CommandError> {
+        let rules = self.callbacks.clone();
+        if !rules.require_token {
+            return Ok(());
+        }
+        let checked = self
+            .db
+            .read(move |conn| -> Result<(), CommandError> {
+                let task = db::find_task(conn, task_id)?.map(|t| (t.id, t.attempt));
+                rules.verify_token(task_id, task, token.as_deref())
+            })
+            .await;
+        if let Err(refusal) = &checked {
+            self.metrics.callback(refusal_answer(refusal));
+        }
+        checked
+    }
+
     /// The write that records a callback.
     fn record_callback(
         &self,
@@ -89,7 +115,8 @@ impl LifecycleService {
             let snapshot = db::load_snapshot(conn, SnapshotOf::CallbackTask(task_id))?;
             let task = snapshot.as_ref().and_then(|s| s.task(task_id));
             if rules.require_token {
-                rules.verify_token(task_id, task, token.as_deref())?;
+                let attempt = task.map(|t| (t.id, t.attempt));
+                rules.verify_token(task_id, attempt, token.as_deref())?;
             }
             if let Some(refusal) = too_large {
                 tracing::warn!(task_id = task_id.get(), reason = %refusal, "callback refused");
@@ -127,7 +154,7 @@ impl CallbackRules {
     fn verify_token(
         &self,
         task_id: TaskId,
-        task: Option<&TaskState>,
+        task: Option<(TaskId, i32)>,
         token: Option<&str>,
     ) -> Result<(), CommandError> {
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
@@ -140,19 +167,17 @@ impl CallbackRules {
                 "the callback token is not valid for task {task_id} (wrong or from an earlier attempt)"
             ))
         };
-        let Some(task) = task else {
+        let Some((id, attempt)) = task else {
             tracing::warn!(
                 task_id = task_id.get(),
                 "callback for an unknown task refused"
             );
             return Err(invalid());
         };
-        let id = task.id.get();
-        if self.keys.verify_callback_token(id, task.attempt, token) {
+        let id = id.get();
+        if self.keys.verify_callback_token(id, attempt, token) {
             Ok(())
-        } else if (1..task.attempt)
-            .any(|earlier| self.keys.verify_callback_token(id, earlier, token))
-        {
+        } else if (1..attempt).any(|earlier| self.keys.verify_callback_token(id, earlier, token)) {
             tracing::warn!(task_id = id, "callback of an earlier run refused");
             Err(CommandError::TaskConflict(format!(
                 "this callback belongs to an earlier run of task {id}, which was dispatched again since: it changes nothing"
@@ -171,15 +196,19 @@ fn callback_answer(recorded: &Result<Recorded, CommandError>) -> CallbackAnswer 
     match recorded {
         Ok((_, Some(_))) => CallbackAnswer::Accepted,
         Ok((_, None)) => CallbackAnswer::Replay,
-        Err(CommandError::Unauthorized(_)) => CallbackAnswer::Unauthorized,
-        Err(CommandError::TaskConflict(_) | CommandError::ActivityConflict(_)) => {
+        Err(refusal) => refusal_answer(refusal),
+    }
+}
+
+fn refusal_answer(refusal: &CommandError) -> CallbackAnswer {
+    match refusal {
+        CommandError::Unauthorized(_) => CallbackAnswer::Unauthorized,
+        CommandError::TaskConflict(_) | CommandError::ActivityConflict(_) => {
             CallbackAnswer::Refused
         }
-        Err(
-            CommandError::TaskNotFound(_)
-            | CommandError::InvalidCallback(_)
-            | CommandError::ResultsTooLarge(_),
-        ) => CallbackAnswer::Invalid,
-        Err(_) => CallbackAnswer::Error,
+        CommandError::TaskNotFound(_)
+        | CommandError::InvalidCallback(_)
+        | CommandError::ResultsTooLarge(_) => CallbackAnswer::Invalid,
+        _ => CallbackAnswer::Error,
     }
 }

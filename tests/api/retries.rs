@@ -70,12 +70,23 @@ async fn a_failed_run_is_run_again_when_the_task_asks_for_it(db: TestDb) {
 on_both_backends!(when_every_run_fails_the_task_fails);
 async fn when_every_run_fails_the_task_fails(db: TestDb) {
     let (app, executor, id) = running(&db, json!({"retry": {"max": 1, "backoff": 0}})).await;
+    let mut last = None;
     for n in 1..=2 {
         let run = app.dispatched(&executor, n).await;
         let failed = json!({"status": "FAILED", "errors": format!("attempt {n} broke")});
-        app.call_back(&run.callback_ref, Some(failed)).await;
+        app.call_back(&run.callback_ref, Some(failed.clone())).await;
+        last = Some((run.callback_ref, failed));
     }
     let activity = app.wait_for_activity(id, "FAILED").await;
+    // The last callback again (a pipeline's `curl --retry`): the same callback, answered as
+    // before though the task's errors now count the runs (DESIGN §7).
+    let (callback_ref, failed) = last.unwrap();
+    let again = app.call_back(&callback_ref, Some(failed)).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json(), json!({"status": "FAILED"}));
+    let other = json!({"status": "FAILED", "errors": "something else"});
+    let refused = app.call_back(&callback_ref, Some(other)).await;
+    refused.assert_error(409, "40911");
     let errors = activity["errors"].as_str().unwrap();
     assert!(
         errors.contains("attempt 2 broke (all 2 runs failed)"),

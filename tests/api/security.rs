@@ -331,6 +331,106 @@ async fn every_route_but_the_public_ones_needs_the_api_token() {
     app.stop().await;
 }
 
+/// `/hooks/{executor}` of an executor without a hook secret is no route, and is guarded as one:
+/// without the API token it answers what any unknown path answers, so which executors have a
+/// hook secret stays unknown to a caller without credentials.
+#[actix_web::test]
+async fn a_hook_without_a_secret_is_guarded_as_a_path_without_a_route() {
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let mut settings = test_settings(&db, None);
+    settings.auth.api_tokens = vec![TOKEN.into()];
+    with_hook_secret(&mut settings);
+    let app = spawn_app(settings).await;
+    let event = ("application/json", json!({"eventType": "x"}).to_string());
+    let unknown = app
+        .send(
+            "POST",
+            "/api/v1/pp/devops/hookz/x",
+            Some(event.clone()),
+            &[],
+        )
+        .await
+        .assert_error(401, "40101");
+    for executor in ["gitlab", "fake", "AZURE-DEVOPS", "azure-devops%2F"] {
+        let path = format!("{DEVOPS}/hooks/{executor}");
+        let answer = app.send("POST", &path, Some(event.clone()), &[]).await;
+        assert_eq!(answer.assert_error(401, "40101"), unknown, "{executor}");
+        let with_token = app.send("POST", &path, Some(event.clone()), &[AUTH]).await;
+        with_token.assert_error(404, "40400");
+    }
+    // The executor with a secret, however its name is spelt: its own credential, by name.
+    for executor in ["azure-devops", "azure%2Ddevops"] {
+        let path = format!("{DEVOPS}/hooks/{executor}");
+        let hooked = app.send("POST", &path, Some(event.clone()), &[]).await;
+        let message = hooked.assert_error(401, "40101");
+        assert!(
+            message.contains("service_hook_secret"),
+            "{executor}: {message}"
+        );
+    }
+    app.stop().await;
+}
+
+// A callback is refused for its token before anything is said of its body: without the
+// callbackRef nobody learns how the route reads what it is sent.
+on_both_backends!(a_callback_s_token_is_checked_before_its_body);
+async fn a_callback_s_token_is_checked_before_its_body(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id) = guarded(&db, &executor).await;
+    let start = format!("{DEVOPS}/activities/{id}/status?action=START");
+    assert_eq!(as_team(&app, "PATCH", &start, None).await.status, 200);
+    let task = executor.wait_for(1).await.remove(0);
+    let status = format!("{DEVOPS}/tasks/{}/status?action=STOP", task.id);
+    let bad_bodies = [
+        json!({"status": "DONE"}).to_string(),
+        json!([1]).to_string(),
+        "{not json".to_owned(),
+    ];
+    for body in &bad_bodies {
+        for path in [status.clone(), format!("{status}&token=wrong")] {
+            let answer = app
+                .send(
+                    "PATCH",
+                    &path,
+                    Some(("application/json", body.clone())),
+                    &[],
+                )
+                .await;
+            answer.assert_error(401, "40101");
+        }
+    }
+    // With its token, the body is what is wrong, and nothing changed.
+    let answer = app
+        .send(
+            "PATCH",
+            &task.callback_ref,
+            Some(("application/json", bad_bodies[0].clone())),
+            &[],
+        )
+        .await;
+    let message = answer.assert_error(422, "42203");
+    assert!(message.contains("PROCESSED or FAILED"), "{message}");
+    let malformed = app
+        .send(
+            "PATCH",
+            &task.callback_ref,
+            Some(("application/json", bad_bodies[2].clone())),
+            &[],
+        )
+        .await;
+    assert_eq!(malformed.status, 400, "{malformed:?}");
+    let tasks = as_team(
+        &app,
+        "GET",
+        &format!("{DEVOPS}/tasks?activityId={id}"),
+        None,
+    )
+    .await;
+    assert_eq!(tasks.json()[0]["status"], "PROCESSING");
+    assert_eq!(app.call_back(&task.callback_ref, None).await.status, 200);
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn no_token_beyond_loopback_only_on_purpose() {
     let db = TestDb::new(Backend::Sqlite).unwrap();

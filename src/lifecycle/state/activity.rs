@@ -156,7 +156,13 @@ pub fn finish_task(
     };
     let mut changes = TaskChanges {
         finished_at: Some(Some(t.now)),
-        reported_outcome: Some(None),
+        // A held callback stays with the task it finished (confirmed, refused by the provider
+        // or by a policy): its replay is then recognised (`state::callback`, DESIGN §7).
+        reported_outcome: if task.holds_callback {
+            None
+        } else {
+            Some(None)
+        },
         ..TaskChanges::default()
     };
     let mut plan = Plan::default();

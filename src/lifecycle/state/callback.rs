@@ -67,19 +67,28 @@ pub fn callback(
                     changes,
                 )))
             }
-            None => Ok(CallbackDecision::Apply(finish_task(
-                s,
-                task_id,
-                report.outcome(),
-                false,
-                None,
-                t,
-            ))),
+            None => {
+                let mut plan = finish_task(s, task_id, report.outcome(), false, None, t);
+                // Kept with the task it finished, as a held callback is: a replay is the same
+                // callback even when the task's errors say more than it did ("all 2 runs
+                // failed"). A run retried instead keeps nothing of it.
+                if let Some(update) = plan.tasks.iter_mut().find(|u| u.id == task_id) {
+                    if update.changes.status.is_some_and(TaskStatus::is_terminal) {
+                        update.changes.reported_outcome = Some(Some(report));
+                    }
+                }
+                Ok(CallbackDecision::Apply(plan))
+            }
         },
     }
 }
 
 fn same_as_recorded(status: TaskStatus, recorded: &Recorded, report: &Report) -> bool {
+    // The callback that finished the task, as it was sent (kept since this version).
+    if let Some(finished_by) = &recorded.held {
+        return finished_by == report;
+    }
+    // A task finished before: compared with what it stored.
     if status != report.task_status() {
         return false;
     }

@@ -451,3 +451,94 @@ fn with_confirmation_a_callback_is_held_until_the_provider_agrees() {
         Err(Refusal::TaskConflict(_))
     ));
 }
+
+/// DESIGN §7, the same callback twice changes nothing and is answered 200, also when what the
+/// task stored says more than the callback did: its errors counted the runs (a retried task),
+/// or the provider or a policy failed what the callback said succeeded.
+#[test]
+fn the_callback_that_finished_a_task_is_kept_to_recognise_its_replay() {
+    let failed = Report {
+        status: ReportedStatus::Failed,
+        results: None,
+        errors: Some("boom".into()),
+    };
+    // The second of two runs fails: the task ends FAILED, its errors say so, the callback kept.
+    let mut last_run = task(10, 1, TaskStatus::Processing);
+    last_run.runs_failed = 1;
+    last_run.settings.retry = Some(crate::domain::RetryPolicy {
+        max: 1,
+        backoff_ms: 1_000,
+    });
+    let Ok(CallbackDecision::Apply(plan)) = callback_of_10(vec![last_run], failed.clone(), false)
+    else {
+        panic!("expected a plan");
+    };
+    let update = update_of(&plan, 10);
+    assert_eq!(update.changes.status, Some(TaskStatus::Failed));
+    assert_eq!(
+        update.changes.errors,
+        Some(Some("boom (all 2 runs failed)".into()))
+    );
+    assert_eq!(update.changes.reported_outcome, Some(Some(failed.clone())));
+
+    // As stored: the replay is recognised, another outcome is not.
+    let mut s = snapshot(
+        ActivityStatus::Failed,
+        vec![task(10, 1, TaskStatus::Failed)],
+    );
+    let stored = recorded(&mut s, 10);
+    stored.errors = Some("boom (all 2 runs failed)".into());
+    stored.held = Some(failed.clone());
+    assert!(matches!(
+        callback(&s, TaskId(10), failed, false, &timing()),
+        Ok(CallbackDecision::AlreadyRecorded(TaskStatus::Failed))
+    ));
+    let other = Report {
+        status: ReportedStatus::Failed,
+        results: None,
+        errors: Some("boom (all 2 runs failed)".into()),
+    };
+    assert!(matches!(
+        callback(&s, TaskId(10), other, false, &timing()),
+        Err(Refusal::TaskConflict(_))
+    ));
+
+    // A held callback the provider or a policy refused stays with the task it finished.
+    let mut holding = task(10, 1, TaskStatus::Processing);
+    holding.holds_callback = true;
+    let s = snapshot(ActivityStatus::Processing, vec![holding]);
+    let blocked = Outcome::Failed {
+        errors: "blocked by policy gdpr (id 7)".into(),
+    };
+    let plan = finish_task(&s, TaskId(10), blocked, false, None, &timing());
+    assert_eq!(update_of(&plan, 10).changes.reported_outcome, None, "kept");
+    let mut s = snapshot(
+        ActivityStatus::Failed,
+        vec![task(10, 1, TaskStatus::Failed)],
+    );
+    let said = processed(json!({"x": "v1"}));
+    recorded(&mut s, 10).held = Some(said.clone());
+    assert!(matches!(
+        callback(&s, TaskId(10), said, false, &timing()),
+        Ok(CallbackDecision::AlreadyRecorded(TaskStatus::Failed))
+    ));
+
+    // A run retried keeps nothing of the callback that failed it (its token is an earlier
+    // attempt's from then on).
+    let mut first_run = task(10, 1, TaskStatus::Processing);
+    first_run.settings.retry = Some(crate::domain::RetryPolicy {
+        max: 1,
+        backoff_ms: 1_000,
+    });
+    let failed = Report {
+        status: ReportedStatus::Failed,
+        results: None,
+        errors: Some("boom".into()),
+    };
+    let Ok(CallbackDecision::Apply(plan)) = callback_of_10(vec![first_run], failed, false) else {
+        panic!("expected a plan");
+    };
+    let update = update_of(&plan, 10);
+    assert_eq!(update.changes.status, None, "still PROCESSING");
+    assert_eq!(update.changes.reported_outcome, Some(None));
+}

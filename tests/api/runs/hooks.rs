@@ -296,10 +296,17 @@ async fn hooks_need_the_executor_s_secret_and_change_nothing_they_do_not_know(db
         .await
         .assert_error(413, "41301");
 
-    // Executors without a secret have no such route: the same 404 as any unknown path.
+    // Executors without a secret have no such route: what any unknown path answers, 401
+    // without the API token (the hook's secret is none), 404 with it.
     for executor in ["other", "fake", "AZURE-DEVOPS"] {
         let answer = send_hook(app, executor, &completed, Some(&basic("azure", SECRET))).await;
-        let message = answer.assert_error(404, "40400");
+        let message = answer.assert_error(401, "40101");
+        assert!(message.contains("API token"), "{message}");
+        let path = format!("{DEVOPS}/hooks/{executor}");
+        let body = Some(("application/json", completed.to_string()));
+        let auth = [("Authorization", "Bearer api-token")];
+        let message = app.send("POST", &path, body, &auth).await;
+        let message = message.assert_error(404, "40400");
         assert!(message.starts_with("no route for POST"), "{message}");
     }
     azure.stop().await;
