@@ -198,7 +198,12 @@ pub(crate) fn entra_error(reply: &Reply) -> ExecutorError {
 /// one than [`MAX_WAIT`] (an hour) is taken as that: no answer can park a task for years or
 /// overflow a deadline.
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs = value.trim().parse::<u64>().ok()?;
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Whole seconds however many digits: more than a u64 holds is more than the cap.
+    let secs = digits.parse::<u64>().unwrap_or(u64::MAX);
     Some(Duration::from_secs(secs).min(MAX_WAIT))
 }
 
@@ -212,7 +217,9 @@ mod tests {
         assert_eq!(parse_retry_after("3600"), Some(MAX_WAIT));
         assert_eq!(parse_retry_after("3601"), Some(MAX_WAIT));
         assert_eq!(parse_retry_after(&u64::MAX.to_string()), Some(MAX_WAIT));
-        for absurd in ["-5", "1e300", "1.5", "soon", "", "99999999999999999999999"] {
+        // Beyond a u64 is still a wait, the longest: not "no Retry-After" (retried at once).
+        assert_eq!(parse_retry_after("99999999999999999999999"), Some(MAX_WAIT));
+        for absurd in ["-5", "+5", "1e300", "1.5", "soon", "", "7 s"] {
             assert_eq!(parse_retry_after(absurd), None, "{absurd:?}");
         }
     }
