@@ -28,6 +28,8 @@ pub struct Submission {
     pub task_id: i64,
     pub activity_id: i64,
     pub task_name: String,
+    /// When the task became PROCESSING (epoch ms), as its TaskResource says.
+    pub started_at: Option<i64>,
     pub callback_ref: String,
     /// The task's template (a JSON object), placeholders resolved.
     pub template: serde_json::Value,

@@ -115,6 +115,7 @@ impl Executor for OdmHttpExecutor {
         let resource = json!({
             "id": task.task_id,
             "activityId": task.activity_id.to_string(),
+            "name": task.task_name,
             "executorRef": self.name,
             "callbackRef": task.callback_ref,
             "template": task.template.to_string(),
@@ -122,6 +123,8 @@ impl Executor for OdmHttpExecutor {
             "status": "PROCESSING",
             "results": null,
             "errors": null,
+            "startedAt": task.started_at.map(crate::clock::format_ms),
+            "finishedAt": null,
         });
         let sent = self
             .request(

@@ -59,6 +59,7 @@ impl ExecutorApi {
             task_id: task.id,
             activity_id: task.activity_id.unwrap_or(0),
             task_name: format!("task {}", task.id),
+            started_at: None,
             callback_ref: task.callback_ref.clone(),
             template,
             configurations,

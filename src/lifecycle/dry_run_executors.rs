@@ -126,6 +126,7 @@ impl DryRunExecutors {
                 task_id: 0,
                 activity_id: 0,
                 task_name: definition.name.clone(),
+                started_at: None,
                 callback_ref: self.parts.callback_ref.clone(),
                 template: planned.template,
                 configurations: planned.configurations,

@@ -85,6 +85,11 @@ async fn start_after_creation_dispatches_the_first_task(db: TestDb) {
     );
     let received = app.dispatched(&executor, 1).await;
     assert_eq!(received.activity_id, activity["id"].to_string());
+    let tasks = app.tasks_of(id).await;
+    // ODM's TaskResource (DESIGN §6): the task's name and dates as the API shows them.
+    assert_eq!(received.name, tasks[0]["name"]);
+    assert_eq!(received.started_at, tasks[0]["startedAt"]);
+    assert!(received.started_at.is_string(), "{:?}", received.started_at);
     assert_eq!(received.template, json!({"pipeline": "provision"}));
     assert_eq!(received.configurations["params"], json!({"size": "S"}));
     assert!(

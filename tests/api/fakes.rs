@@ -13,6 +13,8 @@ use crate::helpers::eventually;
 pub struct Received {
     pub id: i64,
     pub activity_id: String,
+    pub name: Value,
+    pub started_at: Value,
     pub callback_ref: String,
     pub template: Value,
     pub configurations: Value,
@@ -128,6 +130,8 @@ fn record(req: &HttpRequest, body: Value, state: &Mutex<ExecutorState>) -> (Http
     let received = Received {
         id: body["id"].as_i64().unwrap(),
         activity_id: body["activityId"].as_str().unwrap_or_default().to_owned(),
+        name: body["name"].clone(),
+        started_at: body["startedAt"].clone(),
         callback_ref: body["callbackRef"].as_str().unwrap_or_default().to_owned(),
         template: parse("template"),
         configurations: parse("configurations"),

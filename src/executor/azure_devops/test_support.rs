@@ -67,6 +67,7 @@ pub fn submission(template: Value, configurations: Value) -> Submission {
         task_id: 11,
         activity_id: 5,
         task_name: "deploy".into(),
+        started_at: None,
         callback_ref: "http://odm/api/v1/pp/devops/tasks/11/status?action=STOP&token=t".into(),
         template,
         configurations,

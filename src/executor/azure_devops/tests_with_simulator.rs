@@ -73,6 +73,7 @@ fn task(
         task_id: id,
         activity_id: 1,
         task_name: format!("task{id}"),
+        started_at: None,
         callback_ref,
         template: json!({"organization": "org", "project": "Data Platform",
                          "pipelineId": pipeline_id, "branch": "main"}),

@@ -194,6 +194,7 @@ impl Engine {
                         task_id: task.id.get(),
                         activity_id: task.activity_id.get(),
                         task_name: task.name.clone(),
+                        started_at: task.started_at,
                         callback_ref: self.callback_ref(task.id, task.attempt),
                         template,
                         configurations,
