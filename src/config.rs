@@ -42,6 +42,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields, default)]
 pub struct LogsSettings {
     /// The last this many bytes of the joined logs, cut on a UTF-8 character boundary.
+    #[serde(deserialize_with = "whole")]
     pub max_bytes: usize,
 }
 
@@ -90,7 +91,9 @@ impl Default for ExecutorApiSettings {
 pub struct ServerSettings {
     pub bind: String,
     pub public_url: String,
+    #[serde(deserialize_with = "whole")]
     pub body_limit_bytes: usize,
+    #[serde(deserialize_with = "whole")]
     pub workers: usize,
 }
 
@@ -98,10 +101,13 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: Secret,
+    #[serde(deserialize_with = "whole")]
     pub pool_size: u32,
     /// How long a request waits for a pooled connection before a 503 50301.
+    #[serde(deserialize_with = "whole")]
     pub pool_timeout_ms: u64,
     /// Writes waiting for the writer thread before a 503 50301.
+    #[serde(deserialize_with = "whole")]
     pub write_queue: usize,
     /// PostgreSQL: wake the other replicas' engines with NOTIFY and hear theirs with LISTEN
     /// (`false` behind PgBouncer in transaction mode; ignored on SQLite).
@@ -121,6 +127,7 @@ pub struct RegistrySettings {
     pub mode: RegistryMode,
     pub address: Option<String>,
     pub preload_dir: Option<String>,
+    #[serde(deserialize_with = "whole")]
     pub timeout_ms: u64,
 }
 
@@ -142,10 +149,15 @@ pub struct PlaceholderSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSettings {
+    #[serde(deserialize_with = "whole")]
     pub tick_ms: u64,
+    #[serde(deserialize_with = "whole")]
     pub poll_after_secs: u64,
+    #[serde(deserialize_with = "whole")]
     pub task_timeout_secs: u64,
+    #[serde(deserialize_with = "whole")]
     pub lease_secs: u64,
+    #[serde(deserialize_with = "whole")]
     pub max_dispatch_attempts: u32,
 }
 
@@ -230,18 +242,23 @@ pub struct AzureDevOpsSettings {
     #[serde(default)]
     pub check_after_callback: bool,
     #[serde(default = "default_connect_timeout_ms")]
+    #[serde(deserialize_with = "whole")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_request_timeout_ms")]
+    #[serde(deserialize_with = "whole")]
     pub request_timeout_ms: u64,
     /// Retries after the first attempt on 429, 5xx and connection errors.
     #[serde(default = "default_max_retries")]
+    #[serde(deserialize_with = "whole")]
     pub max_retries: u32,
     /// First backoff between retries; doubled each time, with jitter.
     #[serde(default = "default_retry_base_delay_ms")]
+    #[serde(deserialize_with = "whole")]
     pub retry_base_delay_ms: u64,
     /// Longest single wait, backoff or `Retry-After`. A longer `Retry-After` ends the attempt
     /// at once with "rate limited" and the engine reschedules the task.
     #[serde(default = "default_retry_max_delay_ms")]
+    #[serde(deserialize_with = "whole")]
     pub retry_max_delay_ms: u64,
     /// The password of HTTP Basic that Azure DevOps service hooks send to
     /// `POST /api/v1/pp/devops/hooks/<name>`; `None`: that route does not exist (404).
@@ -310,8 +327,10 @@ pub struct OdmHttpSettings {
     #[serde(default)]
     pub check_after_callback: bool,
     #[serde(default = "default_connect_timeout_ms")]
+    #[serde(deserialize_with = "whole")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_request_timeout_ms")]
+    #[serde(deserialize_with = "whole")]
     pub request_timeout_ms: u64,
 }
 
@@ -322,6 +341,7 @@ pub struct PolicySettings {
     /// ODM's policy service (`POST {address}/api/v1/pp/policy/validation`).
     pub address: Option<String>,
     /// Connect and answer, per request to the policy service.
+    #[serde(deserialize_with = "whole")]
     pub timeout_ms: u64,
     /// Stages in promotion order: a stage starts only once the one before it was reached.
     pub stage_order: Vec<String>,
@@ -333,12 +353,16 @@ pub struct PolicySettings {
 pub struct NotificationSettings {
     pub listeners: Vec<ListenerSettings>,
     /// Delivered rows are deleted after this many days.
+    #[serde(deserialize_with = "whole")]
     pub keep_days: u32,
     /// The first wait before a failed delivery is tried again; doubled at each failure.
+    #[serde(deserialize_with = "whole")]
     pub retry_first_ms: u64,
     /// The longest wait between two tries.
+    #[serde(deserialize_with = "whole")]
     pub retry_max_ms: u64,
     /// How long one delivery may take (connect and answer).
+    #[serde(deserialize_with = "whole")]
     pub timeout_ms: u64,
 }
 
@@ -391,12 +415,19 @@ pub struct EnvHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
+    #[serde(deserialize_with = "whole")]
     pub tasks_per_stage: usize,
+    #[serde(deserialize_with = "whole")]
     pub stages: usize,
+    #[serde(deserialize_with = "whole")]
     pub name_chars: usize,
+    #[serde(deserialize_with = "whole")]
     pub results_bytes: usize,
+    #[serde(deserialize_with = "whole")]
     pub configurations_bytes: usize,
+    #[serde(deserialize_with = "whole")]
     pub placeholders_per_task: usize,
+    #[serde(deserialize_with = "whole")]
     pub listed_errors: usize,
 }
 
@@ -680,6 +711,56 @@ fn variable_of(key: &str) -> String {
     format!("{ENV_PREFIX}__{path}")
 }
 
+/// A count, size or duration: a whole number, not negative, that fits. The configuration
+/// library would round `1.5` and read a number beyond its type as the largest one; a number
+/// that is not what its author wrote stops the start instead, naming the key.
+fn whole<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    struct Whole<T>(std::marker::PhantomData<T>);
+    impl<T: TryFrom<u64>> serde::de::Visitor<'_> for Whole<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number, not negative")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::custom(format!("{v} is too large for this key")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+            let v = u64::try_from(v).map_err(|_| {
+                E::custom(format!("expected a whole number, not negative, found {v}"))
+            })?;
+            self.visit_u64(v)
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+            // `3.0` is three; `1.5`, `1e20` (what too many digits become) and `-1.0` are not.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if v.fract() == 0.0 && (0.0..=EXACT).contains(&v) {
+                return self.visit_u64(v as u64);
+            }
+            Err(E::custom(format!(
+                "expected a whole number, not negative, that fits, found {v}"
+            )))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            match v.trim().parse::<u64>() {
+                Ok(n) => self.visit_u64(n),
+                Err(_) => Err(E::custom(format!(
+                    "expected a whole number, not negative, that fits, found {v:?}"
+                ))),
+            }
+        }
+    }
+    deserializer.deserialize_any(Whole(std::marker::PhantomData))
+}
+
 /// Only our variables, with executor names given with `_` mapped back to the `-` they are
 /// written with in YAML (`AZURE_DEVOPS` → `azure-devops`), since shells refuse `-` in names.
 fn environment_overrides(
@@ -886,6 +967,44 @@ mod tests {
             other => panic!("unexpected executor {other:?}"),
         }
         assert_eq!(s.database.url.expose(), "postgres://app@db:5432/odm");
+    }
+
+    #[test]
+    fn a_number_that_is_not_what_its_author_wrote_stops_the_start() {
+        for (key, value, named) in [
+            (
+                "ODM_DEVOPS__SERVER__BODY_LIMIT_BYTES",
+                "1.5",
+                "body_limit_bytes",
+            ),
+            (
+                "ODM_DEVOPS__SERVER__BODY_LIMIT_BYTES",
+                "99999999999999999999",
+                "body_limit_bytes",
+            ),
+            ("ODM_DEVOPS__LIMITS__NAME_CHARS", "-3", "name_chars"),
+            ("ODM_DEVOPS__DATABASE__POOL_SIZE", "4294967296", "pool_size"),
+            ("ODM_DEVOPS__ENGINE__TICK_MS", "soon", "tick_ms"),
+        ] {
+            let refused = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(refused.contains(named), "{key}={value}: {refused}");
+        }
+        let yaml = "server: {body_limit_bytes: 2.5}";
+        let refused = load_file(yaml, &[]).unwrap_err().to_string();
+        assert!(
+            refused.contains("body_limit_bytes") && refused.contains("2.5"),
+            "{refused}"
+        );
+        // Whole numbers however written.
+        let s = load(&[
+            ("ODM_DEVOPS__SERVER__BODY_LIMIT_BYTES", "2048"),
+            ("ODM_DEVOPS__DATABASE__POOL_SIZE", "4294967295"),
+        ])
+        .unwrap();
+        assert_eq!(s.server.body_limit_bytes, 2048);
+        assert_eq!(s.database.pool_size, u32::MAX);
+        let s = load_file("limits: {name_chars: 300.0}", &[]).unwrap();
+        assert_eq!(s.limits.name_chars, 300);
     }
 
     #[test]
