@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::fakes::{FakeExecutor, FakeRegistry};
+use crate::fakes::{FakeExecutor, FakeRegistry, Received};
 use crate::helpers::*;
 use crate::on_both_backends;
 
@@ -143,13 +143,19 @@ async fn hostile_spellings_of_a_route_never_pass_without_a_token(db: TestDb) {
     app.stop().await;
 }
 
-on_both_backends!(a_callback_token_can_only_stop_its_task);
-async fn a_callback_token_can_only_stop_its_task(db: TestDb) {
-    let executor = FakeExecutor::start().await;
-    let (app, id) = guarded(&db, &executor).await;
+/// `guarded`, its activity started: the service, the activity's id and the task it sent.
+async fn guarded_and_started(db: &TestDb, executor: &FakeExecutor) -> (TestApp, i64, Received) {
+    let (app, id) = guarded(db, executor).await;
     let start = format!("{DEVOPS}/activities/{id}/status?action=START");
     assert_eq!(as_team(&app, "PATCH", &start, None).await.status, 200);
     let task = executor.wait_for(1).await.remove(0);
+    (app, id, task)
+}
+
+on_both_backends!(a_callback_token_can_only_stop_its_task);
+async fn a_callback_token_can_only_stop_its_task(db: TestDb) {
+    let executor = FakeExecutor::start().await;
+    let (app, id, task) = guarded_and_started(&db, &executor).await;
     let token = task
         .callback_ref
         .split_once("&token=")
@@ -376,10 +382,7 @@ async fn a_hook_without_a_secret_is_guarded_as_a_path_without_a_route() {
 on_both_backends!(a_callback_s_token_is_checked_before_its_body);
 async fn a_callback_s_token_is_checked_before_its_body(db: TestDb) {
     let executor = FakeExecutor::start().await;
-    let (app, id) = guarded(&db, &executor).await;
-    let start = format!("{DEVOPS}/activities/{id}/status?action=START");
-    assert_eq!(as_team(&app, "PATCH", &start, None).await.status, 200);
-    let task = executor.wait_for(1).await.remove(0);
+    let (app, id, task) = guarded_and_started(&db, &executor).await;
     let status = format!("{DEVOPS}/tasks/{}/status?action=STOP", task.id);
     let bad_bodies = [
         json!({"status": "DONE"}).to_string(),
