@@ -106,12 +106,28 @@ pub fn resolve_task(
     max_bytes: usize,
 ) -> Result<(Value, Value), String> {
     let template = resolve(template, task_context, on_missing, max_bytes)?;
-    let mut configurations = resolve(configurations, task_context, on_missing, max_bytes)?;
+    let authored = without_context(configurations);
+    let mut configurations = resolve(&authored, task_context, on_missing, max_bytes)?;
     if let Value::Object(map) = &mut configurations {
         map.insert("context".into(), task_context.context.clone());
     }
     within_limit(&template, &configurations, max_bytes)?;
     Ok((template, configurations))
+}
+
+/// The configurations as their author wrote them, but for a `context` of their own: the
+/// engine's Context replaces it when the task is sent, and its text is not read for
+/// placeholders (DESIGN §4, "context excluded"; the creation's check skips it too), so a
+/// `${…}` in it cannot fail a task the creation accepted.
+fn without_context(configurations: &Value) -> std::borrow::Cow<'_, Value> {
+    match configurations {
+        Value::Object(map) if map.contains_key("context") => {
+            let mut authored = map.clone();
+            authored.remove("context");
+            std::borrow::Cow::Owned(Value::Object(authored))
+        }
+        _ => std::borrow::Cow::Borrowed(configurations),
+    }
 }
 
 /// A resolved template and configurations (context included) are each at most `max_bytes`.
@@ -165,7 +181,8 @@ pub fn plan_task(
         )
         .map_err(resolve_error)
     };
-    let (template, mut configurations) = (plan(template)?, plan(configurations)?);
+    let authored = without_context(configurations);
+    let (template, mut configurations) = (plan(template)?, plan(&authored)?);
     if let Value::Object(map) = &mut configurations.value {
         map.insert("context".into(), task_context.context.clone());
     }
@@ -387,6 +404,39 @@ mod tests {
             error.starts_with("the task's resolved template is more than"),
             "{error}"
         );
+    }
+
+    /// A `context` the author wrote is neither resolved nor sent: the engine's replaces it
+    /// (DESIGN §4, "context excluded"), so `${HOME}` or an unknown stage in it cannot fail a
+    /// task the creation's check accepted. The dry run plans the same.
+    #[test]
+    fn an_authored_context_is_replaced_not_resolved() {
+        let task_context = blob_context();
+        let configurations = serde_json::json!({
+            "a": "${dev.results.task1.blob}",
+            "context": {"note": "uses ${HOME}", "x": "${nonexistent.x}"}
+        });
+        let template = serde_json::json!({"pipeline": "p"});
+        let (_, sent) = resolve_task(
+            &template,
+            &configurations,
+            &task_context,
+            OnMissing::Fail,
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(sent["a"], "b".repeat(100));
+        assert_eq!(sent["context"], task_context.context);
+        let planned = plan_task(
+            &template,
+            &configurations,
+            &task_context,
+            "test",
+            usize::MAX,
+        )
+        .unwrap();
+        assert!(planned.unresolved.is_empty(), "{:?}", planned.unresolved);
+        assert_eq!(planned.configurations["context"], task_context.context);
     }
 
     /// Resolution stops as soon as what placeholders insert passes the limit, before building
