@@ -122,9 +122,39 @@ pub fn path_id(req: &HttpRequest, what: &str) -> Result<i64, ApiError> {
 
 /// A text segment of the path (a product id, a version).
 pub fn path_text(req: &HttpRequest, name: &str) -> Result<String, ApiError> {
-    let text = req.match_info().get(name).unwrap_or_default();
-    no_nul(text, &format!("the {name} in the path"))?;
-    Ok(text.to_owned())
+    let text = fully_decoded(req.match_info().get(name).unwrap_or_default());
+    no_nul(&text, &format!("the {name} in the path"))?;
+    Ok(text)
+}
+
+/// A path segment as its sender meant it. The router decodes every `%XX` but `%2B`, `%2F` and
+/// `%25` (so that they do not change which route matches); a segment is one value, where they
+/// mean `+`, `/` and `%` as anywhere else: `versions/1.0.0%2Bb1` is version `1.0.0+b1`.
+fn fully_decoded(segment: &str) -> String {
+    let mut text = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(at) = rest.find('%') {
+        text.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 3).map(str::to_ascii_uppercase);
+        let decoded = match code.as_deref() {
+            Some("2B") => Some('+'),
+            Some("2F") => Some('/'),
+            Some("25") => Some('%'),
+            _ => None,
+        };
+        match decoded {
+            Some(c) => {
+                text.push(c);
+                rest = &rest[at + 3..];
+            }
+            None => {
+                text.push('%');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    text.push_str(rest);
+    text
 }
 
 /// PostgreSQL cannot store a NUL character in text, and no id or name needs one: refused the
@@ -168,6 +198,18 @@ mod tests {
     use actix_web::test::TestRequest;
 
     use super::*;
+
+    #[test]
+    fn the_three_escapes_the_router_keeps_are_decoded_once() {
+        assert_eq!(fully_decoded("1.0.0%2Bb1"), "1.0.0+b1");
+        assert_eq!(fully_decoded("a%2fb%2Fc"), "a/b/c");
+        // Once: `%252B` was sent for the text `%2B`.
+        assert_eq!(fully_decoded("100%25"), "100%");
+        assert_eq!(fully_decoded("%252B"), "%2B");
+        assert_eq!(fully_decoded("50%"), "50%");
+        assert_eq!(fully_decoded("%2"), "%2");
+        assert_eq!(fully_decoded("é%2B"), "é+");
+    }
 
     #[test]
     fn a_parameter_given_twice_is_refused_however_it_is_spelled() {

@@ -53,6 +53,23 @@ async fn the_embedded_registry_stores_validated_descriptors(db: TestDb) {
         )
         .await;
     no_lifecycle.assert_error(422, "42211");
+    // A `+` sent encoded, as URL encoders write it (semver build metadata), is a `+`.
+    let put = app
+        .call(
+            "PUT",
+            &format!("{REGISTRY}/p1/versions/2.0.0%2Bb1"),
+            Some(&d1),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{put:?}");
+    assert_eq!(
+        app.get(&format!("{REGISTRY}/p1/versions")).await.json(),
+        json!(["0.9.0", "1.0.0", "2.0.0+b1"])
+    );
+    for spelt in ["2.0.0+b1", "2.0.0%2Bb1", "2.0.0%2bb1"] {
+        let read = app.get(&format!("{REGISTRY}/p1/versions/{spelt}")).await;
+        assert_eq!(read.json(), d1, "{spelt}");
+    }
     app.stop().await;
 }
 
