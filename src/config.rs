@@ -477,17 +477,29 @@ impl Settings {
             refuse_secrets_in(file, source.clone())?;
             builder = builder.add_source(source);
         }
+        let (secrets, others): (config::Map<_, _>, config::Map<_, _>) = environment_overrides(env)
+            .into_iter()
+            .partition(|(name, _)| secret_path(name).is_some());
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("auth.api_tokens")
-                .with_list_parse_key("executor_api.tokens")
                 .with_list_parse_key("policy.stage_order")
-                .source(Some(environment_overrides(env))),
+                .source(Some(others)),
         );
+        // Secrets as written: parsed, `0123` became the number 123 (a token nobody sends) and
+        // a numeric token where a list was expected stopped the start, printing it.
+        for (name, value) in secrets {
+            let path = secret_path(&name).expect("partitioned on it");
+            builder = if SECRET_LISTS.contains(&path.as_str()) {
+                let list: Vec<String> = value.split(',').map(str::to_owned).collect();
+                builder.set_override(path, list)?
+            } else {
+                builder.set_override(path, value)?
+            };
+        }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.trim_bearer_tokens();
         settings.validate()?;
@@ -650,6 +662,24 @@ const SECRET_KEYS: [&str; 5] = [
     "secrets.key",
 ];
 const EXECUTOR_SECRET_KEYS: [&str; 3] = ["auth.client_secret", "auth.pat", "service_hook_secret"];
+/// The secrets that are lists, given in one variable separated by commas.
+const SECRET_LISTS: [&str; 2] = ["auth.api_tokens", "executor_api.tokens"];
+
+/// The key a variable (as `environment_overrides` names it) sets, when it is a secret's.
+fn secret_path(variable: &str) -> Option<String> {
+    let path = variable
+        .strip_prefix(ENV_PREFIX)?
+        .strip_prefix("__")?
+        .split("__")
+        .collect::<Vec<_>>()
+        .join(".")
+        .to_lowercase();
+    let of_executor = path.strip_prefix("executors.").is_some_and(|rest| {
+        rest.split_once('.')
+            .is_some_and(|(_, key)| EXECUTOR_SECRET_KEYS.contains(&key))
+    });
+    (SECRET_KEYS.contains(&path.as_str()) || of_executor).then_some(path)
+}
 
 /// DESIGN §11: secrets come from the environment only, never from a file that is copied,
 /// committed and read by more people than the secret should be. A secret key set in `file`
@@ -693,15 +723,22 @@ where
     }
 }
 
-/// `postgres://user:password@host/db`: a password in the URL's user part.
+/// `postgres://user:password@host/db` or `…/db?password=…`: a password in the URL.
 fn has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
     };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    authority
+    let in_user = authority
         .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'))
+        .is_some_and(|(user, _)| user.contains(':'));
+    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            let key = pair.split('=').next().unwrap_or_default();
+            key.eq_ignore_ascii_case("password")
+        })
+    });
+    in_user || in_query
 }
 
 /// The environment variable that sets `key` (`executors.azure-devops.auth.pat` →
@@ -855,6 +892,50 @@ mod tests {
         assert!(!s.auth.anonymous);
     }
 
+    /// Secrets are text, whatever they look like: never read as numbers or booleans.
+    #[test]
+    fn secrets_that_look_like_numbers_are_kept_as_written() {
+        let s = load(&[
+            ("ODM_DEVOPS__AUTH__API_TOKENS", "918273645"),
+            ("ODM_DEVOPS__EXECUTOR_API__TOKENS", "007,true"),
+            ("ODM_DEVOPS__METRICS__TOKEN", "0123"),
+            ("ODM_DEVOPS__CALLBACKS__SECRET", "1e3"),
+            ("ODM_DEVOPS__SECRETS__KEY", "12345678901234567890123456789"),
+            (
+                "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__AUTH__CLIENT_SECRET",
+                "00",
+            ),
+            (
+                "ODM_DEVOPS__EXECUTORS__AZURE_DEVOPS__SERVICE_HOOK_SECRET",
+                "False",
+            ),
+        ])
+        .unwrap();
+        let exposed = |t: &[Secret]| t.iter().map(|t| t.expose().to_owned()).collect::<Vec<_>>();
+        assert_eq!(exposed(&s.auth.api_tokens), ["918273645"]);
+        assert_eq!(exposed(&s.executor_api.tokens), ["007", "true"]);
+        assert_eq!(s.metrics.token.unwrap().expose(), "0123");
+        assert_eq!(s.callbacks.secret.unwrap().expose(), "1e3");
+        assert_eq!(
+            s.secrets.key.unwrap().expose(),
+            "12345678901234567890123456789"
+        );
+        let ExecutorSettings::AzureDevops(azure) = &s.executors["azure-devops"] else {
+            panic!("not azure-devops")
+        };
+        let AzureAuthSettings::ClientCredentials(c) = &azure.auth else {
+            panic!("{:?}", azure.auth)
+        };
+        assert_eq!(c.client_secret.expose(), "00");
+        assert_eq!(
+            azure.service_hook_secret.as_ref().unwrap().expose(),
+            "False"
+        );
+        // Numbers elsewhere are still numbers.
+        let s = load(&[("ODM_DEVOPS__DATABASE__POOL_SIZE", "3")]).unwrap();
+        assert_eq!(s.database.pool_size, 3);
+    }
+
     #[test]
     fn tokens_are_compared_without_the_whitespace_around_them() {
         let s = load(&[
@@ -929,6 +1010,11 @@ mod tests {
                 "database.url",
                 "ODM_DEVOPS__DATABASE__URL",
             ),
+            (
+                "database: {url: \"postgres://app@db:5432/odm?sslmode=require&password=pw\"}",
+                "database.url",
+                "ODM_DEVOPS__DATABASE__URL",
+            ),
         ] {
             let refused = load_file(yaml, &[]).unwrap_err().to_string();
             assert!(
@@ -937,7 +1023,7 @@ mod tests {
                 "{yaml}: {refused}"
             );
             assert!(
-                !refused.contains("shh") && !refused.contains(":pw@"),
+                !refused.contains("shh") && !refused.contains("pw"),
                 "{refused}"
             );
         }
