@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::app::Application;
 use crate::config::Settings;
@@ -40,12 +41,34 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let from_environment = |subcommand: &str| {
+        matches
+            .subcommand_matches(subcommand)
+            .and_then(|m| m.value_source("config"))
+            == Some(ValueSource::EnvVariable)
+    };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::Migrate => migrate(cli.config),
-        Command::Demo => demo(),
-        Command::SimulateAzure(args) => simulate_azure(args),
+        Command::Demo => {
+            if cli.config.is_some() {
+                println!(
+                    "demo: runs on its own settings (a temporary database, the built-in \
+                     simulator); --config and ODM_DEVOPS_CONFIG are not read"
+                );
+            }
+            demo()
+        }
+        Command::SimulateAzure(mut args) => {
+            // ODM_DEVOPS_CONFIG names the service's settings, never the simulator's file:
+            // exported for the service, it stopped the simulator of the same shell.
+            if from_environment("simulate-azure") {
+                args.config = None;
+            }
+            simulate_azure(args)
+        }
         Command::Bench(args) => bench(&args, cli.config),
     };
     match result {

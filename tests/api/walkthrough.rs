@@ -68,3 +68,41 @@ async fn the_readme_walk_through_works() {
     app.stop().await;
     simulator.stop().await;
 }
+
+/// The walk-through's two commands in one shell: `ODM_DEVOPS_CONFIG` exported for the service
+/// names the service's settings, never the simulator's file (it stopped the simulator with
+/// "unknown field `executors`").
+#[test]
+fn the_service_s_config_variable_is_not_the_simulator_s_file() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut simulator = std::process::Command::new(env!("CARGO_BIN_EXE_odm-devops"))
+        .args(["simulate-azure", "--bind", &format!("127.0.0.1:{port}")])
+        .env("ODM_DEVOPS_CONFIG", example("odm-devops.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let listening = loop {
+        if let Some(status) = simulator.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut simulator.stderr.take().unwrap(), &mut stderr)
+                .unwrap();
+            panic!("the simulator stopped ({status}): {stderr}");
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    simulator.kill().unwrap();
+    simulator.wait().unwrap();
+    assert!(listening, "the simulator never listened on {port}");
+}
