@@ -173,7 +173,7 @@ async fn a_rejected_task_fails_with_the_executors_message(db: TestDb) {
 
 on_both_backends!(an_unreachable_executor_is_retried_then_fails);
 async fn an_unreachable_executor_is_retried_then_fails(db: TestDb) {
-    let mut settings = test_settings(&db, Some(&format!("http://127.0.0.1:{}", unused_port())));
+    let mut settings = test_settings(&db, Some(&format!("http://127.0.0.1:{}", refused_port())));
     settings.engine.max_dispatch_attempts = 2;
     let app = spawn_app(settings).await;
     let id = app.start_dev(fake_stage(&["gone"])).await;

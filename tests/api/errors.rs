@@ -332,7 +332,7 @@ async fn remote_registry_errors_map_to_odm_codes(db: TestDb) {
 
     let mut settings = test_settings(&db, Some(&executor.address));
     settings.registry.mode = odm_devops::config::RegistryMode::Remote;
-    settings.registry.address = Some(format!("http://127.0.0.1:{}", unused_port()));
+    settings.registry.address = Some(format!("http://127.0.0.1:{}", refused_port()));
     let app = spawn_app(settings).await;
     app.create_activity("p1", "1.0.0", "dev", false)
         .await

@@ -18,7 +18,7 @@ use odm_devops::simulator::FaultKind;
 use serde_json::{json, Value};
 
 use crate::azure::{simulator_config, Azure, ORG, PROJECT, PROVISION_VM};
-use crate::helpers::{unused_port, Answer, TestApp, TestDb};
+use crate::helpers::{refused_port, Answer, TestApp, TestDb};
 use crate::on_both_backends;
 
 pub const TASKS: &str = "/api/v1/up/executor/tasks";
@@ -28,7 +28,7 @@ pub const TASKS: &str = "/api/v1/up/executor/tasks";
 pub fn odm_callback(task_id: i64) -> String {
     format!(
         "http://127.0.0.1:{}/api/v1/pp/devops/tasks/{task_id}/status?action=STOP",
-        unused_port()
+        refused_port()
     )
 }
 

@@ -490,7 +490,7 @@ async fn registry_failures_tell_callers_which_service_not_its_url_or_answer(db: 
 
     let mut settings = test_settings(&db, None);
     settings.registry.mode = odm_devops::config::RegistryMode::Remote;
-    let unused = unused_port();
+    let unused = refused_port();
     settings.registry.address = Some(format!("http://127.0.0.1:{unused}/internal-path"));
     let app = spawn_app(settings).await;
     let unreachable = app.create_activity("p1", "1.0.0", "dev", false).await;
@@ -498,7 +498,7 @@ async fn registry_failures_tell_callers_which_service_not_its_url_or_answer(db: 
         unreachable.assert_error(503, "50050"),
         "the ODM registry is unreachable"
     );
-    for leak in ["internal-path", &format!(":{unused}"), "onnect"] {
+    for leak in ["internal-path", &format!("127.0.0.1:{unused}"), "onnect"] {
         assert!(
             !unreachable.text.contains(leak),
             "{leak} in {}",

@@ -153,7 +153,7 @@ async fn a_policy_service_down_is_a_problem_not_an_error(db: TestDb) {
         settings.policy.active = true;
         settings.policy.address = Some(format!(
             "http://127.0.0.1:{}",
-            crate::helpers::unused_port()
+            crate::helpers::refused_port()
         ));
         settings.policy.timeout_ms = 2_000;
     })
@@ -191,7 +191,7 @@ async fn limits_a_provider_down_and_executors_that_cannot_preview(db: TestDb) {
         let odm = OdmHttpSettings {
             active: true,
             // Never contacted: an odm-http executor cannot preview a run.
-            address: format!("http://127.0.0.1:{}", crate::helpers::unused_port()),
+            address: format!("http://127.0.0.1:{}", crate::helpers::refused_port()),
             check_after_callback: false,
             connect_timeout_ms: 1000,
             request_timeout_ms: 1000,

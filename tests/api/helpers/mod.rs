@@ -48,7 +48,19 @@ where
     }
 }
 
-/// A port nothing listens on.
+/// A port nothing listens on and nothing will: below the range the system hands out for port 0,
+/// so no server another test starts meanwhile can take it (a free port of that range could be,
+/// and then answered a test that expected a refusal).
+pub fn refused_port() -> u16 {
+    (1..1024)
+        .find(|port| {
+            let refused = std::net::TcpStream::connect(("127.0.0.1", *port));
+            matches!(refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+        })
+        .expect("a port under 1024 that refuses connections")
+}
+
+/// A free port to bind a server to.
 pub fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
