@@ -336,7 +336,7 @@ impl Db {
     /// Runs `f` on the blocking pool with a connection, outside any explicit transaction.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Clone + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
@@ -344,8 +344,27 @@ impl Db {
         let caller = CallerSpan::capture();
         actix_web::web::block(move || {
             caller.run(|| {
-                let mut conn = pooled(&pool)?;
-                f(&mut conn)
+                // A pooled connection the server closed (a restart, a failover, a proxy's idle
+                // timeout) fails its next statement with the server's last word ("terminating
+                // connection…"), and only the one after that finds it closed and marks it
+                // broken. So a failed read pings its connection: a closed one is then broken,
+                // the pool drops it, and the read, which changes nothing, runs again on
+                // another. Every pooled connection may be such a one: one try more than the
+                // pool holds.
+                let mut tries = pool.max_size() + 1;
+                loop {
+                    let mut conn = pooled(&pool)?;
+                    let answer = f.clone()(&mut conn);
+                    tries -= 1;
+                    let closed = answer.is_err() && {
+                        use diesel::r2d2::R2D2Connection;
+                        conn.ping().is_err() && conn.is_broken()
+                    };
+                    if !closed || tries == 0 {
+                        return answer;
+                    }
+                    tracing::warn!("a pooled database connection was closed by the server; reading again on another");
+                }
             })
         })
         .await

@@ -66,9 +66,16 @@ enum Held {
 async fn hold(store: &Db, what: Held) -> (std::sync::mpsc::Sender<()>, JoinHandle<()>) {
     let (started, running) = tokio::sync::oneshot::channel();
     let (release, released) = std::sync::mpsc::channel::<()>();
+    // Shared, since a read may run again (on a connection the server closed).
+    let (started, released) = (
+        Arc::new(Mutex::new(Some(started))),
+        Arc::new(Mutex::new(released)),
+    );
     let work = move |_: &mut DbConnection| {
-        let _ = started.send(());
-        released.recv().expect("released");
+        if let Some(started) = started.lock().unwrap().take() {
+            let _ = started.send(());
+        }
+        released.lock().unwrap().recv().expect("released");
         Ok::<_, DbError>(())
     };
     let store = store.clone();
@@ -310,4 +317,39 @@ async fn a_dispatch_whose_database_work_fails_for_a_moment_is_still_sent_once(db
     assert_eq!(executor.received().len(), 1, "the task was sent once");
     server.stop(true).await;
     let _ = running.await;
+}
+
+/// PostgreSQL ends every connection of the service (a restart, a failover, a proxy's idle
+/// timeout): the next reads on the pooled connections it closed are not answered 500, nor is
+/// the service said not ready. Each such connection is dropped and the read runs on another.
+#[actix_web::test]
+async fn reads_go_on_when_postgres_closes_the_pooled_connections() {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    let Some(db) = TestDb::new(crate::helpers::Backend::Postgres) else {
+        return;
+    };
+    let mut settings = test_settings(&db, None);
+    settings.database.pool_size = 4;
+    let app = crate::helpers::spawn_app(settings).await;
+    let activities = format!("{DEVOPS}/activities");
+    // Every pooled connection opened: reads at once.
+    let reads = (0..8).map(|_| app.get(&activities));
+    for answer in futures_util::future::join_all(reads).await {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    let mut admin = PgConnection::establish(&db.url).unwrap();
+    let ended = diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .unwrap();
+    assert!(ended >= 2, "{ended} connections ended");
+    for _ in 0..6 {
+        let answer = app.get(&activities).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let ready = app.get("/health/ready").await;
+        assert_eq!(ready.status, 200, "{ready:?}");
+    }
+    app.stop().await;
 }

@@ -347,6 +347,9 @@ async fn a_claim_skips_a_step_another_replica_is_changing(db: TestDb) {
     let (locked, x_holds) = tokio::sync::oneshot::channel();
     let (commit, x_may_commit) = std::sync::mpsc::channel::<()>();
     let sqlite = db.backend == Backend::Sqlite;
+    // Shared, since a read may run again (on a connection the server closed).
+    let locked = std::sync::Arc::new(std::sync::Mutex::new(Some(locked)));
+    let x_may_commit = std::sync::Arc::new(std::sync::Mutex::new(x_may_commit));
     let x = {
         let store = store.clone();
         actix_web::rt::spawn(async move {
@@ -362,8 +365,10 @@ async fn a_claim_skips_a_step_another_replica_is_changing(db: TestDb) {
                             tasks::lease_until.eq(None::<i64>),
                         ))
                         .execute(conn)?;
-                    let _ = locked.send(());
-                    let _ = x_may_commit.recv();
+                    if let Some(locked) = locked.lock().unwrap().take() {
+                        let _ = locked.send(());
+                    }
+                    let _ = x_may_commit.lock().unwrap().recv();
                     conn.batch_execute("COMMIT").map_err(DbError::from)
                 })
                 .await
