@@ -403,24 +403,13 @@ async fn a_callback_s_token_is_checked_before_its_body(db: TestDb) {
         }
     }
     // With its token, the body is what is wrong, and nothing changed.
-    let answer = app
-        .send(
-            "PATCH",
-            &task.callback_ref,
-            Some(("application/json", bad_bodies[0].clone())),
-            &[],
-        )
-        .await;
-    let message = answer.assert_error(422, "42203");
+    let with_token = |body: &String| {
+        let body = Some(("application/json", body.clone()));
+        app.send("PATCH", &task.callback_ref, body, &[])
+    };
+    let message = with_token(&bad_bodies[0]).await.assert_error(422, "42203");
     assert!(message.contains("PROCESSED or FAILED"), "{message}");
-    let malformed = app
-        .send(
-            "PATCH",
-            &task.callback_ref,
-            Some(("application/json", bad_bodies[2].clone())),
-            &[],
-        )
-        .await;
+    let malformed = with_token(&bad_bodies[2]).await;
     assert_eq!(malformed.status, 400, "{malformed:?}");
     let tasks = as_team(
         &app,
