@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use awc::error::SendRequestError;
 use serde_json::Value;
 
 use crate::clock::now_ms;
@@ -273,13 +274,21 @@ impl Remote {
                 format!("GET {url}: {e}"),
             ))
         };
-        let mut response = client()
-            .get(url)
-            .insert_header(("Accept", "application/json"))
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let send = || {
+            client()
+                .get(url)
+                .insert_header(("Accept", "application/json"))
+                .timeout(self.timeout)
+                .send()
+        };
+        let sent = match send().await {
+            // A pooled connection the registry had closed (HTTP/1.0, or its keep-alive ended)
+            // fails before the request reaches it: the GET, which changes nothing, goes once
+            // more. A timeout is not tried again: that would double the wait.
+            Err(SendRequestError::Connect(_) | SendRequestError::Send(_)) => send().await,
+            sent => sent,
+        };
+        let mut response = sent.map_err(|e| unreachable(&e))?;
         let status = response.status();
         if status.as_u16() == 404 {
             return Ok(None);

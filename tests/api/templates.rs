@@ -191,3 +191,48 @@ async fn the_embedded_registry_refuses_templates_by_reference(db: TestDb) {
     );
     app.stop().await;
 }
+
+/// A registry that answers HTTP/1.0 and closes each connection after its answer: the template's
+/// GET, right after the descriptor's, still reaches it. It used to go out on the pooled
+/// connection the registry had just closed, and be answered 503 50050 "unreachable".
+#[actix_web::test]
+async fn a_registry_that_closes_each_connection_is_still_reached() {
+    use std::io::{Read, Write};
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let executor = FakeExecutor::start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let descriptor = normalized_with_references(&address).to_string();
+    let template = template_answer("tpl-1", json!({"pipeline": "deploy"})).to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let is_template = String::from_utf8_lossy(&request).contains(TEMPLATES);
+            let body = if is_template { &template } else { &descriptor };
+            let answer = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let mut settings = test_settings(&db, Some(&executor.address));
+    settings.registry.mode = odm_devops::config::RegistryMode::Remote;
+    settings.registry.address = Some(address);
+    let app = spawn_app(settings).await;
+    for patch in 0..100 {
+        let version = format!("1.0.{patch}");
+        let answer = app.create_activity("p1", &version, "dev", false).await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+    }
+    app.stop().await;
+}
