@@ -259,11 +259,7 @@ async fn a_callback_token_can_only_stop_its_task(db: TestDb) {
 
 #[actix_web::test]
 async fn every_route_but_the_public_ones_needs_the_api_token() {
-    let db = TestDb::new(Backend::Sqlite).unwrap();
-    let mut settings = test_settings(&db, None);
-    settings.auth.api_tokens = vec![TOKEN.into()];
-    with_hook_secret(&mut settings);
-    let app = spawn_app(settings).await;
+    let (_db, app) = guarded_with_hook_secret().await;
     let doc = as_team(&app, "GET", &format!("{DEVOPS}/v3/api-docs"), None)
         .await
         .json();
@@ -342,11 +338,7 @@ async fn every_route_but_the_public_ones_needs_the_api_token() {
 /// hook secret stays unknown to a caller without credentials.
 #[actix_web::test]
 async fn a_hook_without_a_secret_is_guarded_as_a_path_without_a_route() {
-    let db = TestDb::new(Backend::Sqlite).unwrap();
-    let mut settings = test_settings(&db, None);
-    settings.auth.api_tokens = vec![TOKEN.into()];
-    with_hook_secret(&mut settings);
-    let app = spawn_app(settings).await;
+    let (_db, app) = guarded_with_hook_secret().await;
     let event = ("application/json", json!({"eventType": "x"}).to_string());
     let unknown = app
         .send(
@@ -502,11 +494,7 @@ async fn registry_failures_tell_callers_which_service_not_its_url_or_answer(db: 
 #[actix_web::test]
 async fn every_route_that_needs_no_api_token_is_a_real_route() {
     use odm_devops::api::guard::{Access, NO_API_TOKEN};
-    let db = TestDb::new(Backend::Sqlite).unwrap();
-    let mut settings = test_settings(&db, None);
-    settings.auth.api_tokens = vec![TOKEN.into()];
-    with_hook_secret(&mut settings);
-    let app = spawn_app(settings).await;
+    let (_db, app) = guarded_with_hook_secret().await;
     for (method, pattern, access) in NO_API_TOKEN {
         let mut path = pattern
             .replace("{id}", "1")
@@ -525,6 +513,17 @@ async fn every_route_that_needs_no_api_token_is_a_real_route() {
         assert!(metrics.contains(&label), "{label} in\n{metrics}");
     }
     app.stop().await;
+}
+
+/// A service on SQLite with `auth.api_tokens` and the `azure-devops` hook secret set (the
+/// database is removed when the first value is dropped).
+async fn guarded_with_hook_secret() -> (TestDb, TestApp) {
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let mut settings = test_settings(&db, None);
+    settings.auth.api_tokens = vec![TOKEN.into()];
+    with_hook_secret(&mut settings);
+    let app = spawn_app(settings).await;
+    (db, app)
 }
 
 /// The service hook route of `azure-devops` exists only with its secret.
