@@ -37,6 +37,14 @@ async fn as_team(app: &TestApp, method: &str, path: &str, body: Option<&Value>) 
     app.send(method, path, body, &[AUTH]).await
 }
 
+/// The tasks of activity `id`, read with the API token.
+async fn tasks_of(app: &TestApp, id: i64) -> Vec<Value> {
+    let path = format!("{DEVOPS}/tasks?activityId={id}");
+    let answer = as_team(app, "GET", &path, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.json().as_array().unwrap().clone()
+}
+
 async fn activities(app: &TestApp) -> Vec<Value> {
     let answer = as_team(app, "GET", &format!("{DEVOPS}/activities"), None).await;
     assert_eq!(answer.status, 200, "{answer:?}");
@@ -208,14 +216,8 @@ async fn a_callback_token_can_only_stop_its_task(db: TestDb) {
         let message = answer.assert_error(401, "40101");
         assert!(message.contains("API token"), "{method} {path}: {message}");
     }
-    let tasks = as_team(
-        &app,
-        "GET",
-        &format!("{DEVOPS}/tasks?activityId={id}"),
-        None,
-    )
-    .await;
-    assert_eq!(tasks.json()[0]["status"], "PROCESSING", "nothing aborted");
+    let tasks = tasks_of(&app, id).await;
+    assert_eq!(tasks[0]["status"], "PROCESSING", "nothing aborted");
     assert_eq!(activities(&app).await[0]["status"], "PROCESSING");
 
     // An unknown task is refused exactly like a wrong token: which ids exist stays unknown.
@@ -403,14 +405,8 @@ async fn a_callback_s_token_is_checked_before_its_body(db: TestDb) {
     assert!(message.contains("PROCESSED or FAILED"), "{message}");
     let malformed = with_token(&bad_bodies[2]).await;
     assert_eq!(malformed.status, 400, "{malformed:?}");
-    let tasks = as_team(
-        &app,
-        "GET",
-        &format!("{DEVOPS}/tasks?activityId={id}"),
-        None,
-    )
-    .await;
-    assert_eq!(tasks.json()[0]["status"], "PROCESSING");
+    let tasks = tasks_of(&app, id).await;
+    assert_eq!(tasks[0]["status"], "PROCESSING");
     assert_eq!(app.call_back(&task.callback_ref, None).await.status, 200);
     app.stop().await;
 }
